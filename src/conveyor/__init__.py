@@ -1,0 +1,65 @@
+"""conveyor: run large batches of AI calls and other I/O-bound jobs concurrently.
+
+    import conveyor
+
+    report = conveyor.run(items, fn, concurrency=32, timeout=30, retries=3)
+    for r in report:               # input order; errors are results, not raised
+        print(r.key, r.status, r.value if r.ok else r.error.message)
+
+Everything public is here; modules whose names start with `_` are private.
+"""
+
+from ._api import AsyncStream, Stream, arun, astream, run, stream
+from ._attempt import Attempt, RateLimitHint, current_attempt, report_limits, report_usage
+from ._callbacks import BatchInfo, ProgressCallback
+from ._exceptions import (
+    AggregateExecutionError,
+    ConfigError,
+    ConveyorError,
+    FatalError,
+    InputError,
+    Interrupted,
+    RetryableError,
+)
+from ._options import Breaker
+from ._report import BatchReport
+from ._retry import RetryPolicy
+from ._types import ErrorInfo, Result, Status, Usage
+from .executors import AsyncExecutor, SequentialExecutor, TaskExecutor, ThreadExecutor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregateExecutionError",
+    "AsyncExecutor",
+    "AsyncStream",
+    "Attempt",
+    "BatchInfo",
+    "BatchReport",
+    "Breaker",
+    "ConfigError",
+    "ConveyorError",
+    "ErrorInfo",
+    "FatalError",
+    "InputError",
+    "Interrupted",
+    "ProgressCallback",
+    "RateLimitHint",
+    "Result",
+    "RetryPolicy",
+    "RetryableError",
+    "SequentialExecutor",
+    "Status",
+    "Stream",
+    "TaskExecutor",
+    "ThreadExecutor",
+    "Usage",
+    "__version__",
+    "arun",
+    "astream",
+    "current_attempt",
+    "report_limits",
+    "report_usage",
+    "run",
+    "stream",
+]

@@ -1,0 +1,240 @@
+"""`run`, `stream` and their async twins: thin shells over the one engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from ._engine import Engine, Invoker, invoker_for
+from ._exceptions import ConfigError
+from ._options import build_options
+from ._portal import Portal
+from ._report import BatchReport
+from ._types import Result
+
+__all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
+
+T = TypeVar("T")
+
+Items = Iterable[Any] | AsyncIterable[Any]
+
+
+def _length_hint(items: Any) -> int | None:
+    try:
+        return len(items)
+    except TypeError:
+        return None
+
+
+def _check(items: Any, fn: Any) -> None:
+    if not isinstance(items, Iterable | AsyncIterable):
+        raise ConfigError("items", type(items).__name__, "an iterable or async iterable of items")
+    if not callable(fn):
+        raise ConfigError("fn", fn, "a function (sync or async) taking one item")
+
+
+async def _arun(items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any) -> BatchReport:
+    opts = build_options(**opts_kw)
+    engine = Engine(invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items))
+    if control is not None:
+        control.attach(engine)
+    engine.start(items)
+    try:
+        await engine.wait()
+    finally:
+        await engine.aclose()
+    report = engine.report()
+    err = engine.outcome(report)
+    if err is not None:
+        raise err
+    return report
+
+
+async def arun(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
+    """Run `fn` over every item concurrently; the report holds results in input order.
+
+    `fn` may be async (awaited on this loop) or sync (run on threads). Errors
+    are captured as results, never raised one by one. See `run()` for options.
+    """
+    _check(items, fn)
+    build_options(**options)  # validate before anything starts
+    return await _arun(items, invoker_for(fn), options, None)
+
+
+def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
+    """Run `fn` over every item concurrently and return a `BatchReport`.
+
+    Works with or without an event loop already running in this thread (in
+    Jupyter the run happens on a helper thread with its own loop). Ctrl+C
+    stops admitting items and gives those in flight `grace` seconds; a second
+    Ctrl+C cancels them; either way `Interrupted` is raised carrying the report.
+
+    Options: `concurrency` (max in flight, default 16), `waves` + `batch_size`
+    (fixed batches with a barrier and an `on_batch` hook), `timeout` (seconds
+    per attempt), `retries` (int or `RetryPolicy`), `rpm`, `tpm` + `cost`
+    (per-minute limits; `limit_window` changes the minute), `breaker`
+    (`True` or `Breaker(...)`), `adaptive`, `fail_fast`, `key`, `callbacks`,
+    `on_start`/`on_result`/`on_error`/`on_batch`, `grace`, `batch_id`.
+    """
+    _check(items, fn)
+    build_options(**options)
+    invoker = invoker_for(fn)
+    with Portal() as portal:
+        return portal.call(lambda control: _arun(items, invoker, options, control))
+
+
+def run_with_invoker(items: Items, invoker: Invoker, **options: Any) -> BatchReport:
+    """`run()` for callers that bring their own invoker (the executors)."""
+    build_options(**options)
+    with Portal() as portal:
+        return portal.call(lambda control: _arun(items, invoker, options, control))
+
+
+class AsyncStream(AsyncIterator[Result[Any]]):
+    """Results in completion order; `.report` is set once iteration ends.
+
+    Use `async with` (or `aclose()`) when you may stop early, so in-flight
+    work is cancelled and awaited.
+    """
+
+    def __init__(self, items: Items, invoker: Invoker, options: dict[str, Any]) -> None:
+        self._items = items
+        self._invoker = invoker
+        self._options = options
+        self._engine: Engine | None = None
+        self._batch: list[Result[Any]] = []
+        self._pos = 0
+        self._done = False
+        self.report: BatchReport | None = None
+        build_options(**options)
+
+    def _ensure(self) -> Engine:
+        if self._engine is None:
+            opts = build_options(**self._options)
+            self._engine = Engine(
+                self._invoker, opts, keep_results=False, deliver=True,
+                length_hint=_length_hint(self._items),
+            )
+            self._engine.start(self._items)
+        return self._engine
+
+    def attach_control(self, control: Any) -> None:
+        control.attach(self._ensure())
+
+    async def next_batch(self) -> list[Result[Any]]:
+        """Every result ready now (at least one); empty at the end."""
+        if self._done:
+            return []
+        engine = self._ensure()
+        batch = await engine.next_batch()
+        if not batch:
+            await self._finish()
+        return batch
+
+    async def __anext__(self) -> Result[Any]:
+        if self._pos >= len(self._batch):
+            self._batch = await self.next_batch()
+            self._pos = 0
+            if not self._batch:
+                raise StopAsyncIteration
+        r = self._batch[self._pos]
+        self._pos += 1
+        return r
+
+    async def _finish(self) -> None:
+        self._done = True
+        engine = self._ensure()
+        await engine.aclose()
+        self.report = engine.report()
+        err = engine.outcome(self.report)
+        if err is not None:
+            raise err
+
+    async def aclose(self) -> None:
+        if not self._done and self._engine is not None:
+            self._done = True
+            await self._engine.aclose()
+            self.report = self._engine.report()
+        self._done = True
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def astream(items: Items, fn: Callable[[Any], Any], **options: Any) -> AsyncStream:
+    """Results as they complete (each with its index and key); bounded memory."""
+    _check(items, fn)
+    return AsyncStream(items, invoker_for(fn), options)
+
+
+class Stream(Iterator[Result[Any]]):
+    """The sync face of `AsyncStream`: iterate, then read `.report`.
+
+    The engine runs only while you ask for results; sync task functions keep
+    running on their threads in between. Call `close()` (or use `with`) if
+    you stop early.
+    """
+
+    def __init__(self, inner: AsyncStream) -> None:
+        self._inner = inner
+        self._portal: Portal | None = Portal()
+        self._portal.__enter__()
+        self._batch: list[Result[Any]] = []
+        self._pos = 0
+        self._attached = False
+
+    @property
+    def report(self) -> BatchReport | None:
+        return self._inner.report
+
+    def __next__(self) -> Result[Any]:
+        if self._pos >= len(self._batch):
+            if self._portal is None:
+                raise StopIteration
+            inner = self._inner
+
+            async def pull(control: Any) -> list[Result[Any]]:
+                if not self._attached:
+                    self._attached = True
+                    inner.attach_control(control)
+                return await inner.next_batch()
+
+            try:
+                self._batch = self._portal.call(pull)
+            except BaseException:
+                self.close()
+                raise
+            self._pos = 0
+            if not self._batch:
+                self.close()
+                raise StopIteration
+        r = self._batch[self._pos]
+        self._pos += 1
+        return r
+
+    def close(self) -> None:
+        portal, self._portal = self._portal, None
+        if portal is not None:
+            try:
+                portal.call(lambda control: self._inner.aclose())
+            finally:
+                portal.__exit__(None, None, None)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_portal", None) is not None:
+            self.close()
+
+
+def stream(items: Items, fn: Callable[[Any], Any], **options: Any) -> Stream:
+    """Results in completion order as a plain iterator; `.report` at the end."""
+    _check(items, fn)
+    return Stream(AsyncStream(items, invoker_for(fn), options))

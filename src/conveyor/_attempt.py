@@ -1,0 +1,95 @@
+"""What a task function can tell the engine about the attempt it is in.
+
+The engine sets a context variable around every call (threads get a copy of
+the context), so a user's function reports usage and rate-limit hints with a
+plain function call and no extra parameter:
+
+    def call(prompt):
+        resp = client.chat.completions.create(...)
+        conveyor.report_usage(resp.usage.prompt_tokens, resp.usage.completion_tokens)
+        return resp
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from ._types import Usage
+
+__all__ = ["Attempt", "RateLimitHint", "current_attempt", "report_limits", "report_usage"]
+
+
+@dataclass(slots=True)
+class RateLimitHint:
+    """Limits a server announced (OpenAI's `x-ratelimit-*` headers).
+
+    Limits are per minute; `*_reset` are seconds until the budget refills.
+    """
+
+    requests_limit: float | None = None
+    tokens_limit: float | None = None
+    requests_remaining: float | None = None
+    tokens_remaining: float | None = None
+    requests_reset: float | None = None
+    tokens_reset: float | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The attempt in progress: which item, which try, what it consumed."""
+
+    index: int
+    key: str
+    number: int
+    usage: Usage | None = None
+    limits: RateLimitHint | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+_current: ContextVar[Attempt | None] = ContextVar("conveyor_attempt", default=None)
+
+
+def current_attempt() -> Attempt | None:
+    """The attempt the calling code runs in, or None outside conveyor."""
+    return _current.get()
+
+
+def report_usage(input_tokens: int = 0, output_tokens: int = 0) -> None:
+    """Tell the engine what this attempt consumed (tokens or any cost unit).
+
+    Settles the token-per-minute reservation made from the cost estimate and
+    feeds the report's token totals. Calls add up within one attempt. Outside
+    a conveyor run it does nothing.
+    """
+    a = _current.get()
+    if a is None:
+        return
+    if a.usage is None:
+        a.usage = Usage(int(input_tokens), int(output_tokens))
+    else:
+        a.usage.input_tokens += int(input_tokens)
+        a.usage.output_tokens += int(output_tokens)
+
+
+def report_limits(
+    *,
+    requests_limit: float | None = None,
+    tokens_limit: float | None = None,
+    requests_remaining: float | None = None,
+    tokens_remaining: float | None = None,
+    requests_reset: float | None = None,
+    tokens_reset: float | None = None,
+) -> None:
+    """Tell the engine the rate limits a server announced.
+
+    Limits the user did not set are learned from these; a remaining budget of
+    zero pauses admission until its reset. Outside a run it does nothing.
+    """
+    a = _current.get()
+    if a is None:
+        return
+    a.limits = RateLimitHint(
+        requests_limit, tokens_limit, requests_remaining, tokens_remaining,
+        requests_reset, tokens_reset,
+    )

@@ -1,0 +1,614 @@
+"""The async engine: items in, one terminal `Result` per item out.
+
+source -> admission (slots, waves, pause, breaker, rate limits) -> attempts
+(timeout, retries) -> results. It knows nothing of HTTP, files or terminals:
+task functions talk to the outside; the engine only carries out the
+decisions of its policies (`_retry`, `_limits`).
+
+Every task it starts is owned: item tasks are tracked until they finish and
+are cancelled and awaited when the run ends early, so nothing runs on after
+`arun` returns and no error is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any
+
+from ._attempt import Attempt, _current
+from ._callbacks import BatchInfo, Dispatcher
+from ._exceptions import ConveyorError, FatalError, Interrupted
+from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
+from ._options import Options
+from ._report import BatchReport, ReportBuilder
+from ._threads import ThreadRunner
+from ._types import ErrorInfo, Result, Status
+
+__all__ = ["Engine", "Invoker", "invoker_for"]
+
+log = logging.getLogger("conveyor")
+
+# An invoker runs one attempt of one item; the engine wraps it with the
+# attempt context, the timeout and the retry loop.
+Invoker = Callable[[Any, "Engine"], Awaitable[Any]]
+
+_DEFAULT_OVERLOAD_PAUSE = 1.0
+
+
+def _is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts as async
+    )
+
+
+def invoker_for(fn: Callable[[Any], Any]) -> Invoker:
+    """Async functions run on the loop; anything else runs on a thread."""
+    if _is_async_callable(fn):
+
+        async def call_async(item: Any, engine: Engine) -> Any:
+            return await fn(item)
+
+        return call_async
+
+    def call_sync(item: Any, engine: Engine) -> Awaitable[Any]:
+        return engine.run_in_thread(fn, item)
+
+    return call_sync
+
+
+class FatalItem(Exception):
+    """Internal: this item can never run (for example its cost exceeds the limit)."""
+
+
+class _Stopped(Exception):
+    """Internal: admission refused because the run is stopping."""
+
+
+class _ItemState:
+    __slots__ = ("attempt_running", "index")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.attempt_running = False
+
+
+class Engine:
+    def __init__(
+        self,
+        invoker: Invoker,
+        options: Options,
+        *,
+        keep_results: bool,
+        deliver: bool,
+        length_hint: int | None = None,
+    ) -> None:
+        self._invoke = invoker
+        self.opts = options
+        self._clock = options.clock
+        self._deliver = deliver
+        self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
+        self._dispatch = Dispatcher(options.callbacks)
+        self._loop = asyncio.get_running_loop()
+        self._threads: ThreadRunner | None = None
+        self._rng = random.Random()
+        self._length_hint = length_hint
+
+        self._adaptive = (
+            AdaptiveConcurrency(options.concurrency) if options.adaptive else None
+        )
+        self._rpm = (
+            RateLimiter(options.rpm, options.limit_window) if options.rpm is not None else None
+        )
+        self._tpm = (
+            RateLimiter(options.tpm, options.limit_window) if options.tpm is not None else None
+        )
+        self._rpm_learned = options.rpm is None
+        self._tpm_learned = options.tpm is None
+        b = options.breaker
+        self._breaker = (
+            CircuitBreaker(b.threshold, b.cooldown, b.max_cooldown) if b is not None else None
+        )
+        self._paused_until = -1.0
+        self._admit_lock = asyncio.Lock()
+
+        self._tasks: dict[asyncio.Task[None], _ItemState] = {}
+        self._buffer: deque[Result[Any]] = deque()
+        self._buffer_max = max(1024, 2 * options.concurrency)
+        self._capacity = asyncio.Event()
+        self._readable = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._finished = asyncio.Event()
+        self._producer: asyncio.Task[None] | None = None
+        self._grace_handle: asyncio.TimerHandle | None = None
+
+        self._stop_kind: str | None = None  # fail_fast | fatal | interrupt | abort | source
+        self._fatal: FatalError | None = None
+        self._source_error: BaseException | None = None
+        self._wave: list[Result[Any]] | None = [] if options.waves else None
+        self._completed = 0
+        self._wave_started = 0  # items started in the current wave
+        self._wave_number = 0
+        self.max_in_flight = 0
+
+    # ---- public surface used by the API layer -------------------------------------
+
+    def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._producer = self._loop.create_task(self._produce(items), name="conveyor-producer")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_kind is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def concurrency_limit(self) -> int:
+        lim = self.opts.concurrency
+        if self._adaptive is not None:
+            lim = min(lim, self._adaptive.limit)
+        return lim
+
+    async def next_batch(self, max_items: int = 512) -> list[Result[Any]]:
+        """Results in completion order; an empty list means the run is over."""
+        while not self._buffer:
+            if self._finished.is_set():
+                return []
+            self._readable.clear()
+            await self._readable.wait()  # set by each result and by the end of the run
+        out: list[Result[Any]] = []
+        buf = self._buffer
+        while buf and len(out) < max_items:
+            out.append(buf.popleft())
+        self._capacity.set()
+        return out
+
+    async def wait(self) -> None:
+        await self._finished.wait()
+
+    def stop(self, kind: str = "interrupt") -> None:
+        """Stop admitting work.
+
+        `interrupt`: items not yet attempting are cancelled now, attempts in
+        progress get `grace` seconds to finish. `abort`: cancel everything now.
+        """
+        if kind == "interrupt" and self._stop_kind == "interrupt":
+            kind = "abort"  # a second Ctrl+C
+        if self._stop_kind is not None and kind != "abort":
+            return
+        first = self._stop_kind is None
+        self._stop_kind = kind if first else self._stop_kind
+        self._capacity.set()
+        if kind == "interrupt":
+            for task, st in list(self._tasks.items()):
+                if not st.attempt_running:
+                    task.cancel()
+            grace = self.opts.grace
+            self._grace_handle = self._loop.call_later(grace, self._cancel_all)
+            log.warning(
+                "stopping: no new items; %d in flight get %.0fs to finish "
+                "(press Ctrl+C again to abort now)",
+                len(self._tasks),
+                grace,
+            )
+        else:
+            self._cancel_all()
+
+    async def aclose(self) -> None:
+        """End the run now if it is still going, and wait for every task."""
+        if not self._finished.is_set():
+            self.stop("abort")
+            if self._producer is not None:
+                self._producer.cancel()
+        tasks = [t for t in (self._producer, *self._tasks) if t is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._shutdown()
+
+    def report(self) -> BatchReport:
+        kind = self._stop_kind
+        reason = None
+        if kind == "fail_fast":
+            reason = "fail_fast: an item failed"
+        elif kind == "fatal" and self._fatal is not None:
+            reason = f"fatal: {self._fatal}"
+        elif kind in ("interrupt", "abort"):
+            reason = "interrupted"
+        elif kind == "source":
+            reason = f"the items iterable raised {type(self._source_error).__name__}"
+        rep = self._report.build(interrupted=kind in ("interrupt", "abort"), stop_reason=reason)
+        rep.extra["max_in_flight"] = self.max_in_flight
+        if self._breaker is not None and self._breaker.opened:
+            rep.extra["breaker_opened"] = self._breaker.opened
+        if self._adaptive is not None and self._adaptive.decreases:
+            rep.extra["concurrency_decreases"] = self._adaptive.decreases
+        if self._dispatch.failures:
+            rep.extra["callback_errors"] = self._dispatch.failures
+        return rep
+
+    def outcome(self, report: BatchReport) -> BaseException | None:
+        """The error the run ends with, if any, carrying the report."""
+        kind = self._stop_kind
+        if kind == "fatal" and self._fatal is not None:
+            self._fatal.report = report
+            return self._fatal
+        if kind in ("interrupt", "abort"):
+            return Interrupted(report)
+        if kind == "source" and self._source_error is not None:
+            err = ConveyorError(
+                f"the items iterable raised {type(self._source_error).__name__}: "
+                f"{self._source_error} after {self._report.total} items; "
+                "their results are in .report"
+            )
+            err.__cause__ = self._source_error
+            err.report = report  # type: ignore[attr-defined]
+            return err
+        return None
+
+    def run_in_thread(self, fn: Callable[[Any], Any], item: Any) -> asyncio.Future[Any]:
+        if self._threads is None:
+            self._threads = ThreadRunner(self._loop)
+        return self._threads.submit(contextvars.copy_context(), fn, item)
+
+    # ---- the producer: source -> admission into slots ---------------------------------
+
+    async def _produce(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        index = 0
+        try:
+            if isinstance(items, AsyncIterable):
+                async for item in items:
+                    if not await self._admit_item(index, item):
+                        break
+                    index += 1
+            else:
+                for item in items:
+                    if not await self._admit_item(index, item):
+                        break
+                    index += 1
+            if self._wave is not None:
+                await self._end_wave()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A broken input iterator stops admission; what ran is still reported.
+            self._source_error = exc
+            log.error("the items iterable raised %s: %s", type(exc).__name__, exc)
+            if self._stop_kind is None:
+                self._stop_kind = "source"
+        finally:
+            await self._idle.wait()
+            self._finish()
+
+    async def _admit_item(self, index: int, item: Any) -> bool:
+        if self._stop_kind is not None:
+            if self._stop_kind in ("fail_fast", "fatal"):
+                self._emit_skipped(index, item)
+                return True  # keep draining: every input item gets a result
+            return False
+        while (
+            len(self._tasks) >= self.concurrency_limit or len(self._buffer) >= self._buffer_max
+        ) and self._stop_kind is None:
+            self._capacity.clear()
+            await self._capacity.wait()
+        if self._stop_kind is not None:
+            return await self._admit_item(index, item)
+        try:
+            key = str(index) if self.opts.key is None else str(self.opts.key(item))
+        except Exception as exc:
+            self._emit(
+                self._result(index, str(index), item, Status.FAILED, ErrorInfo.from_exception(exc))
+            )
+            return True
+        st = _ItemState(index)
+        task = self._loop.create_task(self._run_item(index, key, item, st))
+        self._tasks[task] = st
+        self._idle.clear()
+        task.add_done_callback(self._task_done)
+        if len(self._tasks) > self.max_in_flight:
+            self.max_in_flight = len(self._tasks)
+        if self._wave is not None:
+            self._wave_started += 1
+            if self._wave_started >= self._wave_size():
+                await self._end_wave()
+        return True
+
+    def _wave_size(self) -> int:
+        return self.opts.batch_size or self.opts.concurrency
+
+    async def _end_wave(self) -> None:
+        await self._idle.wait()
+        if self._wave_started == 0:
+            return
+        self._wave_number += 1
+        results = sorted(self._wave or [], key=lambda r: r.index)
+        self._wave = []
+        self._wave_started = 0
+        total = None
+        if self._length_hint is not None:
+            total = -(-self._length_hint // self._wave_size())
+        info = BatchInfo(self._wave_number, total, results, self._completed)
+        log.info(
+            "Processed batch %d/%s: %d items complete",
+            info.number,
+            "?" if total is None else total,
+            info.completed,
+        )
+        await self._dispatch.batch(info)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            # _run_item catches everything; reaching here is a conveyor bug.
+            log.error("internal error in an item task", exc_info=task.exception())
+        self._capacity.set()
+        if not self._tasks:
+            self._idle.set()
+
+    def _finish(self) -> None:
+        if self._grace_handle is not None:
+            self._grace_handle.cancel()
+        self._finished.set()
+        self._readable.set()
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _shutdown(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
+
+    # ---- one item: admission, attempts, retries -------------------------------------
+
+    async def _run_item(self, index: int, key: str, item: Any, st: _ItemState) -> None:
+        clock = self._clock
+        t0 = clock.now()
+        wall0 = time.time()
+        attempts = 0
+        error: ErrorInfo | None = None
+        usage = None
+        try:
+            self._dispatch.start(index, key, item)
+            weight = 0.0
+            if self._tpm is not None or self.opts.cost is not None:
+                weight = float(self.opts.cost(item)) if self.opts.cost is not None else 0.0
+                if self._tpm is not None and not self._tpm.fits(weight):
+                    raise FatalItem(
+                        f"item cost {weight:g} exceeds the per-window token limit "
+                        f"{self._tpm.limit:g}: it can never be admitted"
+                    )
+            while True:
+                admitted_at = await self._admit(weight)
+                attempts += 1
+                attempt = Attempt(index, key, attempts)
+                st.attempt_running = True
+                try:
+                    value = await self._attempt(item, attempt)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    st.attempt_running = False
+                    usage = attempt.usage or usage
+                    self._settle(attempt, admitted_at, weight)
+                    delay = self._on_failure(exc, attempts)
+                    retryable = delay is not None
+                    error = ErrorInfo.from_exception(exc, retryable=retryable)
+                    if delay is None or self._stop_kind is not None:
+                        status = Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
+                        self._emit(
+                            self._result(index, key, item, status, error, attempts, wall0, t0, usage)
+                        )
+                        return
+                    log.debug(
+                        "retrying item %s after %s (attempt %d), waiting %.2fs",
+                        key, error.type, attempts, delay,
+                        extra={"key": key, "attempt": attempts},
+                    )
+                    await clock.sleep(delay)
+                    continue
+                st.attempt_running = False
+                usage = attempt.usage
+                self._settle(attempt, admitted_at, weight)
+                if self._breaker is not None:
+                    self._breaker.record_success()
+                if self._adaptive is not None:
+                    self._adaptive.on_success()
+                r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
+                r.value = value
+                self._emit(r)
+                return
+        except (asyncio.CancelledError, _Stopped):
+            self._emit(
+                self._result(
+                    index, key, item, Status.CANCELLED,
+                    error or ErrorInfo("Cancelled", "the run stopped before this item finished"),
+                    attempts, wall0, t0, usage,
+                )
+            )
+        except FatalItem as exc:
+            self._emit(
+                self._result(
+                    index, key, item, Status.FAILED, ErrorInfo.from_exception(exc),
+                    attempts, wall0, t0, usage,
+                )
+            )
+        except Exception as exc:  # a bug in a callback path or the engine: still one result
+            log.exception("internal error while running item %s", key)
+            self._emit(
+                self._result(
+                    index, key, item, Status.FAILED, ErrorInfo.from_exception(exc),
+                    attempts, wall0, t0, usage,
+                )
+            )
+
+    async def _attempt(self, item: Any, attempt: Attempt) -> Any:
+        _current.set(attempt)
+        timeout = self.opts.timeout
+        if timeout is None:
+            return await self._invoke(item, self)
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await self._invoke(item, self)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise TimeoutError(
+                    f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
+                ) from exc
+            raise
+
+    def _on_failure(self, exc: Exception, attempts: int) -> float | None:
+        """Apply what a failed attempt means to the run; return a retry delay."""
+        now = self._clock.now()
+        if isinstance(exc, FatalError):
+            if self._stop_kind is None:
+                self._fatal = exc
+                log.error("stopping the run: %s", exc)
+                self._stop_now("fatal")
+            return None
+        status = getattr(exc, "status_code", None)
+        if status == 429 or getattr(exc, "overload", False):
+            hint = getattr(exc, "retry_after", None)
+            pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
+            self._paused_until = max(self._paused_until, now + pause)
+            if self._adaptive is not None:
+                self._adaptive.on_overload(now)
+        delay = self.opts.retry.decide(attempts, exc, self._rng)
+        transient = delay is not None or self.opts.retry.is_retryable(exc)
+        if self._breaker is not None and transient and status != 429:
+            self._breaker.record_failure(now)
+        return delay
+
+    def _settle(self, attempt: Attempt, admitted_at: float | None, weight: float) -> None:
+        hint = attempt.limits
+        if hint is not None:
+            self._learn(hint)
+        if admitted_at is not None and self._tpm is not None and attempt.usage is not None:
+            self._tpm.settle(admitted_at, weight, float(attempt.usage.total_tokens))
+
+    def _learn(self, hint: Any) -> None:
+        now = self._clock.now()
+        window = 60.0
+        if hint.requests_limit and self._rpm_learned:
+            if self._rpm is None:
+                self._rpm = RateLimiter(hint.requests_limit, window)
+                log.info("learned a limit of %g requests/min from the server", hint.requests_limit)
+            elif self._rpm.limit != hint.requests_limit:
+                self._rpm.set_limit(hint.requests_limit)
+        if hint.tokens_limit and self._tpm_learned and self.opts.cost is not None:
+            if self._tpm is None:
+                self._tpm = RateLimiter(hint.tokens_limit, window)
+                log.info("learned a limit of %g tokens/min from the server", hint.tokens_limit)
+            elif self._tpm.limit != hint.tokens_limit:
+                self._tpm.set_limit(hint.tokens_limit)
+        for remaining, reset in (
+            (hint.requests_remaining, hint.requests_reset),
+            (hint.tokens_remaining, hint.tokens_reset),
+        ):
+            if remaining is not None and remaining <= 0 and reset:
+                self._paused_until = max(self._paused_until, now + reset)
+
+    async def _admit(self, weight: float) -> float | None:
+        """Wait until every limit allows one attempt; returns the admission time."""
+        if self._stop_kind is not None:
+            raise _Stopped
+        rpm, tpm, brk = self._rpm, self._tpm, self._breaker
+        clock = self._clock
+        if rpm is None and tpm is None and brk is None and self._paused_until < 0:
+            return None
+        async with self._admit_lock:  # FIFO: one waiter polls, the rest queue
+            while True:
+                if self._stop_kind is not None:
+                    raise _Stopped
+                rpm, tpm = self._rpm, self._tpm
+                now = clock.now()
+                wait = self._paused_until - now
+                if wait <= 0 and rpm is not None:
+                    wait = rpm.wait_time(now, 1.0)
+                if wait <= 0 and tpm is not None and weight > 0:
+                    wait = tpm.wait_time(now, weight)
+                if wait <= 0 and brk is not None:
+                    wait = brk.wait_time(now)
+                if wait <= 0:
+                    if rpm is not None:
+                        rpm.commit(now, 1.0)
+                    if tpm is not None and weight > 0:
+                        tpm.commit(now, weight)
+                    return now
+                await clock.sleep(wait)
+
+    def _stop_now(self, kind: str) -> None:
+        if self._stop_kind is None:
+            self._stop_kind = kind
+            self._capacity.set()
+            self._cancel_all()
+
+    # ---- results out ------------------------------------------------------------------
+
+    def _result(
+        self,
+        index: int,
+        key: str,
+        item: Any,
+        status: Status,
+        error: ErrorInfo | None,
+        attempts: int = 0,
+        wall0: float | None = None,
+        t0: float | None = None,
+        usage: Any = None,
+    ) -> Result[Any]:
+        end = self._clock.now()
+        return Result(
+            index=index,
+            key=key,
+            status=status,
+            item=item,
+            error=error,
+            attempts=attempts,
+            started_at=wall0,
+            ended_at=(wall0 + (end - t0)) if wall0 is not None and t0 is not None else None,
+            duration=(end - t0) if t0 is not None else 0.0,
+            usage=usage,
+        )
+
+    def _emit_skipped(self, index: int, item: Any) -> None:
+        try:
+            key = str(index) if self.opts.key is None else str(self.opts.key(item))
+        except Exception:
+            key = str(index)
+        self._emit(
+            self._result(
+                index, key, item, Status.SKIPPED,
+                ErrorInfo("Skipped", f"not run: the run stopped ({self._stop_kind})"),
+            )
+        )
+
+    def _emit(self, r: Result[Any]) -> None:
+        self._report.add(r)
+        self._completed += 1
+        if self._wave is not None and r.status is not Status.SKIPPED:
+            self._wave.append(r)
+        if r.status is Status.FAILED or r.status is Status.TIMED_OUT:
+            err = r.error
+            log.warning(
+                "item %s %s after %d attempt(s): %s: %s",
+                r.key, r.status.value, r.attempts,
+                err.type if err else "?", err.message if err else "",
+                extra={"key": r.key, "status": r.status.value, "attempt": r.attempts},
+            )
+            if self.opts.fail_fast and self._stop_kind is None:
+                log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
+                self._stop_now("fail_fast")
+        self._dispatch.result(r)
+        if self._deliver:
+            self._buffer.append(r)
+            self._readable.set()

@@ -1,0 +1,262 @@
+"""Admission policies: rate limits, adaptive concurrency, circuit breaker.
+
+Each is a pure object: it is told the time and answers "go" or "wait d
+seconds". None sleeps, locks or does I/O, so each is tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+
+from ._exceptions import ConfigError
+
+__all__ = ["AdaptiveConcurrency", "BreakerState", "CircuitBreaker", "RateLimiter"]
+
+# The window is kept in this many buckets: memory stays constant at any rate,
+# and expiring a whole bucket late costs at most window/_BUCKETS of throughput.
+_BUCKETS = 600
+
+
+class RateLimiter:
+    """At most `limit` units (requests, tokens) in any `window` seconds.
+
+    Two rules, both must allow an acquisition:
+
+    - an exact sliding window: the units admitted in the last `window`
+      seconds plus the new weight never exceed `limit`. Admissions are kept
+      in time buckets and a bucket only leaves the window once its *end* is
+      older than `window`, which can only make the limiter stricter;
+    - pacing: a token bucket refilled at `limit/window` per second holding at
+      most `burst` units, so a full minute's budget is not spent in the first
+      second (servers that meter with their own bucket would answer 429).
+
+    A weight larger than `burst` is admitted when the bucket is full and
+    leaves it in debt, so large items are slowed, never starved. Weights
+    larger than `limit` can never be admitted: callers check `fits()` first.
+    """
+
+    def __init__(self, limit: float, window: float = 60.0, burst: float | None = None) -> None:
+        if not limit > 0 or math.isinf(limit):
+            raise ConfigError("limit", limit, "a number > 0 per window")
+        if not window > 0:
+            raise ConfigError("window", window, "seconds > 0")
+        self.window = float(window)
+        self._res = self.window / _BUCKETS
+        self._buckets: deque[list[float]] = deque()  # [bucket index, weight]
+        self._sum = 0.0
+        self._tokens = 0.0
+        self._last: float | None = None
+        self.limit = float(limit)
+        self._burst_override = burst
+        self._burst = self._default_burst() if burst is None else float(burst)
+        self._tokens = self._burst
+
+    def _default_burst(self) -> float:
+        # One second's worth of the rate, at least one unit.
+        return max(1.0, self.limit / self.window)
+
+    @property
+    def rate(self) -> float:
+        return self.limit / self.window
+
+    def set_limit(self, limit: float) -> None:
+        """Change the limit (for example one learned from response headers)."""
+        if not limit > 0:
+            return
+        self.limit = float(limit)
+        if self._burst_override is None:
+            self._burst = self._default_burst()
+        self._tokens = min(self._tokens, self._burst)
+
+    def fits(self, weight: float) -> bool:
+        return weight <= self.limit
+
+    def in_window(self, now: float) -> float:
+        """Units admitted in the current window."""
+        self._expire(now)
+        return self._sum
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        b = self._buckets
+        while b and (b[0][0] + 1) * self._res <= horizon:
+            self._sum -= b.popleft()[1]
+        if not b:
+            self._sum = 0.0  # drop float drift when the window empties
+
+    def _refill(self, now: float) -> None:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self.rate)
+        if self._last is None or now > self._last:
+            self._last = now
+
+    def wait_time(self, now: float, weight: float = 1.0) -> float:
+        """Seconds until `weight` could be admitted; 0.0 means now."""
+        self._expire(now)
+        self._refill(now)
+        wait = 0.0
+        if self._sum + weight > self.limit and self._buckets:
+            # Find how far the oldest buckets must age out to make room.
+            excess = self._sum + weight - self.limit
+            freed = 0.0
+            for idx, w in self._buckets:
+                freed += w
+                if freed >= excess:
+                    wait = (idx + 1) * self._res + self.window - now
+                    break
+            else:
+                wait = (self._buckets[-1][0] + 1) * self._res + self.window - now
+        need = min(weight, self._burst)
+        if self._tokens < need:
+            wait = max(wait, (need - self._tokens) / self.rate)
+        return max(0.0, wait)
+
+    def acquire(self, now: float, weight: float = 1.0) -> float:
+        """Admit `weight` now if allowed (returns 0.0), else the wait."""
+        wait = self.wait_time(now, weight)
+        if wait > 0:
+            return wait
+        self.commit(now, weight)
+        return 0.0
+
+    def commit(self, now: float, weight: float) -> None:
+        """Record an admission `wait_time` allowed (callers combining limiters)."""
+        idx = float(math.floor(now / self._res))
+        if self._buckets and self._buckets[-1][0] == idx:
+            self._buckets[-1][1] += weight
+        else:
+            self._buckets.append([idx, weight])
+        self._sum += weight
+        self._tokens -= weight
+
+    def settle(self, admitted_at: float, estimated: float, actual: float) -> None:
+        """Replace an admission's estimated weight by the actual one.
+
+        A refund returns units to both the window and the bucket; a shortfall
+        is charged, so the limit holds even when estimates were low.
+        """
+        delta = actual - estimated
+        if delta == 0:
+            return
+        idx = math.floor(admitted_at / self._res)
+        for bucket in reversed(self._buckets):
+            if bucket[0] == idx:
+                # Never below zero: the bucket may hold other admissions only.
+                applied = max(delta, -bucket[1])
+                bucket[1] += applied
+                self._sum += applied
+                break
+            if bucket[0] < idx:
+                break
+        self._tokens = min(self._burst, self._tokens - delta)
+
+
+class AdaptiveConcurrency:
+    """AIMD on the number of items in flight.
+
+    Each success adds 1/limit (so +1 per "round" of successes); an overload
+    signal (HTTP 429) halves the limit, at most once per `cooldown` seconds so
+    one burst of 429s from the same round counts once.
+    """
+
+    def __init__(
+        self, maximum: int, *, minimum: int = 1, factor: float = 0.5, cooldown: float = 1.0
+    ) -> None:
+        self.maximum = maximum
+        self.minimum = max(1, min(minimum, maximum))
+        self.factor = factor
+        self.cooldown = cooldown
+        self._limit = float(maximum)
+        self._last_decrease = -math.inf
+        self.decreases = 0
+
+    @property
+    def limit(self) -> int:
+        return max(self.minimum, int(self._limit))
+
+    def on_success(self) -> None:
+        if self._limit < self.maximum:
+            self._limit = min(float(self.maximum), self._limit + 1.0 / max(1.0, self._limit))
+
+    def on_overload(self, now: float) -> bool:
+        """Back off; returns True when the limit actually dropped."""
+        if now - self._last_decrease < self.cooldown:
+            return False
+        self._last_decrease = now
+        new = max(float(self.minimum), self._limit * self.factor)
+        if new < self._limit:
+            self._limit = new
+            self.decreases += 1
+            return True
+        return False
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Pauses (never fails) admission while the endpoint looks down.
+
+    After `threshold` consecutive failures it opens for `cooldown` seconds;
+    then one probe attempt is let through (half-open). A successful probe
+    closes it; a failed one reopens it for twice as long, up to
+    `max_cooldown`.
+    """
+
+    def __init__(
+        self, threshold: int = 5, cooldown: float = 5.0, max_cooldown: float = 60.0
+    ) -> None:
+        if not isinstance(threshold, int) or threshold < 1:
+            raise ConfigError("breaker threshold", threshold, "a whole number >= 1")
+        if not cooldown > 0:
+            raise ConfigError("breaker cooldown", cooldown, "seconds > 0")
+        self.threshold = threshold
+        self.base_cooldown = float(cooldown)
+        self.max_cooldown = max(float(max_cooldown), self.base_cooldown)
+        self.state = BreakerState.CLOSED
+        self._failures = 0
+        self._cooldown = self.base_cooldown
+        self._open_until = 0.0
+        self._probe_out = False
+        self.opened = 0  # how many times it opened, for the report
+
+    def wait_time(self, now: float) -> float:
+        """0.0 if an attempt may start now (and claims the probe if half-open)."""
+        if self.state is BreakerState.CLOSED:
+            return 0.0
+        if self.state is BreakerState.OPEN:
+            if now < self._open_until:
+                return self._open_until - now
+            self.state = BreakerState.HALF_OPEN
+            self._probe_out = False
+        if not self._probe_out:
+            self._probe_out = True
+            return 0.0
+        # A probe is out: check back shortly instead of piling on.
+        return min(self._cooldown, 0.25)
+
+    def record_success(self) -> None:
+        self._failures = 0
+        if self.state is not BreakerState.CLOSED:
+            self.state = BreakerState.CLOSED
+            self._cooldown = self.base_cooldown
+            self._probe_out = False
+
+    def record_failure(self, now: float) -> None:
+        self._failures += 1
+        if self.state is BreakerState.HALF_OPEN:
+            self._cooldown = min(self.max_cooldown, self._cooldown * 2)
+            self._open(now)
+        elif self.state is BreakerState.CLOSED and self._failures >= self.threshold:
+            self._open(now)
+
+    def _open(self, now: float) -> None:
+        self.state = BreakerState.OPEN
+        self._open_until = now + self._cooldown
+        self._probe_out = False
+        self.opened += 1

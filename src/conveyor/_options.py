@@ -1,0 +1,173 @@
+"""Run options, validated when the call is made (before any item runs)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._callbacks import FunctionCallbacks
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigError
+from ._retry import RetryPolicy
+
+__all__ = ["Breaker", "Options", "build_options"]
+
+DEFAULT_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """Circuit breaker settings: open after `threshold` consecutive transient
+    failures, probe after `cooldown` seconds, doubling up to `max_cooldown`."""
+
+    threshold: int = 5
+    cooldown: float = 5.0
+    max_cooldown: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or self.threshold < 1:
+            raise ConfigError("breaker.threshold", self.threshold, "a whole number >= 1")
+        _positive("breaker.cooldown", self.cooldown)
+        if self.max_cooldown < self.cooldown:
+            raise ConfigError(
+                "breaker.max_cooldown", self.max_cooldown, f">= cooldown ({self.cooldown})"
+            )
+
+
+@dataclass(frozen=True)
+class Options:
+    concurrency: int
+    waves: bool
+    batch_size: int | None
+    timeout: float | None
+    retry: RetryPolicy
+    rpm: float | None
+    tpm: float | None
+    cost: Callable[[Any], float] | None
+    limit_window: float
+    breaker: Breaker | None
+    adaptive: bool
+    fail_fast: bool
+    key: Callable[[Any], Any] | None
+    callbacks: tuple[Any, ...]
+    grace: float
+    clock: Clock
+    batch_id: str | None
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or value <= 0
+    ):
+        extra = " or None" if allow_none else ""
+        raise ConfigError(name, value, f"a number > 0{extra}")
+
+
+def _whole(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+        hi is not None and value > hi
+    ):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(name, value, f"a whole number {rng}")
+
+
+def build_options(
+    *,
+    concurrency: int | None = None,
+    waves: bool = False,
+    batch_size: int | None = None,
+    timeout: float | None = None,
+    retries: int | RetryPolicy = 3,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    cost: Callable[[Any], float] | None = None,
+    limit_window: float = 60.0,
+    breaker: Breaker | bool | None = None,
+    adaptive: bool = True,
+    fail_fast: bool = False,
+    key: Callable[[Any], Any] | None = None,
+    callbacks: Any = None,
+    on_start: Callable[..., Any] | None = None,
+    on_result: Callable[..., Any] | None = None,
+    on_error: Callable[..., Any] | None = None,
+    on_batch: Callable[..., Any] | None = None,
+    grace: float = 10.0,
+    clock: Clock | None = None,
+    batch_id: str | None = None,
+) -> Options:
+    if concurrency is not None:
+        _whole("concurrency", concurrency, 1, 100_000)
+    if batch_size is not None and not waves:
+        raise ConfigError(
+            "batch_size", batch_size, "only with waves=True (fixed batches with a barrier)"
+        )
+    if waves:
+        if batch_size is None:
+            batch_size = concurrency or DEFAULT_CONCURRENCY
+        _whole("batch_size", batch_size, 1, 100_000)
+        conc = min(concurrency or batch_size, batch_size)
+    else:
+        conc = concurrency or DEFAULT_CONCURRENCY
+    _positive("timeout", timeout, allow_none=True)
+    if isinstance(retries, RetryPolicy):
+        retry = retries
+    else:
+        _whole("retries", retries, 0, 1000)
+        retry = RetryPolicy(retries=retries)
+    _positive("rpm", rpm, allow_none=True)
+    _positive("tpm", tpm, allow_none=True)
+    if cost is not None and not callable(cost):
+        raise ConfigError("cost", cost, "a function item -> weight (e.g. estimated tokens)")
+    if tpm is not None and cost is None:
+        raise ConfigError("cost", None, "a function item -> weight is needed with tpm")
+    _positive("limit_window", limit_window)
+    if breaker is True:
+        brk: Breaker | None = Breaker()
+    elif breaker is False or breaker is None:
+        brk = None
+    elif isinstance(breaker, Breaker):
+        brk = breaker
+    else:
+        raise ConfigError("breaker", breaker, "True, False, None or conveyor.Breaker(...)")
+    if key is not None and not callable(key):
+        raise ConfigError("key", key, "a function item -> stable id")
+    if not (isinstance(grace, int | float) and grace >= 0):
+        raise ConfigError("grace", grace, "seconds >= 0")
+    targets: list[Any] = []
+    if callbacks is not None:
+        if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
+            targets.extend(callbacks)
+        else:
+            targets.append(callbacks)
+    fns = {"on_start": on_start, "on_result": on_result, "on_error": on_error, "on_batch": on_batch}
+    for name, fn in fns.items():
+        if fn is not None and not callable(fn):
+            raise ConfigError(name, fn, "a function")
+    if any(fns.values()):
+        targets.append(FunctionCallbacks(**fns))
+    return Options(
+        concurrency=conc,
+        waves=waves,
+        batch_size=batch_size,
+        timeout=timeout,
+        retry=retry,
+        rpm=rpm,
+        tpm=tpm,
+        cost=cost,
+        limit_window=float(limit_window),
+        breaker=brk,
+        adaptive=bool(adaptive),
+        fail_fast=bool(fail_fast),
+        key=key,
+        callbacks=tuple(targets),
+        grace=float(grace),
+        clock=clock or SystemClock(),
+        batch_id=batch_id,
+    )

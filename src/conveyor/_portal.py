@@ -1,0 +1,127 @@
+"""Running the async engine from sync code, as `trio.run` does.
+
+With no event loop in the calling thread, the portal owns a fresh loop and
+runs it right here, with Ctrl+C routed to a graceful stop. When a loop is
+already running in this thread (Jupyter, an async web handler calling sync
+code), blocking it would deadlock, so the portal runs its own loop on a helper
+thread and waits for it; Ctrl+C still reaches the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["Control", "Portal"]
+
+T = TypeVar("T")
+
+
+class Control:
+    """Routes Ctrl+C to the engine: first press stops, second aborts."""
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        self.presses = 0
+
+    def attach(self, engine: Any) -> None:
+        self._engine = engine
+        for _ in range(self.presses):
+            engine.stop("interrupt")
+
+    def interrupt(self) -> None:
+        self.presses += 1
+        if self._engine is not None:
+            self._engine.stop("interrupt")
+
+
+class Portal:
+    def __init__(self) -> None:
+        self.control = Control()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def threaded(self) -> bool:
+        return self._thread is not None
+
+    def __enter__(self) -> Portal:
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:
+            running = False
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        if running:
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self._thread = threading.Thread(target=serve, name="conveyor-portal", daemon=True)
+            self._thread.start()
+            ready.wait()
+        return self
+
+    def call(self, make: Callable[[Control], Coroutine[Any, Any, T]]) -> T:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("Portal used outside its with-block")
+        coro = make(self.control)
+        if self._thread is not None:
+            fut = asyncio.run_coroutine_threadsafe(coro, loop)
+            while True:
+                try:
+                    return fut.result()
+                except KeyboardInterrupt:
+                    loop.call_soon_threadsafe(self.control.interrupt)
+        installed = False
+        previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                previous = signal.getsignal(signal.SIGINT)
+                loop.add_signal_handler(signal.SIGINT, self.control.interrupt)
+                installed = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                installed = False
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+
+    def __exit__(self, *exc: object) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if self._thread is not None:
+
+            async def drain() -> None:
+                await _cancel_leftovers()
+                await loop.shutdown_asyncgens()
+
+            asyncio.run_coroutine_threadsafe(drain(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join()
+            self._thread = None
+        else:
+            loop.run_until_complete(_cancel_leftovers())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _cancel_leftovers() -> None:
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,244 @@
+"""BatchReport: what happened in a run, as numbers, JSON and a text summary.
+
+`ReportBuilder` accumulates results one at a time (constant work per result);
+`BatchReport` is the frozen outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._types import Result, Status
+
+__all__ = ["BatchReport", "ReportBuilder", "percentile"]
+
+
+def percentile(sorted_values: Iterable[float] | array[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (0 if empty)."""
+    vals = sorted_values if isinstance(sorted_values, array | list) else list(sorted_values)
+    n = len(vals)
+    if n == 0:
+        return 0.0
+    if n == 1:
+        return float(vals[0])
+    pos = (n - 1) * min(100.0, max(0.0, q)) / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    return float(vals[lo] + (vals[hi] - vals[lo]) * (pos - lo))
+
+
+def new_batch_id() -> str:
+    return time.strftime("batch_%Y%m%d_%H%M%S_") + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class BatchReport:
+    """The outcome of one run.
+
+    `results` are in input order (empty for `stream()` reports, which do
+    not keep them). Durations are seconds. `first_result_seconds` is the
+    time from the start of the run to its first terminal result.
+    """
+
+    batch_id: str
+    total: int
+    counts: dict[str, int]
+    started_at: float
+    finished_at: float
+    total_duration_seconds: float
+    avg_duration_seconds: float
+    latency_p50: float
+    latency_p95: float
+    latency_p99: float
+    latency_max: float
+    first_result_seconds: float | None
+    attempts: int
+    retries: int
+    errors: dict[str, int]
+    throughput_per_second: float
+    input_tokens: int
+    output_tokens: int
+    interrupted: bool = False
+    stop_reason: str | None = None
+    results: list[Result[Any]] = field(default_factory=list, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def successful(self) -> int:
+        return self.counts.get(Status.OK.value, 0)
+
+    @property
+    def failed(self) -> int:
+        """Items that did not succeed: failed + timed out (cancelled/skipped apart)."""
+        return self.counts.get(Status.FAILED.value, 0) + self.counts.get(
+            Status.TIMED_OUT.value, 0
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.successful == self.total and not self.interrupted
+
+    def __iter__(self) -> Iterator[Result[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> Result[Any]:
+        return self.results[index]
+
+    def values(self) -> list[Any]:
+        """Each item's value in input order (None where it did not succeed)."""
+        return [r.value if r.ok else None for r in self.results]
+
+    def failures(self) -> list[Result[Any]]:
+        return [r for r in self.results if not r.ok]
+
+    def to_dict(self, *, include_results: bool = True) -> dict[str, Any]:
+        """JSON-ready, in the shape of a batch response (seed 002) where it applies."""
+        d: dict[str, Any] = {
+            "batch_id": self.batch_id,
+            "total_items": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "counts": dict(self.counts),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "total_duration_seconds": round(self.total_duration_seconds, 6),
+            "avg_duration_per_item": round(self.avg_duration_seconds, 6),
+            "first_result_seconds": (
+                None if self.first_result_seconds is None else round(self.first_result_seconds, 6)
+            ),
+            "latency_seconds": {
+                "p50": round(self.latency_p50, 6),
+                "p95": round(self.latency_p95, 6),
+                "p99": round(self.latency_p99, 6),
+                "max": round(self.latency_max, 6),
+            },
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "errors": dict(self.errors),
+            "throughput_per_second": round(self.throughput_per_second, 3),
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "interrupted": self.interrupted,
+            "stop_reason": self.stop_reason,
+        }
+        if self.extra:
+            d["extra"] = self.extra
+        if include_results:
+            d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+    def to_json(self, *, include_results: bool = True, indent: bool = False) -> str:
+        opts = orjson.OPT_INDENT_2 if indent else 0
+        return orjson.dumps(
+            self.to_dict(include_results=include_results), option=opts, default=repr
+        ).decode()
+
+    def summary(self) -> str:
+        """A plain multi-line summary, fixed width, no escape codes."""
+        c = self.counts
+        lines = [
+            f"batch {self.batch_id}: {self.total} items in {self.total_duration_seconds:.2f}s"
+            + (f" (stopped: {self.stop_reason})" if self.stop_reason else ""),
+            "  "
+            + "  ".join(f"{s.value} {c.get(s.value, 0)}" for s in Status),
+            f"  throughput {self.throughput_per_second:.1f}/s  first result "
+            + (
+                f"{self.first_result_seconds:.3f}s"
+                if self.first_result_seconds is not None
+                else "-"
+            )
+            + f"  retries {self.retries}",
+            f"  latency p50 {self.latency_p50:.3f}s  p95 {self.latency_p95:.3f}s  "
+            f"p99 {self.latency_p99:.3f}s  max {self.latency_max:.3f}s",
+        ]
+        if self.input_tokens or self.output_tokens:
+            lines.append(f"  tokens in {self.input_tokens}  out {self.output_tokens}")
+        if self.errors:
+            top = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+            lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
+        return "\n".join(lines)
+
+
+class ReportBuilder:
+    """Accumulates results into a `BatchReport`.
+
+    Keeps every result only when asked to (`run()` returns them); latencies
+    are kept as a compact float array for the percentiles.
+    """
+
+    def __init__(self, *, batch_id: str | None = None, keep_results: bool = True) -> None:
+        self.batch_id = batch_id or new_batch_id()
+        self.keep_results = keep_results
+        self.started_at = time.time()
+        self._t0 = time.monotonic()
+        self._first: float | None = None
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._latencies: array[float] = array("d")
+        self._attempts = 0
+        self._retries = 0
+        self._tokens_in = 0
+        self._tokens_out = 0
+        self.results: list[Result[Any]] = []
+        self.total = 0
+
+    def add(self, r: Result[Any]) -> None:
+        if self._first is None:
+            self._first = time.monotonic() - self._t0
+        self.total += 1
+        self.counts[r.status.value] += 1
+        if r.status is not Status.SKIPPED and r.attempts:
+            self._latencies.append(r.duration)
+        self._attempts += r.attempts
+        if r.attempts > 1:
+            self._retries += r.attempts - 1
+        if r.error is not None and r.status is not Status.OK:
+            self.errors[r.error.type] += 1
+        if r.usage is not None:
+            self._tokens_in += r.usage.input_tokens
+            self._tokens_out += r.usage.output_tokens
+        if self.keep_results:
+            self.results.append(r)
+
+    def build(
+        self, *, interrupted: bool = False, stop_reason: str | None = None
+    ) -> BatchReport:
+        elapsed = time.monotonic() - self._t0
+        lat = sorted(self._latencies)
+        if self.keep_results:
+            self.results.sort(key=lambda r: r.index)
+        done = self.total - self.counts.get(Status.SKIPPED.value, 0)
+        return BatchReport(
+            batch_id=self.batch_id,
+            total=self.total,
+            counts={s.value: self.counts.get(s.value, 0) for s in Status},
+            started_at=self.started_at,
+            finished_at=self.started_at + elapsed,
+            total_duration_seconds=elapsed,
+            avg_duration_seconds=(sum(lat) / len(lat)) if lat else 0.0,
+            latency_p50=percentile(lat, 50),
+            latency_p95=percentile(lat, 95),
+            latency_p99=percentile(lat, 99),
+            latency_max=lat[-1] if lat else 0.0,
+            first_result_seconds=self._first,
+            attempts=self._attempts,
+            retries=self._retries,
+            errors=dict(self.errors),
+            throughput_per_second=(done / elapsed) if elapsed > 0 else 0.0,
+            input_tokens=self._tokens_in,
+            output_tokens=self._tokens_out,
+            interrupted=interrupted,
+            stop_reason=stop_reason,
+            results=self.results,
+        )
