@@ -96,10 +96,10 @@ def main() -> int:
     rows = []
     b = bare_asyncio(n, a.concurrency)
     c = conveyor_run(n, a.concurrency, _noop_async)
-    rows.append(("async, concurrency %d" % a.concurrency, "Semaphore+gather", n / b, n / c))
+    rows.append((f"async, concurrency {a.concurrency}", "Semaphore+gather", n / b, n / c))
     bt = bare_threads(n, a.threads)
     ct = conveyor_run(n, a.threads, _noop_sync)
-    rows.append(("sync on %d threads" % a.threads, "ThreadPoolExecutor.map", n / bt, n / ct))
+    rows.append((f"sync on {a.threads} threads", "ThreadPoolExecutor.map", n / bt, n / ct))
     print(f"{'scenario':26} {'baseline':24} {'baseline/s':>12} {'conveyor/s':>12} {'ratio':>7}")
     for name, base, bs, cs in rows:
         print(f"{name:26} {base:24} {bs:12,.0f} {cs:12,.0f} {cs / bs:7.2f}")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._engine import Engine, Invoker, invoker_for
 from ._exceptions import ConfigError
 from ._options import build_options
 from ._portal import Portal
-from ._report import BatchReport
 from ._types import Result
+
+if TYPE_CHECKING:
+    from ._report import BatchReport
 
 __all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
 
@@ -33,9 +35,13 @@ def _check(items: Any, fn: Any) -> None:
         raise ConfigError("fn", fn, "a function (sync or async) taking one item")
 
 
-async def _arun(items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any) -> BatchReport:
+async def _arun(
+    items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
+) -> BatchReport:
     opts = build_options(**opts_kw)
-    engine = Engine(invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items))
+    engine = Engine(
+        invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items)
+    )
     if control is not None:
         control.attach(engine)
     engine.start(items)
@@ -112,7 +118,10 @@ class AsyncStream(AsyncIterator[Result[Any]]):
         if self._engine is None:
             opts = build_options(**self._options)
             self._engine = Engine(
-                self._invoker, opts, keep_results=False, deliver=True,
+                self._invoker,
+                opts,
+                keep_results=False,
+                deliver=True,
                 length_hint=_length_hint(self._items),
             )
             self._engine.start(self._items)

@@ -90,6 +90,10 @@ def report_limits(
     if a is None:
         return
     a.limits = RateLimitHint(
-        requests_limit, tokens_limit, requests_remaining, tokens_remaining,
-        requests_reset, tokens_reset,
+        requests_limit,
+        tokens_limit,
+        requests_remaining,
+        tokens_remaining,
+        requests_reset,
+        tokens_reset,
     )

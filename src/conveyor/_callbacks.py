@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._types import Result
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._types import Result
 
 __all__ = ["BatchInfo", "ProgressCallback"]
 

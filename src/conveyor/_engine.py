@@ -20,16 +20,18 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._exceptions import ConveyorError, FatalError, Interrupted
 from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
-from ._options import Options
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
 from ._types import ErrorInfo, Result, Status
+
+if TYPE_CHECKING:
+    from ._options import Options
 
 __all__ = ["Engine", "Invoker", "invoker_for"]
 
@@ -72,11 +74,14 @@ class _Stopped(Exception):
 
 
 class _ItemState:
-    __slots__ = ("attempt_running", "index")
+    __slots__ = ("attempt_running", "index", "item", "key", "reported")
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, key: str, item: Any) -> None:
         self.index = index
+        self.key = key
+        self.item = item
         self.attempt_running = False
+        self.reported = False  # set once the coroutine ran (it always reports)
 
 
 class Engine:
@@ -100,9 +105,7 @@ class Engine:
         self._rng = random.Random()
         self._length_hint = length_hint
 
-        self._adaptive = (
-            AdaptiveConcurrency(options.concurrency) if options.adaptive else None
-        )
+        self._adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
         self._rpm = (
             RateLimiter(options.rpm, options.limit_window) if options.rpm is not None else None
         )
@@ -250,7 +253,7 @@ class Engine:
                 "their results are in .report"
             )
             err.__cause__ = self._source_error
-            err.report = report  # type: ignore[attr-defined]
+            err.report = report
             return err
         return None
 
@@ -288,19 +291,20 @@ class Engine:
             await self._idle.wait()
             self._finish()
 
+    def _drain_stopped(self, index: int, item: Any) -> bool:
+        if self._stop_kind in ("fail_fast", "fatal"):
+            self._emit_skipped(index, item)
+            return True  # keep draining: every input item gets a result
+        return False
+
     async def _admit_item(self, index: int, item: Any) -> bool:
         if self._stop_kind is not None:
-            if self._stop_kind in ("fail_fast", "fatal"):
-                self._emit_skipped(index, item)
-                return True  # keep draining: every input item gets a result
-            return False
-        while (
-            len(self._tasks) >= self.concurrency_limit or len(self._buffer) >= self._buffer_max
-        ) and self._stop_kind is None:
+            return self._drain_stopped(index, item)
+        while len(self._tasks) >= self.concurrency_limit or len(self._buffer) >= self._buffer_max:
             self._capacity.clear()
             await self._capacity.wait()
-        if self._stop_kind is not None:
-            return await self._admit_item(index, item)
+            if self.stopping:  # a property: re-read after the await
+                return self._drain_stopped(index, item)
         try:
             key = str(index) if self.opts.key is None else str(self.opts.key(item))
         except Exception as exc:
@@ -308,7 +312,7 @@ class Engine:
                 self._result(index, str(index), item, Status.FAILED, ErrorInfo.from_exception(exc))
             )
             return True
-        st = _ItemState(index)
+        st = _ItemState(index, key, item)
         task = self._loop.create_task(self._run_item(index, key, item, st))
         self._tasks[task] = st
         self._idle.clear()
@@ -345,8 +349,20 @@ class Engine:
         await self._dispatch.batch(info)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
+        st = self._tasks.pop(task, None)
+        if task.cancelled() and st is not None and not st.reported:
+            # Cancelled before its coroutine ever ran, so it could not report:
+            # the item still gets its one terminal result.
+            self._emit(
+                self._result(
+                    st.index,
+                    st.key,
+                    st.item,
+                    Status.CANCELLED,
+                    ErrorInfo("Cancelled", "the run stopped before this item started"),
+                )
+            )
+        elif not task.cancelled() and task.exception() is not None:
             # _run_item catches everything; reaching here is a conveyor bug.
             log.error("internal error in an item task", exc_info=task.exception())
         self._capacity.set()
@@ -360,8 +376,10 @@ class Engine:
         self._readable.set()
 
     def _cancel_all(self) -> None:
+        me = asyncio.current_task()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not me:  # the item that triggered the stop reports itself
+                task.cancel()
 
     def _shutdown(self) -> None:
         if self._threads is not None:
@@ -370,6 +388,12 @@ class Engine:
     # ---- one item: admission, attempts, retries -------------------------------------
 
     async def _run_item(self, index: int, key: str, item: Any, st: _ItemState) -> None:
+        try:
+            await self._run_item_inner(index, key, item, st)
+        finally:
+            st.reported = True
+
+    async def _run_item_inner(self, index: int, key: str, item: Any, st: _ItemState) -> None:
         clock = self._clock
         t0 = clock.now()
         wall0 = time.time()
@@ -402,15 +426,22 @@ class Engine:
                     delay = self._on_failure(exc, attempts)
                     retryable = delay is not None
                     error = ErrorInfo.from_exception(exc, retryable=retryable)
-                    if delay is None or self._stop_kind is not None:
-                        status = Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
+                    if delay is None or self._refusing():
+                        status = (
+                            Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
+                        )
                         self._emit(
-                            self._result(index, key, item, status, error, attempts, wall0, t0, usage)
+                            self._result(
+                                index, key, item, status, error, attempts, wall0, t0, usage
+                            )
                         )
                         return
                     log.debug(
                         "retrying item %s after %s (attempt %d), waiting %.2fs",
-                        key, error.type, attempts, delay,
+                        key,
+                        error.type,
+                        attempts,
+                        delay,
                         extra={"key": key, "attempt": attempts},
                     )
                     await clock.sleep(delay)
@@ -429,24 +460,44 @@ class Engine:
         except (asyncio.CancelledError, _Stopped):
             self._emit(
                 self._result(
-                    index, key, item, Status.CANCELLED,
+                    index,
+                    key,
+                    item,
+                    Status.CANCELLED,
                     error or ErrorInfo("Cancelled", "the run stopped before this item finished"),
-                    attempts, wall0, t0, usage,
+                    attempts,
+                    wall0,
+                    t0,
+                    usage,
                 )
             )
         except FatalItem as exc:
             self._emit(
                 self._result(
-                    index, key, item, Status.FAILED, ErrorInfo.from_exception(exc),
-                    attempts, wall0, t0, usage,
+                    index,
+                    key,
+                    item,
+                    Status.FAILED,
+                    ErrorInfo.from_exception(exc),
+                    attempts,
+                    wall0,
+                    t0,
+                    usage,
                 )
             )
         except Exception as exc:  # a bug in a callback path or the engine: still one result
             log.exception("internal error while running item %s", key)
             self._emit(
                 self._result(
-                    index, key, item, Status.FAILED, ErrorInfo.from_exception(exc),
-                    attempts, wall0, t0, usage,
+                    index,
+                    key,
+                    item,
+                    Status.FAILED,
+                    ErrorInfo.from_exception(exc),
+                    attempts,
+                    wall0,
+                    t0,
+                    usage,
                 )
             )
 
@@ -519,7 +570,7 @@ class Engine:
 
     async def _admit(self, weight: float) -> float | None:
         """Wait until every limit allows one attempt; returns the admission time."""
-        if self._stop_kind is not None:
+        if self._refusing():
             raise _Stopped
         rpm, tpm, brk = self._rpm, self._tpm, self._breaker
         clock = self._clock
@@ -527,7 +578,7 @@ class Engine:
             return None
         async with self._admit_lock:  # FIFO: one waiter polls, the rest queue
             while True:
-                if self._stop_kind is not None:
+                if self._refusing():
                     raise _Stopped
                 rpm, tpm = self._rpm, self._tpm
                 now = clock.now()
@@ -545,6 +596,11 @@ class Engine:
                         tpm.commit(now, weight)
                     return now
                 await clock.sleep(wait)
+
+    def _refusing(self) -> bool:
+        # A broken input iterator ends admission of new items, but items
+        # already admitted still run to their result.
+        return self._stop_kind is not None and self._stop_kind != "source"
 
     def _stop_now(self, kind: str) -> None:
         if self._stop_kind is None:
@@ -587,7 +643,10 @@ class Engine:
             key = str(index)
         self._emit(
             self._result(
-                index, key, item, Status.SKIPPED,
+                index,
+                key,
+                item,
+                Status.SKIPPED,
                 ErrorInfo("Skipped", f"not run: the run stopped ({self._stop_kind})"),
             )
         )
@@ -601,8 +660,11 @@ class Engine:
             err = r.error
             log.warning(
                 "item %s %s after %d attempt(s): %s: %s",
-                r.key, r.status.value, r.attempts,
-                err.type if err else "?", err.message if err else "",
+                r.key,
+                r.status.value,
+                r.attempts,
+                err.type if err else "?",
+                err.message if err else "",
                 extra={"key": r.key, "status": r.status.value, "attempt": r.attempts},
             )
             if self.opts.fail_fast and self._stop_kind is None:

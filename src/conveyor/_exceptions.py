@@ -36,7 +36,12 @@ __all__ = [
 
 
 class ConveyorError(Exception):
-    """Base of every error conveyor raises on purpose."""
+    """Base of every error conveyor raises on purpose.
+
+    An error that ends a run early carries what finished in `report`.
+    """
+
+    report: BatchReport | None = None
 
 
 class ConfigError(ConveyorError, ValueError):
@@ -76,8 +81,6 @@ class FatalError(ConveyorError):
     Raise it from a task function (for example on HTTP 401) to stop admitting
     work; `run()` then raises it again with `report` set to what finished.
     """
-
-    report: BatchReport | None = None
 
 
 class Interrupted(ConveyorError, KeyboardInterrupt):

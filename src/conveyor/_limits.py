@@ -17,6 +17,9 @@ __all__ = ["AdaptiveConcurrency", "BreakerState", "CircuitBreaker", "RateLimiter
 # The window is kept in this many buckets: memory stays constant at any rate,
 # and expiring a whole bucket late costs at most window/_BUCKETS of throughput.
 _BUCKETS = 600
+# Added to every positive wait so that sleeping exactly the wait always
+# crosses the boundary despite float rounding (else a virtual clock can spin).
+_EPS = 1e-9
 
 
 class RateLimiter:
@@ -78,10 +81,13 @@ class RateLimiter:
         self._expire(now)
         return self._sum
 
+    def _expiry(self, idx: float) -> float:
+        """When a bucket leaves the window: one expression for test and wait."""
+        return (idx + 1) * self._res + self.window
+
     def _expire(self, now: float) -> None:
-        horizon = now - self.window
         b = self._buckets
-        while b and (b[0][0] + 1) * self._res <= horizon:
+        while b and self._expiry(b[0][0]) <= now:
             self._sum -= b.popleft()[1]
         if not b:
             self._sum = 0.0  # drop float drift when the window empties
@@ -104,14 +110,14 @@ class RateLimiter:
             for idx, w in self._buckets:
                 freed += w
                 if freed >= excess:
-                    wait = (idx + 1) * self._res + self.window - now
+                    wait = self._expiry(idx) - now
                     break
             else:
-                wait = (self._buckets[-1][0] + 1) * self._res + self.window - now
+                wait = self._expiry(self._buckets[-1][0]) - now
         need = min(weight, self._burst)
         if self._tokens < need:
             wait = max(wait, (need - self._tokens) / self.rate)
-        return max(0.0, wait)
+        return wait + _EPS if wait > 0 else 0.0
 
     def acquire(self, now: float, weight: float = 1.0) -> float:
         """Admit `weight` now if allowed (returns 0.0), else the wait."""
@@ -193,7 +199,7 @@ class AdaptiveConcurrency:
         return False
 
 
-class BreakerState(str, enum.Enum):
+class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -27,7 +27,11 @@ class Breaker:
     max_cooldown: float = 60.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or self.threshold < 1:
+        if (
+            not isinstance(self.threshold, int)
+            or isinstance(self.threshold, bool)
+            or self.threshold < 1
+        ):
             raise ConfigError("breaker.threshold", self.threshold, "a whole number >= 1")
         _positive("breaker.cooldown", self.cooldown)
         if self.max_cooldown < self.cooldown:
@@ -71,8 +75,11 @@ def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
 
 
 def _whole(name: str, value: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
-        hi is not None and value > hi
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < lo
+        or (hi is not None and value > hi)
     ):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ConfigError(name, value, f"a whole number {rng}")

@@ -11,13 +11,15 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ._types import Result, Status
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 __all__ = ["BatchReport", "ReportBuilder", "percentile"]
 
@@ -79,9 +81,7 @@ class BatchReport:
     @property
     def failed(self) -> int:
         """Items that did not succeed: failed + timed out (cancelled/skipped apart)."""
-        return self.counts.get(Status.FAILED.value, 0) + self.counts.get(
-            Status.TIMED_OUT.value, 0
-        )
+        return self.counts.get(Status.FAILED.value, 0) + self.counts.get(Status.TIMED_OUT.value, 0)
 
     @property
     def ok(self) -> bool:
@@ -150,8 +150,7 @@ class BatchReport:
         lines = [
             f"batch {self.batch_id}: {self.total} items in {self.total_duration_seconds:.2f}s"
             + (f" (stopped: {self.stop_reason})" if self.stop_reason else ""),
-            "  "
-            + "  ".join(f"{s.value} {c.get(s.value, 0)}" for s in Status),
+            "  " + "  ".join(f"{s.value} {c.get(s.value, 0)}" for s in Status),
             f"  throughput {self.throughput_per_second:.1f}/s  first result "
             + (
                 f"{self.first_result_seconds:.3f}s"
@@ -211,9 +210,7 @@ class ReportBuilder:
         if self.keep_results:
             self.results.append(r)
 
-    def build(
-        self, *, interrupted: bool = False, stop_reason: str | None = None
-    ) -> BatchReport:
+    def build(self, *, interrupted: bool = False, stop_reason: str | None = None) -> BatchReport:
         elapsed = time.monotonic() - self._t0
         lat = sorted(self._latencies)
         if self.keep_results:

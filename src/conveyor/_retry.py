@@ -7,10 +7,13 @@ its bounds without waiting.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._exceptions import ConfigError, FatalError, RetryableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["RetryPolicy", "default_retryable"]
 

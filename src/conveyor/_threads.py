@@ -15,6 +15,7 @@ call that finished since the last one, which matters at high item rates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import queue
 import threading
@@ -92,10 +93,9 @@ class ThreadRunner:
         self._done.append((fut, ok, value))
         if not self._wake_pending:
             self._wake_pending = True
-            try:
+            # A closed loop raises RuntimeError: nobody waits for this result any more.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits for this result any more
 
     def _drain(self) -> None:
         # Clear the flag first: a completion racing with this drain schedules

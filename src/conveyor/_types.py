@@ -12,7 +12,7 @@ T = TypeVar("T")
 __all__ = ["ErrorInfo", "Result", "Status", "Usage"]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """The terminal state of one item. Every item ends in exactly one."""
 
     OK = "ok"
@@ -20,9 +20,6 @@ class Status(str, enum.Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ._api import run_with_invoker
 from ._engine import Engine, _is_async_callable
 from ._exceptions import AggregateExecutionError, ConfigError, ConveyorError, Interrupted
-from ._report import BatchReport
 from ._types import Result, Status
+
+if TYPE_CHECKING:
+    from ._report import BatchReport
 
 __all__ = ["AsyncExecutor", "SequentialExecutor", "TaskExecutor", "ThreadExecutor"]
 
@@ -68,8 +70,10 @@ class TaskExecutor:
         **options: Any,
     ) -> None:
         lo, hi = self._concurrency_range
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
-            lo <= concurrency <= hi
+        if (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or not (lo <= concurrency <= hi)
         ):
             raise ConfigError(self._concurrency_key, concurrency, f"a whole number {lo}..{hi}")
         self._options: dict[str, Any] = dict(
@@ -122,9 +126,7 @@ class TaskExecutor:
             kwargs["max_workers"] = config["max_workers"]
         return cls(**kwargs)
 
-    def execute(
-        self, tasks: Sequence[Any], progress: Any = None
-    ) -> list[Result[Any]]:
+    def execute(self, tasks: Sequence[Any], progress: Any = None) -> list[Result[Any]]:
         """Run every task; results in the order of `tasks`."""
         with self._lock:
             if self._shut:
@@ -140,7 +142,9 @@ class TaskExecutor:
                 callbacks.append(_Seed004Progress(progress))
                 callbacks.append(progress)
             try:
-                report = run_with_invoker(tasks, _task_invoker, callbacks=callbacks, **self._options)
+                report = run_with_invoker(
+                    tasks, _task_invoker, callbacks=callbacks, **self._options
+                )
             except Interrupted as exc:
                 self.last_report = exc.report
                 raise
@@ -195,7 +199,12 @@ class ThreadExecutor(TaskExecutor):
     mode = "parallel"
 
     def __init__(
-        self, max_workers: int = 4, *, timeout: float | None = None, retries: int = 0, **options: Any
+        self,
+        max_workers: int = 4,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        **options: Any,
     ) -> None:
         super().__init__(concurrency=max_workers, timeout=timeout, retries=retries, **options)
 

@@ -1,0 +1,237 @@
+"""The public surface: exports, sync/async twins, streams, running loops, Ctrl+C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import conveyor
+from conveyor import Status
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PUBLIC = {
+    "AggregateExecutionError", "AsyncExecutor", "AsyncStream", "Attempt", "BatchInfo",
+    "BatchReport", "Breaker", "ConfigError", "ConveyorError", "ErrorInfo", "FatalError",
+    "InputError", "Interrupted", "ProgressCallback", "RateLimitHint", "Result", "RetryPolicy",
+    "RetryableError", "SequentialExecutor", "Status", "Stream", "TaskExecutor", "ThreadExecutor",
+    "Usage", "__version__", "arun", "astream", "current_attempt", "report_limits",
+    "report_usage", "run", "stream",
+}  # fmt: skip
+
+
+def test_public_namespace_is_exactly_all() -> None:
+    """`__all__` is the whole public surface, sorted, and every name resolves."""
+    assert set(conveyor.__all__) == PUBLIC
+    assert list(conveyor.__all__) == sorted(conveyor.__all__)
+    for name in conveyor.__all__:
+        assert hasattr(conveyor, name), name
+    public_attrs = {n for n in dir(conveyor) if not n.startswith("_")}
+    # Subpackages/modules may be imported attributes; nothing else leaks.
+    leaked = {n for n in public_attrs - PUBLIC if not isinstance(getattr(conveyor, n), type(os))}
+    assert leaked == set()
+
+
+def test_every_error_derives_from_conveyor_error() -> None:
+    """One base for every error conveyor raises on purpose."""
+    for name in conveyor.__all__:
+        obj = getattr(conveyor, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, conveyor.ConveyorError), name
+    assert issubclass(conveyor.Interrupted, KeyboardInterrupt)
+
+
+def test_run_inside_a_running_event_loop() -> None:
+    """run() called from code already inside a running loop (Jupyter) works:
+    it runs on a helper thread with its own loop instead of deadlocking."""
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x + 1
+
+    async def notebook_cell() -> conveyor.BatchReport:
+        return conveyor.run(range(20), fn, concurrency=4)
+
+    report = asyncio.run(notebook_cell())
+    assert report.values() == [x + 1 for x in range(20)]
+
+
+def test_stream_inside_a_running_event_loop() -> None:
+    """stream() also works under a running loop."""
+
+    async def cell() -> list[int]:
+        return sorted(r.value for r in conveyor.stream(range(10), lambda x: x * 3))
+
+    assert asyncio.run(cell()) == [x * 3 for x in range(10)]
+
+
+def test_stream_yields_in_completion_order_with_index_and_key() -> None:
+    """stream() yields as items finish (not input order), each with index and
+    key; the report is available after the end."""
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.05 if x == 0 else 0.001 * x)
+        return x
+
+    s = conveyor.stream(range(8), fn, concurrency=8, key=lambda x: f"k{x}")
+    got = list(s)
+    assert got[-1].index == 0  # the slow first item finishes last
+    assert sorted(r.index for r in got) == list(range(8))
+    assert all(r.key == f"k{r.index}" for r in got)
+    assert s.report is not None and s.report.counts["ok"] == 8
+    assert s.report.results == []  # streams do not keep results
+
+
+async def test_astream_and_arun() -> None:
+    """The async twins give the same results on the caller's loop."""
+
+    async def fn(x: int) -> int:
+        return x * x
+
+    report = await conveyor.arun(range(5), fn)
+    assert report.values() == [0, 1, 4, 9, 16]
+    seen = []
+    async with conveyor.astream(range(5), fn) as s:
+        async for r in s:
+            seen.append(r.value)
+    assert sorted(seen) == [0, 1, 4, 9, 16]
+
+
+def test_stream_closed_early_cancels_in_flight() -> None:
+    """Leaving a stream early cancels the rest; nothing keeps running."""
+    started = 0
+
+    async def fn(x: int) -> int:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(0 if x == 0 else 5)
+        return x
+
+    t = time.monotonic()
+    with conveyor.stream(range(1000), fn, concurrency=10) as s:
+        first = next(s)
+    assert first.index == 0
+    assert time.monotonic() - t < 3
+    assert started <= 12
+
+
+def test_sync_and_async_functions_both_supported() -> None:
+    """A sync function runs on threads, an async one on the loop."""
+    import threading
+
+    main = threading.get_ident()
+
+    def sync_fn(x: int) -> bool:
+        return threading.get_ident() != main
+
+    async def async_fn(x: int) -> bool:
+        return threading.get_ident() == main
+
+    assert all(conveyor.run(range(4), sync_fn).values())
+    assert all(conveyor.run(range(4), async_fn).values())
+
+
+def test_report_json_has_seed_002_keys() -> None:
+    """to_json() carries the batch response keys seed 002 shows."""
+    report = conveyor.run(["a", "b", "c"], lambda s: s.upper(), batch_id="batch_test_001")
+    d = json.loads(report.to_json())
+    for key in ("batch_id", "total_items", "successful", "failed", "total_duration_seconds",
+                "avg_duration_per_item", "first_result_seconds", "results"):  # fmt: skip
+        assert key in d, key
+    assert d["batch_id"] == "batch_test_001"
+    assert d["successful"] == 3 and d["failed"] == 0
+    assert [r["value"] for r in d["results"]] == ["A", "B", "C"]
+    assert d["first_result_seconds"] is not None and d["first_result_seconds"] >= 0
+
+
+_CTRL_C_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys, conveyor
+
+    async def fn(i):
+        if i == 0:
+            print("READY", flush=True)
+        await asyncio.sleep(SLEEP)
+        return i
+
+    try:
+        conveyor.run(range(1000), fn, concurrency=5, grace=GRACE)
+        print(json.dumps({"finished": True}))
+    except conveyor.Interrupted as exc:
+        rep = exc.report
+        print(json.dumps({"counts": rep.counts, "interrupted": rep.interrupted,
+                          "message": str(exc)}), flush=True)
+        sys.exit(130)
+    """
+)
+
+
+def _run_and_interrupt(tmp_path: Path, sleep: float, grace: float, presses: int) -> dict[str, Any]:
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_SCRIPT.replace("SLEEP", str(sleep)).replace("GRACE", str(grace)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "READY"  # item 0 started: the first five are in flight
+    proc.send_signal(signal.SIGINT)
+    if presses > 1:
+        # Wait until the first press was handled (signals do not queue).
+        for _ in range(50):
+            if "stopping" in proc.stderr.readline():
+                break
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_ctrl_c_lets_in_flight_finish_within_grace(tmp_path: Path) -> None:
+    """First Ctrl+C: no new items, in-flight items finish (grace > their
+    time), and Interrupted carries a report saying which finished."""
+    data = _run_and_interrupt(tmp_path, sleep=0.5, grace=10, presses=1)
+    counts = data["counts"]
+    assert data["interrupted"] is True
+    assert counts["ok"] == 5  # the five in flight finished
+    assert counts["cancelled"] == 0
+    assert "interrupted" in data["message"]
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path: Path) -> None:
+    """A second Ctrl+C cancels in-flight items immediately."""
+    t = time.monotonic()
+    data = _run_and_interrupt(tmp_path, sleep=30, grace=30, presses=2)
+    assert time.monotonic() - t < 15
+    assert data["counts"]["cancelled"] == 5
+    assert data["counts"]["ok"] == 0
+
+
+def test_interrupted_is_a_keyboard_interrupt() -> None:
+    """Existing `except KeyboardInterrupt` handlers still catch it."""
+    rep = conveyor.run([], str)
+    with pytest.raises(KeyboardInterrupt):
+        raise conveyor.Interrupted(rep)
+
+
+def test_empty_input() -> None:
+    """No items: an empty, well-formed report."""
+    rep = conveyor.run([], str)
+    assert rep.total == 0 and rep.results == [] and rep.first_result_seconds is None
+    assert all(v == 0 for v in rep.counts.values())
+
+
+def test_status_values_are_the_documented_strings() -> None:
+    """Status values are stable strings used in JSON and the journal."""
+    assert [s.value for s in Status] == ["ok", "failed", "timed_out", "cancelled", "skipped"]
