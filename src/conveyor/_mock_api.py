@@ -1,0 +1,295 @@
+"""Request validation and OpenAI-shaped bodies for the simulated server.
+
+Pure functions: a body goes in, an `ApiError` or a response dict comes out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ._mock_content import (
+    expected_content,
+    expected_embeddings,
+    float32_base64,
+)
+
+__all__ = [
+    "ApiError",
+    "build_chat",
+    "build_completion",
+    "build_embeddings",
+    "build_models",
+    "build_response",
+    "token_cap",
+    "validate",
+]
+
+_MAX_N = 128
+_MAX_DIMENSIONS = 4096
+
+
+class ApiError(Exception):
+    """An error the server answers with an OpenAI error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}`` as JSON bytes."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def _missing(param: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Missing required parameter: '{param}'.",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
+def _invalid_type(param: str, expected: str) -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid type for '{param}': expected {expected}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _positive_int(body: dict[str, Any], param: str, upper: int | None = None) -> int | None:
+    value = body.get(param)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid_type(param, "an integer")
+    if value < 1 or (upper is not None and value > upper):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise ApiError(
+            400,
+            f"Invalid '{param}': {value}. It must be at least 1{bound}.",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def _is_prompt(value: Any) -> bool:
+    """A string, a list of strings, a list of token ids or a list of token-id lists."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(v, str) for v in value):
+        return True
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return True
+    return all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value)
+
+
+def validate(kind: str, body: dict[str, Any]) -> None:
+    """Raise `ApiError` (400) when `body` is not a valid request for endpoint `kind`."""
+    model = body.get("model")
+    if model is None:
+        raise _missing("model")
+    if not isinstance(model, str):
+        raise _invalid_type("model", "a string")
+    if body.get("stream"):
+        raise ApiError(
+            400,
+            "The conveyor mock server does not stream responses; send stream=false.",
+            param="stream",
+            code="unsupported_value",
+        )
+    if kind == "chat":
+        messages = body.get("messages")
+        if messages is None:
+            raise _missing("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _invalid_type("messages", "a non-empty array of messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise _invalid_type(f"messages[{i}]", "an object with a string 'role'")
+        _positive_int(body, "max_tokens")
+        _positive_int(body, "max_completion_tokens")
+        _positive_int(body, "n", _MAX_N)
+    elif kind == "completions":
+        if body.get("prompt") is None:
+            raise _missing("prompt")
+        if not _is_prompt(body["prompt"]):
+            raise _invalid_type("prompt", "a string, array of strings or array of tokens")
+        _positive_int(body, "max_tokens")
+        _positive_int(body, "n", _MAX_N)
+    elif kind == "embeddings":
+        if body.get("input") is None:
+            raise _missing("input")
+        if not _is_prompt(body["input"]):
+            raise _invalid_type("input", "a string, array of strings or array of tokens")
+        _positive_int(body, "dimensions", _MAX_DIMENSIONS)
+        fmt = body.get("encoding_format")
+        if fmt not in (None, "float", "base64"):
+            raise ApiError(
+                400,
+                f"Invalid 'encoding_format': {fmt!r}. Use 'float' or 'base64'.",
+                param="encoding_format",
+                code="invalid_value",
+            )
+    elif kind == "responses":
+        items = body.get("input")
+        if items is None:
+            raise _missing("input")
+        if not isinstance(items, str | list):
+            raise _invalid_type("input", "a string or an array of input items")
+        _positive_int(body, "max_output_tokens")
+
+
+def token_cap(kind: str, body: dict[str, Any]) -> int | None:
+    """The request's own completion-length cap, if any (already validated)."""
+    if kind == "chat":
+        cap = body.get("max_completion_tokens")
+        return cap if cap is not None else body.get("max_tokens")
+    if kind == "responses":
+        return body.get("max_output_tokens")
+    return body.get("max_tokens")
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def build_chat(
+    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+) -> dict[str, Any]:
+    """A ``chat.completion`` with `n` identical choices of `each` tokens."""
+    text = expected_content(body)
+    n = body.get("n") or 1
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+        for i in range(n)
+    ]
+    return {
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion",
+        "created": created,
+        "model": body["model"],
+        "choices": choices,
+        "usage": _usage(prompt, each * n),
+        "system_fingerprint": "fp_conveyor_mock",
+    }
+
+
+def build_completion(
+    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+) -> dict[str, Any]:
+    """A ``text_completion`` with `n` identical choices of `each` tokens."""
+    text = expected_content(body)
+    n = body.get("n") or 1
+    choices = [
+        {"text": text, "index": i, "logprobs": None, "finish_reason": finish} for i in range(n)
+    ]
+    return {
+        "id": f"cmpl-{rid}",
+        "object": "text_completion",
+        "created": created,
+        "model": body["model"],
+        "choices": choices,
+        "usage": _usage(prompt, each * n),
+    }
+
+
+def build_embeddings(body: dict[str, Any], prompt: int) -> dict[str, Any]:
+    """An embeddings ``list``; usage has prompt and total tokens, as OpenAI's does."""
+    as_base64 = body.get("encoding_format") == "base64"
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": float32_base64(vector) if as_base64 else vector,
+        }
+        for i, vector in enumerate(expected_embeddings(body))
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+
+
+def build_response(
+    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+) -> dict[str, Any]:
+    """A Responses API ``response`` with one assistant message."""
+    capped = finish == "length"
+    return {
+        "id": f"resp_{rid}",
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if capped else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if capped else None,
+        "error": None,
+        "model": body["model"],
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{rid}",
+                "status": "incomplete" if capped else "completed",
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": expected_content(body), "annotations": []}
+                ],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": each,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + each,
+        },
+    }
+
+
+def build_models(models: tuple[str, ...]) -> dict[str, Any]:
+    """``GET /v1/models``."""
+    return {"object": "list", "data": [model_entry(m) for m in models]}
+
+
+def model_entry(model: str) -> dict[str, Any]:
+    """One model object, as in ``GET /v1/models/{id}``."""
+    return {"id": model, "object": "model", "created": 0, "owned_by": "conveyor-mock"}

@@ -1,0 +1,159 @@
+"""Configuration and counters of the simulated server (`conveyor.mock`)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["ADMISSION_LOG_LIMIT", "MockConfig", "MockStats"]
+
+ADMISSION_LOG_LIMIT = 1_000_000
+"""Newest admissions kept in `MockStats.admissions`, bounding memory on long runs."""
+
+
+def _check_number(name: str, value: object, *, upper: float | None = None) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (upper is not None and value > upper):  # type: ignore[operator]
+        bound = f"between 0 and {upper:g}" if upper is not None else "a finite number >= 0"
+        raise ConfigError(name, value, f"use {bound}")
+
+
+def _check_count(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        allowed = "a positive integer" + (", or None for no limit" if optional else "")
+        raise ConfigError(name, value, f"use {allowed}")
+
+
+@dataclass(frozen=True, slots=True)
+class MockConfig:
+    """How the simulated server behaves; swap it on a running server with `replace`.
+
+    Rates are fractions of requests (their sum at most 1). `rpm`/`tpm` are
+    limits per `limit_window` seconds (60 like OpenAI's; tests use shorter).
+    `hang_seconds=None` hangs until the client disconnects or the server stops.
+    """
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    seed: int = 0
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_reset: float = 0.0
+    rate_hang: float = 0.0
+    hang_seconds: float | None = None
+    retry_after: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    limit_window: float = 60.0
+    api_key: str | None = field(default=None, repr=False)
+    models: tuple[str, ...] = (
+        "mock-gpt",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4.1-mini",
+        "text-embedding-3-small",
+    )
+    completion_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("latency", "jitter", "retry_after"):
+            _check_number(name, getattr(self, name))
+        rates = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang")
+        for name in rates:
+            _check_number(name, getattr(self, name), upper=1.0)
+        total = sum(getattr(self, name) for name in rates)
+        if total > 1.0 + 1e-9:
+            raise ConfigError("rate_*", round(total, 6), "fault rates must add up to at most 1")
+        if self.hang_seconds is not None:
+            _check_number("hang_seconds", self.hang_seconds)
+        _check_number("limit_window", self.limit_window)
+        if self.limit_window <= 0:
+            raise ConfigError("limit_window", self.limit_window, "use a number of seconds > 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError("seed", self.seed, "use an integer")
+        _check_count("rpm", self.rpm, optional=True)
+        _check_count("tpm", self.tpm, optional=True)
+        _check_count("completion_tokens", self.completion_tokens)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            # The value itself is a secret: never echo it.
+            raise ConfigError("api_key", "<hidden>", "use a non-empty string, or None for no auth")
+        models: object = self.models
+        if not isinstance(models, tuple | list) or not all(
+            isinstance(m, str) and m for m in models
+        ):
+            raise ConfigError("models", models, "use a tuple of non-empty model names")
+        if not models:
+            raise ConfigError("models", models, "name at least one model")
+        object.__setattr__(self, "models", tuple(models))
+
+    @property
+    def fault_rates(self) -> tuple[tuple[str, float], ...]:
+        """``(fault, rate)`` pairs in draw order."""
+        return (
+            ("429", self.rate_429),
+            ("500", self.rate_500),
+            ("503", self.rate_503),
+            ("reset", self.rate_reset),
+            ("hang", self.rate_hang),
+        )
+
+
+def _admission_log() -> deque[tuple[float, int]]:
+    return deque(maxlen=ADMISSION_LOG_LIMIT)
+
+
+@dataclass(slots=True)
+class MockStats:
+    """What the server saw and did; read it from tests (`server.stats`).
+
+    `admissions` holds ``(time.monotonic(), tokens)`` per 200 answer, in order.
+    `faults` counts injected faults by name: "429", "500", "503", "reset", "hang".
+    """
+
+    requests: int = 0
+    by_path: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    tokens: int = 0
+    admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
+
+    @property
+    def resets(self) -> int:
+        """Connections closed without an answer on purpose."""
+        return self.faults["reset"]
+
+    @property
+    def hangs(self) -> int:
+        """Requests left hanging on purpose."""
+        return self.faults["hang"]
+
+    def _max_in_window(self, window: float, weight: Callable[[int], int]) -> int:
+        log = list(self.admissions)
+        best = total = start = 0
+        for at, tokens in log:
+            total += weight(tokens)
+            while log[start][0] <= at - window:
+                total -= weight(log[start][1])
+                start += 1
+            best = max(best, total)
+        return best
+
+    def max_requests_in_window(self, window: float) -> int:
+        """Most 200 answers admitted within any `window` seconds."""
+        return self._max_in_window(window, lambda _: 1)
+
+    def max_tokens_in_window(self, window: float) -> int:
+        """Most tokens charged within any `window` seconds."""
+        return self._max_in_window(window, lambda tokens: tokens)

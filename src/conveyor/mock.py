@@ -1,0 +1,477 @@
+"""A simulated OpenAI-compatible server: latency, faults and rate limits on loopback.
+
+conveyor's tests and benchmarks talk to it over real HTTP. Every answer is a
+pure function of the request (`expected_content`, `expected_embeddings`,
+`count_prompt_tokens`), so a test can check each result against its request.
+
+How one request is handled, in order:
+
+1. unknown path → 404, wrong method → 405, bad or missing bearer key → 401;
+2. invalid JSON or a missing/ill-typed field → 400, unknown model → 404;
+3. one random draw picks an injected fault (429, 500, 503, connection reset,
+   hang) by the configured rates; a hang lasts until the client gives up, the
+   server stops, or ``hang_seconds`` pass (then the request carries on);
+4. the sliding-window limiter admits and charges the request (1 request and
+   ``prompt + completion`` tokens) or answers 429 with ``Retry-After``;
+5. ``latency + uniform(0, jitter)`` seconds pass, then the answer is sent.
+
+Steps 1, 2 and 4 answer at once; injected faults wait the latency first.
+Only 200 answers are charged to the limits and logged in `MockStats.admissions`.
+When ``rpm``/``tpm`` are set, every answer carries the ``x-ratelimit-*``
+headers for that limit; ``x-ratelimit-reset-*`` is the time until the window
+is empty again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import math
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from ._exceptions import ConfigError
+from ._mock_api import (
+    ApiError,
+    build_chat,
+    build_completion,
+    build_embeddings,
+    build_models,
+    build_response,
+    error_body,
+    model_entry,
+    token_cap,
+    validate,
+)
+from ._mock_config import MockConfig, MockStats
+from ._mock_content import count_prompt_tokens, expected_content, expected_embeddings
+from ._mock_limits import Decision, SlidingWindow, format_duration, format_seconds
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import TracebackType
+
+__all__ = [
+    "MockConfig",
+    "MockServer",
+    "MockStats",
+    "count_prompt_tokens",
+    "expected_content",
+    "expected_embeddings",
+    "serve",
+]
+
+_SHUTDOWN_GRACE = 1.0  # seconds in-flight answers get to finish on stop
+_BACKLOG = 4096  # a burst of 1,000 new connections must not overflow the accept queue
+
+_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/chat/completions": ("POST", "chat"),
+    "/v1/completions": ("POST", "completions"),
+    "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/responses": ("POST", "responses"),
+    "/v1/models": ("GET", "models"),
+}
+_MODEL_PREFIX = "/v1/models/"
+_BUILDERS = {"chat": build_chat, "completions": build_completion, "responses": build_response}
+_INJECTED = "(injected by the conveyor mock server)"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MockServer:
+    """The simulated server. ``async with MockServer(cfg) as server:`` or `running_in_thread`."""
+
+    def __init__(
+        self,
+        config: MockConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        allow_remote: bool = False,
+    ) -> None:
+        if not allow_remote and not _is_loopback(host):
+            raise ConfigError(
+                "host",
+                host,
+                "the mock server listens on loopback only (127.0.0.1, ::1, localhost); "
+                "pass allow_remote=True to expose it on a network",
+            )
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ConfigError("port", port, "use 0 (any free port) to 65535")
+        self._host = host
+        self._port = port
+        self._config = MockConfig() if config is None else config
+        self._rng = random.Random(self._config.seed)
+        self._window = SlidingWindow()
+        self._ids = itertools.count(1)
+        self._runner: web.ServerRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self._base_url: str | None = None
+        self.stats = MockStats()
+
+    @property
+    def config(self) -> MockConfig:
+        """The behaviour in force; assign a new `MockConfig` to change it while running."""
+        return self._config
+
+    @config.setter
+    def config(self, value: MockConfig) -> None:
+        if not isinstance(value, MockConfig):
+            raise ConfigError("config", type(value).__name__, "assign a MockConfig")
+        if value.seed != self._config.seed:
+            self._rng = random.Random(value.seed)
+        self._config = value
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1`` once started."""
+        if self._base_url is None:
+            raise RuntimeError("the mock server is not running; call start() first")
+        return self._base_url
+
+    def reset_stats(self) -> None:
+        """Start counting afresh; requests still in flight stay counted as such."""
+        in_flight = self.stats.in_flight
+        self.stats = MockStats(in_flight=in_flight, max_in_flight=in_flight)
+
+    async def start(self) -> str:
+        """Listen and return the base URL (``http://127.0.0.1:PORT/v1``)."""
+        if self._runner is not None:
+            raise RuntimeError("the mock server is already running")
+        self._stopping = asyncio.Event()
+        # handler_cancellation: a client that gives up ends its hanging handler.
+        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_GRACE)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port, backlog=_BACKLOG).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                "port",
+                self._port,
+                f"cannot listen on {self._host}:{self._port} ({exc.strerror or exc}); "
+                "pick a free port, or 0 for any",
+            ) from exc
+        self._runner = runner
+        port = runner.addresses[0][1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._base_url = f"http://{host}:{port}/v1"
+        return self._base_url
+
+    async def stop(self) -> None:
+        """Stop listening; hanging requests are dropped, others get a short grace."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._stopping is not None:
+            self._stopping.set()
+        await runner.cleanup()
+        self._base_url = None
+
+    async def __aenter__(self) -> MockServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def running_in_thread(self) -> Iterator[str]:
+        """Run on an event loop in a daemon thread; yields the base URL."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="conveyor-mock", daemon=True)
+        thread.start()
+        try:
+            url = asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
+            try:
+                yield url
+            finally:
+                asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+            if not thread.is_alive():
+                loop.close()
+
+    # -- request handling ---------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        stats.by_path[request.path] += 1
+        stats.in_flight += 1
+        if stats.in_flight > stats.max_in_flight:
+            stats.max_in_flight = stats.in_flight
+        cfg = self._config
+        headers = {"x-request-id": f"req_{next(self._ids):016x}"}
+        try:
+            return await self._serve(request, cfg, headers)
+        except ApiError as err:
+            self._limit_headers(cfg, headers, time.monotonic())
+            return self._reply(err.status, err.body(), headers)
+        finally:
+            # self.stats, not the local: reset_stats() may have swapped it.
+            self.stats.in_flight -= 1
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> web.Response:
+        self.stats.statuses[status] += 1
+        return web.Response(
+            status=status, body=body, headers=headers, content_type="application/json"
+        )
+
+    async def _serve(
+        self, request: web.BaseRequest, cfg: MockConfig, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        path = request.path
+        route = _ROUTES.get(path)
+        if route is None:
+            if request.method == "GET" and path.startswith(_MODEL_PREFIX):
+                self._authorize(cfg, request)
+                model = path[len(_MODEL_PREFIX) :]
+                if model not in cfg.models:
+                    raise _model_not_found(model)
+                return self._reply(200, orjson.dumps(model_entry(model)), headers)
+            raise ApiError(404, f"Invalid URL ({request.method} {path})")
+        method, kind = route
+        if request.method != method:
+            raise ApiError(405, f"Method {request.method} is not allowed on {path}; use {method}.")
+        self._authorize(cfg, request)
+        if kind == "models":
+            return self._reply(200, orjson.dumps(build_models(cfg.models)), headers)
+
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(
+                400,
+                "We could not parse the JSON body of your request: send one JSON object "
+                "with Content-Type: application/json.",
+            )
+        validate(kind, body)
+        if body["model"] not in cfg.models:
+            raise _model_not_found(body["model"])
+
+        fault = self._draw_fault(cfg)
+        delay = cfg.latency + (self._rng.uniform(0.0, cfg.jitter) if cfg.jitter else 0.0)
+        if fault == "hang":
+            if not await self._hang(cfg):
+                return self._drop(request)
+        elif fault is not None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if fault == "reset":
+                return self._drop(request)
+            return self._fault_reply(fault, cfg, headers)
+        return await self._answer(kind, body, cfg, headers, delay)
+
+    async def _answer(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        cfg: MockConfig,
+        headers: dict[str, str],
+        delay: float,
+    ) -> web.StreamResponse:
+        prompt = count_prompt_tokens(body)
+        each, n, finish = 0, 1, "stop"
+        if kind != "embeddings":
+            cap = token_cap(kind, body)
+            each = cfg.completion_tokens if cap is None else min(cap, cfg.completion_tokens)
+            finish = "length" if each < cfg.completion_tokens else "stop"
+            if kind != "responses":
+                n = body.get("n") or 1
+        charged = prompt + each * n
+        now = time.monotonic()
+        decision = self._window.admit(now, cfg.limit_window, cfg.rpm, cfg.tpm, charged)
+        self._limit_headers(cfg, headers, now)
+        if not decision.admitted:
+            return self._rate_limited(decision, cfg, body["model"], charged, headers)
+        stats = self.stats
+        stats.tokens += charged
+        stats.admissions.append((now, charged))
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if kind == "embeddings":
+            payload = build_embeddings(body, prompt)
+        else:
+            rid = headers["x-request-id"][4:]
+            payload = _BUILDERS[kind](rid, int(time.time()), body, prompt, each, finish)
+        return self._reply(200, orjson.dumps(payload), headers)
+
+    def _authorize(self, cfg: MockConfig, request: web.BaseRequest) -> None:
+        if cfg.api_key is None:
+            return
+        given = request.headers.get("Authorization", "")
+        if not given:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+                code="invalid_api_key",
+            )
+        if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
+            # Never echo the key back, not even masked.
+            raise ApiError(
+                401,
+                "Incorrect API key provided. Check the key the client sends.",
+                code="invalid_api_key",
+            )
+
+    def _draw_fault(self, cfg: MockConfig) -> str | None:
+        draw = self._rng.random()
+        for name, rate in cfg.fault_rates:
+            if draw < rate:
+                self.stats.faults[name] += 1
+                return name
+            draw -= rate
+        return None
+
+    async def _hang(self, cfg: MockConfig) -> bool:
+        """Wait; True when `hang_seconds` ran out, False when the server is stopping."""
+        assert self._stopping is not None
+        try:
+            await asyncio.wait_for(self._stopping.wait(), cfg.hang_seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def _drop(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Close the connection without an answer (RST, like a crashed upstream)."""
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # aiohttp fails to write this to the closed transport and drops it quietly.
+        return web.Response(status=500)
+
+    def _fault_reply(
+        self, fault: str, cfg: MockConfig, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        if fault == "429":
+            wait = format_seconds(cfg.retry_after)
+            headers["Retry-After"] = wait
+            headers["retry-after-ms"] = str(math.ceil(cfg.retry_after * 1000))
+            body = error_body(
+                f"Rate limit reached {_INJECTED}. Please try again in {wait}s.",
+                "requests",
+                None,
+                "rate_limit_exceeded",
+            )
+            return self._reply(429, body, headers)
+        if fault == "503":
+            message = f"The server is overloaded or not ready yet {_INJECTED}."
+            return self._reply(503, error_body(message, "server_error", None, None), headers)
+        message = f"The server had an error while processing your request {_INJECTED}."
+        return self._reply(500, error_body(message, "server_error", None, None), headers)
+
+    def _limit_headers(self, cfg: MockConfig, headers: dict[str, str], now: float) -> None:
+        if cfg.rpm is None and cfg.tpm is None:
+            return
+        window = self._window
+        window.evict(now, cfg.limit_window)
+        reset = format_duration(window.reset_in(now, cfg.limit_window))
+        if cfg.rpm is not None:
+            headers["x-ratelimit-limit-requests"] = str(cfg.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, cfg.rpm - window.requests))
+            headers["x-ratelimit-reset-requests"] = reset
+        if cfg.tpm is not None:
+            headers["x-ratelimit-limit-tokens"] = str(cfg.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, cfg.tpm - window.tokens))
+            headers["x-ratelimit-reset-tokens"] = reset
+
+    def _rate_limited(
+        self,
+        decision: Decision,
+        cfg: MockConfig,
+        model: str,
+        charged: int,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        wait = format_seconds(decision.retry_after)
+        headers["Retry-After"] = wait
+        headers["retry-after-ms"] = str(math.ceil(decision.retry_after * 1000))
+        if decision.too_large:
+            message = (
+                f"Request too large for {model} on tokens: Limit {cfg.tpm}, Requested "
+                f"{charged}. Reduce the input or max tokens so the request fits the limit."
+            )
+        elif decision.kind == "requests":
+            message = (
+                f"Rate limit reached for {model} on requests: Limit {cfg.rpm}, Used "
+                f"{self._window.requests}, Requested 1. Please try again in {wait}s."
+            )
+        else:
+            message = (
+                f"Rate limit reached for {model} on tokens: Limit {cfg.tpm}, Used "
+                f"{self._window.tokens}, Requested {charged}. Please try again in {wait}s."
+            )
+        body = error_body(message, decision.kind or "requests", None, "rate_limit_exceeded")
+        return self._reply(429, body, headers)
+
+
+def _model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
+
+
+def _announce(url: str) -> None:
+    print(f"conveyor mock server listening on {url} (Ctrl+C to stop)", file=sys.stderr, flush=True)
+
+
+def serve(
+    config: MockConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    allow_remote: bool = False,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the mock server in the foreground until Ctrl+C (``conveyor mock``).
+
+    `on_ready` gets the base URL once listening (default: one line on stderr).
+    A host other than loopback needs ``allow_remote=True``.
+    """
+    server = MockServer(config, host=host, port=port, allow_remote=allow_remote)
+    announce = _announce if on_ready is None else on_ready
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            announce(url)
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
