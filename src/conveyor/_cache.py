@@ -1,0 +1,276 @@
+"""Identical requests are sent once: a response cache and an in-flight dedupe.
+
+`ResponseCache` keeps responses by a stable hash of (url, canonical JSON
+body), in memory (an LRU bounded by `max_entries`) or in a SQLite file shared
+across runs (WAL, safe for several processes). `InflightDedupe` makes N
+concurrent identical calls into one: every awaiter gets its answer, or its
+error. Store only responses worth replaying (the caller decides, typically
+2xx); never put secrets in the body or the url, they would be stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+
+from ._exceptions import ConveyorError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Hashable, Iterator
+
+__all__ = ["CacheError", "CachedResponse", "InflightDedupe", "ResponseCache", "request_key"]
+
+CACHE_SCHEMA_VERSION = 1
+_CACHE_APP_ID = 0x63766361  # "cvca"
+
+K = TypeVar("K", bound="Hashable")
+V = TypeVar("V")
+
+
+class CacheError(ConveyorError):
+    """The response cache file cannot be used; says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A stored response: HTTP status, raw body and the tokens its `usage` reported."""
+
+    status_code: int
+    body: bytes
+    tokens: int = 0
+
+
+def request_key(url: str, body: Any) -> str:
+    """A stable hash of (url, body as canonical JSON): equal requests, equal keys."""
+    try:
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # e.g. integers past 64 bits: the stdlib encoder is slower but complete.
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        canonical = text.encode()
+    return hashlib.sha256(url.encode() + b"\n" + canonical).hexdigest()
+
+
+def usage_tokens(body: bytes) -> int:
+    """Total tokens in a response body's `usage` (OpenAI chat/completions/responses shapes)."""
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0
+    if not isinstance(usage, dict):
+        return 0
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+    return sum(v for k in parts if isinstance(v := usage.get(k), int))
+
+
+@contextlib.contextmanager
+def _guard(path: str) -> Iterator[None]:
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise _translate(exc, path) from exc
+
+
+def _translate(exc: sqlite3.Error | OSError, path: str) -> CacheError:
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    oserr = getattr(exc, "errno", None)
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        why = "is not a conveyor response cache or is damaged: delete it (it only saves calls)"
+    elif code == sqlite3.SQLITE_FULL or oserr in (errno.ENOSPC, errno.EDQUOT):
+        why = "cannot grow, the disk is full: free space, or run without the cache"
+    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM) or (
+        oserr in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
+    ):
+        why = "cannot be written here: choose a writable cache path"
+    else:
+        why = "failed: check the disk, or run without the cache"
+    return CacheError(f"response cache {path} {why} ({exc})")
+
+
+class ResponseCache:
+    """Responses by `request_key`; in memory when `path` is None, else a SQLite file.
+
+    Counts `hits`, `misses` and `tokens_saved` (the `usage` tokens of every
+    response served from the cache instead of the endpoint).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, max_entries: int = 10_000
+    ) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.tokens_saved = 0
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[str, CachedResponse] = OrderedDict()
+        self._max_entries = max_entries
+        self._conn: sqlite3.Connection | None = None
+        self._path = None if path is None else os.path.abspath(os.fspath(path))
+        if self._path is not None:
+            self._conn = self._open(self._path)
+
+    @staticmethod
+    def key(url: str, body: Any) -> str:
+        return request_key(url, body)
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
+        try:
+            with _guard(path):
+                conn = sqlite3.connect(
+                    path, timeout=10.0, isolation_level=None, check_same_thread=False
+                )
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if version == 0 and app_id == 0 and objects == 0:
+                    conn.execute(
+                        "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, "
+                        "status_code INTEGER NOT NULL, body BLOB NOT NULL, "
+                        "tokens INTEGER NOT NULL, created_at REAL NOT NULL)"
+                    )
+                    conn.execute(f"PRAGMA application_id = {_CACHE_APP_ID}")
+                    conn.execute(f"PRAGMA user_version = {CACHE_SCHEMA_VERSION}")
+                elif app_id != _CACHE_APP_ID:
+                    raise CacheError(
+                        f"response cache {path} is another kind of SQLite file: "
+                        "choose another cache path"
+                    )
+                elif version > CACHE_SCHEMA_VERSION:
+                    raise CacheError(
+                        f"response cache {path} was written by a newer conveyor (schema "
+                        f"{version} > {CACHE_SCHEMA_VERSION}): upgrade or use another cache path"
+                    )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return conn
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The stored response for `key` (counted as a hit), or None (a miss)."""
+        with self._lock:
+            if self._conn is None:
+                found = self._memory.get(key)
+                if found is not None:
+                    self._memory.move_to_end(key)
+            else:
+                assert self._path is not None
+                with _guard(self._path):
+                    row = self._conn.execute(
+                        "SELECT status_code, body, tokens FROM responses WHERE key = ?", (key,)
+                    ).fetchone()
+                found = None if row is None else CachedResponse(row[0], bytes(row[1]), row[2])
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self.tokens_saved += found.tokens
+            return found
+
+    def put(self, key: str, status_code: int, body: bytes) -> None:
+        """Store a response (replacing any previous one for `key`)."""
+        entry = CachedResponse(status_code, bytes(body), usage_tokens(body))
+        with self._lock:
+            if self._conn is None:
+                self._memory[key] = entry
+                self._memory.move_to_end(key)
+                while len(self._memory) > self._max_entries:
+                    self._memory.popitem(last=False)
+                return
+            assert self._path is not None
+            with _guard(self._path):
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                    (key, entry.status_code, entry.body, entry.tokens, time.time()),
+                )
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self._conn is None:
+                return len(self._memory)
+            assert self._path is not None
+            with _guard(self._path):
+                return int(self._conn.execute("SELECT count(*) FROM responses").fetchone()[0])
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "tokens_saved": self.tokens_saved}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self._path = None
+            self._memory.clear()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InflightDedupe(Generic[K, V]):
+    """Concurrent calls with the same key share one execution.
+
+    The first caller runs `call()`; callers arriving while it runs await its
+    outcome (value or exception) instead of calling again. If that first
+    caller is cancelled, a waiter takes over and runs the call itself.
+    Waiters get the same value object: treat it as read-only.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Future[V]] = {}
+        self.calls = 0
+        self.joined = 0
+
+    def __len__(self) -> int:
+        return len(self._inflight)
+
+    async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
+        while (fut := self._inflight.get(key)) is not None:
+            try:
+                # shield: a cancelled waiter must not cancel the shared call.
+                value = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if fut.cancelled() and task is not None and not task.cancelling():
+                    continue  # the leader was cancelled, not us: lead a new call
+                raise
+            self.joined += 1
+            return value
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        self.calls += 1
+        try:
+            value = await call()
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here, so an unawaited future logs nothing
+            raise
+        else:
+            fut.set_result(value)
+            return value
+        finally:
+            if not fut.done():
+                fut.cancel()  # cancelled (or BaseException): waiters retry as leaders
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]

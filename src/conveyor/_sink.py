@@ -1,0 +1,379 @@
+"""Exactly-once output: results go to the output file and the journal together.
+
+Group commit: results are buffered; a flush appends their lines to the
+output file (one `write`, handed to the OS) and then, in one SQLite
+transaction, upserts their rows and the new committed output offset. A crash
+between the two leaves bytes past the committed offset; they belong to items
+the journal does not hold as terminal, so the next open truncates them and
+those items run again. The output therefore holds each key exactly once.
+
+Meta keys used here: `output_path`, `output_offset`, `output_seq`, and
+`export_tmp` while an `export` is being adopted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import stat
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import ConfigError
+from ._journal import Journal, JournalError, translate_error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ._types import Result
+
+__all__ = ["OutputMismatch", "OutputSink", "export"]
+
+log = logging.getLogger("conveyor.journal")
+
+_DUPLICATES_SHOWN = 5
+
+
+class OutputMismatch(JournalError):
+    """The output file does not match what the journal committed to it."""
+
+
+class OutputSink:
+    """Feeds results to the journal and the output file, each key exactly once.
+
+    `format_line(result)` returns the output line (a trailing newline is
+    added if missing; it is stored in the journal even without an output
+    file, so `export` can write it later). The SQLite and file work runs on
+    one dedicated thread, in order, so the event loop keeps running; at most
+    `max_buffered` results wait in memory (default `2 * flush_every`) before
+    `add` waits for the writer. Results for keys that already have a
+    terminal result are dropped with a warning and counted in `duplicates`:
+    the planner must deduplicate keys, or `reset` them to run them again.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        output_path: str | os.PathLike[str] | None,
+        format_line: Callable[[Result[Any]], bytes],
+        *,
+        flush_every: int = 500,
+        flush_interval: float = 0.2,
+        max_buffered: int | None = None,
+    ) -> None:
+        if flush_every < 1:
+            raise ConfigError("flush_every", flush_every, "an integer >= 1")
+        if not flush_interval > 0:
+            raise ConfigError("flush_interval", flush_interval, "a number of seconds > 0")
+        self._max = max(max_buffered or 2 * flush_every, flush_every)
+        if journal.readonly:
+            raise JournalError(
+                f"journal {journal.path} was opened read-only: an output sink needs Journal.open",
+                path=journal.path,
+            )
+        self._journal = journal
+        self._format = format_line
+        self._every = flush_every
+        self._interval = flush_interval
+        self._buffer: list[Result[Any]] = []
+        self._error: BaseException | None = None
+        self._closing = False
+        self._closed = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._flush_lock: asyncio.Lock | None = None
+        self.written = 0
+        self.duplicates = 0
+        self._seq = int(journal.get_meta("output_seq") or 0)
+        self._path: str | None = None
+        self._fd: int | None = None
+        self._offset = 0
+        self._new_path = False
+        if output_path is not None:
+            self._open_output(os.path.abspath(os.fspath(output_path)))
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="conveyor-journal"
+        )
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the output file committed in the journal."""
+        return self._offset
+
+    def _open_output(self, path: str) -> None:
+        journal = self._journal
+        _finish_export(journal)
+        recorded = journal.get_meta("output_path")
+        offset = int(journal.get_meta("output_offset") or 0)
+        if recorded is not None and recorded != path and offset > 0:
+            raise OutputMismatch(
+                f"this journal's output went to {recorded}, not {path}: pass the same output "
+                f"path, or first rewrite the results to {path} with `conveyor export` "
+                "(export(journal, path)) and then resume",
+                path=path,
+            )
+        with _output_guard(path):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            size = st.st_size if st is not None else 0
+            regular = st is None or stat.S_ISREG(st.st_mode)
+            if regular and size < offset:
+                raise OutputMismatch(
+                    f"output {path} has {size} bytes but the journal committed {offset}: it "
+                    "was truncated or edited. Rewrite it from the journal with `conveyor "
+                    "export` (export(journal, path)), then resume",
+                    path=path,
+                )
+            if regular and size > offset:
+                # Lines written after the last commit: their items are not
+                # terminal in the journal and will run again.
+                log.info("output %s: dropping %d uncommitted bytes", path, size - offset)
+                os.truncate(path, offset)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._path = path
+        self._offset = offset if regular else 0
+        self._new_path = recorded != path
+
+    # -- async API ---------------------------------------------------------
+
+    async def __aenter__(self) -> OutputSink:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _start(self) -> None:
+        if self._flusher is None:
+            self._wake = asyncio.Event()
+            self._flush_lock = asyncio.Lock()
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._run_flusher(), name="conveyor-journal-flusher"
+            )
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise JournalError("the output sink is closed", path=self._journal.path)
+        if self._flusher is not None and self._flusher.done():
+            raise JournalError(
+                "the journal flusher stopped unexpectedly; rerun to resume",
+                path=self._journal.path,
+            )
+
+    async def add(self, result: Result[Any]) -> None:
+        """Buffer one result; waits only when `max_buffered` results are pending."""
+        self._check()
+        self._start()
+        self._buffer.append(result)
+        n = len(self._buffer)
+        if n >= self._max:
+            await self._flush_buffer()
+        elif n >= self._every:
+            assert self._wake is not None
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write and commit everything buffered so far."""
+        self._check()
+        self._start()
+        await self._flush_buffer()
+
+    async def close(self) -> None:
+        """Flush, stop the writer thread and close the output file; raise a stored failure."""
+        if self._closed:
+            if self._error is not None:
+                raise self._error
+            return
+        self._closing = True
+        try:
+            if self._flusher is not None:
+                assert self._wake is not None
+                self._wake.set()
+                await self._flusher
+            if self._error is None and self._buffer:
+                await self._flush_buffer()
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+        if self._error is not None:
+            raise self._error
+
+    async def _run_flusher(self) -> None:
+        assert self._wake is not None
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._buffer and self._error is None:
+                try:
+                    await self._flush_buffer()
+                except Exception:
+                    return  # stored in self._error; surfaces on the next add/close
+
+    async def _flush_buffer(self) -> None:
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            if self._error is not None:
+                raise self._error
+            batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._executor, self._write_batch, batch)
+            except Exception as exc:
+                self._error = exc
+                raise
+
+    # -- writer thread -----------------------------------------------------
+
+    def _write_batch(self, batch: list[Result[Any]]) -> None:
+        done = self._journal.terminal_among([r.key for r in batch])
+        entries: list[tuple[Result[Any], bytes | None, int | None]] = []
+        chunks: list[bytes] = []
+        seq = self._seq
+        for r in batch:
+            if r.key in done:
+                self._duplicate(r.key)
+                continue
+            done.add(r.key)
+            try:
+                line = self._format(r)
+            except Exception as exc:
+                exc.add_note(f"while formatting the output line for key {r.key!r}")
+                raise
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            seq += 1
+            entries.append((r, line, seq))
+            chunks.append(line)
+        if not entries:
+            return
+        meta = {"output_seq": str(seq)}
+        new_offset = self._offset
+        if self._fd is not None and self._path is not None:
+            data = b"".join(chunks)
+            new_offset += len(data)
+            meta["output_offset"] = str(new_offset)
+            if self._new_path:
+                meta["output_path"] = self._path
+            try:
+                with _output_guard(self._path):
+                    _write_all(self._fd, data)
+            except BaseException:
+                self._rewind()
+                raise
+        try:
+            self._journal.record(entries, meta=meta)
+        except BaseException:
+            self._rewind()
+            raise
+        self._offset, self._seq, self._new_path = new_offset, seq, False
+        self.written += len(entries)
+
+    def _rewind(self) -> None:
+        # Best effort: the next open truncates to the committed offset anyway.
+        if self._path is not None and self._fd is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.fstat(self._fd).st_mode):
+                    os.ftruncate(self._fd, self._offset)
+
+    def _duplicate(self, key: str) -> None:
+        self.duplicates += 1
+        if self.duplicates <= _DUPLICATES_SHOWN:
+            log.warning(
+                "key %r already has a terminal result in %s: this result was not written "
+                "(deduplicate input keys, or reset the key to run it again)",
+                key,
+                self._journal.path,
+            )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+@contextlib.contextmanager
+def _output_guard(path: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        err = translate_error(exc, path)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            err = OutputMismatch(
+                f"cannot write output {path} ({exc.strerror or exc}): check the path and "
+                "permissions, or choose another output file",
+                path=path,
+            )
+        raise err from exc
+
+
+def _finish_export(journal: Journal) -> None:
+    """Complete an export whose journal commit happened but whose rename did not."""
+    tmp = journal.get_meta("export_tmp")
+    if tmp is None:
+        return
+    target = journal.get_meta("output_path")
+    if target is not None and os.path.exists(tmp):
+        with _output_guard(target):
+            os.replace(tmp, target)
+    journal.update_meta({"export_tmp": None})
+
+
+def export(journal: Journal, path: str | os.PathLike[str], *, adopt: bool = True) -> int:
+    """Rewrite `path` from the journal: each terminal key's line once, in input order.
+
+    Written to a temporary file and renamed over `path`, so readers never see
+    half a file. With `adopt` (and a writable journal) `path` becomes the
+    journal's output: its committed offset and line numbers are updated, so a
+    later resume appends to it. Run it when no sink is writing. Returns the
+    number of lines written.
+    """
+    target = os.path.abspath(os.fspath(path))
+    tmp = f"{target}.export-{os.getpid()}.tmp"
+    n = 0
+    committed = False
+    with _output_guard(target):
+        try:
+            with open(tmp, "wb") as f:
+                for _key, line in journal.iter_output_lines("index"):
+                    f.write(line)
+                    n += 1
+                f.flush()
+                os.fsync(f.fileno())
+            size = os.stat(tmp).st_size
+            if adopt and not journal.readonly:
+                journal.renumber_output(
+                    {
+                        "output_path": target,
+                        "output_offset": str(size),
+                        "output_seq": str(n),
+                        "export_tmp": tmp,
+                    }
+                )
+                committed = True
+                os.replace(tmp, target)
+                journal.update_meta({"export_tmp": None})
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            if not committed:  # else the next sink open finishes the rename
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+    return n
