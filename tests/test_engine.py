@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
@@ -635,3 +636,66 @@ def test_source_error_stops_admission_and_reports_what_ran() -> None:
     with pytest.raises(conveyor.ConveyorError, match="items iterable raised OSError") as ei:
         conveyor.run(gen(), lambda x: x)
     assert ei.value.report is not None and ei.value.report.counts["ok"] == 2
+
+
+# ---- progress snapshots ------------------------------------------------------------------
+
+
+def test_on_progress_receives_live_and_final_snapshots() -> None:
+    """on_progress gets snapshots while running and a final one that adds up."""
+    snaps: list[Any] = []
+
+    async def fn(i: int) -> int:
+        await asyncio.sleep(0.01)
+        conveyor.report_usage(3, 1)
+        return i
+
+    conveyor.run(range(60), fn, concurrency=5, on_progress=snaps.append, progress_interval=0.05)
+    assert len(snaps) >= 3
+    final = snaps[-1]
+    assert final.finished and final.done == 60 and final.total == 60
+    assert final.counts["ok"] == 60 and final.in_flight == 0
+    assert final.eta_seconds == 0.0
+    assert any(0 < s.in_flight <= 5 for s in snaps[:-1])
+    assert all(a.done <= b.done for a, b in itertools.pairwise(snaps))
+    assert final.to_dict()["counts"]["ok"] == 60
+
+
+def test_shared_limiter_is_consulted_per_attempt() -> None:
+    """A shared (cross-process) limiter is awaited before every attempt,
+    settled from usage and told about 429s."""
+
+    class Shared:
+        def __init__(self) -> None:
+            self.acquired: list[float] = []
+            self.settled: list[tuple[float, float]] = []
+            self.paused: list[float] = []
+
+        async def acquire(self, weight: float) -> None:
+            self.acquired.append(weight)
+
+        def settle(self, estimated: float, actual: float) -> None:
+            self.settled.append((estimated, actual))
+
+        def pause(self, seconds: float) -> None:
+            self.paused.append(seconds)
+
+    shared = Shared()
+    clock = FakeClock()
+    calls = 0
+
+    async def fn(i: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise conveyor.RetryableError("429", retry_after=2, status_code=429)
+        conveyor.report_usage(4, 1)
+        return i
+
+    report = conveyor.run(
+        range(3), fn, cost=lambda i: 10, shared_limiter=shared, clock=clock, concurrency=1
+    )
+    assert report.counts["ok"] == 3
+    assert shared.acquired == [10, 10, 10, 10]
+    assert shared.settled == [(10, 5)] * 3
+    assert shared.paused == [2]

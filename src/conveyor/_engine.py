@@ -13,6 +13,7 @@ are cancelled and awaited when the run ends early, so nothing runs on after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -26,6 +27,7 @@ from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._exceptions import ConveyorError, FatalError, Interrupted
 from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
+from ._progress import ProgressSnapshot, RateMeter
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
 from ._types import ErrorInfo, Result, Status
@@ -137,6 +139,14 @@ class Engine:
         self._source_error: BaseException | None = None
         self._wave: list[Result[Any]] | None = [] if options.waves else None
         self._completed = 0
+        self._attempts = 0
+        self._retrying = 0
+        self._rate_limited = 0
+        self._t0 = self._clock.now()
+        self._meter = RateMeter()
+        self._ticker: asyncio.Task[None] | None = None
+        self._progress_failed = False
+        self._shared = options.shared_limiter
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
         self.max_in_flight = 0
@@ -145,6 +155,59 @@ class Engine:
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         self._producer = self._loop.create_task(self._produce(items), name="conveyor-producer")
+        if self.opts.on_progress is not None:
+            self._ticker = self._loop.create_task(self._tick(), name="conveyor-progress")
+
+    def snapshot(self) -> ProgressSnapshot:
+        """The live figures of this run (cheap; call as often as you like)."""
+        now = self._clock.now()
+        rep = self._report
+        rps, tin, tout, done_rate = self._meter.update(
+            now,
+            (float(self._attempts), float(rep.tokens_in), float(rep.tokens_out), float(rep.total)),
+        )
+        rpm, tpm = self._rpm, self._tpm
+        return ProgressSnapshot(
+            elapsed=now - self._t0,
+            total=self._length_hint,
+            done=rep.total,
+            counts=dict(rep.counts),
+            in_flight=len(self._tasks),
+            retrying=self._retrying,
+            attempts=self._attempts,
+            requests_per_second=rps,
+            tokens_in_per_minute=tin * 60,
+            tokens_out_per_minute=tout * 60,
+            concurrency_limit=self.concurrency_limit,
+            rpm_limit=rpm.limit if rpm is not None else None,
+            tpm_limit=tpm.limit if tpm is not None else None,
+            rpm_in_window=rpm.in_window(now) if rpm is not None else 0.0,
+            tpm_in_window=tpm.in_window(now) if tpm is not None else 0.0,
+            rate_limited=self._rate_limited,
+            paused_for=max(0.0, self._paused_until - now),
+            breaker=self._breaker.state.value if self._breaker is not None else "off",
+            finished=self._finished.is_set(),
+            extra={"done_per_second": done_rate},
+        )
+
+    def _emit_progress(self) -> None:
+        fn = self.opts.on_progress
+        if fn is None:
+            return
+        try:
+            fn(self.snapshot())
+        except Exception as exc:
+            if not self._progress_failed:
+                self._progress_failed = True
+                log.warning("on_progress raised %s: %s (ignored)", type(exc).__name__, exc)
+
+    async def _tick(self) -> None:
+        interval = self.opts.progress_interval
+        while not self._finished.is_set():
+            self._emit_progress()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), interval)
+        self._emit_progress()  # the final figures
 
     @property
     def stopping(self) -> bool:
@@ -212,7 +275,9 @@ class Engine:
             self.stop("abort")
             if self._producer is not None:
                 self._producer.cancel()
-        tasks = [t for t in (self._producer, *self._tasks) if t is not None]
+        if self._ticker is not None and not self._finished.is_set():
+            self._ticker.cancel()
+        tasks = [t for t in (self._producer, self._ticker, *self._tasks) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._shutdown()
@@ -413,6 +478,7 @@ class Engine:
             while True:
                 admitted_at = await self._admit(weight)
                 attempts += 1
+                self._attempts += 1
                 attempt = Attempt(index, key, attempts)
                 st.attempt_running = True
                 try:
@@ -444,7 +510,11 @@ class Engine:
                         delay,
                         extra={"key": key, "attempt": attempts},
                     )
-                    await clock.sleep(delay)
+                    self._retrying += 1
+                    try:
+                        await clock.sleep(delay)
+                    finally:
+                        self._retrying -= 1
                     continue
                 st.attempt_running = False
                 usage = attempt.usage
@@ -531,6 +601,9 @@ class Engine:
             hint = getattr(exc, "retry_after", None)
             pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
             self._paused_until = max(self._paused_until, now + pause)
+            self._rate_limited += 1
+            if self._shared is not None:
+                self._shared.pause(pause)
             if self._adaptive is not None:
                 self._adaptive.on_overload(now)
         delay = self.opts.retry.decide(attempts, exc, self._rng)
@@ -545,6 +618,8 @@ class Engine:
             self._learn(hint)
         if admitted_at is not None and self._tpm is not None and attempt.usage is not None:
             self._tpm.settle(admitted_at, weight, float(attempt.usage.total_tokens))
+        if self._shared is not None and attempt.usage is not None:
+            self._shared.settle(weight, float(attempt.usage.total_tokens))
 
     def _learn(self, hint: Any) -> None:
         now = self._clock.now()
@@ -570,6 +645,14 @@ class Engine:
 
     async def _admit(self, weight: float) -> float | None:
         """Wait until every limit allows one attempt; returns the admission time."""
+        admitted = await self._admit_local(weight)
+        if self._shared is not None:
+            await self._shared.acquire(weight)
+            if self._refusing():
+                raise _Stopped
+        return admitted
+
+    async def _admit_local(self, weight: float) -> float | None:
         if self._refusing():
             raise _Stopped
         rpm, tpm, brk = self._rpm, self._tpm, self._breaker

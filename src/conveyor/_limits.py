@@ -9,10 +9,17 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from typing import Protocol
 
 from ._exceptions import ConfigError
 
-__all__ = ["AdaptiveConcurrency", "BreakerState", "CircuitBreaker", "RateLimiter"]
+__all__ = [
+    "AdaptiveConcurrency",
+    "BreakerState",
+    "CircuitBreaker",
+    "RateLimiter",
+    "SharedLimiter",
+]
 
 # The window is kept in this many buckets: memory stays constant at any rate,
 # and expiring a whole bucket late costs at most window/_BUCKETS of throughput.
@@ -266,3 +273,18 @@ class CircuitBreaker:
         self._open_until = now + self._cooldown
         self._probe_out = False
         self.opened += 1
+
+
+class SharedLimiter(Protocol):
+    """A limit shared with other processes (the Ray backend's limiter actor).
+
+    The engine awaits `acquire` before each attempt, after its own limits,
+    reports the actual cost with `settle`, and a 429 with `pause` so every
+    process holds back, not only the one that was told.
+    """
+
+    async def acquire(self, weight: float) -> None: ...
+
+    def settle(self, estimated: float, actual: float) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...

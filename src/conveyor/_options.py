@@ -59,6 +59,9 @@ class Options:
     grace: float
     clock: Clock
     batch_id: str | None
+    on_progress: Callable[[Any], Any] | None
+    progress_interval: float
+    shared_limiter: Any
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -108,6 +111,9 @@ def build_options(
     grace: float = 10.0,
     clock: Clock | None = None,
     batch_id: str | None = None,
+    on_progress: Callable[[Any], Any] | None = None,
+    progress_interval: float = 1.0,
+    shared_limiter: Any = None,
 ) -> Options:
     if concurrency is not None:
         _whole("concurrency", concurrency, 1, 100_000)
@@ -147,6 +153,15 @@ def build_options(
         raise ConfigError("key", key, "a function item -> stable id")
     if not (isinstance(grace, int | float) and grace >= 0):
         raise ConfigError("grace", grace, "seconds >= 0")
+    if on_progress is not None and not callable(on_progress):
+        raise ConfigError("on_progress", on_progress, "a function taking a ProgressSnapshot")
+    _positive("progress_interval", progress_interval)
+    if shared_limiter is not None and not all(
+        callable(getattr(shared_limiter, m, None)) for m in ("acquire", "settle", "pause")
+    ):
+        raise ConfigError(
+            "shared_limiter", shared_limiter, "an object with acquire(), settle() and pause()"
+        )
     targets: list[Any] = []
     if callbacks is not None:
         if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
@@ -177,4 +192,7 @@ def build_options(
         grace=float(grace),
         clock=clock or SystemClock(),
         batch_id=batch_id,
+        on_progress=on_progress,
+        progress_interval=float(progress_interval),
+        shared_limiter=shared_limiter,
     )

@@ -187,8 +187,8 @@ class ReportBuilder:
         self._latencies: array[float] = array("d")
         self._attempts = 0
         self._retries = 0
-        self._tokens_in = 0
-        self._tokens_out = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
         self.results: list[Result[Any]] = []
         self.total = 0
 
@@ -205,8 +205,8 @@ class ReportBuilder:
         if r.error is not None and r.status is not Status.OK:
             self.errors[r.error.type] += 1
         if r.usage is not None:
-            self._tokens_in += r.usage.input_tokens
-            self._tokens_out += r.usage.output_tokens
+            self.tokens_in += r.usage.input_tokens
+            self.tokens_out += r.usage.output_tokens
         if self.keep_results:
             self.results.append(r)
 
@@ -233,8 +233,8 @@ class ReportBuilder:
             retries=self._retries,
             errors=dict(self.errors),
             throughput_per_second=(done / elapsed) if elapsed > 0 else 0.0,
-            input_tokens=self._tokens_in,
-            output_tokens=self._tokens_out,
+            input_tokens=self.tokens_in,
+            output_tokens=self.tokens_out,
             interrupted=interrupted,
             stop_reason=stop_reason,
             results=self.results,

@@ -1,0 +1,93 @@
+"""Shared pieces of the CLI: logging setup, error reporting, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from ._exceptions import ConfigError, ConveyorError, FatalError, InputError, Interrupted
+
+__all__ = [
+    "EXIT_FAILED_ITEMS",
+    "EXIT_FATAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "cli_errors",
+    "setup_logging",
+]
+
+EXIT_OK = 0
+EXIT_FAILED_ITEMS = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the record's structured extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        d.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and k[:1] != "_"})
+        if record.exc_info and record.exc_info[1] is not None:
+            d["error_type"] = type(record.exc_info[1]).__name__
+        return orjson.dumps(d, default=str).decode()
+
+
+def setup_logging(*, verbose: int = 0, log_json: bool = False, quiet: bool = False) -> None:
+    """Log to stderr: warnings by default, info with -v, debug with -vv."""
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    handler = logging.StreamHandler(sys.stderr)
+    if log_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("conveyor")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def cli_errors(fn: F) -> F:
+    """Turn conveyor errors into one clear line on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            click.echo(f"conveyor: {exc}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except FatalError as exc:
+            click.echo(f"conveyor: stopped: {exc}", err=True)
+            sys.exit(EXIT_FATAL)
+        except (ConfigError, InputError) as exc:
+            click.echo(f"conveyor: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except ConveyorError as exc:
+            click.echo(f"conveyor: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
