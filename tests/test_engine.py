@@ -699,3 +699,27 @@ def test_shared_limiter_is_consulted_per_attempt() -> None:
     assert shared.acquired == [10, 10, 10, 10]
     assert shared.settled == [(10, 5)] * 3
     assert shared.paused == [2]
+
+
+def test_breaker_probe_refused_or_rate_limited_does_not_hang() -> None:
+    """A half-open probe that ends in a non-transient error or a 429 still
+    releases the breaker (regression: the run used to wait forever)."""
+    calls = 0
+
+    def fn(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        if x < 2:
+            raise TimeoutError("down")
+        if x == 2:
+            raise ValueError("refused")
+        if x == 3:
+            raise conveyor.RetryableError("slow down", status_code=429, retry_after=0.01)
+        return x
+
+    t = time.monotonic()
+    report = conveyor.run(
+        range(6), fn, concurrency=1, retries=0, breaker=conveyor.Breaker(2, 0.05, 0.1)
+    )
+    assert time.monotonic() - t < 10
+    assert report.counts["ok"] == 2 and report.total == 6

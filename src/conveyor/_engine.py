@@ -142,6 +142,7 @@ class Engine:
         self._attempts = 0
         self._retrying = 0
         self._rate_limited = 0
+        self._cache_hits = 0
         self._t0 = self._clock.now()
         self._meter = RateMeter()
         self._ticker: asyncio.Task[None] | None = None
@@ -301,6 +302,10 @@ class Engine:
             rep.extra["concurrency_decreases"] = self._adaptive.decreases
         if self._dispatch.failures:
             rep.extra["callback_errors"] = self._dispatch.failures
+        if self._rate_limited:
+            rep.extra["rate_limited"] = self._rate_limited
+        if self._cache_hits:
+            rep.extra["answered_locally"] = self._cache_hits
         return rep
 
     def outcome(self, report: BatchReport) -> BaseException | None:
@@ -468,8 +473,16 @@ class Engine:
         try:
             self._dispatch.start(index, key, item)
             weight = 0.0
-            if self._tpm is not None or self.opts.cost is not None:
-                weight = float(self.opts.cost(item)) if self.opts.cost is not None else 0.0
+            if self.opts.cost is not None:
+                try:
+                    weight = float(self.opts.cost(item))
+                except Exception as exc:
+                    # A cost function may reject an item outright (an invalid
+                    # input line): it fails without an attempt or a rate slot.
+                    self._emit(
+                        self._result(index, key, item, Status.FAILED, ErrorInfo.from_exception(exc))
+                    )
+                    return
                 if self._tpm is not None and not self._tpm.fits(weight):
                     raise FatalItem(
                         f"item cost {weight:g} exceeds the per-window token limit "
@@ -496,11 +509,13 @@ class Engine:
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
                         )
-                        self._emit(
-                            self._result(
-                                index, key, item, status, error, attempts, wall0, t0, usage
-                            )
+                        r = self._result(
+                            index, key, item, status, error, attempts, wall0, t0, usage
                         )
+                        meta = getattr(exc, "meta", None)
+                        if isinstance(meta, dict):
+                            r.meta = dict(meta)  # e.g. the HTTP response of a refused request
+                        self._emit(r)
                         return
                     log.debug(
                         "retrying item %s after %s (attempt %d), waiting %.2fs",
@@ -608,14 +623,29 @@ class Engine:
                 self._adaptive.on_overload(now)
         delay = self.opts.retry.decide(attempts, exc, self._rng)
         transient = delay is not None or self.opts.retry.is_retryable(exc)
-        if self._breaker is not None and transient and status != 429:
-            self._breaker.record_failure(now)
+        if self._breaker is not None:
+            if transient and status != 429:
+                self._breaker.record_failure(now)
+            else:
+                # The endpoint answered (a refusal or a 429 is an answer): it is
+                # up, which also releases a half-open probe.
+                self._breaker.record_success()
         return delay
 
     def _settle(self, attempt: Attempt, admitted_at: float | None, weight: float) -> None:
         hint = attempt.limits
         if hint is not None:
             self._learn(hint)
+        if attempt.cached:
+            # Answered locally: give the reservations back.
+            self._cache_hits += 1
+            if admitted_at is not None and self._rpm is not None:
+                self._rpm.settle(admitted_at, 1.0, 0.0)
+            if admitted_at is not None and self._tpm is not None:
+                self._tpm.settle(admitted_at, weight, 0.0)
+            if self._shared is not None:
+                self._shared.settle(weight, 0.0)
+            return
         if admitted_at is not None and self._tpm is not None and attempt.usage is not None:
             self._tpm.settle(admitted_at, weight, float(attempt.usage.total_tokens))
         if self._shared is not None and attempt.usage is not None:

@@ -124,7 +124,9 @@ class RateLimiter:
         need = min(weight, self._burst)
         if self._tokens < need:
             wait = max(wait, (need - self._tokens) / self.rate)
-        return wait + _EPS if wait > 0 else 0.0
+        # Pad by more than the clock's own resolution at `now` (a float clock far
+        # from zero cannot move by 1e-9).
+        return wait + max(_EPS, 4 * math.ulp(now)) if wait > 0 else 0.0
 
     def acquire(self, now: float, weight: float = 1.0) -> float:
         """Admit `weight` now if allowed (returns 0.0), else the wait."""
@@ -169,9 +171,12 @@ class RateLimiter:
 class AdaptiveConcurrency:
     """AIMD on the number of items in flight.
 
-    Each success adds 1/limit (so +1 per "round" of successes); an overload
-    signal (HTTP 429) halves the limit, at most once per `cooldown` seconds so
-    one burst of 429s from the same round counts once.
+    An overload signal (HTTP 429) multiplies the limit by `factor`, at most
+    once per `cooldown` seconds so one burst of 429s from the same round counts
+    once. Successes grow it back: +1 each while below the level it dropped
+    from (back within a few rounds, as TCP's slow start), then +1/limit each
+    (about +1 per round) up to `maximum`. Sporadic 429s therefore cost little,
+    while a persistent overload keeps the limit down.
     """
 
     def __init__(
@@ -182,6 +187,7 @@ class AdaptiveConcurrency:
         self.factor = factor
         self.cooldown = cooldown
         self._limit = float(maximum)
+        self._recover_to = float(maximum)
         self._last_decrease = -math.inf
         self.decreases = 0
 
@@ -190,8 +196,10 @@ class AdaptiveConcurrency:
         return max(self.minimum, int(self._limit))
 
     def on_success(self) -> None:
-        if self._limit < self.maximum:
-            self._limit = min(float(self.maximum), self._limit + 1.0 / max(1.0, self._limit))
+        if self._limit >= self.maximum:
+            return
+        step = 1.0 if self._limit < self._recover_to else 1.0 / max(1.0, self._limit)
+        self._limit = min(float(self.maximum), self._limit + step)
 
     def on_overload(self, now: float) -> bool:
         """Back off; returns True when the limit actually dropped."""
@@ -200,6 +208,8 @@ class AdaptiveConcurrency:
         self._last_decrease = now
         new = max(float(self.minimum), self._limit * self.factor)
         if new < self._limit:
+            # A repeated overload lowers the level to recover to as well.
+            self._recover_to = self._limit * (1 + self.factor) / 2
             self._limit = new
             self.decreases += 1
             return True

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -139,10 +140,15 @@ class BatchReport:
         return d
 
     def to_json(self, *, include_results: bool = True, indent: bool = False) -> str:
-        opts = orjson.OPT_INDENT_2 if indent else 0
-        return orjson.dumps(
-            self.to_dict(include_results=include_results), option=opts, default=repr
-        ).decode()
+        data = self.to_dict(include_results=include_results)
+        opts = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+        try:
+            return orjson.dumps(data, option=opts, default=repr).decode()
+        except TypeError:
+            # Values orjson refuses (ints over 64 bits, lone surrogates): the
+            # slower stdlib encoder takes them, with repr() for the rest.
+            text = json.dumps(data, indent=2 if indent else None, default=repr, ensure_ascii=False)
+            return text.encode("utf-8", "replace").decode("utf-8")
 
     def summary(self) -> str:
         """A plain multi-line summary, fixed width, no escape codes."""

@@ -6,6 +6,7 @@ its bounds without waiting.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -61,11 +62,11 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigError("retries", self.retries, "a whole number >= 0")
-        if self.base < 0:
+        if not (math.isfinite(self.base) and self.base >= 0):
             raise ConfigError("retry base", self.base, "seconds >= 0")
-        if self.cap < self.base:
+        if not (math.isfinite(self.cap) and self.cap >= self.base):
             raise ConfigError("retry cap", self.cap, f"seconds >= base ({self.base})")
-        if self.multiplier < 1:
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
             raise ConfigError("retry multiplier", self.multiplier, "a number >= 1")
 
     def is_retryable(self, exc: BaseException) -> bool:
@@ -77,8 +78,11 @@ class RetryPolicy:
 
     def backoff_bound(self, attempt: int) -> float:
         """The largest jittered wait after failed attempt `attempt` (1-based)."""
-        exp = min(attempt - 1, 64)  # keeps the power finite
-        return min(self.cap, self.base * self.multiplier**exp)
+        try:
+            grown = self.base * self.multiplier ** max(0, attempt - 1)
+        except OverflowError:
+            return self.cap
+        return min(self.cap, grown)
 
     def decide(
         self, attempt: int, exc: BaseException, rng: random.Random | None = None
