@@ -25,7 +25,7 @@ PUBLIC = {
     "BatchReport", "Breaker", "ConfigError", "ConveyorError", "ErrorInfo", "FatalError",
     "InputError", "Interrupted", "ProgressCallback", "RateLimitHint", "Result", "RetryPolicy",
     "RetryableError", "SequentialExecutor", "Status", "Stream", "TaskExecutor", "ThreadExecutor",
-    "Usage", "__version__", "arun", "astream", "current_attempt", "report_limits",
+    "Usage", "__version__", "arun", "astream", "current_attempt", "report_cached", "report_limits",
     "report_usage", "run", "stream",
 }  # fmt: skip
 

@@ -10,7 +10,14 @@ Everything public is here; modules whose names start with `_` are private.
 """
 
 from ._api import AsyncStream, Stream, arun, astream, run, stream
-from ._attempt import Attempt, RateLimitHint, current_attempt, report_limits, report_usage
+from ._attempt import (
+    Attempt,
+    RateLimitHint,
+    current_attempt,
+    report_cached,
+    report_limits,
+    report_usage,
+)
 from ._callbacks import BatchInfo, ProgressCallback
 from ._exceptions import (
     AggregateExecutionError,
@@ -58,6 +65,7 @@ __all__ = [
     "arun",
     "astream",
     "current_attempt",
+    "report_cached",
     "report_limits",
     "report_usage",
     "run",

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 from ._types import Usage
 
-__all__ = ["Attempt", "RateLimitHint", "current_attempt", "report_limits", "report_usage"]
+__all__ = [
+    "Attempt",
+    "RateLimitHint",
+    "current_attempt",
+    "report_cached",
+    "report_limits",
+    "report_usage",
+]
 
 
 @dataclass(slots=True)
@@ -44,6 +51,7 @@ class Attempt:
     number: int
     usage: Usage | None = None
     limits: RateLimitHint | None = None
+    cached: bool = False
     meta: dict[str, object] = field(default_factory=dict)
 
 
@@ -97,3 +105,13 @@ def report_limits(
         requests_reset,
         tokens_reset,
     )
+
+
+def report_cached() -> None:
+    """Tell the engine this attempt was answered locally (a cache or a
+    duplicate request in flight), not by the endpoint: its request and token
+    reservations are returned to the rate limits. Outside a run it does nothing.
+    """
+    a = _current.get()
+    if a is not None:
+        a.cached = True

@@ -41,8 +41,9 @@ class Control:
 
 
 class Portal:
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
         self.control = Control()
+        self._signals = signals
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,22 +84,22 @@ class Portal:
                     return fut.result()
                 except KeyboardInterrupt:
                     loop.call_soon_threadsafe(self.control.interrupt)
-        installed = False
-        previous: Any = None
+        installed: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            try:
-                previous = signal.getsignal(signal.SIGINT)
-                loop.add_signal_handler(signal.SIGINT, self.control.interrupt)
-                installed = True
-            except (NotImplementedError, RuntimeError, ValueError):
-                installed = False
+            for sig in self._signals:
+                try:
+                    previous = signal.getsignal(sig)
+                    loop.add_signal_handler(sig, self.control.interrupt)
+                    installed[sig] = previous
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
         try:
             return loop.run_until_complete(coro)
         finally:
-            if installed:
-                loop.remove_signal_handler(signal.SIGINT)
+            for sig, previous in installed.items():
+                loop.remove_signal_handler(sig)
                 if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
+                    signal.signal(sig, previous)
 
     def __exit__(self, *exc: object) -> None:
         loop, self._loop = self._loop, None

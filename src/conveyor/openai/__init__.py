@@ -1,0 +1,51 @@
+"""OpenAI-compatible batches: Batch API files in and out, any compatible endpoint.
+
+    from conveyor.openai import run_file
+    report = run_file("requests.jsonl", output="results.jsonl", rpm=500, tpm=200_000)
+
+Works with OpenAI, vLLM, Ollama, llama.cpp and LiteLLM proxies
+(`base_url=` or `OPENAI_BASE_URL`; key from `OPENAI_API_KEY` or `api_key_env=`).
+"""
+
+from ._batchfile import (
+    BadLine,
+    FileCheck,
+    RequestLine,
+    format_error,
+    format_response,
+    read_output,
+    read_requests,
+    validate_file,
+)
+from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
+from ._run import RunSettings, arun_file, default_journal_path, run_file
+from ._template import PromptTemplate, Record, build_requests, read_records
+from ._tokens import estimate_prompt_tokens, estimate_request_tokens, tokenizer_name
+
+__all__ = [
+    "Answer",
+    "AuthError",
+    "BadLine",
+    "Endpoint",
+    "FileCheck",
+    "HTTPClientError",
+    "HTTPRetryable",
+    "OpenAIClient",
+    "PromptTemplate",
+    "Record",
+    "RequestLine",
+    "RunSettings",
+    "arun_file",
+    "build_requests",
+    "default_journal_path",
+    "estimate_prompt_tokens",
+    "estimate_request_tokens",
+    "format_error",
+    "format_response",
+    "read_output",
+    "read_records",
+    "read_requests",
+    "run_file",
+    "tokenizer_name",
+    "validate_file",
+]

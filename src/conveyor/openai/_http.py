@@ -1,0 +1,295 @@
+"""The HTTP side of an OpenAI-compatible call: one pooled session, errors
+translated into what the engine understands.
+
+- 2xx: an `Answer` (status, parsed body, request id); usage and rate-limit
+  headers are reported to the engine for the TPM settlement and learning.
+- 429, 408, 409, 5xx, connection errors: `HTTPRetryable` (a `RetryableError`)
+  with the server's `Retry-After` as a hint.
+- 401/403: `AuthError` (a `FatalError`): the whole run stops early with one
+  clear line instead of failing every item.
+- other 4xx: `HTTPClientError`: the item fails at once, its response kept.
+
+aiohttp errors never leave this module untranslated, and nothing here puts
+the API key into a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .._attempt import report_limits, report_usage
+from .._exceptions import ConfigError, ConveyorError, FatalError, RetryableError
+
+__all__ = [
+    "Answer",
+    "AuthError",
+    "Endpoint",
+    "HTTPClientError",
+    "HTTPRetryable",
+    "OpenAIClient",
+    "parse_duration",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go and how they authenticate. The key is never shown."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = ()
+    api_key_env: str = "OPENAI_API_KEY"
+
+    @classmethod
+    def resolve(
+        cls,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        headers: dict[str, str] | None = None,
+    ) -> Endpoint:
+        """Like the OpenAI SDK: argument, then `OPENAI_BASE_URL`, then api.openai.com;
+        the key from `api_key` or the environment variable `api_key_env`."""
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError("base_url", url, "an http(s) URL such as http://127.0.0.1:8000/v1")
+        key = api_key if api_key is not None else os.environ.get(api_key_env)
+        return cls(url.rstrip("/"), key, tuple((headers or {}).items()), api_key_env)
+
+    def url_for(self, endpoint: str) -> str:
+        """`/chat/completions` (or `/v1/chat/completions`) under the base URL."""
+        path = endpoint if endpoint.startswith("/") else "/" + endpoint
+        if path.startswith("/v1/") and self.base_url.endswith("/v1"):
+            path = path[3:]
+        return self.base_url + path
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response the server gave (2xx)."""
+
+    status: int
+    body: Any
+    request_id: str | None
+
+
+class HTTPRetryable(RetryableError):
+    """A transient failure: 429, 5xx, timeout, connection error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, status_code=status_code)
+        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
+
+
+class HTTPClientError(ConveyorError):
+    """The server refused this request (400, 404, 422...): not retried."""
+
+    def __init__(self, message: str, *, status_code: int, body: Any, request_id: str | None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
+
+
+class AuthError(FatalError):
+    """401/403: the key was rejected; no further request can succeed."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """`"1s"`, `"250ms"`, `"6m0s"`, `"1h2m3.5s"` or plain seconds -> seconds."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total = 0.0
+    pos = 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        pos = m.end()
+        n = float(m.group(1))
+        total += {"ms": n / 1000, "s": n, "m": n * 60, "h": n * 3600}[m.group(2)]
+    return total if pos == len(text) and pos > 0 else None
+
+
+def _retry_after(headers: Any) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return parse_duration(headers.get("retry-after"))
+
+
+def _num(v: str | None) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _report_headers(headers: Any) -> None:
+    limit_r = headers.get("x-ratelimit-limit-requests")
+    limit_t = headers.get("x-ratelimit-limit-tokens")
+    if limit_r is None and limit_t is None:
+        return
+    report_limits(
+        requests_limit=_num(limit_r),
+        tokens_limit=_num(limit_t),
+        requests_remaining=_num(headers.get("x-ratelimit-remaining-requests")),
+        tokens_remaining=_num(headers.get("x-ratelimit-remaining-tokens")),
+        requests_reset=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        tokens_reset=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def _report_usage(body: Any) -> None:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return
+    tin = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    tout = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if isinstance(tin, int) and isinstance(tout, int):
+        report_usage(tin, tout)
+
+
+def _error_message(body: Any) -> str:
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    if isinstance(body, str):
+        return body[:200]
+    return ""
+
+
+class OpenAIClient:
+    """A pooled keep-alive session sized to the concurrency."""
+
+    def __init__(self, endpoint: Endpoint, *, concurrency: int) -> None:
+        self.endpoint = endpoint
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+        headers = {"Content-Type": "application/json", "User-Agent": "conveyor"}
+        headers.update(dict(endpoint.headers))
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        self._headers = headers
+
+    async def __aenter__(self) -> OpenAIClient:
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            skip_auto_headers=("Accept-Encoding",),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, endpoint: str) -> tuple[int, Any]:
+        """A GET (for `/models`), errors translated."""
+        status, body, _, _ = await self._request("GET", endpoint, None)
+        return status, body
+
+    async def post(self, endpoint: str, body: Any) -> Answer:
+        """POST one request; returns an `Answer` or raises a translated error."""
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        status, parsed, request_id, headers = await self._request("POST", endpoint, data)
+        _report_headers(headers)
+        if 200 <= status < 300:
+            _report_usage(parsed)
+            return Answer(status, parsed, request_id)
+        msg = _error_message(parsed)
+        where = self.endpoint.base_url
+        if status in (401, 403):
+            hint = (
+                f"set {self.endpoint.api_key_env}"
+                if not self.endpoint.api_key
+                else f"check {self.endpoint.api_key_env} (or --api-key-env)"
+            )
+            raise AuthError(
+                f"HTTP {status} from {where}: the API key was rejected ({msg or 'unauthorized'}); "
+                f"{hint}",
+                status_code=status,
+            )
+        if status in _RETRYABLE_STATUS:
+            raise HTTPRetryable(
+                f"HTTP {status}: {msg}" if msg else f"HTTP {status}",
+                status_code=status,
+                retry_after=_retry_after(headers),
+                body=parsed,
+                request_id=request_id,
+            )
+        raise HTTPClientError(
+            f"HTTP {status}: {msg}" if msg else f"HTTP {status}",
+            status_code=status,
+            body=parsed,
+            request_id=request_id,
+        )
+
+    async def _request(
+        self, method: str, endpoint: str, data: bytes | None
+    ) -> tuple[int, Any, str | None, Any]:
+        session = self._session
+        if session is None:
+            raise RuntimeError("OpenAIClient used outside `async with`")
+        url = self.endpoint.url_for(endpoint)
+        try:
+            async with session.request(method, url, data=data) as resp:
+                raw = await resp.read()
+                headers = resp.headers
+                status = resp.status
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise HTTPRetryable(
+                f"connection error talking to {self.endpoint.base_url}: {type(exc).__name__}: {exc}"
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            raise HTTPRetryable(f"bad response from {self.endpoint.base_url}: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise HTTPRetryable(f"HTTP client error: {type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            raise
+        try:
+            parsed: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = raw.decode("utf-8", "replace")
+        return status, parsed, headers.get("x-request-id"), headers

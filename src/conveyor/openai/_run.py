@@ -1,0 +1,372 @@
+"""`run_file`: an OpenAI Batch input file (or records + a template) against any
+OpenAI-compatible endpoint, at the full allowed speed, resumable.
+
+source (streamed lines) -> plan (keys, skip what the journal holds, --limit)
+-> engine (limits, retries, breaker) -> HTTP -> sink (journal + output, each
+custom_id exactly once) -> report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .._api import AsyncStream
+from .._attempt import report_cached
+from .._cache import InflightDedupe, ResponseCache, request_key
+from .._exceptions import ConfigError, InputError
+from .._journal import Journal
+from .._options import Breaker
+from .._portal import Portal
+from .._retry import RetryPolicy
+from .._sink import OutputSink
+from .._types import Result, Status
+from ._batchfile import (
+    BadLine,
+    RequestLine,
+    format_bad_line,
+    format_error,
+    format_response,
+    read_requests,
+    validate_file,
+)
+from ._http import Answer, Endpoint, OpenAIClient
+from ._template import PromptTemplate, build_requests, read_records
+from ._tokens import estimate_request_tokens
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from .._report import BatchReport
+
+__all__ = ["RunSettings", "arun_file", "default_journal_path", "run_file"]
+
+log = logging.getLogger("conveyor")
+
+Item = RequestLine | BadLine
+
+# Results that end an item for good; cancelled/skipped items stay pending so a
+# resumed run sends them.
+_TERMINAL = (Status.OK, Status.FAILED, Status.TIMED_OUT)
+
+
+def default_journal_path(output: str | os.PathLike[str]) -> Path:
+    """`results.jsonl` -> `results.jsonl.conveyor.db`, beside the output."""
+    p = Path(output)
+    return p.with_name(p.name + ".conveyor.db")
+
+
+def _fingerprint(path: Path) -> str:
+    """Size plus a hash of the head and tail: cheap on a 10 GB file, and any
+    edit that changes the lines near either end or the length shows."""
+    st = path.stat()
+    h = hashlib.blake2b(digest_size=12)
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return f"{st.st_size}:{h.hexdigest()}"
+
+
+def item_key(item: Item) -> str:
+    """custom_id; a line whose id is missing or repeated is keyed by its line."""
+    if isinstance(item, RequestLine):
+        return item.custom_id
+    if item.custom_id is not None and item.duplicate_of is None:
+        return item.custom_id
+    return f"line:{item.line}"
+
+
+def format_line(result: Result[Any]) -> bytes:
+    """The Batch API output line for one terminal result."""
+    item = result.item
+    if isinstance(item, BadLine):
+        bad = item if item.duplicate_of is None else _anonymous(item)
+        return format_bad_line(bad)
+    custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
+    if result.status is Status.OK and isinstance(result.value, Answer):
+        a = result.value
+        return format_response(custom_id, a.status, a.body, a.request_id)
+    meta = result.meta
+    if meta.get("status_code") is not None:
+        return format_response(
+            custom_id, int(meta["status_code"]), meta.get("body"), meta.get("request_id")
+        )
+    err = result.error
+    if result.status is Status.TIMED_OUT:
+        code = "timeout"
+    elif err is not None and err.type == "HTTPRetryable":
+        code = "connection_error"
+    else:
+        code = "request_failed"
+    message = err.message if err else result.status.value
+    return format_error(custom_id, code, f"{message} (after {result.attempts} attempt(s))")
+
+
+def _anonymous(bad: BadLine) -> BadLine:
+    # A repeated custom_id's error line must not repeat the id: the output
+    # holds each custom_id exactly once, and this line names its line number.
+    return BadLine(bad.line, bad.reason, None, bad.duplicate_of)
+
+
+@dataclass
+class RunSettings:
+    """Everything `run_file` needs besides the input; the CLI fills it from flags."""
+
+    output: Path | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str = "OPENAI_API_KEY"
+    headers: dict[str, str] = field(default_factory=dict)
+    concurrency: int = 100
+    rpm: float | None = None
+    tpm: float | None = None
+    limit_window: float = 60.0
+    retries: int = 5
+    timeout: float | None = 600.0
+    journal: Path | bool | None = True  # True: beside the output; False/None: none
+    force: bool = False
+    limit: int | None = None
+    strict: bool = False
+    template: Path | None = None
+    model: str | None = None
+    id_column: str | None = None
+    endpoint: str = "/v1/chat/completions"
+    dedupe: bool = True
+    cache: Path | None = None
+    breaker: bool = True
+    fail_fast: bool = False
+    batch_id: str | None = None
+    on_progress: Callable[[Any], Any] | None = None
+    progress_interval: float = 1.0
+
+
+def _check(s: RunSettings) -> None:
+    if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
+        raise ConfigError("limit", s.limit, "a whole number >= 1")
+    if s.journal is True and s.output is None:
+        raise ConfigError("journal", True, "needs an output path, or journal=None")
+
+
+def _items(input_path: Path, s: RunSettings) -> Iterator[Item]:
+    if s.template is not None:
+        tpl = PromptTemplate.load(s.template)
+        return build_requests(
+            read_records(input_path), tpl, model=s.model, id_column=s.id_column, endpoint=s.endpoint
+        )
+    if s.model is not None:
+        raise ConfigError("model", s.model, "only with a template (records input)")
+    return read_requests(input_path)
+
+
+def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str, str]:
+    ident = {
+        "kind": "records" if s.template else "batch",
+        "input": str(input_path.resolve()),
+        "input_fingerprint": _fingerprint(input_path),
+        "base_url": endpoint.base_url,
+    }
+    if s.template is not None:
+        ident["template_fingerprint"] = _fingerprint(s.template)
+        ident["model"] = s.model or ""
+        ident["id_column"] = s.id_column or ""
+    return ident
+
+
+def _strict_check(input_path: Path, s: RunSettings) -> None:
+    if s.template is not None:
+        bad = [x for x in _items(input_path, s) if isinstance(x, BadLine)]
+        problems = [f"{input_path}:{b.line}: {b.reason}" for b in bad]
+    else:
+        check = validate_file(input_path)
+        problems = check.problems()
+    if problems:
+        shown = "\n  ".join(problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise InputError(
+            f"--strict: {len(problems)} bad line(s), nothing was sent:\n  {shown}{more}\n"
+            "Fix them, or run without --strict to send the valid lines and get an "
+            "error line for each bad one.",
+            path=str(input_path),
+        )
+
+
+class _Caller:
+    """The task function: one request, deduplicated and cached when asked."""
+
+    def __init__(self, client: OpenAIClient, cache: ResponseCache | None) -> None:
+        self._client = client
+        self._cache = cache
+        self._inflight: InflightDedupe[str, Answer] = InflightDedupe()
+
+    async def __call__(self, req: Item) -> Answer:
+        if isinstance(req, BadLine):  # rejected by cost() before any attempt
+            raise InputError(req.reason, line=req.line)
+        if self._cache is None:
+            return await self._client.post(req.endpoint, req.body)
+        key = request_key(req.url, req.body)
+        hit = self._cache.get(key)
+        if hit is not None:
+            report_cached()
+            return Answer(hit.status_code, orjson.loads(hit.body), None)
+        sent = False
+
+        async def send() -> Answer:
+            nonlocal sent
+            sent = True
+            answer = await self._client.post(req.endpoint, req.body)
+            assert self._cache is not None
+            self._cache.put(key, answer.status, orjson.dumps(answer.body))
+            return answer
+
+        answer = await self._inflight.run(key, send)
+        if not sent:
+            report_cached()
+        return answer
+
+
+def _cost(item: Item) -> float:
+    if isinstance(item, BadLine):
+        raise InputError(item.reason, line=item.line)
+    return float(estimate_request_tokens(item.body, item.endpoint))
+
+
+async def arun_file(
+    input_path: str | os.PathLike[str], settings: RunSettings, *, _control: Any = None
+) -> BatchReport:
+    """Send every request of `input_path`; see `RunSettings` for the knobs."""
+    s = settings
+    _check(s)
+    path = Path(input_path)
+    if not path.is_file():  # noqa: ASYNC240 - one stat before the run starts
+        raise InputError("no such file (or it is a directory)", path=str(path))
+    if s.strict:
+        _strict_check(path, s)
+    endpoint = Endpoint.resolve(
+        s.base_url, api_key=s.api_key, api_key_env=s.api_key_env, headers=s.headers
+    )
+    journal: Journal | None = None
+    jpath: Path | None = None
+    if s.journal is True and s.output is not None:
+        jpath = default_journal_path(s.output)
+    elif isinstance(s.journal, Path | str):
+        jpath = Path(s.journal)
+    if jpath is not None:
+        journal = Journal.open(jpath, identity=_identity(path, s, endpoint), force=s.force)
+    cache: ResponseCache | None = None
+    if s.cache is not None:
+        cache = ResponseCache(s.cache)
+    elif s.dedupe:
+        cache = ResponseCache(None)
+    resumed = 0
+    sink: OutputSink | None = None
+    try:
+        items = _items(path, s)
+
+        def plan() -> Iterator[Item]:
+            nonlocal resumed
+            pending = 0
+            for item in items:
+                if journal is not None and journal.is_terminal(item_key(item)):
+                    resumed += 1
+                    continue
+                if s.limit is not None and pending >= s.limit:
+                    return
+                pending += 1
+                yield item
+
+        if journal is not None:
+            sink = OutputSink(journal, s.output, format_line)
+        async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
+            stream = AsyncStream(
+                plan(),
+                _invoke(_Caller(client, cache)),
+                {
+                    "concurrency": s.concurrency,
+                    "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
+                    "timeout": s.timeout,
+                    "rpm": s.rpm,
+                    "tpm": s.tpm,
+                    "cost": _cost,
+                    "limit_window": s.limit_window,
+                    "key": item_key,
+                    "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
+                    "fail_fast": s.fail_fast,
+                    "batch_id": s.batch_id,
+                    "on_progress": s.on_progress,
+                    "progress_interval": s.progress_interval,
+                },
+            )
+            if _control is not None:
+                stream.attach_control(_control)
+            report: BatchReport | None = None
+            try:
+                async for result in stream:
+                    if sink is not None and result.status in _TERMINAL:
+                        await sink.add(result)
+                report = stream.report
+            except BaseException as exc:
+                report = getattr(exc, "report", None) or stream.report
+                raise
+            finally:
+                await stream.aclose()
+                if report is not None:
+                    _annotate(report, resumed, cache, journal, s)
+        assert report is not None
+        return report
+    finally:
+        if sink is not None:
+            await sink.close()
+        if journal is not None:
+            journal.close()
+        if cache is not None:
+            cache.close()
+
+
+def _annotate(
+    report: BatchReport,
+    resumed: int,
+    cache: ResponseCache | None,
+    journal: Journal | None,
+    s: RunSettings,
+) -> None:
+    report.extra["resumed_skipped"] = resumed
+    if cache is not None:
+        report.extra["cache"] = cache.stats()
+    if journal is not None:
+        report.extra["journal"] = str(journal.path)
+    if s.output is not None:
+        report.extra["output"] = str(s.output)
+    if s.rpm:
+        report.extra["rpm_limit"] = s.rpm
+    if s.tpm:
+        report.extra["tpm_limit"] = s.tpm
+
+
+def _invoke(caller: _Caller) -> Any:
+    async def invoke(item: Item, engine: Any) -> Answer:
+        return await caller(item)
+
+    return invoke
+
+
+def run_file(input_path: str | os.PathLike[str], **settings: Any) -> BatchReport:
+    """Sync wrapper of `arun_file`: `run_file("requests.jsonl", output="out.jsonl", rpm=500)`.
+
+    Ctrl+C (and SIGTERM) stop admitting requests, let those in flight finish,
+    flush the journal and raise `Interrupted`; run it again to resume.
+    """
+    s = RunSettings(**settings)
+    if s.output is not None:
+        s.output = Path(s.output)
+    import signal
+
+    with Portal(signals=(signal.SIGINT, signal.SIGTERM)) as portal:
+        return portal.call(lambda control: arun_file(input_path, s, _control=control))
