@@ -91,6 +91,8 @@ class Interrupted(ConveyorError, KeyboardInterrupt):
     It is also a `KeyboardInterrupt`, so existing handlers keep working.
     """
 
+    report: BatchReport
+
     def __init__(self, report: BatchReport, hint: str = "") -> None:
         self.report = report
         c = report.counts

@@ -553,6 +553,14 @@ class Journal:
         with self._lock, _guard(self._path, writing=not self._readonly):
             return {str(s): int(n) for s, n in self._conn.execute(sql)}
 
+    def finished_since(self, since: float) -> int:
+        """How many items reached a terminal result at or after `since` (epoch)."""
+        with self._lock, _guard(self._path, writing=not self._readonly):
+            row = self._conn.execute(
+                "SELECT count(*) FROM items WHERE status != ? AND ended_at >= ?", (PENDING, since)
+            ).fetchone()
+        return int(row[0])
+
     def error_counts(self) -> dict[str, int]:
         """Terminal non-ok rows per error type (the status when no error type was kept)."""
         sql = (

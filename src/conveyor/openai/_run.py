@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +43,17 @@ from ._template import PromptTemplate, build_requests, read_records
 from ._tokens import estimate_request_tokens
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from .._report import BatchReport
 
-__all__ = ["RunSettings", "arun_file", "default_journal_path", "run_file"]
+__all__ = [
+    "RunSettings",
+    "arun_file",
+    "default_journal_path",
+    "run_file",
+    "run_file_settings",
+]
 
 log = logging.getLogger("conveyor")
 
@@ -282,11 +290,16 @@ async def arun_file(
                 pending += 1
                 yield item
 
+        total = _count_lines(path)
         if journal is not None:
+            journal.update_meta(
+                {"total_items": None if total is None else str(total),
+                 "run_settings": _settings_json(path, s)}
+            )  # fmt: skip
             sink = OutputSink(journal, s.output, format_line)
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
             stream = AsyncStream(
-                plan(),
+                _Sized(plan(), None if total is None else max(0, total - _done(journal))),
                 _invoke(_Caller(client, cache)),
                 {
                     "concurrency": s.concurrency,
@@ -350,6 +363,67 @@ def _annotate(
         report.extra["tpm_limit"] = s.tpm
 
 
+class _Sized(Iterator[Item]):
+    """An iterator that knows roughly how many items it will give (for the ETA)."""
+
+    def __init__(self, it: Iterator[Item], n: int | None) -> None:
+        self._it = it
+        self._n = n
+
+    def __iter__(self) -> _Sized:
+        return self
+
+    def __next__(self) -> Item:
+        return next(self._it)
+
+    def __len__(self) -> int:
+        if self._n is None:
+            raise TypeError("length unknown")
+        return self._n
+
+
+_COUNT_LIMIT = 2 << 30  # count lines of inputs up to 2 GiB (about a second per GiB)
+
+
+def _count_lines(path: Path) -> int | None:
+    """Non-blank-ish line count for progress totals; None for huge files."""
+    try:
+        size = path.stat().st_size
+        if size > _COUNT_LIMIT:
+            return None
+        n = 0
+        last = b"\n"
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+        return n + (0 if last == b"\n" else 1)
+    except OSError:
+        return None
+
+
+def _done(journal: Journal | None) -> int:
+    if journal is None:
+        return 0
+    counts = journal.status_counts()
+    return sum(v for k, v in counts.items() if k != "pending")
+
+
+_RERUN_FIELDS = ("template", "model", "id_column", "endpoint", "concurrency", "rpm", "tpm",
+                 "retries", "timeout", "api_key_env", "limit_window")  # fmt: skip
+
+
+def _settings_json(path: Path, s: RunSettings) -> str:
+    """What `conveyor retry` needs to run this input again (never the key)."""
+    d: dict[str, Any] = {"input": str(path.resolve())}
+    for name in _RERUN_FIELDS:
+        v = getattr(s, name)
+        d[name] = str(v) if isinstance(v, Path) else v
+    d["output"] = None if s.output is None else str(Path(s.output).resolve())
+    d["base_url"] = s.base_url
+    return orjson.dumps(d).decode()
+
+
 def _invoke(caller: _Caller) -> Any:
     async def invoke(item: Item, engine: Any) -> Answer:
         return await caller(item)
@@ -366,7 +440,10 @@ def run_file(input_path: str | os.PathLike[str], **settings: Any) -> BatchReport
     s = RunSettings(**settings)
     if s.output is not None:
         s.output = Path(s.output)
-    import signal
+    return run_file_settings(input_path, s)
 
+
+def run_file_settings(input_path: str | os.PathLike[str], settings: RunSettings) -> BatchReport:
+    """`run_file` with a ready `RunSettings` (what the CLI uses)."""
     with Portal(signals=(signal.SIGINT, signal.SIGTERM)) as portal:
-        return portal.call(lambda control: arun_file(input_path, s, _control=control))
+        return portal.call(lambda control: arun_file(input_path, settings, _control=control))

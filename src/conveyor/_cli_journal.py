@@ -1,0 +1,169 @@
+"""`conveyor status` and `conveyor retry`: look at, and finish, a journaled run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from ._cli_common import cli_errors, setup_logging
+from ._exceptions import ConveyorError
+from ._journal import Journal
+
+_STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
+
+
+def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
+    """Counts, errors, recent rate and ETA of a run, read while it may be running."""
+    with Journal.open_readonly(path) as j:
+        counts = j.status_counts()
+        errors = j.error_counts()
+        recent = j.finished_since(time.time() - window)
+        total_meta = j.get_meta("total_items")
+        ident = j.identity
+    done = sum(v for k, v in counts.items() if k != "pending")
+    total = int(total_meta) if total_meta else None
+    rate = recent / window
+    left = None if total is None else max(0, total - done)
+    eta = None if left is None or rate <= 0 else left / rate
+    return {
+        "journal": str(path),
+        "input": ident.get("input"),
+        "counts": {k: counts.get(k, 0) for k in _STATUS_ORDER if counts.get(k)},
+        "done": done,
+        "total": total,
+        "errors": errors,
+        "rate_per_second": round(rate, 3),
+        "eta_seconds": None if eta is None else round(eta, 1),
+    }
+
+
+def _render(st: dict[str, Any]) -> str:
+    total = st["total"]
+    pct = f" ({st['done'] / total:.0%})" if total else ""
+    lines = [
+        f"journal {st['journal']}",
+        f"  input {st['input']}",
+        f"  done {st['done']}" + (f" of {total}{pct}" if total else ""),
+        "  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()),
+        f"  rate {st['rate_per_second']:.1f}/s over the last minute"
+        + (f", eta {st['eta_seconds']:.0f}s" if st["eta_seconds"] is not None else ""),
+    ]
+    if st["errors"]:
+        top = sorted(st["errors"].items(), key=lambda kv: -kv[1])[:8]
+        lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", type=click.FloatRange(min=0.5), help="Refresh every S seconds.")
+@cli_errors
+def status_cmd(journal: Path, as_json: bool, watch: float | None) -> None:
+    """Counts per status, error distribution, rate and ETA of a run (running or
+    stopped). Safe to use while the run writes."""
+    while True:
+        st = journal_status(journal)
+        click.echo(orjson.dumps(st).decode() if as_json else _render(st))
+        if watch is None:
+            return
+        time.sleep(watch)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--status",
+    "statuses",
+    default="failed,timed_out",
+    show_default=True,
+    help="Comma-separated statuses to run again.",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    help="Override the original concurrency.",
+)
+@click.option("--base-url", help="Override the original base URL.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("-v", "--verbose", count=True)
+@cli_errors
+def retry_cmd(
+    journal: Path, statuses: str, concurrency: int | None, base_url: str | None,
+    quiet: bool, verbose: int,
+) -> None:  # fmt: skip
+    """Re-run the items of JOURNAL with the given statuses (seed 002's partial
+    re-run), then rewrite the output so each key appears exactly once."""
+    setup_logging(verbose=verbose, quiet=quiet)
+    wanted = [s.strip() for s in statuses.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in ("failed", "timed_out", "cancelled", "skipped", "ok")]
+    if bad:
+        raise click.BadParameter(f"unknown status {bad[0]!r}", param_hint="--status")
+    with Journal.open_readonly(journal) as j:
+        kind = j.identity.get("kind", "")
+        settings_json = j.get_meta("run_settings")
+    if kind == "exec":
+        from ._exec import retry_exec
+
+        sys.exit(retry_exec(journal, wanted, jobs=concurrency, quiet=quiet))
+    if kind not in ("batch", "records") or not settings_json:
+        raise ConveyorError(
+            f"{journal} does not record how to run its items again "
+            "(it was not written by `conveyor run` or `conveyor exec`)"
+        )
+    sys.exit(_retry_file(journal, wanted, orjson.loads(settings_json), concurrency, base_url,
+                         quiet))  # fmt: skip
+
+
+def _retry_file(
+    journal: Path, wanted: list[str], saved: dict[str, Any], concurrency: int | None,
+    base_url: str | None, quiet: bool,
+) -> int:  # fmt: skip
+    from ._cli_run import execute
+    from ._sink import export
+    from .openai._run import RunSettings
+
+    with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
+        keys = list(j.keys_with_status(wanted))
+        if not keys:
+            click.echo(f"nothing to retry: no items with status {', '.join(wanted)}", err=True)
+            return 0
+        j.reset(keys)
+    click.echo(f"retrying {len(keys)} item(s) with status {', '.join(wanted)}", err=True)
+    settings = RunSettings(
+        output=Path(saved["output"]) if saved.get("output") else None,
+        base_url=base_url or saved.get("base_url"),
+        api_key_env=saved.get("api_key_env") or "OPENAI_API_KEY",
+        concurrency=concurrency or int(saved.get("concurrency") or 100),
+        rpm=saved.get("rpm"),
+        tpm=saved.get("tpm"),
+        retries=int(saved.get("retries") or 5),
+        timeout=saved.get("timeout"),
+        journal=journal,
+        force=base_url is not None,  # a new endpoint for the same items is the point
+        template=Path(saved["template"]) if saved.get("template") else None,
+        model=saved.get("model"),
+        id_column=saved.get("id_column"),
+        endpoint=saved.get("endpoint") or "/v1/chat/completions",
+        limit_window=float(saved.get("limit_window") or 60.0),
+    )
+    try:
+        return execute(Path(saved["input"]), settings, quiet=quiet)
+    finally:
+        # Retried keys were appended again: rewrite the output so each key
+        # appears once, even if this retry was interrupted.
+        if settings.output is not None:
+            with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
+                n = export(j, settings.output)
+            click.echo(f"rewrote {settings.output}: {n} lines, each key once", err=True)
+
+
+def _identity_of(journal: Path) -> dict[str, str]:
+    with Journal.open_readonly(journal) as j:
+        return dict(j.identity)

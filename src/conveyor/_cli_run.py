@@ -1,0 +1,408 @@
+"""`conveyor run`, `conveyor demo` and `conveyor mock`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from ._cli_common import (
+    EXIT_FAILED_ITEMS,
+    EXIT_OK,
+    EXIT_USAGE,
+    cli_errors,
+    setup_logging,
+)
+from ._exceptions import Interrupted
+
+_RUN_EPILOG = """\b
+Examples:
+  conveyor run requests.jsonl -o results.jsonl
+  conveyor run requests.jsonl -o out.jsonl --base-url http://127.0.0.1:8000/v1 --rpm 500
+  conveyor run comments.csv --template prompt.toml --model gpt-4o-mini \\
+      --id-column reddit_id -o out.jsonl
+  conveyor run requests.jsonl -o out.jsonl --dry-run
+
+\b
+Input: one OpenAI Batch request per line ({"custom_id", "method", "url",
+"body"}) for /v1/chat/completions, /v1/completions, /v1/embeddings or
+/v1/responses; or CSV/JSONL records plus a TOML template with `system` and
+`user` Jinja2 templates (and optional `model`, `[params]`).
+Output: the Batch API output format, one line per input line, each
+custom_id exactly once. A bad input line becomes an error line naming its
+line number; the run goes on (--strict refuses the file instead).
+
+\b
+Resume: the journal (default: OUTPUT.conveyor.db) records every result.
+Running the same command again sends only what has no result yet. Ctrl+C
+stops admitting, lets in-flight requests finish, and says how to resume.
+`conveyor status JOURNAL` shows progress; `conveyor retry JOURNAL` re-runs
+failures.
+
+\b
+Endpoint: --base-url, else OPENAI_BASE_URL, else https://api.openai.com/v1;
+the key from $OPENAI_API_KEY (or the variable named by --api-key-env).
+"""
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, val = v.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{v!r} is not 'Name: value'", param_hint="--header")
+        out[name.strip()] = val.strip()
+    return out
+
+
+@click.command(epilog=_RUN_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output JSONL (Batch API output format). Required unless --dry-run.",
+)
+@click.option(
+    "--base-url",
+    envvar="OPENAI_BASE_URL",
+    show_envvar=True,
+    help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Name of the environment variable holding the API key.",
+)
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Extra HTTP header (repeatable).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Max requests in flight.",
+)
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Requests per minute (else learned from x-ratelimit headers).",
+)
+@click.option(
+    "--tpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Tokens per minute (prompt estimate + max output, settled from usage).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="Extra attempts for 429, 5xx, timeouts and connection errors.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds per attempt.",
+)
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journal path (default: OUTPUT.conveyor.db).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume even though the input or endpoint differs from the journal's.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Send only the first N pending requests (staged rollout); rerun for the rest.",
+)
+@click.option("--strict", is_flag=True, help="Refuse the whole file if any line is invalid.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the input and estimate tokens, cost and time; send nothing.",
+)
+@click.option(
+    "--template",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TOML prompt template: INPUT is then CSV/JSONL records.",
+)
+@click.option("--model", help="Model for template requests (overrides the template's).")
+@click.option("--id-column", help="Record field used as custom_id (default: line-N).")
+@click.option(
+    "--endpoint",
+    default="/v1/chat/completions",
+    show_default=True,
+    help="Endpoint for template requests.",
+)
+@click.option("--no-dedupe", is_flag=True, help="Send identical requests every time.")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Response cache file kept across runs.",
+)
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed request.")
+@click.option("--no-preflight", is_flag=True, help="Skip the endpoint/key/model/disk checks.")
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Price table (JSON/TOML) for cost estimates.",
+)
+@click.option(
+    "--report-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the run report as JSON.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--log-json", is_flag=True, help="Log lines as JSON objects on stderr.")
+@cli_errors
+def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
+    """Send every request of INPUT to an OpenAI-compatible endpoint, as fast
+    as its limits allow, and write one result per line to OUTPUT."""
+    setup_logging(verbose=o["verbose"], log_json=o["log_json"], quiet=o["quiet"])
+    from .openai._run import RunSettings, default_journal_path
+
+    if output is None and not o["dry_run"]:
+        raise click.UsageError("-o/--output is required (or use --dry-run)")
+    settings = RunSettings(
+        output=output,
+        base_url=o["base_url"],
+        api_key_env=o["api_key_env"],
+        headers=_headers(o["headers"]),
+        concurrency=o["concurrency"],
+        rpm=o["rpm"],
+        tpm=o["tpm"],
+        retries=o["retries"],
+        timeout=o["timeout"],
+        journal=o["journal"] if o["journal"] is not None else True,
+        force=o["force"],
+        limit=o["limit"],
+        strict=o["strict"],
+        template=o["template"],
+        model=o["model"],
+        id_column=o["id_column"],
+        endpoint=o["endpoint"],
+        dedupe=not o["no_dedupe"],
+        cache=o["cache"],
+        fail_fast=o["fail_fast"],
+    )
+    if o["dry_run"]:
+        _dry_run(input_path, settings, o)
+        return
+    assert output is not None
+    journal = o["journal"] or default_journal_path(output)
+    if not o["no_preflight"]:
+        _preflight(settings, journal)
+    code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
+    sys.exit(code)
+
+
+def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
+    from ._cache import request_key
+    from ._pricing import load_prices
+    from .openai._plan import make_plan
+    from .openai._run import _items, default_journal_path, item_key
+
+    jpath = o["journal"] or (default_journal_path(settings.output) if settings.output else None)
+    if not input_path.is_file():
+        raise click.BadParameter(f"{input_path}: no such file", param_hint="INPUT")
+    plan = make_plan(
+        _items(input_path, settings),
+        input_path,
+        journal_path=jpath,
+        key_of=item_key,
+        concurrency=settings.concurrency,
+        rpm=settings.rpm,
+        tpm=settings.tpm,
+        prices=load_prices(o["prices"]) if o["prices"] else None,
+        request_key=request_key if settings.dedupe else None,
+    )
+    click.echo(plan.render())
+    if settings.strict and plan.bad_count:
+        sys.exit(EXIT_USAGE)
+
+
+def _preflight(settings: Any, journal: Path) -> None:
+    from ._preflight import preflight
+    from .openai._http import Endpoint
+
+    ep = Endpoint.resolve(settings.base_url, api_key_env=settings.api_key_env)
+    checks = asyncio.run(
+        preflight(base_url=ep.base_url, api_key=ep.api_key, model=settings.model,
+                  journal_path=journal)
+    )  # fmt: skip
+    failed = [c for c in checks if c.status == "fail"]
+    for c in checks:
+        if c.status in ("fail", "warn"):
+            click.echo(f"conveyor: preflight {c.status}: {c.name}: {c.detail}"
+                       + (f" -> {c.fix}" if c.fix else ""), err=True)  # fmt: skip
+    if failed:
+        click.echo("conveyor: nothing was sent (skip these checks with --no-preflight)", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def execute(
+    input_path: Path, settings: Any, *, quiet: bool = False, report_json: Path | None = None
+) -> int:
+    """Run with a progress display; print the summary; return the exit code."""
+    from ._display import make_display
+    from .openai._run import run_file_settings
+
+    display = make_display(quiet=quiet)
+    settings.on_progress = display.update
+    try:
+        report = run_file_settings(input_path, settings)
+    except Interrupted as exc:
+        display.close()
+        click.echo(exc.report.summary(), err=True)
+        click.echo(
+            "conveyor: interrupted; everything finished so far is saved. Resume with the "
+            "same command:\n  " + " ".join(_quote(a) for a in sys.argv),
+            err=True,
+        )
+        raise
+    display.close()
+    if report_json is not None:
+        report_json.write_text(report.to_json(include_results=False, indent=True))
+    click.echo(report.summary(), err=True)
+    where = report.extra.get("output")
+    if where:
+        click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
+    if report.extra.get("resumed_skipped"):
+        click.echo(f"resumed: {report.extra['resumed_skipped']} items already done", err=True)
+    return EXIT_OK if report.failed == 0 else EXIT_FAILED_ITEMS
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-n",
+    "--requests",
+    "count",
+    type=click.IntRange(1, 1_000_000),
+    default=3000,
+    show_default=True,
+    help="How many sample requests.",
+)
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write requests/results (default: a new temp dir).",
+)
+@click.option("-c", "--concurrency", type=click.IntRange(1, 10_000), default=200, show_default=True)
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60_000.0,
+    show_default=True,
+    help="The simulated server's limit, also told to the client.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@cli_errors
+def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, quiet: bool) -> None:
+    """Start a simulated OpenAI-compatible endpoint on 127.0.0.1, send it sample
+    requests with live progress, and print the report. No key, no network."""
+    setup_logging(quiet=True)
+    from .mock import MockConfig, MockServer
+    from .openai._run import RunSettings
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    requests = workdir / "requests.jsonl"
+    rnd = random.Random(7)
+    topics = ["a haiku about queues", "why retries need jitter", "the CAP theorem",
+              "rate limits", "a limerick about SQLite", "exactly-once delivery"]  # fmt: skip
+    with requests.open("wb") as f:
+        for i in range(count):
+            body = {
+                "model": "mock-gpt",
+                "messages": [{"role": "user", "content": f"Write {rnd.choice(topics)} (#{i})"}],
+                "max_tokens": 64,
+            }
+            line = {"custom_id": f"req-{i:06d}", "method": "POST",
+                    "url": "/v1/chat/completions", "body": body}  # fmt: skip
+            f.write(orjson.dumps(line) + b"\n")
+        f.write(b'{"custom_id": "broken", "method": "POST", "url": "/v1/chat/completions"\n')
+    output = workdir / "results.jsonl"
+    for stale in (output, output.with_name(output.name + ".conveyor.db")):
+        if stale.exists():
+            stale.unlink()
+    cfg = MockConfig(latency=0.08, jitter=0.12, rate_500=0.01, rate_429=0.005, rate_reset=0.002,
+                     retry_after=0.2, rpm=int(rpm), seed=1)  # fmt: skip
+    click.echo(f"conveyor demo: {count} requests + 1 broken line -> simulated endpoint "
+               f"(80-200 ms latency, 1.7% faults, {rpm:g} rpm)", err=True)  # fmt: skip
+    with MockServer(cfg).running_in_thread() as base_url:
+        settings = RunSettings(output=output, base_url=base_url, api_key="demo-key",
+                               concurrency=concurrency, rpm=rpm, retries=6, timeout=10)  # fmt: skip
+        code = execute(requests, settings, quiet=quiet)
+    click.echo(f"files: {requests}  {output}", err=True)
+    click.echo(f"try:   conveyor status {output}.conveyor.db", err=True)
+    sys.exit(0 if code in (EXIT_OK, EXIT_FAILED_ITEMS) else code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per request.")
+@click.option("--jitter", type=float, default=0.0, show_default=True, help="Extra 0..J seconds.")
+@click.option("--rate-429", type=float, default=0.0, help="Fraction answered 429.")
+@click.option("--rate-500", type=float, default=0.0, help="Fraction answered 500.")
+@click.option("--rate-503", type=float, default=0.0, help="Fraction answered 503.")
+@click.option("--rate-reset", type=float, default=0.0, help="Fraction of connections reset.")
+@click.option("--rate-hang", type=float, default=0.0, help="Fraction never answered.")
+@click.option(
+    "--retry-after",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Retry-After seconds on injected 429s.",
+)
+@click.option("--rpm", type=int, help="Enforced requests per window.")
+@click.option("--tpm", type=int, help="Enforced tokens per window.")
+@click.option(
+    "--window", type=float, default=60.0, show_default=True, help="Limit window in seconds."
+)
+@click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
+@click.option("--model", "models", multiple=True, help="Models served (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host.")
+@cli_errors
+def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], **o: Any) -> None:
+    """Serve a simulated OpenAI-compatible endpoint (chat, completions,
+    embeddings, responses, models) with latency, faults and rate limits."""
+    from .mock import MockConfig, serve
+
+    names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
+             "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed")  # fmt: skip
+    kwargs: dict[str, Any] = {n: o[n] for n in names}
+    kwargs["limit_window"] = o["window"]
+    if models:
+        kwargs["models"] = models
+    serve(MockConfig(**kwargs), host=host, port=port, allow_remote=allow_remote)
