@@ -132,6 +132,7 @@ class Engine:
         self._idle.set()
         self._finished = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None
+        self._reading = False
         self._grace_handle: asyncio.TimerHandle | None = None
 
         self._stop_kind: str | None = None  # fail_fast | fatal | interrupt | abort | source
@@ -255,6 +256,8 @@ class Engine:
         first = self._stop_kind is None
         self._stop_kind = kind if first else self._stop_kind
         self._capacity.set()
+        if self._reading and self._producer is not None:
+            self._producer.cancel()
         if kind == "interrupt":
             for task, st in list(self._tasks.items()):
                 if not st.attempt_running:
@@ -338,7 +341,17 @@ class Engine:
         index = 0
         try:
             if isinstance(items, AsyncIterable):
-                async for item in items:
+                it = aiter(items)
+                while True:
+                    # While waiting on the source the producer may be cancelled by
+                    # stop(): a source that never yields again must not hang it.
+                    self._reading = True
+                    try:
+                        item = await anext(it)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        self._reading = False
                     if not await self._admit_item(index, item):
                         break
                     index += 1
@@ -350,6 +363,8 @@ class Engine:
             if self._wave is not None:
                 await self._end_wave()
         except asyncio.CancelledError:
+            if self._stop_kind in ("interrupt", "abort"):
+                return  # stopped while waiting on the source: not an error
             raise
         except Exception as exc:
             # A broken input iterator stops admission; what ran is still reported.
@@ -653,7 +668,7 @@ class Engine:
 
     def _learn(self, hint: Any) -> None:
         now = self._clock.now()
-        window = 60.0
+        window = self.opts.limit_window  # servers announce per-minute limits: 60 s by default
         if hint.requests_limit and self._rpm_learned:
             if self._rpm is None:
                 self._rpm = RateLimiter(hint.requests_limit, window)

@@ -5,7 +5,7 @@ ConveyorError
 ├── ConfigError              an option or config value is not allowed (names it)
 ├── AggregateExecutionError  an executor ran tasks and every one of them failed
 ├── FatalError               stops the whole run (a rejected API key, a full disk)
-├── Interrupted              Ctrl+C / SIGTERM stopped the run (also a KeyboardInterrupt)
+├── Interrupted              Ctrl+C / SIGTERM stopped the run (carries the report)
 ├── RetryableError           raised by a user function: "try this item again"
 └── InputError               an input line or record could not be read (names file, line)
 ```
@@ -83,12 +83,13 @@ class FatalError(ConveyorError):
     """
 
 
-class Interrupted(ConveyorError, KeyboardInterrupt):
+class Interrupted(ConveyorError):
     """The run was stopped by Ctrl+C or a stop request.
 
     `report` holds every item that reached a terminal result (in-flight items
     that were cut off are `cancelled`); items never started are not in it.
-    It is also a `KeyboardInterrupt`, so existing handlers keep working.
+    It is deliberately not a `KeyboardInterrupt`: asyncio treats those as
+    fatal to the event loop, and the run has already stopped cleanly.
     """
 
     report: BatchReport
