@@ -106,12 +106,20 @@ def retry_cmd(
     if bad:
         raise click.BadParameter(f"unknown status {bad[0]!r}", param_hint="--status")
     with Journal.open_readonly(journal) as j:
-        kind = j.identity.get("kind", "")
+        identity = j.identity
         settings_json = j.get_meta("run_settings")
-    if kind == "exec":
-        from ._exec import retry_exec
+    kind = identity.get("kind", "")
+    from ._exec import is_exec_journal
 
-        sys.exit(retry_exec(journal, wanted, jobs=concurrency, quiet=quiet))
+    if is_exec_journal(identity):
+        from ._cli_exec import JobPrinter, exit_code, summary_line
+        from ._exec import retry_commands
+
+        report = retry_commands(
+            journal, statuses=tuple(wanted), jobs=concurrency, on_job=JobPrinter()
+        )
+        click.echo(summary_line(report), err=True)
+        sys.exit(exit_code(report))
     if kind not in ("batch", "records") or not settings_json:
         raise ConveyorError(
             f"{journal} does not record how to run its items again "
