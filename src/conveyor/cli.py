@@ -8,7 +8,6 @@ another.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import click
 
@@ -68,5 +67,5 @@ def main() -> None:
     """
 
 
-def _entry(*args: Any) -> None:  # pragma: no cover - console script shim
-    main(*args)
+if __name__ == "__main__":  # `python -m conveyor.cli`
+    main()

@@ -22,7 +22,7 @@ import orjson
 from .._api import AsyncStream
 from .._attempt import report_cached
 from .._cache import InflightDedupe, ResponseCache, request_key
-from .._exceptions import ConfigError, InputError
+from .._exceptions import ConfigError, FatalError, InputError
 from .._journal import Journal
 from .._options import Breaker
 from .._portal import Portal
@@ -38,7 +38,7 @@ from ._batchfile import (
     read_requests,
     validate_file,
 )
-from ._http import Answer, Endpoint, OpenAIClient
+from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._template import PromptTemplate, build_requests, read_records
 from ._tokens import estimate_request_tokens
 
@@ -209,16 +209,43 @@ def _strict_check(input_path: Path, s: RunSettings) -> None:
 class _Caller:
     """The task function: one request, deduplicated and cached when asked."""
 
+    # Connection failures before the endpoint ever answered that mean "wrong
+    # URL or server down": stop with one line instead of failing every item.
+    UNREACHABLE_AFTER = 5
+
     def __init__(self, client: OpenAIClient, cache: ResponseCache | None) -> None:
         self._client = client
         self._cache = cache
         self._inflight: InflightDedupe[str, Answer] = InflightDedupe()
+        self._answered = False
+        self._refused = 0
+
+    async def _post(self, req: RequestLine) -> Answer:
+        try:
+            answer = await self._client.post(req.endpoint, req.body)
+        except HTTPRetryable as exc:
+            if exc.status_code is None and not self._answered:
+                self._refused += 1
+                if self._refused >= self.UNREACHABLE_AFTER:
+                    raise FatalError(
+                        f"cannot reach {self._client.endpoint.base_url} ({exc}); is the server "
+                        "running? check --base-url / OPENAI_BASE_URL. Nothing was lost: run "
+                        "the same command again to resume."
+                    ) from None
+            else:
+                self._answered = True
+            raise
+        except (HTTPClientError, AuthError):
+            self._answered = True
+            raise
+        self._answered = True
+        return answer
 
     async def __call__(self, req: Item) -> Answer:
         if isinstance(req, BadLine):  # rejected by cost() before any attempt
             raise InputError(req.reason, line=req.line)
         if self._cache is None:
-            return await self._client.post(req.endpoint, req.body)
+            return await self._post(req)
         key = request_key(req.url, req.body)
         hit = self._cache.get(key)
         if hit is not None:
@@ -229,7 +256,7 @@ class _Caller:
         async def send() -> Answer:
             nonlocal sent
             sent = True
-            answer = await self._client.post(req.endpoint, req.body)
+            answer = await self._post(req)
             assert self._cache is not None
             self._cache.put(key, answer.status, orjson.dumps(answer.body))
             return answer
