@@ -257,3 +257,56 @@ def test_ctrl_c_while_waiting_on_a_silent_source_does_not_hang() -> None:
 
     report = asyncio.run(main())
     assert report.interrupted
+
+
+def test_journal_resumes_generic_items_by_key(tmp_path: Path) -> None:
+    """run(..., journal=, key=): a second run does not call fn again for keys
+    already done (their stored results come back, in input order), but does
+    re-run the items that failed."""
+    calls: list[str] = []
+    fail_once = {"c"}
+
+    def fn(item: dict[str, str]) -> str:
+        calls.append(item["id"])
+        if item["id"] in fail_once:
+            raise ValueError("first time fails")
+        return item["id"].upper()
+
+    items = [{"id": x} for x in "abcde"]
+    db = tmp_path / "run.db"
+    first = conveyor.run(items, fn, journal=db, key=lambda d: d["id"], retries=0)
+    assert first.counts["ok"] == 4 and first.counts["failed"] == 1
+    fail_once.clear()
+    calls.clear()
+    second = conveyor.run(items, fn, journal=db, key=lambda d: d["id"], retries=0)
+    # Failed items are terminal in the journal: resumed as failed, not re-run.
+    assert calls == []
+    assert [r.value for r in second] == ["A", "B", None, "D", "E"]
+    assert second.extra["resumed"] == 5
+    assert all(r.meta.get("resumed") for r in second)
+
+
+def test_journal_extends_a_partial_run_and_refuses_another_function(tmp_path: Path) -> None:
+    """Items done by an earlier run are not run again; a different function
+    against the same journal is refused (journal_force=True accepts it)."""
+    db = tmp_path / "p.db"
+    seen: list[int] = []
+
+    def double(x: int) -> int:
+        seen.append(x)
+        return x * 2
+
+    conveyor.run(range(3), double, journal=db)
+    seen.clear()
+    report = conveyor.run(range(6), double, journal=db)
+    assert sorted(seen) == [3, 4, 5]
+    assert report.values() == [0, 2, 4, 6, 8, 10]
+    with pytest.raises(conveyor.ConveyorError, match="different run"):
+        conveyor.run(range(6), str, journal=db)
+    assert conveyor.run(range(6), str, journal=db, journal_force=True).total == 6
+
+
+def test_journal_option_is_checked() -> None:
+    """A journal that is not a path is refused before anything runs."""
+    with pytest.raises(conveyor.ConfigError, match="journal"):
+        conveyor.run([1], str, journal=42)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
+
 from ._engine import Engine, Invoker, invoker_for
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, ConveyorError
 from ._options import build_options
 from ._portal import Portal
-from ._types import Result
+from ._types import Result, Status
 
 if TYPE_CHECKING:
     from ._report import BatchReport
@@ -21,11 +24,76 @@ T = TypeVar("T")
 Items = Iterable[Any] | AsyncIterable[Any]
 
 
+def _name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
 def _length_hint(items: Any) -> int | None:
     try:
         return len(items)
     except TypeError:
         return None
+
+
+_PRIVATE_KEYS = ("journal", "journal_force", "_fn_name")
+
+
+def _engine_options(opts_kw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in opts_kw.items() if k not in _PRIVATE_KEYS}
+
+
+def _validate(opts_kw: dict[str, Any]) -> None:
+    build_options(**_engine_options(opts_kw))
+    j = opts_kw.get("journal")
+    if j is not None and not isinstance(j, str | os.PathLike):
+        raise ConfigError("journal", j, "a path to a journal file (created if missing)")
+
+
+def _line(result: Result[Any]) -> bytes:
+    return orjson.dumps(result.to_dict(), option=orjson.OPT_NON_STR_KEYS, default=repr)
+
+
+_TERMINAL = (Status.OK, Status.FAILED, Status.TIMED_OUT)
+
+
+async def _arun_journaled(
+    items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
+) -> BatchReport:
+    """run() with a journal: items whose key already has a result are not run
+    again (their stored result is reported); every new result is committed."""
+    from ._journal import Journal
+    from ._sink import OutputSink
+
+    journal = Journal.open(
+        opts_kw["journal"],
+        identity={"kind": "python", "fn": str(opts_kw.get("_fn_name", ""))},
+        force=bool(opts_kw.get("journal_force")),
+    )
+    try:
+        kw = _engine_options(opts_kw)
+        kw["previous"] = journal.get
+        stream = AsyncStream(items, invoker, kw)
+        if control is not None:
+            stream.attach_control(control)
+        collected: list[Result[Any]] = []
+        async with OutputSink(journal, None, _line) as sink:
+            try:
+                async for r in stream:
+                    collected.append(r)
+                    if r.status in _TERMINAL and not r.meta.get("resumed"):
+                        await sink.add(r)
+            except ConveyorError as exc:
+                if exc.report is not None:
+                    exc.report.results = sorted(collected, key=lambda r: r.index)
+                raise
+        report = stream.report
+        assert report is not None
+        report.results = sorted(collected, key=lambda r: r.index)
+        report.extra["journal"] = journal.path
+        report.extra["resumed"] = sum(1 for r in collected if r.meta.get("resumed"))
+        return report
+    finally:
+        journal.close()
 
 
 def _check(items: Any, fn: Any) -> None:
@@ -38,7 +106,9 @@ def _check(items: Any, fn: Any) -> None:
 async def _arun(
     items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
 ) -> BatchReport:
-    opts = build_options(**opts_kw)
+    if opts_kw.get("journal") is not None:
+        return await _arun_journaled(items, invoker, opts_kw, control)
+    opts = build_options(**_engine_options(opts_kw))
     engine = Engine(
         invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items)
     )
@@ -63,8 +133,8 @@ async def arun(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchR
     are captured as results, never raised one by one. See `run()` for options.
     """
     _check(items, fn)
-    build_options(**options)  # validate before anything starts
-    return await _arun(items, invoker_for(fn), options, None)
+    _validate(options)  # before anything starts
+    return await _arun(items, invoker_for(fn), {**options, "_fn_name": _name(fn)}, None)
 
 
 def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
@@ -83,15 +153,16 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     `on_start`/`on_result`/`on_error`/`on_batch`, `grace`, `batch_id`.
     """
     _check(items, fn)
-    build_options(**options)
+    _validate(options)
     invoker = invoker_for(fn)
+    opts = {**options, "_fn_name": _name(fn)}
     with Portal() as portal:
-        return portal.call(lambda control: _arun(items, invoker, options, control))
+        return portal.call(lambda control: _arun(items, invoker, opts, control))
 
 
 def run_with_invoker(items: Items, invoker: Invoker, **options: Any) -> BatchReport:
     """`run()` for callers that bring their own invoker (the executors)."""
-    build_options(**options)
+    _validate(options)
     with Portal() as portal:
         return portal.call(lambda control: _arun(items, invoker, options, control))
 

@@ -385,17 +385,27 @@ class Engine:
     async def _admit_item(self, index: int, item: Any) -> bool:
         if self._stop_kind is not None:
             return self._drain_stopped(index, item)
-        while len(self._tasks) >= self.concurrency_limit or len(self._buffer) >= self._buffer_max:
-            self._capacity.clear()
-            await self._capacity.wait()
-            if self.stopping:  # a property: re-read after the await
-                return self._drain_stopped(index, item)
         try:
             key = str(index) if self.opts.key is None else str(self.opts.key(item))
         except Exception as exc:
             self._emit(
                 self._result(index, str(index), item, Status.FAILED, ErrorInfo.from_exception(exc))
             )
+            return True
+        earlier = self.opts.previous(key) if self.opts.previous is not None else None
+        while (
+            earlier is None and len(self._tasks) >= self.concurrency_limit
+        ) or len(self._buffer) >= self._buffer_max:
+            self._capacity.clear()
+            await self._capacity.wait()
+            if self.stopping:  # a property: re-read after the await
+                return self._drain_stopped(index, item)
+        if earlier is not None:
+            # Already done in an earlier run (the journal): report, don't run.
+            earlier.index = index
+            earlier.item = item
+            earlier.meta["resumed"] = True
+            self._emit(earlier)
             return True
         st = _ItemState(index, key, item)
         task = self._loop.create_task(self._run_item(index, key, item, st))

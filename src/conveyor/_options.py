@@ -62,6 +62,7 @@ class Options:
     on_progress: Callable[[Any], Any] | None
     progress_interval: float
     shared_limiter: Any
+    previous: Callable[[str], Any] | None
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -114,6 +115,7 @@ def build_options(
     on_progress: Callable[[Any], Any] | None = None,
     progress_interval: float = 1.0,
     shared_limiter: Any = None,
+    previous: Callable[[str], Any] | None = None,
 ) -> Options:
     if concurrency is not None:
         _whole("concurrency", concurrency, 1, 100_000)
@@ -162,6 +164,8 @@ def build_options(
         raise ConfigError(
             "shared_limiter", shared_limiter, "an object with acquire(), settle() and pause()"
         )
+    if previous is not None and not callable(previous):
+        raise ConfigError("previous", previous, "a function key -> earlier Result or None")
     targets: list[Any] = []
     if callbacks is not None:
         if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
@@ -195,4 +199,5 @@ def build_options(
         on_progress=on_progress,
         progress_interval=float(progress_interval),
         shared_limiter=shared_limiter,
+        previous=previous,
     )
