@@ -1,0 +1,477 @@
+"""Checks before a run (`conveyor doctor`, and automatically before `conveyor run`).
+
+Each check answers ok / warn / fail / skip with a detail and, when it did not
+pass, what to do. The checks: the endpoint answers `GET /models`, the key is
+accepted, the model is listed, the journal's directory is writable, free
+disk and memory are above their floors, and GPU memory (through `nvidia-smi`,
+skipped cleanly when absent) is below its warning level.
+
+The defaults follow seed 003's go/no-go list: do not start with under 4 GB of
+memory available; warn when a GPU's memory is more than 95% used. Each one is
+a parameter.
+
+The API key is only ever sent in the `Authorization` header: no detail, fix
+or exception text includes it, and URLs are shown without credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "DEFAULT_MIN_FREE_DISK_MB",
+    "DEFAULT_MIN_FREE_MEMORY_MB",
+    "DEFAULT_GPU_MEMORY_WARN",
+    "Check",
+    "CheckStatus",
+    "format_checks",
+    "has_failures",
+    "parse_meminfo",
+    "parse_nvidia_smi",
+    "preflight",
+    "redact_url",
+]
+
+CheckStatus = Literal["ok", "warn", "fail", "skip"]
+
+DEFAULT_MIN_FREE_MEMORY_MB = 4096  # seed 003: "System memory <4GB available" -> do not start
+DEFAULT_MIN_FREE_DISK_MB = 200  # room for a journal and an output file of a large batch
+DEFAULT_GPU_MEMORY_WARN = 0.95  # seed 003: "GPU memory >95% before starting"
+_MODELS_SHOWN = 8
+_KEY_FIX = "check the key in {env} (or pass --api-key-env NAME to read another variable)"
+_GPU_QUERY = (
+    "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
+    "--format=csv,noheader,nounits",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight check's outcome. `fix` says what to do when it is not ok."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def has_failures(checks: Sequence[Check]) -> bool:
+    return any(c.status == "fail" for c in checks)
+
+
+def models_url(base_url: str) -> str:
+    """`{base_url}/models`, keeping any query string at the end where it belongs."""
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:
+        return base_url.rstrip("/") + "/models"
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/models"))
+
+
+def redact_url(url: str) -> str:
+    """`url` without user:password and query string (either may hold a secret)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# -- endpoint, key, model -----------------------------------------------------------
+
+
+async def _get_models(
+    base_url: str, api_key: str | None, wait_s: float
+) -> tuple[int, bytes] | Check:
+    url = models_url(base_url)
+    shown = redact_url(url)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
+            session.get(url, headers=headers, allow_redirects=True) as resp,
+        ):
+            return resp.status, await resp.read()
+    except TimeoutError:
+        return Check(
+            "endpoint",
+            "fail",
+            f"GET {shown} got no answer within {wait_s:g} s",
+            "is the server up and not overloaded? check --base-url / OPENAI_BASE_URL, "
+            "or raise --timeout",
+        )
+    except (aiohttp.InvalidURL, ValueError) as exc:
+        why = str(exc).replace(url, shown).replace(base_url, shown)
+        return Check(
+            "endpoint",
+            "fail",
+            f"cannot request {shown}: {why}",
+            "pass --base-url like https://api.openai.com/v1 or http://localhost:8000/v1",
+        )
+    except aiohttp.ClientError as exc:
+        # aiohttp's text names host and port, never the request headers.
+        return Check(
+            "endpoint",
+            "fail",
+            f"cannot reach {shown}: {_reason(exc).replace(url, shown)}",
+            "is the server running? check --base-url / OPENAI_BASE_URL",
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    os_err = getattr(exc, "os_error", None)
+    if isinstance(os_err, OSError):
+        # asyncio words a refusal "Connect call failed (...)"; the errno says it plainly.
+        if not isinstance(os_err, socket.gaierror) and os_err.errno and os_err.errno > 0:
+            return os.strerror(os_err.errno)
+        if os_err.strerror:
+            return os_err.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _model_ids(body: bytes) -> list[str] | None:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    items = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return None
+    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m]
+
+
+async def _endpoint_checks(
+    base_url: str, api_key: str | None, key_env: str, model: str | None, wait_s: float
+) -> list[Check]:
+    shown = redact_url(models_url(base_url))
+    t0 = time.monotonic()
+    got = await _get_models(base_url, api_key, wait_s)
+    if isinstance(got, Check):
+        skip = "skipped: the endpoint did not answer"
+        return [got, Check("api key", "skip", skip), Check("model", "skip", skip)]
+    status, body = got
+    ms = (time.monotonic() - t0) * 1000
+    reached = Check("endpoint", "ok", f"GET {shown} answered HTTP {status} in {ms:.0f} ms")
+    key_fix = _KEY_FIX.format(env=key_env)
+    if status in (401, 403):
+        if api_key:
+            key = Check("api key", "fail", f"the endpoint refused the key (HTTP {status})", key_fix)
+        else:
+            key = Check(
+                "api key",
+                "fail",
+                f"no key set and the endpoint requires one (HTTP {status})",
+                f"export {key_env}=... (or pass --api-key-env NAME)",
+            )
+        return [reached, key, Check("model", "skip", "skipped: the key was refused")]
+    if status == 404:
+        reached = Check(
+            "endpoint",
+            "warn",
+            f"GET {shown} answered 404: this server lists no models there",
+            "OpenAI-compatible servers serve /v1/models: does --base-url end in /v1?",
+        )
+        return [
+            reached,
+            Check("api key", "skip", "skipped: cannot tell without /models"),
+            Check("model", "skip", "skipped: the server lists no models"),
+        ]
+    if status >= 400:
+        reached = Check(
+            "endpoint",
+            "fail" if status >= 500 else "warn",
+            f"GET {shown} answered HTTP {status}",
+            "the server is up but failing: check its logs, or retry in a moment",
+        )
+        return [
+            reached,
+            Check("api key", "skip", f"skipped: HTTP {status}"),
+            Check("model", "skip", f"skipped: HTTP {status}"),
+        ]
+    key = (
+        Check("api key", "ok", f"accepted (from {key_env})")
+        if api_key
+        else Check("api key", "skip", f"{key_env} is not set; the endpoint needs no key")
+    )
+    return [reached, key, _model_check(model, _model_ids(body))]
+
+
+def _model_check(model: str | None, ids: list[str] | None) -> Check:
+    if ids is None:
+        return Check("model", "warn", "the /models answer is not a model list", "")
+    if model is None:
+        few = ", ".join(ids[:_MODELS_SHOWN]) + (" ..." if len(ids) > _MODELS_SHOWN else "")
+        return Check("model", "skip", f"no --model given; {len(ids)} served: {few}")
+    if model in ids:
+        return Check("model", "ok", f"{model} is served")
+    few = ", ".join(ids[:_MODELS_SHOWN])
+    more = f" (+{len(ids) - _MODELS_SHOWN} more)" if len(ids) > _MODELS_SHOWN else ""
+    return Check(
+        "model",
+        "fail",
+        f"{model} is not among the {len(ids)} models this endpoint lists: {few}{more}",
+        "pass one of the listed models with --model (or in the requests' body)",
+    )
+
+
+# -- local resources ----------------------------------------------------------------
+
+
+def _journal_check(journal_path: str | os.PathLike[str] | None) -> Check:
+    if journal_path is None:
+        return Check("journal", "skip", "no --journal given")
+    path = Path(journal_path).absolute()
+    folder = path.parent
+    if not folder.is_dir():
+        return Check(
+            "journal",
+            "fail",
+            f"folder {folder} does not exist",
+            f"create it (mkdir -p {folder}) or choose another --journal path",
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".conveyor-preflight-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return Check(
+            "journal",
+            "fail",
+            f"cannot write in {folder} ({exc.strerror or exc})",
+            "choose a writable location with --journal",
+        )
+    state = "exists: the run will resume it" if path.exists() else "will be created"
+    return Check("journal", "ok", f"{path} {state}")
+
+
+def _disk_check(journal_path: str | os.PathLike[str] | None, min_free_mb: float) -> Check:
+    folder = Path(journal_path).absolute().parent if journal_path is not None else Path.cwd()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free_mb = shutil.disk_usage(folder).free / 2**20
+    except OSError as exc:
+        return Check("disk", "warn", f"cannot measure free space in {folder}: {exc}")
+    detail = f"{free_mb:,.0f} MB free in {folder} (floor {min_free_mb:,.0f} MB)"
+    if free_mb < min_free_mb:
+        return Check(
+            "disk",
+            "fail",
+            detail,
+            "free some space, put the journal elsewhere with --journal, or lower the floor "
+            "with --min-free-disk MB",
+        )
+    return Check("disk", "ok", detail)
+
+
+def parse_meminfo(text: str) -> tuple[int, int] | None:
+    """(available, total) in MB from /proc/meminfo text, or None."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name in ("MemAvailable", "MemTotal") and fields and fields[0].isdigit():
+            values[name] = int(fields[0]) // 1024  # kB
+    if "MemAvailable" not in values or "MemTotal" not in values:
+        return None
+    return values["MemAvailable"], values["MemTotal"]
+
+
+def _memory_mb() -> tuple[int, int] | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found = parse_meminfo(f.read())
+        if found is not None:
+            return found
+    except OSError:
+        pass
+    try:  # elsewhere than Linux, when psutil happens to be installed
+        import psutil  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return None
+    vm = psutil.virtual_memory()
+    return int(vm.available) // 2**20, int(vm.total) // 2**20
+
+
+def _memory_check(min_free_mb: float) -> Check:
+    mem = _memory_mb()
+    if mem is None:
+        return Check("memory", "skip", "cannot measure available memory on this system")
+    avail, total = mem
+    detail = f"{avail:,} MB available of {total:,} MB (floor {min_free_mb:,.0f} MB)"
+    if avail < min_free_mb:
+        return Check(
+            "memory",
+            "fail",
+            detail,
+            "close other programs, or lower the floor with --min-free-memory MB",
+        )
+    return Check("memory", "ok", detail)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: str
+    name: str
+    utilization: float
+    used_mb: float
+    total_mb: float
+
+
+def parse_nvidia_smi(text: str) -> list[Gpu]:
+    """GPUs from `nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total
+    --format=csv,noheader,nounits` output; unparseable lines are skipped."""
+    gpus: list[Gpu] = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != 5:
+            continue
+        try:
+            util, used, total = (float(c) for c in cells[2:])
+        except ValueError:  # "[N/A]" on some boards
+            continue
+        gpus.append(Gpu(cells[0], cells[1], util, used, total))
+    return gpus
+
+
+async def _gpu_checks(nvidia_smi: str, warn_at: float, wait_s: float) -> list[Check]:
+    exe = shutil.which(nvidia_smi)
+    if exe is None:
+        return [Check("gpu", "skip", "nvidia-smi not found: no NVIDIA GPU to check")]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            *_GPU_QUERY,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        return [Check("gpu", "warn", f"cannot run {exe}: {exc.strerror or exc}")]
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), wait_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return [Check("gpu", "warn", f"nvidia-smi gave no answer within {wait_s:g} s")]
+    if proc.returncode != 0:
+        msg = err.decode(errors="replace").strip().splitlines()
+        return [
+            Check(
+                "gpu",
+                "warn",
+                f"nvidia-smi exited {proc.returncode}: {msg[0] if msg else 'no message'}",
+                "check the NVIDIA driver (run nvidia-smi yourself)",
+            )
+        ]
+    gpus = parse_nvidia_smi(out.decode(errors="replace"))
+    if not gpus:
+        return [Check("gpu", "warn", "nvidia-smi listed no GPU it could read")]
+    checks = []
+    for g in gpus:
+        share = g.used_mb / g.total_mb if g.total_mb > 0 else 0.0
+        detail = (
+            f"GPU {g.index} {g.name}: utilisation {g.utilization:.0f}%, memory "
+            f"{g.used_mb:,.0f}/{g.total_mb:,.0f} MB ({share:.1%})"
+        )
+        if share > warn_at:
+            checks.append(
+                Check(
+                    f"gpu {g.index}",
+                    "warn",
+                    detail + f", above {warn_at:.0%}",
+                    "free GPU memory (nvidia-smi lists the processes holding it) or raise "
+                    "--gpu-memory-warn",
+                )
+            )
+        else:
+            checks.append(Check(f"gpu {g.index}", "ok", detail))
+    return checks
+
+
+# -- all of it ----------------------------------------------------------------------
+
+
+async def preflight(
+    *,
+    base_url: str,
+    api_key: str | None,
+    model: str | None = None,
+    journal_path: str | os.PathLike[str] | None = None,
+    min_free_memory_mb: float = DEFAULT_MIN_FREE_MEMORY_MB,
+    min_free_disk_mb: float = DEFAULT_MIN_FREE_DISK_MB,
+    gpu_memory_warn: float = DEFAULT_GPU_MEMORY_WARN,
+    timeout: float = 5.0,  # noqa: ASYNC109 - bounds each probe, not the whole call
+    api_key_env: str = "OPENAI_API_KEY",
+    nvidia_smi: str = "nvidia-smi",
+) -> list[Check]:
+    """Every check, in a fixed order: endpoint, api key, model, journal, disk, memory, gpu.
+
+    `timeout` bounds each network or subprocess probe. `api_key_env` only
+    names where the key came from, for the advice.
+    """
+    remote, gpus = await asyncio.gather(
+        _endpoint_checks(base_url, api_key, api_key_env, model, timeout),
+        _gpu_checks(nvidia_smi, gpu_memory_warn, timeout),
+    )
+    local = [
+        _journal_check(journal_path),
+        _disk_check(journal_path, min_free_disk_mb),
+        _memory_check(min_free_memory_mb),
+    ]
+    checks = [*remote, *local, *gpus]
+    if api_key:
+        # Belt and braces: no library message we quote may carry the key.
+        checks = [_scrub(c, api_key) for c in checks]
+    return checks
+
+
+def _scrub(check: Check, secret: str) -> Check:
+    if secret in check.detail or secret in check.fix:
+        return Check(
+            check.name,
+            check.status,
+            check.detail.replace(secret, "***"),
+            check.fix.replace(secret, "***"),
+        )
+    return check
+
+
+_MARK = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+
+def format_checks(checks: Sequence[Check]) -> str:
+    """A plain table: one line per check, its fix indented below when it has one."""
+    width = max((len(c.name) for c in checks), default=0)
+    lines = []
+    for c in checks:
+        lines.append(f"{_MARK[c.status]:<4}  {c.name:<{width}}  {c.detail}")
+        if c.fix and c.status in ("warn", "fail"):
+            lines.append(f"{'':<4}  {'':<{width}}  -> {c.fix}")
+    failed = sum(c.status == "fail" for c in checks)
+    warned = sum(c.status == "warn" for c in checks)
+    verdict = "ready" if not failed else "not ready"
+    lines.append(f"{verdict}: {failed} failed, {warned} warning(s)")
+    return "\n".join(lines)
