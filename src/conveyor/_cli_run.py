@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
 import tempfile
@@ -213,7 +212,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     assert output is not None
     journal = o["journal"] or default_journal_path(output)
     if not o["no_preflight"]:
-        _preflight(settings, journal)
+        _preflight(settings, journal, o["quiet"])
     code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
     sys.exit(code)
 
@@ -243,23 +242,14 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
         sys.exit(EXIT_USAGE)
 
 
-def _preflight(settings: Any, journal: Path) -> None:
-    from ._preflight import preflight
+def _preflight(settings: Any, journal: Path, quiet: bool) -> None:
+    from ._cli_observe import run_preflight
     from .openai._http import Endpoint
 
     ep = Endpoint.resolve(settings.base_url, api_key_env=settings.api_key_env)
-    checks = asyncio.run(
-        preflight(base_url=ep.base_url, api_key=ep.api_key, model=settings.model,
-                  journal_path=journal)
-    )  # fmt: skip
-    failed = [c for c in checks if c.status == "fail"]
-    for c in checks:
-        if c.status in ("fail", "warn"):
-            click.echo(f"conveyor: preflight {c.status}: {c.name}: {c.detail}"
-                       + (f" -> {c.fix}" if c.fix else ""), err=True)  # fmt: skip
-    if failed:
-        click.echo("conveyor: nothing was sent (skip these checks with --no-preflight)", err=True)
-        sys.exit(EXIT_USAGE)
+    # Raises PreflightFailed (exit 2) listing each failed check and its fix.
+    run_preflight(base_url=ep.base_url, api_key_env=settings.api_key_env,
+                  model=settings.model, journal_path=journal, quiet=quiet)  # fmt: skip
 
 
 def execute(
@@ -271,6 +261,8 @@ def execute(
 
     display = make_display(quiet=quiet)
     settings.on_progress = display.update
+    if type(display).__name__ == "RichDisplay":
+        settings.progress_interval = 0.25  # a live panel wants fresher numbers
     try:
         report = run_file_settings(input_path, settings)
     except Interrupted as exc:
@@ -283,9 +275,15 @@ def execute(
         )
         raise
     display.close()
+    from ._report_extras import RunFacts, add_extras, render_text
+
+    model = settings.model or report.extra.get("model")
+    facts = RunFacts(batch_id=report.batch_id, model=model, rpm_limit=settings.rpm,
+                     tpm_limit=settings.tpm, concurrency=settings.concurrency)  # fmt: skip
+    report = add_extras(report, facts=facts)
     if report_json is not None:
         report_json.write_text(report.to_json(include_results=False, indent=True))
-    click.echo(report.summary(), err=True)
+    click.echo(render_text(report), err=True)
     where = report.extra.get("output")
     if where:
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
@@ -364,6 +362,7 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
         code = execute(requests, settings, quiet=quiet)
     click.echo(f"files: {requests}  {output}", err=True)
     click.echo(f"try:   conveyor status {output}.conveyor.db", err=True)
+    click.echo(f"       conveyor report {output}.conveyor.db --html {workdir}/report.html", err=True)
     sys.exit(0 if code in (EXIT_OK, EXIT_FAILED_ITEMS) else code)
 
 

@@ -393,9 +393,9 @@ class Engine:
             )
             return True
         earlier = self.opts.previous(key) if self.opts.previous is not None else None
-        while (
-            earlier is None and len(self._tasks) >= self.concurrency_limit
-        ) or len(self._buffer) >= self._buffer_max:
+        while (earlier is None and len(self._tasks) >= self.concurrency_limit) or len(
+            self._buffer
+        ) >= self._buffer_max:
             self._capacity.clear()
             await self._capacity.wait()
             if self.stopping:  # a property: re-read after the await
@@ -548,7 +548,12 @@ class Engine:
                         error.type,
                         attempts,
                         delay,
-                        extra={"key": key, "attempt": attempts},
+                        extra={
+                            "batch_id": self._report.batch_id,
+                            "key": key,
+                            "attempt": attempts,
+                            "error_type": error.type,
+                        },
                     )
                     self._retrying += 1
                     try:
@@ -565,6 +570,8 @@ class Engine:
                     self._adaptive.on_success()
                 r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
                 r.value = value
+                if attempt.cached:
+                    r.meta["cached"] = True  # answered locally: tokens saved, not spent
                 self._emit(r)
                 return
         except (asyncio.CancelledError, _Stopped):
@@ -803,7 +810,13 @@ class Engine:
                 r.attempts,
                 err.type if err else "?",
                 err.message if err else "",
-                extra={"key": r.key, "status": r.status.value, "attempt": r.attempts},
+                extra={
+                    "batch_id": self._report.batch_id,
+                    "key": r.key,
+                    "status": r.status.value,
+                    "attempt": r.attempts,
+                    "error_type": err.type if err else None,
+                },
             )
             if self.opts.fail_fast and self._stop_kind is None:
                 log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)

@@ -55,16 +55,35 @@ __all__ = [
     "CommandResult",
     "CommandTask",
     "CommandTimeout",
+    "ExecContext",
     "Isolation",
     "IsolationError",
     "JOBLOG_HEADER",
     "JobLog",
     "JobLogEntry",
     "TIMEOUT_EXIT_CODE",
+    "arun_commands",
+    "command_fn",
     "expand",
     "expand_shell",
     "read_joblog",
+    "retry_commands",
+    "run_commands",
 ]
+
+# The batch runner lives in `_exec`, which builds on this module: it is
+# re-exported lazily (PEP 562) so importing either never forms a cycle.
+_FROM_EXEC = frozenset(
+    {"ExecContext", "arun_commands", "command_fn", "retry_commands", "run_commands"}
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _FROM_EXEC:
+        from . import _exec
+
+        return getattr(_exec, name)
+    raise AttributeError(f"module 'conveyor.commands' has no attribute {name!r}")
 
 _NOT_FOUND_BY_SHELL = 127
 

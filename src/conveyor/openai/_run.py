@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .._exceptions import ConfigError, FatalError, InputError
 from .._journal import Journal
 from .._options import Breaker
 from .._portal import Portal
+from .._report import new_batch_id
 from .._retry import RetryPolicy
 from .._sink import OutputSink
 from .._types import Result, Status
@@ -301,6 +303,7 @@ async def arun_file(
     elif s.dedupe:
         cache = ResponseCache(None)
     resumed = 0
+    models: Counter[str] = Counter()
     sink: OutputSink | None = None
     try:
         items = _items(path, s)
@@ -309,6 +312,8 @@ async def arun_file(
             nonlocal resumed
             pending = 0
             for item in items:
+                if isinstance(item, RequestLine) and len(models) < 64:
+                    models[str(item.body.get("model"))] += 1
                 if journal is not None and journal.is_terminal(item_key(item)):
                     resumed += 1
                     continue
@@ -319,10 +324,19 @@ async def arun_file(
 
         total = _count_lines(path)
         if journal is not None:
+            # One batch id across resumes: the journal's, once it has one.
+            batch_id = s.batch_id or journal.get_meta("batch_id") or new_batch_id()
+            s.batch_id = batch_id
             journal.update_meta(
-                {"total_items": None if total is None else str(total),
-                 "run_settings": _settings_json(path, s)}
-            )  # fmt: skip
+                {
+                    "total_items": None if total is None else str(total),
+                    "run_settings": _settings_json(path, s),
+                    "batch_id": batch_id,
+                    "concurrency": str(s.concurrency),
+                    "rpm": None if s.rpm is None else str(s.rpm),
+                    "tpm": None if s.tpm is None else str(s.tpm),
+                }
+            )
             sink = OutputSink(journal, s.output, format_line)
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
             stream = AsyncStream(
@@ -359,6 +373,11 @@ async def arun_file(
                 await stream.aclose()
                 if report is not None:
                     _annotate(report, resumed, cache, journal, s)
+                    if models:
+                        model = models.most_common(1)[0][0]
+                        report.extra["model"] = model
+                        if journal is not None:
+                            journal.set_meta("model", model)
         assert report is not None
         return report
     finally:
