@@ -362,7 +362,8 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
         code = execute(requests, settings, quiet=quiet)
     click.echo(f"files: {requests}  {output}", err=True)
     click.echo(f"try:   conveyor status {output}.conveyor.db", err=True)
-    click.echo(f"       conveyor report {output}.conveyor.db --html {workdir}/report.html", err=True)
+    html = workdir / "report.html"
+    click.echo(f"       conveyor report {output}.conveyor.db --html {html}", err=True)
     sys.exit(0 if code in (EXIT_OK, EXIT_FAILED_ITEMS) else code)
 
 

@@ -49,6 +49,8 @@ from ._exceptions import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from ._exec import ExecContext, arun_commands, command_fn, retry_commands, run_commands
+
 __all__ = [
     "CommandFailed",
     "CommandNotFound",
@@ -84,6 +86,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(_exec, name)
     raise AttributeError(f"module 'conveyor.commands' has no attribute {name!r}")
+
 
 _NOT_FOUND_BY_SHELL = 127
 
