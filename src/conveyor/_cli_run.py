@@ -18,6 +18,7 @@ from ._cli_common import (
     cli_errors,
     setup_logging,
 )
+from ._cli_observe import threshold_options
 from ._exceptions import Interrupted
 
 _RUN_EPILOG = """\b
@@ -162,6 +163,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed request.")
 @click.option("--no-preflight", is_flag=True, help="Skip the endpoint/key/model/disk checks.")
+@threshold_options
 @click.option(
     "--prices",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -212,7 +214,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     assert output is not None
     journal = o["journal"] or default_journal_path(output)
     if not o["no_preflight"]:
-        _preflight(settings, journal, o["quiet"])
+        _preflight(settings, journal, o["quiet"], {**o, "input_path": input_path})
     code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
     sys.exit(code)
 
@@ -242,14 +244,34 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
         sys.exit(EXIT_USAGE)
 
 
-def _preflight(settings: Any, journal: Path, quiet: bool) -> None:
+def _first_model(path: Path) -> str | None:
+    """The model of the first valid request line (checked against /models)."""
+    from .openai._batchfile import RequestLine, read_requests
+
+    try:
+        for i, item in enumerate(read_requests(path, check_duplicates=False)):
+            if isinstance(item, RequestLine):
+                model = item.body.get("model")
+                return model if isinstance(model, str) else None
+            if i > 100:
+                break
+    except Exception:  # the run itself reports input problems, line by line
+        return None
+    return None
+
+
+def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> None:
     from ._cli_observe import run_preflight
     from .openai._http import Endpoint
 
     ep = Endpoint.resolve(settings.base_url, api_key_env=settings.api_key_env)
+    model = settings.model or _first_model(o["input_path"])
     # Raises PreflightFailed (exit 2) listing each failed check and its fix.
     run_preflight(base_url=ep.base_url, api_key_env=settings.api_key_env,
-                  model=settings.model, journal_path=journal, quiet=quiet)  # fmt: skip
+                  model=model, journal_path=journal, quiet=quiet,
+                  min_free_memory_mb=o["min_free_memory_mb"],
+                  min_free_disk_mb=o["min_free_disk_mb"],
+                  gpu_memory_warn=o["gpu_memory_warn"])  # fmt: skip
 
 
 def execute(
