@@ -588,22 +588,10 @@ class Engine:
                     usage,
                 )
             )
-        except FatalItem as exc:
-            self._emit(
-                self._result(
-                    index,
-                    key,
-                    item,
-                    Status.FAILED,
-                    ErrorInfo.from_exception(exc),
-                    attempts,
-                    wall0,
-                    t0,
-                    usage,
-                )
-            )
-        except Exception as exc:  # a bug in a callback path or the engine: still one result
-            log.exception("internal error while running item %s", key)
+        except Exception as exc:
+            if not isinstance(exc, FatalItem):
+                # A bug in a callback path or the engine: still exactly one result.
+                log.exception("internal error while running item %s", key)
             self._emit(
                 self._result(
                     index,
