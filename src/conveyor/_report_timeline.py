@@ -47,6 +47,11 @@ def nice_step(raw: float) -> float:
     return 10.0 ** (exp + 1)  # pragma: no cover - the loop always returns
 
 
+# Below a microsecond a span is clock noise; treating it as zero keeps the
+# bucket arithmetic away from sub-normal floats.
+_MIN_SPAN = 1e-6
+
+
 def nice_time_step(raw: float) -> float:
     """The smallest time step a reader can count in (0.1 s ... 1 h) that is >= `raw`."""
     for step in _TIME_STEPS:
@@ -151,6 +156,8 @@ class TimelineBuilder:
             return Timeline(0.0, 1.0, (), (), {}, self._histogram(latency_bins))
         t0 = min(self._starts)
         span = max(self._ends) - t0
+        if span < _MIN_SPAN:
+            span = 0.0  # clock noise, not a duration: one full bucket
         width = nice_time_step(span / max_buckets) if span > 0 else 1.0
         n = max(1, math.ceil(span / width - 1e-9))
         # The last bucket stops at the run's end; a zero-length run keeps one full
