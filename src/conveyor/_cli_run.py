@@ -374,10 +374,10 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     for stale in (output, output.with_name(output.name + ".conveyor.db")):
         if stale.exists():
             stale.unlink()
-    cfg = MockConfig(latency=0.08, jitter=0.12, rate_500=0.01, rate_429=0.005, rate_reset=0.002,
+    cfg = MockConfig(latency=0.08, jitter=0.12, rate_500=0.01, rate_429=0.002, rate_reset=0.002,
                      retry_after=0.2, rpm=int(rpm), seed=1)  # fmt: skip
     click.echo(f"conveyor demo: {count} requests + 1 broken line -> simulated endpoint "
-               f"(80-200 ms latency, 1.7% faults, {rpm:g} rpm)", err=True)  # fmt: skip
+               f"(80-200 ms latency, 1.4% faults, {rpm:g} rpm)", err=True)  # fmt: skip
     with MockServer(cfg).running_in_thread() as base_url:
         settings = RunSettings(output=output, base_url=base_url, api_key="demo-key",
                                concurrency=concurrency, rpm=rpm, retries=6, timeout=10)  # fmt: skip
