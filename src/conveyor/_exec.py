@@ -26,26 +26,21 @@ inputs and settings stored in the journal (for `conveyor retry`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import logging
-import os
 import shlex
 import signal
 import threading
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ._api import AsyncStream
-from ._attempt import current_attempt
 from ._engine import invoker_for
-from ._exceptions import ConfigError, Interrupted
-from ._journal import Journal, JournalError, JournalMismatch, check_identity
+from ._exceptions import Interrupted
+from ._journal import Journal, JournalError, JournalMismatch
 from ._portal import Control, Portal
 from ._retry import RetryPolicy
 from ._sink import OutputSink, export
@@ -54,18 +49,45 @@ from .commands import (
     CommandFailed,
     CommandNotFound,
     CommandResult,
-    CommandTask,
     Isolation,
     JobLog,
     JobLogEntry,
-    expand,
-    expand_shell,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
+    import os
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
     from ._report import BatchReport
+from ._exec_jobs import (
+    _RESUME_HINT,
+    EXEC_KIND,
+    RESULTS_NAME,
+    RETRY_STATUSES,
+    ExecContext,
+    ExecJob,
+    JobOutcome,
+    T,
+    Template,
+    _as_text,
+    _Keyer,
+    _readable,
+    _safe,
+    _unpack,
+    _values,
+    command_fn,
+    job_key,
+    log,
+)
+from ._exec_spec import (
+    _DEFAULTS,
+    _identity,
+    _open_journal,
+    _Spec,
+    _spec,
+    default_artifacts,
+    is_exec_journal,
+)
 
 __all__ = [
     "EXEC_KIND",
@@ -82,423 +104,6 @@ __all__ = [
     "retry_commands",
     "run_commands",
 ]
-
-log = logging.getLogger("conveyor.exec")
-
-EXEC_KIND = "conveyor-exec"
-JOURNAL_NAME = "journal.sqlite"
-JOBLOG_NAME = "joblog.tsv"
-RESULTS_NAME = "results.jsonl"
-JOBS_DIR = "jobs"
-#: What `retry_commands` re-runs by default: every job that did not succeed.
-RETRY_STATUSES = (Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.SKIPPED)
-
-_MAX_KEY = 200
-_RESUME_HINT = "Rerun the same command to resume: jobs that succeeded are skipped"
-
-Template = Sequence[str] | str
-T = TypeVar("T")
-
-
-# --- text that may not be UTF-8 ---------------------------------------------------------
-# Inputs and argv are decoded with surrogateescape so any bytes (file names)
-# reach the command unchanged; SQLite and JSON need real UTF-8, so stored
-# copies are packed (base64 when needed) or made readable (lossy, display only).
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _readable(text: str) -> str:
-    return text if _utf8(text) else _raw(text).decode("utf-8", "replace")
-
-
-def _pack(text: str) -> str | dict[str, str]:
-    return text if _utf8(text) else {"b64": base64.b64encode(_raw(text)).decode("ascii")}
-
-
-def _unpack(value: Any) -> str:
-    if isinstance(value, dict):
-        return base64.b64decode(value["b64"]).decode("utf-8", "surrogateescape")
-    return str(value)
-
-
-def _safe(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return _readable(obj)
-    if isinstance(obj, dict):
-        return {k: _safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_safe(v) for v in obj]
-    return obj
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "surrogateescape")
-    return str(value)
-
-
-# --- jobs, keys, context -----------------------------------------------------------------
-
-
-def job_key(value: str, occurrence: int = 1) -> str:
-    """The journal key of the `occurrence`-th (1-based) input equal to `value`.
-
-    The value itself when it is valid UTF-8, one line and at most 200
-    characters; otherwise a readable prefix plus a hash of the exact bytes.
-    Repeats get `\\n#<n>` appended (only they hold a newline), so every input
-    position has its own key.
-    """
-    base = value
-    if len(value) > _MAX_KEY or "\n" in value or not _utf8(value):
-        digest = hashlib.sha256(_raw(value)).hexdigest()[:16]
-        base = f"{_readable(value)[:60]}\u2026{digest}".replace("\n", " ")
-    return base if occurrence <= 1 else f"{base}\n#{occurrence}"
-
-
-class _Keyer:
-    """Assigns keys in input order. Remembers each distinct key (to number repeats)."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
-
-    def key(self, value: str) -> str:
-        base = job_key(value)
-        n = self._seen.get(base, 0) + 1
-        self._seen[base] = n
-        return job_key(value, n)
-
-
-@dataclass(frozen=True, slots=True)
-class ExecJob:
-    """One input: its 1-based position `seq` (`{#}`), its text and its key."""
-
-    seq: int
-    value: str
-    key: str
-
-    def to_item(self) -> dict[str, Any]:
-        """A JSON-ready form that keeps non-UTF-8 bytes exactly (stored in the journal)."""
-        return {"seq": self.seq, "value": _pack(self.value), "key": self.key}
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> ExecJob:
-        return cls(int(item["seq"]), _unpack(item["value"]), str(item["key"]))
-
-
-@dataclass(frozen=True, slots=True)
-class ExecContext:
-    """How each job runs: its isolation level and the knobs around it.
-
-    - `isolate`: "none" runs in `cwd`; "dir" in a fresh empty directory per
-      job; "worktree" in a git worktree per job, on branch `conveyor/<key>`
-      of the repository containing `cwd` (removed after a clean success
-      unless `keep`).
-    - `timeout`: seconds before the job's process group is killed (exit 124).
-    - `shell`: the template is one string run by `/bin/sh -c`, inputs quoted.
-    - `artifacts_dir`: per-job output goes to `<artifacts_dir>/<key>/`.
-    - `kill_grace`: seconds between SIGTERM and SIGKILL of a job's group.
-    - `env`: extra environment (never stored: it may hold secrets).
-    """
-
-    isolate: Isolation = "none"
-    timeout: float | None = None
-    shell: bool = False
-    keep: bool = False
-    kill_grace: float = 5.0
-    cwd: Path | None = None
-    artifacts_dir: Path | None = None
-    env: Mapping[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.isolate not in get_args(Isolation):
-            raise ConfigError("isolate", self.isolate, "one of 'none', 'dir', 'worktree'")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError("timeout", self.timeout, "a positive number of seconds or None")
-        if not self.kill_grace >= 0:
-            raise ConfigError("kill_grace", self.kill_grace, "zero or more seconds")
-
-    def command_line(self, template: Template, job: ExecJob) -> str:
-        """The job's command as one line of shell (what `--dry-run` prints)."""
-        if self.shell:
-            return expand_shell(_shell_text(template), job.value, job.seq)
-        return shlex.join(expand(_argv(template), job.value, job.seq))
-
-    def task(self, template: Template, job: ExecJob) -> CommandTask:
-        """The `CommandTask` for one job (a zero-argument awaitable, fit for the executors)."""
-        env = {"CONVEYOR_JOB_SEQ": str(job.seq), **(self.env or {})}
-        argv: Sequence[str] | str
-        if self.shell:
-            argv = expand_shell(_shell_text(template), job.value, job.seq)
-        else:
-            argv = expand(_argv(template), job.value, job.seq)
-        return CommandTask(
-            argv,
-            cwd=self.cwd,
-            env=env,
-            timeout=self.timeout,
-            shell=self.shell,
-            key=job.key,
-            isolate=self.isolate,
-            artifacts_dir=self.artifacts_dir,
-            keep=self.keep,
-            kill_grace=self.kill_grace,
-        )
-
-
-def _shell_text(template: Template) -> str:
-    return template if isinstance(template, str) else " ".join(template)
-
-
-def _argv(template: Template) -> list[str]:
-    if isinstance(template, str):
-        raise ConfigError(
-            "command",
-            template,
-            "a list of arguments like ['gzip', '{}']; pass shell=True to run a command string",
-        )
-    return list(template)
-
-
-def command_fn(
-    template: Template, context: ExecContext | None = None
-) -> Callable[[Any], Awaitable[CommandResult]]:
-    """An async function item -> CommandResult, for `conveyor.run(items, fn)`.
-
-    An item is an `ExecJob` or any value (its text fills the template; its
-    run position gives `{#}` and its run key names the artifacts directory).
-    """
-    ctx = context or ExecContext()
-    _check_template(template, ctx.shell)
-
-    async def run_one(item: Any) -> CommandResult:
-        if isinstance(item, ExecJob):
-            job = item
-        else:
-            attempt = current_attempt()
-            seq = attempt.index + 1 if attempt is not None else 1
-            job = ExecJob(seq, _as_text(item), attempt.key if attempt is not None else str(seq))
-        return await ctx.task(template, job)()
-
-    return run_one
-
-
-def _check_template(template: Template, shell: bool) -> None:
-    if isinstance(template, str):
-        if not shell:
-            _argv(template)
-        if not template.strip():
-            raise ConfigError("command", template, "a command to run")
-    elif not list(template):
-        raise ConfigError("command", list(template), "at least the program to run")
-
-
-@dataclass(slots=True)
-class JobOutcome:
-    """A finished job as `on_job` sees it.
-
-    `result` is the engine's (status, error, attempts, timing); `command` the
-    last attempt's `CommandResult` (output paths, exit code), or None when no
-    process ran (cancelled before starting, isolation failed).
-    """
-
-    job: ExecJob
-    result: Result[Any]
-    command: CommandResult | None
-
-
-async def _values(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[str, None]:
-    if not isinstance(inputs, AsyncIterable):
-        for v in inputs:
-            yield _as_text(v)
-        return
-    it = aiter(inputs)
-    try:
-        async for v in it:
-            yield _as_text(v)
-    finally:
-        # A run stopped early closes its source now (a pipe reader, a file).
-        close = getattr(it, "aclose", None)
-        if close is not None:
-            await close()
-
-
-# --- run settings, journal identity ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Spec:
-    template: list[str] | str
-    ctx: ExecContext
-    jobs: int
-    retries: int
-    halt_on_fail: bool
-    keep_order: bool
-    grace: float
-    artifacts: Path
-    joblog: Path
-    journal: Path
-    force: bool = False
-    on_job: Callable[[JobOutcome], Any] | None = None
-    keep_results: bool = True
-
-    def settings(self) -> str:
-        """What `retry_commands` needs to run the same jobs again (no env: secrets)."""
-        t = self.template
-        return orjson.dumps(
-            {
-                "template": _pack(t) if isinstance(t, str) else [_pack(a) for a in t],
-                "shell": self.ctx.shell,
-                "isolate": self.ctx.isolate,
-                "timeout": self.ctx.timeout,
-                "keep": self.ctx.keep,
-                "kill_grace": self.ctx.kill_grace,
-                "cwd": str(self.ctx.cwd) if self.ctx.cwd is not None else None,
-                "jobs": self.jobs,
-                "retries": self.retries,
-                "halt_on_fail": self.halt_on_fail,
-                "artifacts": str(self.artifacts),
-                "joblog": str(self.joblog),
-            }
-        ).decode()
-
-
-def _command_digest(template: Template, shell: bool) -> str:
-    text = _shell_text(template) if shell else "\0".join(_argv(template))
-    return hashlib.sha256(_raw(text)).hexdigest()
-
-
-def _identity(template: Template, shell: bool) -> dict[str, str]:
-    text = _shell_text(template) if shell else shlex.join(_argv(template))
-    identity = {"kind": EXEC_KIND, "shell": "yes" if shell else "no", "command": text}
-    try:
-        if not _utf8(text):
-            raise JournalError("not UTF-8")
-        check_identity(identity)
-    except JournalError:
-        # Not storable as text (raw bytes, or what looks like a credential): a hash.
-        del identity["command"]
-        identity["command_sha256"] = _command_digest(template, shell)
-    return identity
-
-
-def is_exec_journal(identity: Mapping[str, str]) -> bool:
-    """Whether a journal's identity says `conveyor exec` wrote it."""
-    return identity.get("kind") == EXEC_KIND
-
-
-def default_artifacts(template: Template, *, shell: bool = False) -> Path:
-    """`./conveyor-exec-<hash of the command>`: the same command finds its journal again."""
-    return Path(f"conveyor-exec-{_command_digest(template, shell)[:10]}")
-
-
-_DEFAULTS: dict[str, Any] = {
-    "jobs": None,
-    "timeout": None,
-    "retries": 0,
-    "halt_on_fail": False,
-    "isolate": "none",
-    "keep": False,
-    "shell": False,
-    "artifacts": None,
-    "joblog": None,
-    "journal": None,
-    "keep_order": False,
-    "force": False,
-    "on_job": None,
-    "cwd": None,
-    "env": None,
-    "kill_grace": 5.0,
-    "grace": 10.0,
-    "keep_results": True,
-}
-
-
-def _spec(command: Template, options: Mapping[str, Any]) -> _Spec:
-    unknown = sorted(set(options) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigError(unknown[0], options[unknown[0]], "not an option of run_commands")
-    o = {**_DEFAULTS, **options}
-    shell = bool(o["shell"])
-    _check_template(command, shell)
-    template: list[str] | str = (
-        _shell_text(command) if shell else [os.fspath(a) for a in _argv(command)]
-    )
-    jobs = o["jobs"] if o["jobs"] is not None else (os.cpu_count() or 1)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 100_000:
-        raise ConfigError("jobs", jobs, "a whole number 1..100000")
-    retries = o["retries"]
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 1000:
-        raise ConfigError("retries", retries, "a whole number 0..1000")
-    grace = o["grace"]
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or not grace >= 0:
-        raise ConfigError("grace", grace, "seconds >= 0")
-    art = Path(o["artifacts"] or default_artifacts(template, shell=shell)).absolute()
-    ctx = ExecContext(
-        isolate=o["isolate"],
-        timeout=o["timeout"],
-        shell=shell,
-        keep=bool(o["keep"]),
-        kill_grace=o["kill_grace"],
-        cwd=Path(o["cwd"] or Path.cwd()).absolute(),
-        artifacts_dir=art / JOBS_DIR,
-        env=o["env"],
-    )
-    return _Spec(
-        template=template,
-        ctx=ctx,
-        jobs=jobs,
-        retries=retries,
-        halt_on_fail=bool(o["halt_on_fail"]),
-        keep_order=bool(o["keep_order"]),
-        grace=float(grace),
-        artifacts=art,
-        joblog=Path(o["joblog"] or art / JOBLOG_NAME).absolute(),
-        journal=Path(o["journal"] or art / JOURNAL_NAME).absolute(),
-        force=bool(o["force"]),
-        on_job=o["on_job"],
-        keep_results=bool(o["keep_results"]),
-    )
-
-
-def _open_journal(spec: _Spec) -> Journal:
-    try:
-        spec.artifacts.mkdir(parents=True, exist_ok=True)
-        ignore = spec.artifacts / ".gitignore"
-        if not ignore.exists():
-            # Keeps the artifacts (and job worktrees) out of `git status` / `git add .`.
-            ignore.write_text("# created by conveyor exec\n*\n")
-        spec.journal.parent.mkdir(parents=True, exist_ok=True)
-        spec.joblog.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            "artifacts", str(spec.artifacts), f"a directory conveyor can create and write ({exc})"
-        ) from exc
-    journal = Journal.open(
-        spec.journal,
-        identity=_identity(spec.template, spec.ctx.shell),
-        force=spec.force,
-        store_items=True,
-    )
-    try:
-        journal.set_meta("exec", spec.settings())
-    except BaseException:
-        journal.close()
-        raise
-    return journal
-
 
 # --- running --------------------------------------------------------------------------------
 
