@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._admission import Admission, Refused
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._exceptions import ConveyorError, FatalError, Interrupted
-from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
 from ._progress import ProgressSnapshot, RateMeter
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
@@ -42,8 +42,6 @@ log = logging.getLogger("conveyor")
 # An invoker runs one attempt of one item; the engine wraps it with the
 # attempt context, the timeout and the retry loop.
 Invoker = Callable[[Any, "Engine"], Awaitable[Any]]
-
-_DEFAULT_OVERLOAD_PAUSE = 1.0
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -69,10 +67,6 @@ def invoker_for(fn: Callable[[Any], Any]) -> Invoker:
 
 class FatalItem(Exception):
     """Internal: this item can never run (for example its cost exceeds the limit)."""
-
-
-class _Stopped(Exception):
-    """Internal: admission refused because the run is stopping."""
 
 
 class _ItemState:
@@ -107,21 +101,7 @@ class Engine:
         self._rng = random.Random()
         self._length_hint = length_hint
 
-        self._adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
-        self._rpm = (
-            RateLimiter(options.rpm, options.limit_window) if options.rpm is not None else None
-        )
-        self._tpm = (
-            RateLimiter(options.tpm, options.limit_window) if options.tpm is not None else None
-        )
-        self._rpm_learned = options.rpm is None
-        self._tpm_learned = options.tpm is None
-        b = options.breaker
-        self._breaker = (
-            CircuitBreaker(b.threshold, b.cooldown, b.max_cooldown) if b is not None else None
-        )
-        self._paused_until = -1.0
-        self._admit_lock = asyncio.Lock()
+        self._admission = Admission(options, self._refusing)
 
         self._tasks: dict[asyncio.Task[None], _ItemState] = {}
         self._buffer: deque[Result[Any]] = deque()
@@ -142,13 +122,10 @@ class Engine:
         self._completed = 0
         self._attempts = 0
         self._retrying = 0
-        self._rate_limited = 0
-        self._cache_hits = 0
         self._t0 = self._clock.now()
         self._meter = RateMeter()
         self._ticker: asyncio.Task[None] | None = None
         self._progress_failed = False
-        self._shared = options.shared_limiter
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
         self.max_in_flight = 0
@@ -168,7 +145,6 @@ class Engine:
             now,
             (float(self._attempts), float(rep.tokens_in), float(rep.tokens_out), float(rep.total)),
         )
-        rpm, tpm = self._rpm, self._tpm
         return ProgressSnapshot(
             elapsed=now - self._t0,
             total=self._length_hint,
@@ -181,13 +157,7 @@ class Engine:
             tokens_in_per_minute=tin * 60,
             tokens_out_per_minute=tout * 60,
             concurrency_limit=self.concurrency_limit,
-            rpm_limit=rpm.limit if rpm is not None else None,
-            tpm_limit=tpm.limit if tpm is not None else None,
-            rpm_in_window=rpm.in_window(now) if rpm is not None else 0.0,
-            tpm_in_window=tpm.in_window(now) if tpm is not None else 0.0,
-            rate_limited=self._rate_limited,
-            paused_for=max(0.0, self._paused_until - now),
-            breaker=self._breaker.state.value if self._breaker is not None else "off",
+            **self._admission.figures(now),
             finished=self._finished.is_set(),
             extra={"done_per_second": done_rate},
         )
@@ -221,10 +191,7 @@ class Engine:
 
     @property
     def concurrency_limit(self) -> int:
-        lim = self.opts.concurrency
-        if self._adaptive is not None:
-            lim = min(lim, self._adaptive.limit)
-        return lim
+        return self._admission.concurrency_limit(self.opts.concurrency)
 
     async def next_batch(self, max_items: int = 512) -> list[Result[Any]]:
         """Results in completion order; an empty list means the run is over."""
@@ -299,16 +266,9 @@ class Engine:
             reason = f"the items iterable raised {type(self._source_error).__name__}"
         rep = self._report.build(interrupted=kind in ("interrupt", "abort"), stop_reason=reason)
         rep.extra["max_in_flight"] = self.max_in_flight
-        if self._breaker is not None and self._breaker.opened:
-            rep.extra["breaker_opened"] = self._breaker.opened
-        if self._adaptive is not None and self._adaptive.decreases:
-            rep.extra["concurrency_decreases"] = self._adaptive.decreases
+        rep.extra.update(self._admission.report_extra())
         if self._dispatch.failures:
             rep.extra["callback_errors"] = self._dispatch.failures
-        if self._rate_limited:
-            rep.extra["rate_limited"] = self._rate_limited
-        if self._cache_hits:
-            rep.extra["answered_locally"] = self._cache_hits
         return rep
 
     def outcome(self, report: BatchReport) -> BaseException | None:
@@ -508,13 +468,11 @@ class Engine:
                         self._result(index, key, item, Status.FAILED, ErrorInfo.from_exception(exc))
                     )
                     return
-                if self._tpm is not None and not self._tpm.fits(weight):
-                    raise FatalItem(
-                        f"item cost {weight:g} exceeds the per-window token limit "
-                        f"{self._tpm.limit:g}: it can never be admitted"
-                    )
+                why = self._admission.never_fits(weight)
+                if why is not None:
+                    raise FatalItem(why)
             while True:
-                admitted_at = await self._admit(weight)
+                admitted_at = await self._admission.admit(weight)
                 attempts += 1
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts)
@@ -526,7 +484,7 @@ class Engine:
                 except Exception as exc:
                     st.attempt_running = False
                     usage = attempt.usage or usage
-                    self._settle(attempt, admitted_at, weight)
+                    self._admission.settle(attempt, admitted_at, weight)
                     delay = self._on_failure(exc, attempts)
                     retryable = delay is not None
                     error = ErrorInfo.from_exception(exc, retryable=retryable)
@@ -563,18 +521,15 @@ class Engine:
                     continue
                 st.attempt_running = False
                 usage = attempt.usage
-                self._settle(attempt, admitted_at, weight)
-                if self._breaker is not None:
-                    self._breaker.record_success()
-                if self._adaptive is not None:
-                    self._adaptive.on_success()
+                self._admission.settle(attempt, admitted_at, weight)
+                self._admission.on_success()
                 r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
                 r.value = value
                 if attempt.cached:
                     r.meta["cached"] = True  # answered locally: tokens saved, not spent
                 self._emit(r)
                 return
-        except (asyncio.CancelledError, _Stopped):
+        except (asyncio.CancelledError, Refused):
             self._emit(
                 self._result(
                     index,
@@ -624,111 +579,16 @@ class Engine:
 
     def _on_failure(self, exc: Exception, attempts: int) -> float | None:
         """Apply what a failed attempt means to the run; return a retry delay."""
-        now = self._clock.now()
         if isinstance(exc, FatalError):
             if self._stop_kind is None:
                 self._fatal = exc
                 log.error("stopping the run: %s", exc)
                 self._stop_now("fatal")
             return None
-        status = getattr(exc, "status_code", None)
-        if status == 429 or getattr(exc, "overload", False):
-            hint = getattr(exc, "retry_after", None)
-            pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
-            self._paused_until = max(self._paused_until, now + pause)
-            self._rate_limited += 1
-            if self._shared is not None:
-                self._shared.pause(pause)
-            if self._adaptive is not None:
-                self._adaptive.on_overload(now)
         delay = self.opts.retry.decide(attempts, exc, self._rng)
         transient = delay is not None or self.opts.retry.is_retryable(exc)
-        if self._breaker is not None:
-            if transient and status != 429:
-                self._breaker.record_failure(now)
-            else:
-                # The endpoint answered (a refusal or a 429 is an answer): it is
-                # up, which also releases a half-open probe.
-                self._breaker.record_success()
+        self._admission.on_failure(exc, transient=transient)
         return delay
-
-    def _settle(self, attempt: Attempt, admitted_at: float | None, weight: float) -> None:
-        hint = attempt.limits
-        if hint is not None:
-            self._learn(hint)
-        if attempt.cached:
-            # Answered locally: give the reservations back.
-            self._cache_hits += 1
-            if admitted_at is not None and self._rpm is not None:
-                self._rpm.settle(admitted_at, 1.0, 0.0)
-            if admitted_at is not None and self._tpm is not None:
-                self._tpm.settle(admitted_at, weight, 0.0)
-            if self._shared is not None:
-                self._shared.settle(weight, 0.0)
-            return
-        if admitted_at is not None and self._tpm is not None and attempt.usage is not None:
-            self._tpm.settle(admitted_at, weight, float(attempt.usage.total_tokens))
-        if self._shared is not None and attempt.usage is not None:
-            self._shared.settle(weight, float(attempt.usage.total_tokens))
-
-    def _learn(self, hint: Any) -> None:
-        now = self._clock.now()
-        window = self.opts.limit_window  # servers announce per-minute limits: 60 s by default
-        if hint.requests_limit and self._rpm_learned:
-            if self._rpm is None:
-                self._rpm = RateLimiter(hint.requests_limit, window)
-                log.info("learned a limit of %g requests/min from the server", hint.requests_limit)
-            elif self._rpm.limit != hint.requests_limit:
-                self._rpm.set_limit(hint.requests_limit)
-        if hint.tokens_limit and self._tpm_learned and self.opts.cost is not None:
-            if self._tpm is None:
-                self._tpm = RateLimiter(hint.tokens_limit, window)
-                log.info("learned a limit of %g tokens/min from the server", hint.tokens_limit)
-            elif self._tpm.limit != hint.tokens_limit:
-                self._tpm.set_limit(hint.tokens_limit)
-        for remaining, reset in (
-            (hint.requests_remaining, hint.requests_reset),
-            (hint.tokens_remaining, hint.tokens_reset),
-        ):
-            if remaining is not None and remaining <= 0 and reset:
-                self._paused_until = max(self._paused_until, now + reset)
-
-    async def _admit(self, weight: float) -> float | None:
-        """Wait until every limit allows one attempt; returns the admission time."""
-        admitted = await self._admit_local(weight)
-        if self._shared is not None:
-            await self._shared.acquire(weight)
-            if self._refusing():
-                raise _Stopped
-        return admitted
-
-    async def _admit_local(self, weight: float) -> float | None:
-        if self._refusing():
-            raise _Stopped
-        rpm, tpm, brk = self._rpm, self._tpm, self._breaker
-        clock = self._clock
-        if rpm is None and tpm is None and brk is None and self._paused_until < 0:
-            return None
-        async with self._admit_lock:  # FIFO: one waiter polls, the rest queue
-            while True:
-                if self._refusing():
-                    raise _Stopped
-                rpm, tpm = self._rpm, self._tpm
-                now = clock.now()
-                wait = self._paused_until - now
-                if wait <= 0 and rpm is not None:
-                    wait = rpm.wait_time(now, 1.0)
-                if wait <= 0 and tpm is not None and weight > 0:
-                    wait = tpm.wait_time(now, weight)
-                if wait <= 0 and brk is not None:
-                    wait = brk.wait_time(now)
-                if wait <= 0:
-                    if rpm is not None:
-                        rpm.commit(now, 1.0)
-                    if tpm is not None and weight > 0:
-                        tpm.commit(now, weight)
-                    return now
-                await clock.sleep(wait)
 
     def _refusing(self) -> bool:
         # A broken input iterator ends admission of new items, but items
