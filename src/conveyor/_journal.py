@@ -19,10 +19,8 @@ are refused.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -31,7 +29,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from ._exceptions import ConveyorError
+from ._journal_errors import (
+    _CORRUPT_HINT,
+    BUSY_TIMEOUT_S,
+    JournalCorrupt,
+    JournalError,
+    JournalFull,
+    JournalLocked,
+    JournalMismatch,
+    _guard,
+    check_identity,
+    translate_error,
+)
 from ._types import ErrorInfo, Result, Status, Usage
 
 if TYPE_CHECKING:
@@ -46,13 +55,13 @@ __all__ = [
     "JournalFull",
     "JournalLocked",
     "JournalMismatch",
+    "check_identity",
     "translate_error",
 ]
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
 PENDING = "pending"
-BUSY_TIMEOUT_S = 10.0
 _PAGE = 1000
 
 _SCHEMA = """
@@ -94,141 +103,6 @@ _META_UPSERT = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
 )
-
-# Prefixes of common API key formats, and auth header schemes. Matched
-# anywhere in a value so an "options" blob carrying a key is caught too.
-_SECRET_VALUE = re.compile(
-    r"(?:^|[^A-Za-z0-9])(?:sk-|sk_live_|sk_test_|rk_live_|xox[abpr]-|ghp_|gho_|github_pat_|hf_)"
-    r"[A-Za-z0-9_\-]{8,}"
-    r"|AKIA[0-9A-Z]{16}|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}"
-)
-_SECRET_NAME = re.compile(
-    r"(?i)^(?:api[_-]?key|secret|password|passwd|authorization|(?:auth|access)[_-]?token)$"
-)
-
-
-class JournalError(ConveyorError):
-    """The journal (or a file coordinated with it) cannot be used; says why and what to do."""
-
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class JournalCorrupt(JournalError):
-    """The file is not a conveyor journal or is damaged."""
-
-
-class JournalFull(JournalError):
-    """The disk is full (SQLITE_FULL / ENOSPC); committed results are kept."""
-
-
-class JournalLocked(JournalError):
-    """Another process (or another open in this one) is writing this journal."""
-
-    def __init__(self, path: str, pid: int | None) -> None:
-        who = f"pid {pid}" if pid is not None else "an unknown pid"
-        super().__init__(
-            f"journal {path} is in use by another conveyor run ({who}): wait for it to "
-            "finish or stop it, or choose a different --journal path",
-            path=path,
-        )
-        self.pid = pid
-
-
-class JournalMismatch(JournalError):
-    """The journal was written for a different run (input, endpoint or options)."""
-
-    def __init__(self, path: str, differences: Mapping[str, tuple[str | None, str | None]]) -> None:
-        self.differences = dict(differences)
-        parts = [
-            f"{k}: {_show(old)} in the journal, {_show(new)} now"
-            for k, (old, new) in sorted(self.differences.items())
-        ]
-        super().__init__(
-            f"journal {path} belongs to a different run ({'; '.join(parts)}). To resume it "
-            "anyway pass --force (force=True); to start a fresh run use a new --journal path",
-            path=path,
-        )
-
-
-def _show(value: str | None) -> str:
-    return "<absent>" if value is None else repr(value)
-
-
-_CORRUPT_HINT = "move it away to start over; the output file is unaffected"
-
-
-def translate_error(exc: BaseException, path: str, *, writing: bool = True) -> JournalError:
-    """Map a sqlite3 or OS error met on `path` to the `JournalError` that explains it."""
-    if isinstance(exc, JournalError):
-        return exc
-    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError):
-        return JournalError(f"journal {path}: {exc}", path=path)  # a misuse, not the disk
-    if isinstance(exc, sqlite3.Error):
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            return JournalCorrupt(
-                f"{path} is not a conveyor journal or is damaged ({exc}): {_CORRUPT_HINT}",
-                path=path,
-            )
-        if code == sqlite3.SQLITE_FULL:
-            return _full(path, str(exc))
-        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
-            return _unwritable(path, str(exc), writing=writing)
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return JournalError(
-                f"journal {path} stayed busy for {BUSY_TIMEOUT_S:.0f} s ({exc}): another "
-                "process holds it; wait for it to finish and retry",
-                path=path,
-            )
-        return JournalError(f"journal {path}: {exc}; check the disk and retry", path=path)
-    if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return _full(path, exc.strerror or str(exc))
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
-            return _unwritable(path, exc.strerror or str(exc), writing=writing)
-        return JournalError(f"journal {path}: {exc}; check the disk and retry", path=path)
-    return JournalError(f"journal {path}: {exc}", path=path)
-
-
-def _full(path: str, detail: str) -> JournalFull:
-    return JournalFull(
-        f"disk full while writing {path} ({detail}): everything committed so far is kept; "
-        "free some space and rerun the same command to resume",
-        path=path,
-    )
-
-
-def _unwritable(path: str, detail: str, *, writing: bool) -> JournalError:
-    if writing:
-        return JournalError(
-            f"cannot write journal {path} ({detail}): choose a writable location with --journal",
-            path=path,
-        )
-    return JournalError(f"cannot read journal {path} ({detail})", path=path)
-
-
-@contextlib.contextmanager
-def _guard(path: str, *, writing: bool = True) -> Iterator[None]:
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        raise translate_error(exc, path, writing=writing) from exc
-
-
-def check_identity(identity: Mapping[str, str]) -> None:
-    """Refuse identity entries that look like secrets (they would be stored in clear)."""
-    for name, value in identity.items():
-        if not isinstance(value, str):
-            raise JournalError(f"identity value for {name!r} must be a string, not {type(value)}")
-        if _SECRET_NAME.match(name) or _SECRET_VALUE.search(value):
-            # The value itself is never echoed: it may be the secret.
-            raise JournalError(
-                f"identity entry {name!r} looks like an API key or credential; the journal is "
-                "stored in clear, so never pass secrets: record the name of the environment "
-                "variable that holds it instead"
-            )
 
 
 def _dumps(obj: Any) -> bytes:
