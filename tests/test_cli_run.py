@@ -99,11 +99,12 @@ def test_kill_9_at_random_moments_then_resume_exactly_once(
     assert srv.stats.requests >= 2000
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_flushes_and_says_how_to_resume(
-    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
-    """SIGINT: exit 130, the resume command printed, the output consistent
-    with the journal; running the same command again finishes the rest."""
+    """SIGINT or SIGTERM: exit 130, the resume command printed, the output
+    consistent with the journal; running the same command again finishes."""
     srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
     make_input(tmp_path / "in.jsonl", 1500)
@@ -116,7 +117,7 @@ def test_ctrl_c_flushes_and_says_how_to_resume(
         if out.exists() and out.stat().st_size > 0:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Resume with the same command" in err
