@@ -24,6 +24,15 @@ T = TypeVar("T")
 Items = Iterable[Any] | AsyncIterable[Any]
 
 
+def _backend(options: dict[str, Any]) -> str:
+    """Pops `backend` ("local" or "ray"; Ray options such as `address`,
+    `actors` then go to `conveyor.ray.run_ray`)."""
+    backend = options.pop("backend", "local")
+    if backend not in ("local", "ray"):
+        raise ConfigError("backend", backend, "'local' (this process) or 'ray' (Ray actors)")
+    return str(backend)
+
+
 def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
@@ -133,6 +142,10 @@ async def arun(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchR
     are captured as results, never raised one by one. See `run()` for options.
     """
     _check(items, fn)
+    if _backend(options) == "ray":
+        from .ray import arun_ray
+
+        return await arun_ray(items, fn, **options)
     _validate(options)  # before anything starts
     return await _arun(items, invoker_for(fn), {**options, "_fn_name": _name(fn)}, None)
 
@@ -153,6 +166,10 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     `on_start`/`on_result`/`on_error`/`on_batch`, `grace`, `batch_id`.
     """
     _check(items, fn)
+    if _backend(options) == "ray":
+        from .ray import run_ray
+
+        return run_ray(items, fn, **options)
     _validate(options)
     invoker = invoker_for(fn)
     opts = {**options, "_fn_name": _name(fn)}

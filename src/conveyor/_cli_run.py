@@ -162,6 +162,20 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     help="Response cache file kept across runs.",
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed request.")
+@click.option(
+    "--ray",
+    "ray_target",
+    metavar="TARGET",
+    help="Run on Ray actors: 'local' (start Ray here), 'auto' (join this machine's "
+    "cluster), or an address (HEAD:6379, ray://HEAD:10001). Needs conveyor[ray].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(1, 10_000),
+    default=2,
+    show_default=True,
+    help="Ray actors to spread the requests over (with --ray).",
+)
 @click.option("--no-preflight", is_flag=True, help="Skip the endpoint/key/model/disk checks.")
 @threshold_options
 @click.option(
@@ -207,7 +221,13 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         dedupe=not o["no_dedupe"],
         cache=o["cache"],
         fail_fast=o["fail_fast"],
+        ray=o["ray_target"],
+        actors=o["actors"],
     )
+    if o["ray_target"] is not None:
+        from .ray import check_ray_available
+
+        check_ray_available()  # the install hint, before anything else
     if o["dry_run"]:
         _dry_run(input_path, settings, o)
         return

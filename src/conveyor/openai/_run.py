@@ -156,6 +156,8 @@ class RunSettings:
     batch_id: str | None = None
     on_progress: Callable[[Any], Any] | None = None
     progress_interval: float = 1.0
+    ray: str | None = None  # a Ray address ("local", "auto", host:port): run on actors
+    actors: int = 2
 
 
 def _check(s: RunSettings) -> None:
@@ -339,25 +341,32 @@ async def arun_file(
             )
             sink = OutputSink(journal, s.output, format_line)
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
-            stream = AsyncStream(
-                _Sized(plan(), None if total is None else max(0, total - _done(journal))),
-                _invoke(_Caller(client, cache)),
-                {
-                    "concurrency": s.concurrency,
-                    "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
-                    "timeout": s.timeout,
-                    "rpm": s.rpm,
-                    "tpm": s.tpm,
-                    "cost": _cost,
-                    "limit_window": s.limit_window,
-                    "key": item_key,
-                    "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
-                    "fail_fast": s.fail_fast,
-                    "batch_id": s.batch_id,
-                    "on_progress": s.on_progress,
-                    "progress_interval": s.progress_interval,
-                },
-            )
+            engine_options: dict[str, Any] = {
+                "concurrency": s.concurrency,
+                "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
+                "timeout": s.timeout,
+                "rpm": s.rpm,
+                "tpm": s.tpm,
+                "cost": _cost,
+                "limit_window": s.limit_window,
+                "key": item_key,
+                "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
+                "fail_fast": s.fail_fast,
+                "batch_id": s.batch_id,
+                "on_progress": s.on_progress,
+                "progress_interval": s.progress_interval,
+            }
+            todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
+            stream: Any
+            if s.ray is not None:
+                from ..ray import stream_ray
+
+                # Each actor opens its own session; the key comes from its environment.
+                remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers, s.api_key,
+                                       s.concurrency)  # fmt: skip
+                stream = stream_ray(todo, remote, address=s.ray, actors=s.actors, **engine_options)
+            else:
+                stream = AsyncStream(todo, _invoke(_Caller(client, cache)), engine_options)
             if _control is not None:
                 stream.attach_control(_control)
             report: BatchReport | None = None
@@ -468,6 +477,45 @@ def _settings_json(path: Path, s: RunSettings) -> str:
     d["output"] = None if s.output is None else str(Path(s.output).resolve())
     d["base_url"] = s.base_url
     return orjson.dumps(d).decode()
+
+
+class _RemoteCaller:
+    """The task function shipped to Ray actors (it must pickle): each actor
+    opens its own pooled session on first use and reads the API key from its
+    own environment unless one was given explicitly."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key_env: str,
+        headers: dict[str, str],
+        api_key: str | None,
+        concurrency: int,
+    ) -> None:
+        self._args = (base_url, api_key_env, dict(headers), api_key, concurrency)
+        self._caller: _Caller | None = None
+        self._client: OpenAIClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_args": self._args, "_caller": None, "_client": None}
+
+    async def __call__(self, req: Item) -> Answer:
+        if self._caller is None:
+            base_url, key_env, headers, key, concurrency = self._args
+            endpoint = Endpoint.resolve(base_url, api_key=key, api_key_env=key_env,
+                                        headers=headers)  # fmt: skip
+            client = OpenAIClient(endpoint, concurrency=concurrency)
+            await client.__aenter__()  # lives as long as the actor
+            if self._ready():
+                await client.__aexit__(None, None, None)  # another call got there first
+            else:
+                self._client, self._caller = client, _Caller(client, None)
+        assert self._caller is not None
+        return await self._caller(req)
+
+    def _ready(self) -> bool:
+        # A method, so the check is re-read after the await above.
+        return self._caller is not None
 
 
 def _invoke(caller: _Caller) -> Any:
