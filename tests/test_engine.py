@@ -411,22 +411,56 @@ def test_item_costlier_than_the_limit_fails_clearly() -> None:
     assert report[1].error is not None and "exceeds" in report[1].error.message
 
 
-def test_429_pauses_admission_globally() -> None:
-    """A 429 with Retry-After pauses every item's admission, not just its own."""
+def test_429_with_spent_budget_pauses_admission_globally() -> None:
+    """A 429 saying the budget is spent (overload) pauses every item's
+    admission for its Retry-After, not just its own."""
     clock = FakeClock()
     calls: list[tuple[int, float]] = []
 
     async def fn(i: int) -> int:
         calls.append((i, clock.now()))
         if i == 0 and len(calls) == 1:
-            err = conveyor.RetryableError("rate limited", retry_after=30, status_code=429)
-            raise err
+            raise conveyor.RetryableError(
+                "rate limited", retry_after=30, status_code=429, overload=True
+            )
         return i
 
     report = conveyor.run(range(5), fn, concurrency=1, clock=clock)
     assert report.counts["ok"] == 5
     later = [t for i, t in calls[1:]]
     assert all(t >= 30 for t in later)
+
+
+def test_sporadic_429s_delay_only_their_item_frequent_ones_pause_all() -> None:
+    """A lone 429 (no spent budget) delays its own retry only; when 429s
+    become frequent among recent answers, everyone pauses."""
+    calls: list[int] = []
+
+    async def lone(i: int) -> int:
+        calls.append(i)
+        if i == 0 and calls.count(0) == 1:
+            raise conveyor.RetryableError("busy", retry_after=0.5, status_code=429)
+        return i
+
+    # Two slots: item 0 waits out its own backoff in one, the others use the other.
+    report = conveyor.run(range(5), lone, concurrency=2)
+    t0 = min(r.started_at or 0 for r in report)
+    others = max((r.ended_at or 0) - t0 for r in report if r.index != 0)
+    assert others < 0.3  # not held up by item 0's 429
+    assert report[0].duration >= 0.5
+
+    clock2 = FakeClock()
+    seen: list[tuple[int, float]] = []
+
+    async def storm(i: int) -> int:
+        seen.append((i, clock2.now()))
+        if i < 4 and sum(1 for j, _ in seen if j == i) == 1:
+            raise conveyor.RetryableError("busy", retry_after=30, status_code=429)
+        return i
+
+    report = conveyor.run(range(8), storm, concurrency=1, clock=clock2)
+    assert report.counts["ok"] == 8
+    assert min(t for i, t in seen if i >= 4) >= 30  # the third 429 paused everyone
 
 
 def test_learned_limits_from_hints() -> None:
@@ -688,7 +722,7 @@ def test_shared_limiter_is_consulted_per_attempt() -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise conveyor.RetryableError("429", retry_after=2, status_code=429)
+            raise conveyor.RetryableError("429", retry_after=2, status_code=429, overload=True)
         conveyor.report_usage(4, 1)
         return i
 

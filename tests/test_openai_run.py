@@ -295,3 +295,29 @@ async def test_no_secret_in_output_journal_or_report(server: MockServer, tmp_pat
     for p in tmp_path.iterdir():
         assert secret not in p.read_bytes(), p
     assert KEY not in report.to_json()
+
+
+async def test_output_without_a_journal(server: MockServer, tmp_path: Path) -> None:
+    """journal=None still writes the output (no resume, a fresh file)."""
+    bodies = write_requests(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    out.write_text("stale\n")
+    report = await arun_file(tmp_path / "in.jsonl", settings(server, out, journal=None))
+    assert report.counts["ok"] == 30
+    check_complete(out, bodies)
+    assert not (tmp_path / "out.jsonl.conveyor.db").exists()
+
+
+async def test_spent_budget_429_pauses_but_a_random_one_does_not(
+    server: MockServer, tmp_path: Path
+) -> None:
+    """Injected 429s without rate-limit headers are retried item by item:
+    5% of them must not slow the whole run to a crawl."""
+    server.config = MockConfig(api_key=KEY, rate_429=0.05, retry_after=1.0, seed=8)
+    bodies = write_requests(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    report = await arun_file(tmp_path / "in.jsonl", settings(server, out, concurrency=50))
+    assert report.counts["ok"] == 300
+    # A global 1 s pause per 429 would take ~15 s; per-item waits overlap.
+    assert report.total_duration_seconds < 8
+    check_complete(out, bodies)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
@@ -28,6 +29,16 @@ log = logging.getLogger("conveyor")
 
 # A 429 without Retry-After pauses admission this long.
 _DEFAULT_OVERLOAD_PAUSE = 1.0
+# Our clock counts a request when it is sent, the server when it arrives: a
+# little extra window (1%, at least 50 ms) keeps the counts from disagreeing
+# at the edge, at the cost of that much of the allowed rate.
+_WINDOW_MARGIN = 0.01
+_WINDOW_MARGIN_MIN = 0.05
+# A 429 pauses everyone only when the budget is known to be spent, or when
+# 429s are frequent among recent answers; a sporadic one delays its own item.
+_RECENT = 50
+_OVERLOAD_SHARE = 0.2
+_OVERLOAD_MIN = 3
 
 
 class Refused(Exception):
@@ -40,8 +51,10 @@ class Admission:
         self._clock = options.clock
         self._refusing = refusing
         self.adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
-        self.rpm = RateLimiter(options.rpm, options.limit_window) if options.rpm else None
-        self.tpm = RateLimiter(options.tpm, options.limit_window) if options.tpm else None
+        w = options.limit_window
+        self._window = w + max(w * _WINDOW_MARGIN, _WINDOW_MARGIN_MIN)
+        self.rpm = RateLimiter(options.rpm, self._window) if options.rpm else None
+        self.tpm = RateLimiter(options.tpm, self._window) if options.tpm else None
         self._rpm_learned = options.rpm is None
         self._tpm_learned = options.tpm is None
         b = options.breaker
@@ -53,6 +66,7 @@ class Admission:
         self._lock = asyncio.Lock()
         self.rate_limited = 0
         self.answered_locally = 0
+        self._recent: deque[bool] = deque(maxlen=_RECENT)  # True: that answer was a 429
 
     def concurrency_limit(self, maximum: int) -> int:
         return maximum if self.adaptive is None else min(maximum, self.adaptive.limit)
@@ -104,6 +118,7 @@ class Admission:
                 await clock.sleep(wait)
 
     def on_success(self) -> None:
+        self._recent.append(False)
         if self.breaker is not None:
             self.breaker.record_success()
         if self.adaptive is not None:
@@ -113,15 +128,20 @@ class Admission:
         """What a failed attempt means for everyone: pause on 429, breaker."""
         now = self._clock.now()
         status = getattr(exc, "status_code", None)
-        if status == 429 or getattr(exc, "overload", False):
-            hint = getattr(exc, "retry_after", None)
-            pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
-            self.paused_until = max(self.paused_until, now + pause)
+        overload = getattr(exc, "overload", None)
+        if status == 429 or overload:
             self.rate_limited += 1
-            if self.shared is not None:
-                self.shared.pause(pause)
-            if self.adaptive is not None:
-                self.adaptive.on_overload(now)
+            self._recent.append(True)
+            if overload or self._frequent():
+                hint = getattr(exc, "retry_after", None)
+                pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
+                self.paused_until = max(self.paused_until, now + pause)
+                if self.shared is not None:
+                    self.shared.pause(pause)
+                if self.adaptive is not None:
+                    self.adaptive.on_overload(now)
+        elif status is not None:
+            self._recent.append(False)
         if self.breaker is not None:
             if transient and status != 429:
                 self.breaker.record_failure(now)
@@ -129,6 +149,10 @@ class Admission:
                 # The endpoint answered (a refusal or a 429 is an answer): it is
                 # up, which also releases a half-open probe.
                 self.breaker.record_success()
+
+    def _frequent(self) -> bool:
+        hits = sum(self._recent)
+        return hits >= _OVERLOAD_MIN and hits >= _OVERLOAD_SHARE * len(self._recent)
 
     def settle(self, attempt: Attempt, admitted_at: float | None, weight: float) -> None:
         """Book what the attempt really cost and what the server announced."""
@@ -154,7 +178,7 @@ class Admission:
 
     def _learn(self, hint: RateLimitHint) -> None:
         now = self._clock.now()
-        window = self._opts.limit_window  # servers announce per-minute limits: 60 s by default
+        window = self._window  # servers announce per-minute limits: 60 s by default
         if hint.requests_limit and self._rpm_learned:
             if self.rpm is None:
                 self.rpm = RateLimiter(hint.requests_limit, window)
@@ -167,11 +191,23 @@ class Admission:
                 log.info("learned a limit of %g tokens/min from the server", hint.tokens_limit)
             elif self.tpm.limit != hint.tokens_limit:
                 self.tpm.set_limit(hint.tokens_limit)
-        for remaining, reset in (
-            (hint.requests_remaining, hint.requests_reset),
-            (hint.tokens_remaining, hint.tokens_reset),
+        # The server may have counted requests we did not (sent before the
+        # limit was known, or by another client with the same key): when it
+        # says fewer remain than we think, book the difference now.
+        for own, remaining in ((self.rpm, hint.requests_remaining),
+                               (self.tpm, hint.tokens_remaining)):  # fmt: skip
+            if own is not None and remaining is not None:
+                mine = own.limit - own.in_window(now)
+                if remaining < mine:
+                    own.commit(now, mine - max(0.0, remaining))
+        # A spent budget pauses everyone until its reset, unless a limiter here
+        # already keeps to that limit: the reset is when the whole window is
+        # empty, and waiting for it would idle most of a window each time.
+        for remaining, reset, own in (
+            (hint.requests_remaining, hint.requests_reset, self.rpm),
+            (hint.tokens_remaining, hint.tokens_reset, self.tpm),
         ):
-            if remaining is not None and remaining <= 0 and reset:
+            if own is None and remaining is not None and remaining <= 0 and reset:
                 self.paused_until = max(self.paused_until, now + reset)
 
     def figures(self, now: float) -> dict[str, Any]:

@@ -110,7 +110,10 @@ class RetryableError(ConveyorError):
     """Raise from a task function to ask for another attempt.
 
     `retry_after` (seconds) is honoured as the minimum wait before it; a
-    `status_code` is kept in the result's error for the report.
+    `status_code` is kept in the result's error for the report. With
+    `overload=True` (a rate-limit budget is spent) every item pauses for
+    `retry_after`, not just this one; 429s without it pause everyone only
+    when they become frequent.
     """
 
     def __init__(
@@ -119,10 +122,12 @@ class RetryableError(ConveyorError):
         *,
         retry_after: float | None = None,
         status_code: int | None = None,
+        overload: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.status_code = status_code
+        self.overload = overload
 
 
 class InputError(ConveyorError):

@@ -173,6 +173,14 @@ def _report_headers(headers: Any) -> None:
     )
 
 
+def _budget_spent(headers: Any) -> bool:
+    for name in ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"):
+        left = _num(headers.get(name))
+        if left is not None and left <= 0:
+            return True
+    return False
+
+
 def _report_usage(body: Any) -> None:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
@@ -252,13 +260,17 @@ class OpenAIClient:
                 status_code=status,
             )
         if status in _RETRYABLE_STATUS:
-            raise HTTPRetryable(
+            err = HTTPRetryable(
                 f"HTTP {status}: {msg}" if msg else f"HTTP {status}",
                 status_code=status,
                 retry_after=_retry_after(headers),
                 body=parsed,
                 request_id=request_id,
             )
+            # A 429 whose headers say a budget is spent: pause everyone, not
+            # just this request (a 429 without them may be a passing hiccup).
+            err.overload = status == 429 and _budget_spent(headers)
+            raise err
         raise HTTPClientError(
             f"HTTP {status}: {msg}" if msg else f"HTTP {status}",
             status_code=status,

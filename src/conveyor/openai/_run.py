@@ -306,7 +306,7 @@ async def arun_file(
         cache = ResponseCache(None)
     resumed = 0
     models: Counter[str] = Counter()
-    sink: OutputSink | None = None
+    sink: OutputSink | _PlainOutput | None = None
     try:
         items = _items(path, s)
 
@@ -340,6 +340,8 @@ async def arun_file(
                 }
             )
             sink = OutputSink(journal, s.output, format_line)
+        elif s.output is not None:
+            sink = _PlainOutput(Path(s.output))  # no journal: no resume, a fresh file
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
             engine_options: dict[str, Any] = {
                 "concurrency": s.concurrency,
@@ -416,6 +418,19 @@ def _annotate(
         report.extra["rpm_limit"] = s.rpm
     if s.tpm:
         report.extra["tpm_limit"] = s.tpm
+
+
+class _PlainOutput:
+    """The output without a journal: lines appended as results arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("wb")
+
+    async def add(self, result: Result[Any]) -> None:
+        self._f.write(format_line(result))
+
+    async def close(self) -> None:
+        self._f.close()
 
 
 class _Sized(Iterator[Item]):
