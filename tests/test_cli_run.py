@@ -227,3 +227,22 @@ def test_bad_flag_is_a_usage_error() -> None:
     """A wrong flag or value: exit 2 with click's message."""
     r = conveyor("run", "x.jsonl", "-o", "y", "--concurrency", "0")
     assert r.returncode == 2 and "concurrency" in r.stderr
+
+
+def test_export_rebuilds_a_lost_output(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`conveyor export JOURNAL OUTPUT` rewrites the output from the journal,
+    each custom_id once, in input order."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    original = sorted(out.read_bytes().splitlines())
+    out.unlink()
+    r = conveyor("export", str(out) + ".conveyor.db", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    assert read_ids(out) == [f"id-{i}" for i in range(50)]
+    assert sorted(out.read_bytes().splitlines()) == original

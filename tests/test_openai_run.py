@@ -321,3 +321,21 @@ async def test_spent_budget_429_pauses_but_a_random_one_does_not(
     # A global 1 s pause per 429 would take ~15 s; per-item waits overlap.
     assert report.total_duration_seconds < 8
     check_complete(out, bodies)
+
+
+async def test_an_existing_output_is_never_truncated_by_a_new_journal(
+    server: MockServer, tmp_path: Path
+) -> None:
+    """An output file this journal did not write (its journal deleted, another
+    run's file) is refused, not truncated; --force overwrites it."""
+    bodies = write_requests(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    with pytest.raises(conveyor.ConveyorError, match="already exists"):
+        await arun_file(tmp_path / "in.jsonl", settings(server, out))
+    assert out.read_text() == "precious\n"
+    assert server.stats.requests == 0
+    (tmp_path / "out.jsonl.conveyor.db").unlink()
+    report = await arun_file(tmp_path / "in.jsonl", settings(server, out, force=True))
+    assert report.counts["ok"] == 10
+    check_complete(out, bodies)

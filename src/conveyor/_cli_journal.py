@@ -175,3 +175,18 @@ def _retry_file(
 def _identity_of(journal: Path) -> dict[str, str]:
     with Journal.open_readonly(journal) as j:
         return dict(j.identity)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("journal", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@cli_errors
+def export_cmd(journal: Path, output: Path) -> None:
+    """Write OUTPUT from JOURNAL: each item's result line once, in input order
+    (to rebuild a lost or edited output file). OUTPUT becomes the journal's
+    output, so a later resume appends to it."""
+    from ._sink import export
+
+    with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
+        n = export(j, output)
+    click.echo(f"wrote {output}: {n} lines", err=True)

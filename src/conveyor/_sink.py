@@ -63,6 +63,7 @@ class OutputSink:
         flush_every: int = 500,
         flush_interval: float = 0.2,
         max_buffered: int | None = None,
+        overwrite: bool = False,
     ) -> None:
         if flush_every < 1:
             raise ConfigError("flush_every", flush_every, "an integer >= 1")
@@ -93,7 +94,7 @@ class OutputSink:
         self._offset = 0
         self._new_path = False
         if output_path is not None:
-            self._open_output(os.path.abspath(os.fspath(output_path)))
+            self._open_output(os.path.abspath(os.fspath(output_path)), overwrite)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="conveyor-journal"
         )
@@ -103,7 +104,7 @@ class OutputSink:
         """Bytes of the output file committed in the journal."""
         return self._offset
 
-    def _open_output(self, path: str) -> None:
+    def _open_output(self, path: str, overwrite: bool) -> None:
         journal = self._journal
         _finish_export(journal)
         recorded = journal.get_meta("output_path")
@@ -111,8 +112,8 @@ class OutputSink:
         if recorded is not None and recorded != path and offset > 0:
             raise OutputMismatch(
                 f"this journal's output went to {recorded}, not {path}: pass the same output "
-                f"path, or first rewrite the results to {path} with `conveyor export` "
-                "(export(journal, path)) and then resume",
+                f"path, or first rewrite the results to {path} with `conveyor export "
+                f"{journal.path} {path}` and then resume",
                 path=path,
             )
         with _output_guard(path):
@@ -126,7 +127,16 @@ class OutputSink:
                 raise OutputMismatch(
                     f"output {path} has {size} bytes but the journal committed {offset}: it "
                     "was truncated or edited. Rewrite it from the journal with `conveyor "
-                    "export` (export(journal, path)), then resume",
+                    "export JOURNAL OUTPUT`, then resume",
+                    path=path,
+                )
+            if regular and size > 0 and recorded is None and not overwrite:
+                # This journal never wrote here: the file is someone else's
+                # (or a run whose journal is gone). Never truncate it silently.
+                raise OutputMismatch(
+                    f"output {path} already exists ({size} bytes) and this journal did not "
+                    "write it: choose another output path, move the file away, pass the "
+                    "journal that wrote it (--journal), or overwrite it with --force",
                     path=path,
                 )
             if regular and size > offset:

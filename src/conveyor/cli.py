@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock": ("conveyor._cli_run:mock_cmd", "Serve a simulated OpenAI-compatible endpoint."),
     "status": ("conveyor._cli_journal:status_cmd", "Counts, errors, rate and ETA of a run."),
     "retry": ("conveyor._cli_journal:retry_cmd", "Re-run the failed items of a journal."),
+    "export": ("conveyor._cli_journal:export_cmd", "Rewrite an output file from its journal."),
     "exec": ("conveyor._cli_exec:exec_cmd", "Run a shell command per input, in parallel."),
     "report": ("conveyor._cli_observe:report_cmd", "Summarise a journal: text, JSON or HTML."),
     "doctor": ("conveyor._cli_observe:doctor_cmd", "Check endpoint, key, model, disk, memory."),

@@ -339,7 +339,7 @@ async def arun_file(
                     "tpm": None if s.tpm is None else str(s.tpm),
                 }
             )
-            sink = OutputSink(journal, s.output, format_line)
+            sink = OutputSink(journal, s.output, format_line, overwrite=s.force)
         elif s.output is not None:
             sink = _PlainOutput(Path(s.output))  # no journal: no resume, a fresh file
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
