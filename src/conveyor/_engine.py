@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from ._admission import Admission, Refused
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
-from ._exceptions import ConveyorError, FatalError, Interrupted
+from ._exceptions import FatalError
+from ._outcome import Ending
 from ._progress import ProgressSnapshot, RateMeter
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
@@ -254,17 +255,8 @@ class Engine:
         self._shutdown()
 
     def report(self) -> BatchReport:
-        kind = self._stop_kind
-        reason = None
-        if kind == "fail_fast":
-            reason = "fail_fast: an item failed"
-        elif kind == "fatal" and self._fatal is not None:
-            reason = f"fatal: {self._fatal}"
-        elif kind in ("interrupt", "abort"):
-            reason = "interrupted"
-        elif kind == "source":
-            reason = f"the items iterable raised {type(self._source_error).__name__}"
-        rep = self._report.build(interrupted=kind in ("interrupt", "abort"), stop_reason=reason)
+        end = self._ending()
+        rep = self._report.build(interrupted=end.interrupted, stop_reason=end.reason())
         rep.extra["max_in_flight"] = self.max_in_flight
         rep.extra.update(self._admission.report_extra())
         if self._dispatch.failures:
@@ -273,22 +265,10 @@ class Engine:
 
     def outcome(self, report: BatchReport) -> BaseException | None:
         """The error the run ends with, if any, carrying the report."""
-        kind = self._stop_kind
-        if kind == "fatal" and self._fatal is not None:
-            self._fatal.report = report
-            return self._fatal
-        if kind in ("interrupt", "abort"):
-            return Interrupted(report)
-        if kind == "source" and self._source_error is not None:
-            err = ConveyorError(
-                f"the items iterable raised {type(self._source_error).__name__}: "
-                f"{self._source_error} after {self._report.total} items; "
-                "their results are in .report"
-            )
-            err.__cause__ = self._source_error
-            err.report = report
-            return err
-        return None
+        return self._ending().error(report)
+
+    def _ending(self) -> Ending:
+        return Ending(self._stop_kind, self._fatal, self._source_error)
 
     def run_in_thread(self, fn: Callable[[Any], Any], item: Any) -> asyncio.Future[Any]:
         if self._threads is None:

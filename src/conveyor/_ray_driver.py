@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._callbacks import Dispatcher
-from ._exceptions import ConveyorError, FatalError, Interrupted
+from ._exceptions import ConveyorError, FatalError
+from ._outcome import Ending
 from ._progress import ProgressSnapshot, RateMeter
 from ._ray_source import Entry, EntrySource
 from ._ray_wire import WireBatch, WireEntry, decode_fatal, decode_result
@@ -223,17 +224,8 @@ class ClusterRun:
                 await self._ticker
 
     def report(self) -> BatchReport:
-        kind = self._stop_kind
-        reason = None
-        if kind == "fail_fast":
-            reason = "fail_fast: an item failed"
-        elif kind == "fatal" and self._fatal is not None:
-            reason = f"fatal: {self._fatal}"
-        elif kind in ("interrupt", "abort"):
-            reason = "interrupted"
-        elif kind == "source":
-            reason = f"the items iterable raised {type(self._source_error).__name__}"
-        rep = self._report.build(interrupted=kind in ("interrupt", "abort"), stop_reason=reason)
+        end = self._ending()
+        rep = self._report.build(interrupted=end.interrupted, stop_reason=end.reason())
         rep.extra.update(
             backend=self._set.backend,
             workers=self._set.workers,
@@ -253,22 +245,10 @@ class ClusterRun:
             if isinstance(self._crash, ConveyorError):
                 self._crash.report = report
             return self._crash
-        kind = self._stop_kind
-        if kind == "fatal" and self._fatal is not None:
-            self._fatal.report = report
-            return self._fatal
-        if kind in ("interrupt", "abort"):
-            return Interrupted(report)
-        if kind == "source" and self._source_error is not None:
-            err = ConveyorError(
-                f"the items iterable raised {type(self._source_error).__name__}: "
-                f"{self._source_error} after {self._report.total} items; "
-                "their results are in .report"
-            )
-            err.__cause__ = self._source_error
-            err.report = report
-            return err
-        return None
+        return self._ending().error(report)
+
+    def _ending(self) -> Ending:
+        return Ending(self._stop_kind, self._fatal, self._source_error)
 
     def snapshot(self) -> ProgressSnapshot:
         """The live figures, as seen from the driver."""
