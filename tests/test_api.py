@@ -249,8 +249,7 @@ def test_ctrl_c_while_waiting_on_a_silent_source_does_not_hang() -> None:
         s = conveyor.astream(source(), fn)
         first = await s.__anext__()
         assert first.value == 1
-        assert s._engine is not None
-        s._engine.stop("interrupt")
+        s.stop("interrupt")
         with pytest.raises(conveyor.Interrupted) as ei:
             await asyncio.wait_for(s.__anext__(), 5)
         return ei.value.report

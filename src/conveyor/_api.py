@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -16,6 +16,7 @@ from ._types import Result, Status
 
 if TYPE_CHECKING:
     from ._report import BatchReport
+from ._stream import RunStream
 
 __all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
 
@@ -184,7 +185,7 @@ def run_with_invoker(items: Items, invoker: Invoker, **options: Any) -> BatchRep
         return portal.call(lambda control: _arun(items, invoker, options, control))
 
 
-class AsyncStream(AsyncIterator[Result[Any]]):
+class AsyncStream(RunStream):
     """Results in completion order; `.report` is set once iteration ends.
 
     Use `async with` (or `aclose()`) when you may stop early, so in-flight
@@ -192,73 +193,20 @@ class AsyncStream(AsyncIterator[Result[Any]]):
     """
 
     def __init__(self, items: Items, invoker: Invoker, options: dict[str, Any]) -> None:
-        self._items = items
-        self._invoker = invoker
-        self._options = options
-        self._engine: Engine | None = None
-        self._batch: list[Result[Any]] = []
-        self._pos = 0
-        self._done = False
-        self.report: BatchReport | None = None
-        build_options(**options)
+        build_options(**options)  # refuse bad options now, not at the first result
 
-    def _ensure(self) -> Engine:
-        if self._engine is None:
-            opts = build_options(**self._options)
-            self._engine = Engine(
-                self._invoker,
-                opts,
+        def make() -> Engine:
+            engine = Engine(
+                invoker,
+                build_options(**options),
                 keep_results=False,
                 deliver=True,
-                length_hint=_length_hint(self._items),
+                length_hint=_length_hint(items),
             )
-            self._engine.start(self._items)
-        return self._engine
+            engine.start(items)
+            return engine
 
-    def attach_control(self, control: Any) -> None:
-        control.attach(self._ensure())
-
-    async def next_batch(self) -> list[Result[Any]]:
-        """Every result ready now (at least one); empty at the end."""
-        if self._done:
-            return []
-        engine = self._ensure()
-        batch = await engine.next_batch()
-        if not batch:
-            await self._finish()
-        return batch
-
-    async def __anext__(self) -> Result[Any]:
-        if self._pos >= len(self._batch):
-            self._batch = await self.next_batch()
-            self._pos = 0
-            if not self._batch:
-                raise StopAsyncIteration
-        r = self._batch[self._pos]
-        self._pos += 1
-        return r
-
-    async def _finish(self) -> None:
-        self._done = True
-        engine = self._ensure()
-        await engine.aclose()
-        self.report = engine.report()
-        err = engine.outcome(self.report)
-        if err is not None:
-            raise err
-
-    async def aclose(self) -> None:
-        if not self._done and self._engine is not None:
-            self._done = True
-            await self._engine.aclose()
-            self.report = self._engine.report()
-        self._done = True
-
-    async def __aenter__(self) -> AsyncStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        super().__init__(make)
 
 
 def astream(items: Items, fn: Callable[[Any], Any], **options: Any) -> AsyncStream:

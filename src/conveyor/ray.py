@@ -27,7 +27,7 @@ through `actor_options`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigError
@@ -36,10 +36,10 @@ from ._portal import Portal
 from ._ray_driver import ClusterRun, ClusterSettings, WorkersLost, split_concurrency
 from ._ray_pool import RayConnectError, RayNotInstalled, RayPool, import_ray
 from ._ray_worker import WorkerSettings
+from ._stream import RunStream
 
 if TYPE_CHECKING:
     from ._report import BatchReport
-    from ._types import Result
 
 __all__ = [
     "ClusterStream",
@@ -72,7 +72,7 @@ def check_ray_available() -> None:
     import_ray()
 
 
-class ClusterStream(AsyncIterator["Result[Any]"]):
+class ClusterStream(RunStream):
     """Results of a Ray run in completion order; `.report` once iteration ends.
 
     The same shape as `conveyor.astream()`: iterate (or call `next_batch()`
@@ -83,71 +83,17 @@ class ClusterStream(AsyncIterator["Result[Any]"]):
     """
 
     def __init__(self, make: Callable[[], ClusterRun]) -> None:
-        self._make = make
-        self._run: ClusterRun | None = None
-        self._batch: list[Result[Any]] = []
-        self._pos = 0
-        self._done = False
-        self.report: BatchReport | None = None
+        def make_started() -> ClusterRun:
+            run = make()
+            run.start()
+            return run
 
-    def _ensure(self) -> ClusterRun:
-        if self._run is None:
-            self._run = self._make()
-            self._run.start()
-        return self._run
+        super().__init__(make_started)
 
     @property
     def workers(self) -> list[Any]:
-        return self._run.workers if self._run is not None else []
-
-    def attach_control(self, control: Any) -> None:
-        control.attach(self._ensure())
-
-    def stop(self, kind: str = "interrupt") -> None:
-        """Stop dispatching: `interrupt` lets attempts finish within `grace`, `abort` not."""
-        self._ensure().stop(kind)
-
-    async def next_batch(self) -> list[Result[Any]]:
-        """Every result ready now (at least one); empty at the end."""
-        if self._done:
-            return []
-        run = self._ensure()
-        batch = await run.next_batch()
-        if not batch:
-            await self._finish()
-        return batch
-
-    async def __anext__(self) -> Result[Any]:
-        if self._pos >= len(self._batch):
-            self._batch = await self.next_batch()
-            self._pos = 0
-            if not self._batch:
-                raise StopAsyncIteration
-        r = self._batch[self._pos]
-        self._pos += 1
-        return r
-
-    async def _finish(self) -> None:
-        self._done = True
-        run = self._ensure()
-        await run.aclose()
-        self.report = run.report()
-        err = run.outcome(self.report)
-        if err is not None:
-            raise err
-
-    async def aclose(self) -> None:
-        if not self._done and self._run is not None:
-            self._done = True
-            await self._run.aclose()
-            self.report = self._run.report()
-        self._done = True
-
-    async def __aenter__(self) -> ClusterStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        run = self._run
+        return run.workers if isinstance(run, ClusterRun) else []
 
 
 def _length_hint(items: Any) -> int | None:
