@@ -28,7 +28,7 @@ from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._exceptions import FatalError
 from ._outcome import Ending
-from ._progress import ProgressSnapshot, RateMeter
+from ._progress import ProgressSnapshot, RateMeter, measure
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
 from ._types import ErrorInfo, Result, Status
@@ -141,26 +141,18 @@ class Engine:
     def snapshot(self) -> ProgressSnapshot:
         """The live figures of this run (cheap; call as often as you like)."""
         now = self._clock.now()
-        rep = self._report
-        rps, tin, tout, done_rate = self._meter.update(
-            now,
-            (float(self._attempts), float(rep.tokens_in), float(rep.tokens_out), float(rep.total)),
-        )
-        return ProgressSnapshot(
-            elapsed=now - self._t0,
+        return measure(
+            self._meter,
+            self._report,
+            now=now,
+            started=self._t0,
             total=self._length_hint,
-            done=rep.total,
-            counts=dict(rep.counts),
+            attempts=self._attempts,
             in_flight=len(self._tasks),
             retrying=self._retrying,
-            attempts=self._attempts,
-            requests_per_second=rps,
-            tokens_in_per_minute=tin * 60,
-            tokens_out_per_minute=tout * 60,
             concurrency_limit=self.concurrency_limit,
-            **self._admission.figures(now),
             finished=self._finished.is_set(),
-            extra={"done_per_second": done_rate},
+            limits=self._admission.figures(now),
         )
 
     def _emit_progress(self) -> None:

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ProgressSnapshot", "RateMeter"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ._report import ReportBuilder
+
+__all__ = ["ProgressSnapshot", "RateMeter", "measure"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,52 @@ class RateMeter:
         if dt <= 0:
             return tuple(0.0 for _ in values)
         return tuple((b - a) / dt for a, b in zip(v0, values, strict=True))
+
+
+_NO_LIMITS: dict[str, Any] = {
+    "rpm_limit": None,
+    "tpm_limit": None,
+    "rpm_in_window": 0.0,
+    "tpm_in_window": 0.0,
+    "rate_limited": 0,
+    "paused_for": 0.0,
+    "breaker": "off",
+}
+
+
+def measure(
+    meter: RateMeter,
+    report: ReportBuilder,
+    *,
+    now: float,
+    started: float,
+    total: int | None,
+    attempts: int,
+    in_flight: int,
+    retrying: int,
+    concurrency_limit: int,
+    finished: bool,
+    limits: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ProgressSnapshot:
+    """A snapshot from a run's counters (the engine's and the Ray driver's)."""
+    rps, tin, tout, done_rate = meter.update(
+        now, (float(attempts), float(report.tokens_in), float(report.tokens_out),
+              float(report.total)),
+    )  # fmt: skip
+    return ProgressSnapshot(
+        elapsed=now - started,
+        total=total,
+        done=report.total,
+        counts=dict(report.counts),
+        in_flight=in_flight,
+        retrying=retrying,
+        attempts=attempts,
+        requests_per_second=rps,
+        tokens_in_per_minute=tin * 60,
+        tokens_out_per_minute=tout * 60,
+        concurrency_limit=concurrency_limit,
+        **{**_NO_LIMITS, **(limits or {})},
+        finished=finished,
+        extra={"done_per_second": done_rate, **(extra or {})},
+    )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._callbacks import Dispatcher
 from ._exceptions import ConveyorError, FatalError
 from ._outcome import Ending
-from ._progress import ProgressSnapshot, RateMeter
+from ._progress import ProgressSnapshot, RateMeter, measure
 from ._ray_source import Entry, EntrySource
 from ._ray_wire import WireBatch, WireEntry, decode_fatal, decode_result
 from ._report import BatchReport, ReportBuilder
@@ -252,38 +252,20 @@ class ClusterRun:
 
     def snapshot(self) -> ProgressSnapshot:
         """The live figures, as seen from the driver."""
-        now = self.opts.clock.now()
-        rep = self._report
-        rps, tin, tout, done_rate = self._meter.update(
-            now,
-            (float(self._attempts), float(rep.tokens_in), float(rep.tokens_out), float(rep.total)),
-        )
-        return ProgressSnapshot(
-            elapsed=now - self._t0,
+        alive = [w for w in self._workers if w.alive]
+        return measure(
+            self._meter,
+            self._report,
+            now=self.opts.clock.now(),
+            started=self._t0,
             total=self._length_hint,
-            done=rep.total,
-            counts=dict(rep.counts),
+            attempts=self._attempts,
             in_flight=self._in_flight,
             retrying=0,
-            attempts=self._attempts,
-            requests_per_second=rps,
-            tokens_in_per_minute=tin * 60,
-            tokens_out_per_minute=tout * 60,
-            concurrency_limit=sum(w.share for w in self._workers if w.alive),
-            rpm_limit=self.opts.rpm,
-            tpm_limit=self.opts.tpm,
-            rpm_in_window=0.0,
-            tpm_in_window=0.0,
-            rate_limited=0,
-            paused_for=0.0,
-            breaker="off",
+            concurrency_limit=sum(w.share for w in alive),
             finished=self._finished.is_set(),
-            extra={
-                "done_per_second": done_rate,
-                "backend": self._set.backend,
-                "workers": sum(1 for w in self._workers if w.alive),
-                "workers_lost": self._lost,
-            },
+            limits={"rpm_limit": self.opts.rpm, "tpm_limit": self.opts.tpm},
+            extra={"backend": self._set.backend, "workers": len(alive), "workers_lost": self._lost},
         )
 
     # ---- the run -----------------------------------------------------------------------
