@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
-import psutil
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _procs import alive as _alive
+from _procs import eventually as _eventually
+from _procs import pids as _pids
 from conveyor._cli_exec import exec_cmd, split_inputs
 from conveyor.commands import read_joblog
 
@@ -32,26 +32,6 @@ def _conveyor(
     return subprocess.run(
         [CONVEYOR, *args], cwd=cwd, input=stdin, capture_output=True, timeout=timeout
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _eventually(predicate: Any, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
-def _pids(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
 # --- parsing (CliRunner) -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _procs import alive as _alive
 from conveyor._commands_expand import branch_name, safe_name
 from conveyor._commands_isolation import _is_transient
 from conveyor._exceptions import ConfigError, ConveyorError, InputError
@@ -43,14 +44,6 @@ needs_git = pytest.mark.skipif(GIT is None, reason="git is not installed")
 SPAWN_GRANDCHILDREN = (
     'sleep 30 & echo $! >> "$1"; (trap "" TERM; exec sleep 30) & echo $! >> "$1"; wait'
 )
-
-
-def _alive(pid: int) -> bool:
-    """Running or sleeping; a zombie waiting for its reaper counts as dead."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def _eventually(predicate: object, within: float = 5.0) -> bool:

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import conveyor
+from _procs import alive as _alive
+from _procs import eventually as _eventually
 from conveyor._exceptions import ConfigError
 from conveyor._exec import (
     ExecContext,
@@ -40,23 +41,6 @@ SPAWN = (
     'echo $$ >> "$1"; sleep 30 & echo $! >> "$1"; '
     '(trap "" TERM; exec sleep 30) & echo $! >> "$1"; wait'
 )
-
-
-def _alive(pid: int) -> bool:
-    """Running or sleeping; a zombie waiting for its reaper counts as dead."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _eventually(predicate: Any, within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def _counts(report: Any) -> dict[str, int]:
