@@ -309,3 +309,24 @@ def test_journal_option_is_checked() -> None:
     """A journal that is not a path is refused before anything runs."""
     with pytest.raises(conveyor.ConfigError, match="journal"):
         conveyor.run([1], str, journal=42)
+
+
+def test_stream_memory_does_not_grow_with_the_input() -> None:
+    """Invariant 6: streaming 10x more items does not take 10x more memory;
+    the peak is bounded by concurrency and buffers, not by input size."""
+    import tracemalloc
+
+    async def fn(x: int) -> int:
+        return x
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in conveyor.stream(iter(range(n)), fn, concurrency=100))
+            assert count == n
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(3_000), peak(30_000)
+    assert large < 2 * small + 1_000_000, (small, large)

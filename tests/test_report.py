@@ -328,3 +328,20 @@ def test_to_json_accepts_surrogates_in_messages() -> None:
     rep = build([Result(0, "0", Status.FAILED, error=err, attempts=1)])
     d = orjson.loads(rep.to_json())
     assert d["results"][0]["error_message"].startswith("cannot read caf")
+
+
+def test_latency_memory_is_bounded_and_percentiles_stay_close() -> None:
+    """Past 65,536 results the builder keeps a uniform sample: memory stops
+    growing, mean and max stay exact, percentiles stay within ~1%."""
+    from conveyor._report import ReportBuilder
+
+    b = ReportBuilder(keep_results=False)
+    n = 200_000
+    for i in range(n):
+        b.add(Result(i, str(i), Status.OK, attempts=1, duration=(i % 1000) / 1000))
+    assert len(b._latencies) == 65_536
+    rep = b.build()
+    assert rep.latency_max == 0.999
+    assert abs(rep.avg_duration_seconds - 0.4995) < 1e-9
+    assert abs(rep.latency_p50 - 0.5) < 0.01
+    assert abs(rep.latency_p99 - 0.99) < 0.01

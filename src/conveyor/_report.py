@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 import uuid
 from array import array
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 __all__ = ["BatchReport", "ReportBuilder", "percentile"]
+
+_KEEP = 65_536
 
 
 def percentile(sorted_values: Iterable[float] | array[float], q: float) -> float:
@@ -190,7 +193,14 @@ class ReportBuilder:
         self._first: float | None = None
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        # Latencies for the percentiles: every one up to _KEEP, then a uniform
+        # reservoir sample of _KEEP (memory stays bounded on endless streams;
+        # percentiles are then estimates, mean and max stay exact).
         self._latencies: array[float] = array("d")
+        self._lat_seen = 0
+        self._lat_sum = 0.0
+        self._lat_max = 0.0
+        self._rng = random.Random(0)
         self._attempts = 0
         self._retries = 0
         self.tokens_in = 0
@@ -204,7 +214,7 @@ class ReportBuilder:
         self.total += 1
         self.counts[r.status.value] += 1
         if r.status is not Status.SKIPPED and r.attempts:
-            self._latencies.append(r.duration)
+            self._add_latency(r.duration)
         self._attempts += r.attempts
         if r.attempts > 1:
             self._retries += r.attempts - 1
@@ -216,9 +226,22 @@ class ReportBuilder:
         if self.keep_results:
             self.results.append(r)
 
+    def _add_latency(self, d: float) -> None:
+        self._lat_seen += 1
+        self._lat_sum += d
+        self._lat_max = max(self._lat_max, d)
+        if len(self._latencies) < _KEEP:
+            self._latencies.append(d)
+        else:
+            # Algorithm R: each latency seen so far stays with equal probability.
+            j = self._rng.randrange(self._lat_seen)
+            if j < _KEEP:
+                self._latencies[j] = d
+
     def build(self, *, interrupted: bool = False, stop_reason: str | None = None) -> BatchReport:
         elapsed = time.monotonic() - self._t0
         lat = sorted(self._latencies)
+        seen = self._lat_seen
         if self.keep_results:
             self.results.sort(key=lambda r: r.index)
         done = self.total - self.counts.get(Status.SKIPPED.value, 0)
@@ -229,11 +252,11 @@ class ReportBuilder:
             started_at=self.started_at,
             finished_at=self.started_at + elapsed,
             total_duration_seconds=elapsed,
-            avg_duration_seconds=(sum(lat) / len(lat)) if lat else 0.0,
+            avg_duration_seconds=(self._lat_sum / seen) if seen else 0.0,
             latency_p50=percentile(lat, 50),
             latency_p95=percentile(lat, 95),
             latency_p99=percentile(lat, 99),
-            latency_max=lat[-1] if lat else 0.0,
+            latency_max=self._lat_max if seen else 0.0,
             first_result_seconds=self._first,
             attempts=self._attempts,
             retries=self._retries,
