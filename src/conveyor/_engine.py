@@ -27,7 +27,7 @@ from ._admission import Admission, Refused
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._exceptions import FatalError
-from ._outcome import Ending
+from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
@@ -622,22 +622,7 @@ class Engine:
         if self._wave is not None and r.status is not Status.SKIPPED:
             self._wave.append(r)
         if r.status is Status.FAILED or r.status is Status.TIMED_OUT:
-            err = r.error
-            log.warning(
-                "item %s %s after %d attempt(s): %s: %s",
-                r.key,
-                r.status.value,
-                r.attempts,
-                err.type if err else "?",
-                err.message if err else "",
-                extra={
-                    "batch_id": self._report.batch_id,
-                    "key": r.key,
-                    "status": r.status.value,
-                    "attempt": r.attempts,
-                    "error_type": err.type if err else None,
-                },
-            )
+            log_failure(r, self._report.batch_id)
             if self.opts.fail_fast and self._stop_kind is None:
                 log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
                 self._stop_now("fail_fast")

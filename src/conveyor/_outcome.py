@@ -3,15 +3,39 @@ backend (the local engine and the Ray driver)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConveyorError, FatalError, Interrupted
 
 if TYPE_CHECKING:
     from ._report import BatchReport
+    from ._types import Result
 
-__all__ = ["Ending"]
+__all__ = ["Ending", "log_failure"]
+
+log = logging.getLogger("conveyor")
+
+
+def log_failure(r: Result[Any], batch_id: str) -> None:
+    """The warning for an item that failed or timed out, with structured fields."""
+    err = r.error
+    log.warning(
+        "item %s %s after %d attempt(s): %s: %s",
+        r.key,
+        r.status.value,
+        r.attempts,
+        err.type if err else "?",
+        err.message if err else "",
+        extra={
+            "batch_id": batch_id,
+            "key": r.key,
+            "status": r.status.value,
+            "attempt": r.attempts,
+            "error_type": err.type if err else None,
+        },
+    )
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._callbacks import Dispatcher
 from ._exceptions import ConveyorError, FatalError
-from ._outcome import Ending
+from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._ray_source import Entry, EntrySource
 from ._ray_wire import WireBatch, WireEntry, decode_fatal, decode_result
@@ -511,16 +511,7 @@ class ClusterRun:
         self._report.add(r)
         self._attempts += r.attempts
         if r.status is Status.FAILED or r.status is Status.TIMED_OUT:
-            err = r.error
-            log.warning(
-                "item %s %s after %d attempt(s): %s: %s",
-                r.key,
-                r.status.value,
-                r.attempts,
-                err.type if err else "?",
-                err.message if err else "",
-                extra={"key": r.key, "status": r.status.value, "attempt": r.attempts},
-            )
+            log_failure(r, self._report.batch_id)
             if self.opts.fail_fast and not self._halted:
                 log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
                 self._stop_now("fail_fast")
