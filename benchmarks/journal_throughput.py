@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
+from conveyor._base._types import Result, Status, Usage
 from conveyor._journal import Journal
 from conveyor._sink import OutputSink
-from conveyor._types import Result, Status, Usage
 
 
 def format_line(r: Result[Any]) -> bytes:

@@ -1,6 +1,6 @@
 """A first look at conveyor: a flaky "API" called 200 times, concurrently.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 from __future__ import annotations

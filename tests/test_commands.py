@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _procs import alive as _alive
+from conveyor._base._exceptions import ConfigError, ConveyorError, InputError
 from conveyor._commands_expand import branch_name, safe_name
 from conveyor._commands_isolation import _is_transient
-from conveyor._exceptions import ConfigError, ConveyorError, InputError
 from conveyor.commands import (
     JOBLOG_HEADER,
     CommandFailed,

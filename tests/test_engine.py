@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import conveyor
 from conveyor import Status
-from conveyor._clock import FakeClock
+from conveyor._base._clock import FakeClock
 
 # ---- order, completeness ------------------------------------------------------------
 

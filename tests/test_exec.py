@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 import conveyor
 from _procs import alive as _alive
 from _procs import eventually as _eventually
-from conveyor._exceptions import ConfigError
+from conveyor._base._exceptions import ConfigError
+from conveyor._base._types import Status
 from conveyor._exec import (
     ExecContext,
     ExecJob,
@@ -30,7 +31,6 @@ from conveyor._exec import (
     run_commands,
 )
 from conveyor._journal import Journal, JournalError, JournalMismatch
-from conveyor._types import Status
 from conveyor.commands import CommandResult, read_joblog
 
 GIT = shutil.which("git")

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConveyorError
+from conveyor._base._exceptions import ConveyorError
+from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._journal import (
     SCHEMA_VERSION,
     Journal,
@@ -29,7 +30,6 @@ from conveyor._journal import (
     JournalMismatch,
     translate_error,
 )
-from conveyor._types import ErrorInfo, Result, Status, Usage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

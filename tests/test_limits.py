@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConfigError
+from conveyor._base._exceptions import ConfigError
 from conveyor._limits import AdaptiveConcurrency, BreakerState, CircuitBreaker, RateLimiter
 
 BUCKETS = 600  # the limiter's window resolution, window / BUCKETS seconds

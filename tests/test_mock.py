@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConfigError
+from conveyor._base._exceptions import ConfigError
 from conveyor._mock_limits import SlidingWindow, format_duration, format_seconds
 from conveyor.mock import (
     MockConfig,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import InputError
+from conveyor._base._exceptions import InputError
 from conveyor.openai._batchfile import (
     BadLine,
     RequestLine,

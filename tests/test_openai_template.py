@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConfigError, InputError
+from conveyor._base._exceptions import ConfigError, InputError
 from conveyor.openai._batchfile import BadLine, RequestLine, read_requests
 from conveyor.openai._template import PromptTemplate, Record, build_requests, read_records
 

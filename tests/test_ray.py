@@ -27,13 +27,13 @@ from hypothesis import strategies as st
 
 import conveyor
 import conveyor.ray
-from conveyor._exceptions import ConfigError, FatalError, RetryableError
+from conveyor._base._exceptions import ConfigError, FatalError, RetryableError
+from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._journal import Journal
 from conveyor._ray_driver import split_concurrency
 from conveyor._ray_lease import Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 from conveyor._ray_wire import decode_fatal, decode_result, encode_fatal, encode_result
 from conveyor._sink import OutputSink
-from conveyor._types import ErrorInfo, Result, Status, Usage
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._report import BatchReport, ReportBuilder, percentile
-from conveyor._types import ErrorInfo, Result, Status, Usage
 
 ERROR_TYPES = ["TimeoutError", "RateLimitError", "ValueError", "ConnectionResetError"]
 

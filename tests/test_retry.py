@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConfigError, FatalError, RetryableError
+from conveyor._base._exceptions import ConfigError, FatalError, RetryableError
 from conveyor._retry import RetryPolicy, default_retryable
 
 

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._exceptions import ConfigError
+from conveyor._base._exceptions import ConfigError
+from conveyor._base._types import ErrorInfo, Result, Status
 from conveyor._journal import Journal, JournalError, JournalFull
 from conveyor._sink import OutputMismatch, OutputSink, export
-from conveyor._types import ErrorInfo, Result, Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

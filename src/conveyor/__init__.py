@@ -18,8 +18,7 @@ from ._attempt import (
     report_limits,
     report_usage,
 )
-from ._callbacks import BatchInfo, ProgressCallback
-from ._exceptions import (
+from ._base._exceptions import (
     AggregateExecutionError,
     ConfigError,
     ConveyorError,
@@ -28,10 +27,11 @@ from ._exceptions import (
     Interrupted,
     RetryableError,
 )
+from ._base._types import ErrorInfo, Result, Status, Usage
+from ._callbacks import BatchInfo, ProgressCallback
 from ._options import Breaker
 from ._report import BatchReport
 from ._retry import RetryPolicy
-from ._types import ErrorInfo, Result, Status, Usage
 from .executors import AsyncExecutor, SequentialExecutor, TaskExecutor, ThreadExecutor
 
 __version__ = "0.1.0"

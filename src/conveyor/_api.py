@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from ._base._exceptions import ConfigError, ConveyorError
+from ._base._types import Result, Status
 from ._engine import Engine, Invoker, invoker_for
-from ._exceptions import ConfigError, ConveyorError
 from ._options import build_options
 from ._portal import Portal
-from ._types import Result, Status
 
 if TYPE_CHECKING:
     from ._report import BatchReport

@@ -14,8 +14,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from ._base._exceptions import InputError, Interrupted
 from ._cli_common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
-from ._exceptions import InputError, Interrupted
 from ._exec import plan_commands, run_commands
 
 if TYPE_CHECKING:

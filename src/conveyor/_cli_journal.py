@@ -10,8 +10,8 @@ from typing import Any
 import click
 import orjson
 
+from ._base._exceptions import ConveyorError
 from ._cli_common import cli_errors, setup_logging
-from ._exceptions import ConveyorError
 from ._journal import Journal
 
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")

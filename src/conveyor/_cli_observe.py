@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
+from ._base._exceptions import ConveyorError
 from ._cli_common import EXIT_OK, EXIT_USAGE, cli_errors, setup_logging
-from ._exceptions import ConveyorError
 from ._preflight import (
     DEFAULT_GPU_MEMORY_WARN,
     DEFAULT_MIN_FREE_DISK_MB,

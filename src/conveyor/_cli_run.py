@@ -11,6 +11,7 @@ from typing import Any
 import click
 import orjson
 
+from ._base._exceptions import Interrupted
 from ._cli_common import (
     EXIT_FAILED_ITEMS,
     EXIT_OK,
@@ -19,7 +20,6 @@ from ._cli_common import (
     setup_logging,
 )
 from ._cli_observe import threshold_options
-from ._exceptions import Interrupted
 
 _RUN_EPILOG = """\b
 Examples:

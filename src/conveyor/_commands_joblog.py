@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ._exceptions import InputError
+from ._base._exceptions import InputError
 
 if TYPE_CHECKING:
     from types import TracebackType

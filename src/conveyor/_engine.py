@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._admission import Admission, Refused
 from ._attempt import Attempt, _current
+from ._base._exceptions import FatalError
+from ._base._types import ErrorInfo, Result, Status
 from ._callbacks import BatchInfo, Dispatcher
-from ._exceptions import FatalError
 from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._report import BatchReport, ReportBuilder
 from ._threads import ThreadRunner
-from ._types import ErrorInfo, Result, Status
 
 if TYPE_CHECKING:
     from ._options import Options

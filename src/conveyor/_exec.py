@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._api import AsyncStream
+from ._base._exceptions import Interrupted
+from ._base._types import Result, Status
 from ._engine import invoker_for
-from ._exceptions import Interrupted
 from ._journal import Journal, JournalError, JournalMismatch
 from ._portal import Control, Portal
 from ._retry import RetryPolicy
 from ._sink import OutputSink, export
-from ._types import Result, Status
 from .commands import (
     CommandFailed,
     CommandNotFound,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from ._attempt import current_attempt
-from ._exceptions import ConfigError
-from ._types import Result, Status
+from ._base._exceptions import ConfigError
+from ._base._types import Result, Status
 from .commands import (
     CommandResult,
     CommandTask,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._exceptions import ConfigError
+from ._base._exceptions import ConfigError
 from ._journal import Journal, JournalError, check_identity
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from ._base._types import ErrorInfo, Result, Status, Usage
 from ._journal_errors import (
     _CORRUPT_HINT,
     BUSY_TIMEOUT_S,
@@ -41,7 +42,6 @@ from ._journal_errors import (
     check_identity,
     translate_error,
 )
-from ._types import ErrorInfo, Result, Status, Usage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._base._clock import Clock, SystemClock
+from ._base._exceptions import ConfigError
 from ._callbacks import FunctionCallbacks
-from ._clock import Clock, SystemClock
-from ._exceptions import ConfigError
 from ._retry import RetryPolicy
 
 __all__ = ["Breaker", "Options", "build_options"]

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConveyorError, FatalError, Interrupted
+from ._base._exceptions import ConveyorError, FatalError, Interrupted
 
 if TYPE_CHECKING:
+    from ._base._types import Result
     from ._report import BatchReport
-    from ._types import Result
 
 __all__ = ["Ending", "log_failure"]
 

@@ -22,14 +22,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._base._exceptions import ConveyorError, FatalError
+from ._base._types import ErrorInfo, Result, Status
 from ._callbacks import Dispatcher
-from ._exceptions import ConveyorError, FatalError
 from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._ray_source import Entry, EntrySource
 from ._ray_wire import WireBatch, WireEntry, decode_fatal, decode_result
 from ._report import BatchReport, ReportBuilder
-from ._types import ErrorInfo, Result, Status
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable

@@ -19,9 +19,9 @@ import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from ._clock import Clock, SystemClock
+from ._base._clock import Clock, SystemClock
+from ._base._exceptions import FatalError
 from ._engine import FatalItem
-from ._exceptions import FatalError
 from ._ray_lease import Demand, Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 
 if TYPE_CHECKING:

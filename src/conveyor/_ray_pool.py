@@ -13,7 +13,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigError, ConveyorError
+from ._base._exceptions import ConfigError, ConveyorError
 from ._ray_limiter import LimiterActor
 from ._ray_worker import WorkerActor, WorkerSettings
 

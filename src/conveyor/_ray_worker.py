@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import current_attempt
+from ._base._exceptions import FatalError
 from ._engine import Engine, invoker_for
-from ._exceptions import FatalError
 from ._options import build_options
 from ._ray_limiter import LeaseClient
 from ._ray_wire import Control, WireBatch, WireEntry, WireResult, encode_fatal, encode_result

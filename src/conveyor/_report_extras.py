@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._base._types import Status
 from ._pricing import estimate_cost, lookup_price
-from ._types import Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from ._base._types import Result
     from ._pricing import Price
     from ._report import BatchReport
-    from ._types import Result
 
 __all__ = ["ExtrasBuilder", "RunFacts", "add_extras", "render_text"]
 

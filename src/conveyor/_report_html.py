@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from ._base._types import Status
 from ._display import format_duration
 from ._report_svg import PALETTE, Series, bar_chart, line_chart
 from ._report_timeline import nice_time_step
-from ._types import Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable

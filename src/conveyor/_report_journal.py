@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._base._types import Status
 from ._journal import Journal
 from ._report import ReportBuilder
 from ._report_extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
 from ._report_timeline import Timeline, TimelineBuilder
-from ._types import Status
 
 if TYPE_CHECKING:
     import os

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ._base._types import Result
     from ._report import BatchReport
-    from ._types import Result
 
 __all__ = ["Run", "RunStream"]
 

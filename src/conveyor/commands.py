@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
+from ._base._exceptions import ConfigError
 from ._commands_expand import expand, expand_shell, safe_name
 from ._commands_isolation import GIT_ENV_VARS, Isolation, finish, prepare
 from ._commands_joblog import JOBLOG_HEADER, JobLog, JobLogEntry, read_joblog
@@ -44,7 +45,6 @@ from ._commands_types import (
     CommandTimeout,
     IsolationError,
 )
-from ._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ._api import run_with_invoker
+from ._base._exceptions import AggregateExecutionError, ConfigError, ConveyorError, Interrupted
+from ._base._types import Result, Status
 from ._engine import Engine, _is_async_callable
-from ._exceptions import AggregateExecutionError, ConfigError, ConveyorError, Interrupted
-from ._types import Result, Status
 
 if TYPE_CHECKING:
     from ._report import BatchReport

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from ._exceptions import ConfigError
+from ._base._exceptions import ConfigError
 from ._mock_api import (
     ApiError,
     build_chat,

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import ConfigError
+from ._base._exceptions import ConfigError
 from ._options import build_options
 from ._portal import Portal
 from ._ray_driver import ClusterRun, ClusterSettings, WorkersLost, split_concurrency

@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import orjson
 
-from conveyor._exceptions import InputError
-
+from .._base._exceptions import InputError
 from ._tokens import estimate_prompt_tokens, max_output_tokens, request_multiplier
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from .._attempt import report_limits, report_usage
-from .._exceptions import ConfigError, ConveyorError, FatalError, RetryableError
+from .._base._exceptions import ConfigError, ConveyorError, FatalError, RetryableError
 
 __all__ = [
     "Answer",

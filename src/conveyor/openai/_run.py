@@ -22,15 +22,15 @@ import orjson
 
 from .._api import AsyncStream
 from .._attempt import report_cached
+from .._base._exceptions import ConfigError, FatalError, InputError
+from .._base._types import Result, Status
 from .._cache import InflightDedupe, ResponseCache, request_key
-from .._exceptions import ConfigError, FatalError, InputError
 from .._journal import Journal
 from .._options import Breaker
 from .._portal import Portal
 from .._report import new_batch_id
 from .._retry import RetryPolicy
 from .._sink import OutputSink
-from .._types import Result, Status
 from ._batchfile import (
     BadLine,
     RequestLine,

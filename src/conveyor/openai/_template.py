@@ -35,8 +35,7 @@ import jinja2
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from conveyor._exceptions import ConfigError, InputError
-
+from .._base._exceptions import ConfigError, InputError
 from ._batchfile import (
     DEFAULT_MAX_LINE_BYTES,
     BadLine,
