@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import conveyor
+from conveyor._core._progress import ProgressSnapshot
 from conveyor._display import (
     NullDisplay,
     PlainDisplay,
@@ -28,7 +29,6 @@ from conveyor._display import (
     make_display,
     snapshot_rows,
 )
-from conveyor._progress import ProgressSnapshot
 
 if TYPE_CHECKING:
     import pytest

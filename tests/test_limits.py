@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConfigError
-from conveyor._limits import AdaptiveConcurrency, BreakerState, CircuitBreaker, RateLimiter
+from conveyor._core._limits import AdaptiveConcurrency, BreakerState, CircuitBreaker, RateLimiter
 
 BUCKETS = 600  # the limiter's window resolution, window / BUCKETS seconds
 MAX_TRIES = 50  # wait_time calls one admission may take before the simulation calls it stuck

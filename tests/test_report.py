@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
-from conveyor._report import BatchReport, ReportBuilder, percentile
+from conveyor._core._report import BatchReport, ReportBuilder, percentile
 
 ERROR_TYPES = ["TimeoutError", "RateLimitError", "ValueError", "ConnectionResetError"]
 
@@ -333,7 +333,7 @@ def test_to_json_accepts_surrogates_in_messages() -> None:
 def test_latency_memory_is_bounded_and_percentiles_stay_close() -> None:
     """Past 65,536 results the builder keeps a uniform sample: memory stops
     growing, mean and max stay exact, percentiles stay within ~1%."""
-    from conveyor._report import ReportBuilder
+    from conveyor._core._report import ReportBuilder
 
     b = ReportBuilder(keep_results=False)
     n = 200_000

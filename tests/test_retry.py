@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConfigError, FatalError, RetryableError
-from conveyor._retry import RetryPolicy, default_retryable
+from conveyor._core._retry import RetryPolicy, default_retryable
 
 
 @st.composite

@@ -10,14 +10,6 @@ Everything public is here; modules whose names start with `_` are private.
 """
 
 from ._api import AsyncStream, Stream, arun, astream, run, stream
-from ._attempt import (
-    Attempt,
-    RateLimitHint,
-    current_attempt,
-    report_cached,
-    report_limits,
-    report_usage,
-)
 from ._base._exceptions import (
     AggregateExecutionError,
     ConfigError,
@@ -28,10 +20,18 @@ from ._base._exceptions import (
     RetryableError,
 )
 from ._base._types import ErrorInfo, Result, Status, Usage
-from ._callbacks import BatchInfo, ProgressCallback
-from ._options import Breaker
-from ._report import BatchReport
-from ._retry import RetryPolicy
+from ._core._attempt import (
+    Attempt,
+    RateLimitHint,
+    current_attempt,
+    report_cached,
+    report_limits,
+    report_usage,
+)
+from ._core._callbacks import BatchInfo, ProgressCallback
+from ._core._options import Breaker
+from ._core._report import BatchReport
+from ._core._retry import RetryPolicy
 from .executors import AsyncExecutor, SequentialExecutor, TaskExecutor, ThreadExecutor
 
 __version__ = "0.1.0"

@@ -10,13 +10,13 @@ import orjson
 
 from ._base._exceptions import ConfigError, ConveyorError
 from ._base._types import Result, Status
-from ._engine import Engine, Invoker, invoker_for
-from ._options import build_options
-from ._portal import Portal
+from ._core._engine import Engine, Invoker, invoker_for
+from ._core._options import build_options
+from ._core._portal import Portal
 
 if TYPE_CHECKING:
-    from ._report import BatchReport
-from ._stream import RunStream
+    from ._core._report import BatchReport
+from ._core._stream import RunStream
 
 __all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
 

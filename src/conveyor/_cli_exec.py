@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
     from pathlib import Path
 
+    from ._core._report import BatchReport
     from ._exec import JobOutcome
-    from ._report import BatchReport
 
 __all__ = [
     "JobPrinter",

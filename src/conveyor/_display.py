@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-    from ._progress import ProgressSnapshot
+    from ._core._progress import ProgressSnapshot
 
 __all__ = [
     "Display",

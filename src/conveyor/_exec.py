@@ -40,10 +40,10 @@ import orjson
 from ._api import AsyncStream
 from ._base._exceptions import Interrupted
 from ._base._types import Result, Status
-from ._engine import invoker_for
+from ._core._engine import invoker_for
+from ._core._portal import Control, Portal
+from ._core._retry import RetryPolicy
 from ._journal import Journal, JournalError, JournalMismatch
-from ._portal import Control, Portal
-from ._retry import RetryPolicy
 from ._sink import OutputSink, export
 from .commands import (
     CommandFailed,
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
-    from ._report import BatchReport
+    from ._core._report import BatchReport
 from ._exec_jobs import (
     _RESUME_HINT,
     EXEC_KIND,

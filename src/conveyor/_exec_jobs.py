@@ -10,9 +10,9 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
-from ._attempt import current_attempt
 from ._base._exceptions import ConfigError
 from ._base._types import Result, Status
+from ._core._attempt import current_attempt
 from .commands import (
     CommandResult,
     CommandTask,

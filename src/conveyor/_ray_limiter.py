@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base._clock import Clock, SystemClock
 from ._base._exceptions import FatalError
-from ._engine import FatalItem
+from ._core._engine import FatalItem
 from ._ray_lease import Demand, Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 
 if TYPE_CHECKING:

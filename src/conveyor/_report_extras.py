@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from ._base._types import Result
+    from ._core._report import BatchReport
     from ._pricing import Price
-    from ._report import BatchReport
 
 __all__ = ["ExtrasBuilder", "RunFacts", "add_extras", "render_text"]
 

@@ -24,7 +24,7 @@ from ._report_timeline import nice_time_step
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._report import BatchReport
+    from ._core._report import BatchReport
     from ._report_timeline import Timeline
 
 __all__ = ["CHART_IDS", "render_html", "write_html"]

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._base._types import Status
+from ._core._report import ReportBuilder
 from ._journal import Journal
-from ._report import ReportBuilder
 from ._report_extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
 from ._report_timeline import Timeline, TimelineBuilder
 
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
+    from ._core._report import BatchReport
     from ._pricing import Price
-    from ._report import BatchReport
 
 __all__ = ["JournalReport", "load_journal_report", "report_from_journal"]
 

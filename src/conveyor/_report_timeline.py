@@ -21,7 +21,7 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from ._base._types import Status
-from ._report import percentile
+from ._core._report import percentile
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from ._api import run_with_invoker
 from ._base._exceptions import AggregateExecutionError, ConfigError, ConveyorError, Interrupted
 from ._base._types import Result, Status
-from ._engine import Engine, _is_async_callable
+from ._core._engine import Engine, _is_async_callable
 
 if TYPE_CHECKING:
-    from ._report import BatchReport
+    from ._core._report import BatchReport
 
 __all__ = ["AsyncExecutor", "SequentialExecutor", "TaskExecutor", "ThreadExecutor"]
 
@@ -80,7 +80,7 @@ class TaskExecutor:
             concurrency=concurrency, timeout=timeout, retries=retries, **options
         )
         # Validate now, not at the first execute().
-        from ._options import build_options
+        from ._core._options import build_options
 
         build_options(**self._options)
         self._lock = threading.Lock()

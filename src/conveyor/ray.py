@@ -31,15 +31,15 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._base._exceptions import ConfigError
-from ._options import build_options
-from ._portal import Portal
+from ._core._options import build_options
+from ._core._portal import Portal
+from ._core._stream import RunStream
 from ._ray_driver import ClusterRun, ClusterSettings, WorkersLost, split_concurrency
 from ._ray_pool import RayConnectError, RayNotInstalled, RayPool, import_ray
 from ._ray_worker import WorkerSettings
-from ._stream import RunStream
 
 if TYPE_CHECKING:
-    from ._report import BatchReport
+    from ._core._report import BatchReport
 
 __all__ = [
     "ClusterStream",

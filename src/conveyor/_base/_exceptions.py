@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._report import BatchReport
+    from .._core._report import BatchReport
     from ._types import Result
 
 __all__ = [

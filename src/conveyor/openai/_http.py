@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .._attempt import report_limits, report_usage
 from .._base._exceptions import ConfigError, ConveyorError, FatalError, RetryableError
+from .._core._attempt import report_limits, report_usage
 
 __all__ = [
     "Answer",

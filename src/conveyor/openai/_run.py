@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._api import AsyncStream
-from .._attempt import report_cached
 from .._base._exceptions import ConfigError, FatalError, InputError
 from .._base._types import Result, Status
 from .._cache import InflightDedupe, ResponseCache, request_key
+from .._core._attempt import report_cached
+from .._core._options import Breaker
+from .._core._portal import Portal
+from .._core._report import new_batch_id
+from .._core._retry import RetryPolicy
 from .._journal import Journal
-from .._options import Breaker
-from .._portal import Portal
-from .._report import new_batch_id
-from .._retry import RetryPolicy
 from .._sink import OutputSink
 from ._batchfile import (
     BadLine,
@@ -47,7 +47,7 @@ from ._tokens import estimate_request_tokens
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._report import BatchReport
+    from .._core._report import BatchReport
 
 __all__ = [
     "RunSettings",

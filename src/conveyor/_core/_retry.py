@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._base._exceptions import ConfigError, FatalError, RetryableError
+from .._base._exceptions import ConfigError, FatalError, RetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._base._clock import Clock, SystemClock
-from ._base._exceptions import ConfigError
+from .._base._clock import Clock, SystemClock
+from .._base._exceptions import ConfigError
 from ._callbacks import FunctionCallbacks
 from ._retry import RetryPolicy
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from ._base._types import Usage
+from .._base._types import Usage
 
 __all__ = [
     "Attempt",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._base._types import Result, Status
+from .._base._types import Result, Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

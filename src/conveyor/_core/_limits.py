@@ -11,7 +11,7 @@ import math
 from collections import deque
 from typing import Protocol
 
-from ._base._exceptions import ConfigError
+from .._base._exceptions import ConfigError
 
 __all__ = [
     "AdaptiveConcurrency",

@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._base._exceptions import ConveyorError, FatalError, Interrupted
+from .._base._exceptions import ConveyorError, FatalError, Interrupted
 
 if TYPE_CHECKING:
-    from ._base._types import Result
+    from .._base._types import Result
     from ._report import BatchReport
 
 __all__ = ["Ending", "log_failure"]

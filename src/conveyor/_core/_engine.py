@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._base._exceptions import FatalError
+from .._base._types import ErrorInfo, Result, Status
 from ._admission import Admission, Refused
 from ._attempt import Attempt, _current
-from ._base._exceptions import FatalError
-from ._base._types import ErrorInfo, Result, Status
 from ._callbacks import BatchInfo, Dispatcher
 from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure

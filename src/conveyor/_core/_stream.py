@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._base._types import Result
+    from .._base._types import Result
     from ._report import BatchReport
 
 __all__ = ["Run", "RunStream"]

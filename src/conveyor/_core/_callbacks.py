@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._base._types import Result
+    from .._base._types import Result
 
 __all__ = ["BatchInfo", "ProgressCallback"]
 
