@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from conveyor._base._types import Result, Status, Usage
-from conveyor._journal import Journal
-from conveyor._sink import OutputSink
+from conveyor._journal._journal import Journal
+from conveyor._journal._sink import OutputSink
 
 
 def format_line(r: Result[Any]) -> bytes:

@@ -22,7 +22,7 @@ import conveyor
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._cli_common import JsonFormatter
 from conveyor._cli_observe import PreflightFailed, run_preflight
-from conveyor._journal import Journal
+from conveyor._journal._journal import Journal
 from conveyor._report_extras import render_text
 from conveyor._report_html import CHART_IDS, write_html
 from conveyor._report_journal import load_journal_report

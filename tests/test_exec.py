@@ -30,7 +30,7 @@ from conveyor._exec import (
     retry_commands,
     run_commands,
 )
-from conveyor._journal import Journal, JournalError, JournalMismatch
+from conveyor._journal._journal import Journal, JournalError, JournalMismatch
 from conveyor.commands import CommandResult, read_joblog
 
 GIT = shutil.which("git")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConveyorError
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
-from conveyor._journal import (
+from conveyor._journal._journal import (
     SCHEMA_VERSION,
     Journal,
     JournalCorrupt,

@@ -29,11 +29,11 @@ import conveyor
 import conveyor.ray
 from conveyor._base._exceptions import ConfigError, FatalError, RetryableError
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
-from conveyor._journal import Journal
+from conveyor._journal._journal import Journal
+from conveyor._journal._sink import OutputSink
 from conveyor._ray_driver import split_concurrency
 from conveyor._ray_lease import Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 from conveyor._ray_wire import decode_fatal, decode_result, encode_fatal, encode_result
-from conveyor._sink import OutputSink
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import conveyor
 from conveyor._base._exceptions import InputError
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
-from conveyor._journal import Journal
+from conveyor._journal._journal import Journal
 from conveyor._pricing import DEFAULT_PRICES, Price, estimate_cost, load_prices, lookup_price
 from conveyor._report_extras import RunFacts, add_extras, render_text
 from conveyor._report_html import CHART_IDS, render_html, write_html

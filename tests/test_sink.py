@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConfigError
 from conveyor._base._types import ErrorInfo, Result, Status
-from conveyor._journal import Journal, JournalError, JournalFull
-from conveyor._sink import OutputMismatch, OutputSink, export
+from conveyor._journal._journal import Journal, JournalError, JournalFull
+from conveyor._journal._sink import OutputMismatch, OutputSink, export
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -71,8 +71,8 @@ async def _arun_journaled(
 ) -> BatchReport:
     """run() with a journal: items whose key already has a result are not run
     again (their stored result is reported); every new result is committed."""
-    from ._journal import Journal
-    from ._sink import OutputSink
+    from ._journal._journal import Journal
+    from ._journal._sink import OutputSink
 
     journal = Journal.open(
         opts_kw["journal"],

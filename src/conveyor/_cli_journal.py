@@ -12,7 +12,7 @@ import orjson
 
 from ._base._exceptions import ConveyorError
 from ._cli_common import cli_errors, setup_logging
-from ._journal import Journal
+from ._journal._journal import Journal
 
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
 
@@ -134,7 +134,7 @@ def _retry_file(
     base_url: str | None, quiet: bool,
 ) -> int:  # fmt: skip
     from ._cli_run import execute
-    from ._sink import export
+    from ._journal._sink import export
     from .openai._run import RunSettings
 
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
@@ -185,7 +185,7 @@ def export_cmd(journal: Path, output: Path) -> None:
     """Write OUTPUT from JOURNAL: each item's result line once, in input order
     (to rebuild a lost or edited output file). OUTPUT becomes the journal's
     output, so a later resume appends to it."""
-    from ._sink import export
+    from ._journal._sink import export
 
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         n = export(j, output)

@@ -43,8 +43,8 @@ from ._base._types import Result, Status
 from ._core._engine import invoker_for
 from ._core._portal import Control, Portal
 from ._core._retry import RetryPolicy
-from ._journal import Journal, JournalError, JournalMismatch
-from ._sink import OutputSink, export
+from ._journal._journal import Journal, JournalError, JournalMismatch
+from ._journal._sink import OutputSink, export
 from .commands import (
     CommandFailed,
     CommandNotFound,

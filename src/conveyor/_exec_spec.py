@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._base._exceptions import ConfigError
-from ._journal import Journal, JournalError, check_identity
+from ._journal._journal import Journal, JournalError, check_identity
 
 if TYPE_CHECKING:
     from collections.abc import (

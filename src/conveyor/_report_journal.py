@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base._types import Status
 from ._core._report import ReportBuilder
-from ._journal import Journal
+from ._journal._journal import Journal
 from ._report_extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
 from ._report_timeline import Timeline, TimelineBuilder
 

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._journal import Journal
+from .._journal._journal import Journal
 from .._pricing import Price, estimate_cost, lookup_price
 from ._batchfile import BadLine, RequestLine
 from ._tokens import estimate_prompt_tokens, max_output_tokens, tokenizer_name

@@ -29,8 +29,8 @@ from .._core._options import Breaker
 from .._core._portal import Portal
 from .._core._report import new_batch_id
 from .._core._retry import RetryPolicy
-from .._journal import Journal
-from .._sink import OutputSink
+from .._journal._journal import Journal
+from .._journal._sink import OutputSink
 from ._batchfile import (
     BadLine,
     RequestLine,

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from ._base._types import ErrorInfo, Result, Status, Usage
-from ._journal_errors import (
+from .._base._types import ErrorInfo, Result, Status, Usage
+from ._errors import (
     _CORRUPT_HINT,
     BUSY_TIMEOUT_S,
     JournalCorrupt,

@@ -9,7 +9,7 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
-from ._base._exceptions import ConveyorError
+from .._base._exceptions import ConveyorError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping

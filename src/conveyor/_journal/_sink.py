@@ -22,13 +22,13 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from ._base._exceptions import ConfigError
+from .._base._exceptions import ConfigError
 from ._journal import Journal, JournalError, translate_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from ._base._types import Result
+    from .._base._types import Result
 
 __all__ = ["OutputMismatch", "OutputSink", "export"]
 
