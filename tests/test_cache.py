@@ -13,7 +13,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor._cache import (
+from conveyor.openai._cache import (
     CACHE_SCHEMA_VERSION,
     CachedResponse,
     CacheError,

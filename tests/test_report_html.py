@@ -25,11 +25,17 @@ import conveyor
 from conveyor._base._exceptions import InputError
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._journal._journal import Journal
-from conveyor._pricing import DEFAULT_PRICES, Price, estimate_cost, load_prices, lookup_price
-from conveyor._report_extras import RunFacts, add_extras, render_text
-from conveyor._report_html import CHART_IDS, render_html, write_html
-from conveyor._report_journal import load_journal_report, report_from_journal
-from conveyor._report_timeline import OTHER_ERRORS, TimelineBuilder, nice_step
+from conveyor._render._extras import RunFacts, add_extras, render_text
+from conveyor._render._html import CHART_IDS, render_html, write_html
+from conveyor._render._journal import load_journal_report, report_from_journal
+from conveyor._render._pricing import (
+    DEFAULT_PRICES,
+    Price,
+    estimate_cost,
+    load_prices,
+    lookup_price,
+)
+from conveyor._render._timeline import OTHER_ERRORS, TimelineBuilder, nice_step
 
 T0 = 1_700_000_000.0
 

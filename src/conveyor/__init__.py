@@ -20,6 +20,7 @@ from ._base._exceptions import (
     RetryableError,
 )
 from ._base._types import ErrorInfo, Result, Status, Usage
+from ._base._version import __version__
 from ._core._attempt import (
     Attempt,
     RateLimitHint,
@@ -33,8 +34,6 @@ from ._core._options import Breaker
 from ._core._report import BatchReport
 from ._core._retry import RetryPolicy
 from .executors import AsyncExecutor, SequentialExecutor, TaskExecutor, ThreadExecutor
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AggregateExecutionError",

@@ -240,8 +240,8 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
 
 
 def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
-    from ._cache import request_key
-    from ._pricing import load_prices
+    from ._render._pricing import load_prices
+    from .openai._cache import request_key
     from .openai._plan import make_plan
     from .openai._run import _items, default_journal_path, item_key
 
@@ -317,7 +317,7 @@ def execute(
         )
         raise
     display.close()
-    from ._report_extras import RunFacts, add_extras, render_text
+    from ._render._extras import RunFacts, add_extras, render_text
 
     model = settings.model or report.extra.get("model")
     facts = RunFacts(batch_id=report.batch_id, model=model, rpm_limit=settings.rpm,

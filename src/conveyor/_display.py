@@ -12,12 +12,13 @@ few seconds: never an escape code, never a redrawn bar.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol, TextIO
+
+from ._render._format import format_count, format_duration
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,34 +46,6 @@ _RICH_REFRESH_PER_SECOND = 4
 
 
 # -- pure formatting ------------------------------------------------------------
-
-
-def format_duration(seconds: float | None) -> str:
-    """`MM:SS` under an hour, `H:MM:SS` above; `--:--` when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "--:--"
-    s = round(seconds)
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
-
-
-def format_count(value: float) -> str:
-    """A compact count: 950, 52k, 1.2M (one decimal below 10 of a unit)."""
-    if not math.isfinite(value):
-        return "-"
-    v = abs(value)
-    sign = "-" if value <= -0.5 else ""
-    if round(v) < 1000:
-        return f"{sign}{v:.0f}"
-    unit, q = "G", v / 1e9
-    for name, scale in (("k", 1e3), ("M", 1e6)):
-        # Move to the next unit before rounding would show 1000k.
-        if v / scale < 999.5:
-            unit, q = name, v / scale
-            break
-    text = f"{q:.1f}" if q < 9.95 else f"{q:.0f}"
-    return f"{sign}{text}{unit}"
 
 
 def _limit(limit: float | None, used: float) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._journal._journal import Journal
-from .._pricing import Price, estimate_cost, lookup_price
+from .._render._pricing import Price, estimate_cost, lookup_price
 from ._batchfile import BadLine, RequestLine
 from ._tokens import estimate_prompt_tokens, max_output_tokens, tokenizer_name
 

@@ -23,7 +23,6 @@ import orjson
 from .._api import AsyncStream
 from .._base._exceptions import ConfigError, FatalError, InputError
 from .._base._types import Result, Status
-from .._cache import InflightDedupe, ResponseCache, request_key
 from .._core._attempt import report_cached
 from .._core._options import Breaker
 from .._core._portal import Portal
@@ -40,6 +39,7 @@ from ._batchfile import (
     read_requests,
     validate_file,
 )
+from ._cache import InflightDedupe, ResponseCache, request_key
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._template import PromptTemplate, build_requests, read_records
 from ._tokens import estimate_request_tokens

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING
 
-from ._report_timeline import nice_step
+from ._timeline import nice_step
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

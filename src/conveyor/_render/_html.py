@@ -15,17 +15,17 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from ._base._types import Status
-from ._display import format_duration
-from ._report_svg import PALETTE, Series, bar_chart, line_chart
-from ._report_timeline import nice_time_step
+from .._base._types import Status
+from .._base._version import __version__
+from ._format import format_duration
+from ._svg import PALETTE, Series, bar_chart, line_chart
+from ._timeline import nice_time_step
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._core._report import BatchReport
-    from ._report_timeline import Timeline
+    from .._core._report import BatchReport
+    from ._timeline import Timeline
 
 __all__ = ["CHART_IDS", "render_html", "write_html"]
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._base._types import Status
-from ._core._report import ReportBuilder
-from ._journal._journal import Journal
-from ._report_extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
-from ._report_timeline import Timeline, TimelineBuilder
+from .._base._types import Status
+from .._core._report import ReportBuilder
+from .._journal._journal import Journal
+from ._extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
+from ._timeline import Timeline, TimelineBuilder
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Mapping
 
-    from ._core._report import BatchReport
+    from .._core._report import BatchReport
     from ._pricing import Price
 
 __all__ = ["JournalReport", "load_journal_report", "report_from_journal"]

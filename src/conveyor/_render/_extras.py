@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._base._types import Status
+from .._base._types import Status
 from ._pricing import estimate_cost, lookup_price
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from ._base._types import Result
-    from ._core._report import BatchReport
+    from .._base._types import Result
+    from .._core._report import BatchReport
     from ._pricing import Price
 
 __all__ = ["ExtrasBuilder", "RunFacts", "add_extras", "render_text"]

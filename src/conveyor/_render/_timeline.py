@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-from ._base._types import Status
-from ._core._report import percentile
+from .._base._types import Status
+from .._core._report import percentile
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._base._types import Result
+    from .._base._types import Result
 
 __all__ = ["Histogram", "Timeline", "TimelineBuilder", "nice_step", "nice_time_step"]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._base._exceptions import InputError
+from .._base._exceptions import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
