@@ -19,8 +19,6 @@ from hypothesis import strategies as st
 
 from _procs import alive as _alive
 from conveyor._base._exceptions import ConfigError, ConveyorError, InputError
-from conveyor._commands_expand import branch_name, safe_name
-from conveyor._commands_isolation import _is_transient
 from conveyor.commands import (
     JOBLOG_HEADER,
     CommandFailed,
@@ -35,6 +33,8 @@ from conveyor.commands import (
     expand_shell,
     read_joblog,
 )
+from conveyor.commands._expand import branch_name, safe_name
+from conveyor.commands._isolation import _is_transient
 
 GIT = shutil.which("git")
 needs_git = pytest.mark.skipif(GIT is None, reason="git is not installed")

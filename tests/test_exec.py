@@ -19,7 +19,9 @@ from _procs import alive as _alive
 from _procs import eventually as _eventually
 from conveyor._base._exceptions import ConfigError
 from conveyor._base._types import Status
-from conveyor._exec import (
+from conveyor._journal._journal import Journal, JournalError, JournalMismatch
+from conveyor.commands import CommandResult, read_joblog
+from conveyor.commands._batch import (
     ExecContext,
     ExecJob,
     JobOutcome,
@@ -30,8 +32,6 @@ from conveyor._exec import (
     retry_commands,
     run_commands,
 )
-from conveyor._journal._journal import Journal, JournalError, JournalMismatch
-from conveyor.commands import CommandResult, read_joblog
 
 GIT = shutil.which("git")
 needs_git = pytest.mark.skipif(GIT is None, reason="git is not installed")

@@ -16,14 +16,14 @@ import click
 
 from ._base._exceptions import InputError, Interrupted
 from ._cli_common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
-from ._exec import plan_commands, run_commands
+from .commands._batch import plan_commands, run_commands
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from ._core._report import BatchReport
-    from ._exec import JobOutcome
+    from .commands._batch import JobOutcome
 
 __all__ = [
     "JobPrinter",

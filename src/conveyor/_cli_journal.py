@@ -109,11 +109,11 @@ def retry_cmd(
         identity = j.identity
         settings_json = j.get_meta("run_settings")
     kind = identity.get("kind", "")
-    from ._exec import is_exec_journal
+    from .commands._batch import is_exec_journal
 
     if is_exec_journal(identity):
         from ._cli_exec import JobPrinter, exit_code, summary_line
-        from ._exec import retry_commands
+        from .commands._batch import retry_commands
 
         report = retry_commands(
             journal, statuses=tuple(wanted), jobs=concurrency, on_job=JobPrinter()

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ._base._exceptions import InputError
+from .._base._exceptions import InputError
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._commands_types import CommandResult
+    from ._types import CommandResult
 
 __all__ = ["JOBLOG_HEADER", "JobLog", "JobLogEntry", "read_joblog"]
 

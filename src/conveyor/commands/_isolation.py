@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._commands_expand import branch_name
-from ._commands_types import IsolationError
+from ._expand import branch_name
+from ._types import IsolationError
 
 __all__ = ["GIT_ENV_VARS", "Isolation", "Workspace", "finish", "prepare"]
 

@@ -1,27 +1,4 @@
-"""Shell commands as jobs: timeout kill (exit 124), isolation, GNU parallel strings, job log.
-
-```python
-task = CommandTask(["agent", "--task", "fix-42"], key="fix-42", timeout=600,
-                   isolate="worktree", artifacts_dir=Path("runs/1"))
-result = await task()          # CommandResult; raises CommandFailed / CommandTimeout
-print(result.exit_code, result.stdout_text(), result.branch)
-```
-
-Each job starts in its own session and process group. On timeout, or when
-the awaiting coroutine is cancelled, the whole group gets SIGTERM, then
-SIGKILL after `kill_grace` seconds, so grandchildren die too; the call
-returns (or re-raises the cancellation) only after the process is reaped.
-Output goes to `<artifacts_dir>/<key>/stdout` and `stderr` (a fresh temp
-directory when no `artifacts_dir` is given), never through memory. Without
-`shell=True` no shell is involved, so no input can inject a command.
-
-Background processes that a command leaves running after it exits on its
-own are not touched (as with GNU parallel); only a timeout or a
-cancellation kills the group.
-
-The job sees `CONVEYOR_JOB_KEY` and `CONVEYOR_JOB_DIR` (its artifacts
-directory, for files it wants to leave behind) in its environment.
-"""
+"""One shell job: `CommandTask`, run as its own process group (see `conveyor.commands`)."""
 
 from __future__ import annotations
 
@@ -32,12 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from ._base._exceptions import ConfigError
-from ._commands_expand import expand, expand_shell, safe_name
-from ._commands_isolation import GIT_ENV_VARS, Isolation, finish, prepare
-from ._commands_joblog import JOBLOG_HEADER, JobLog, JobLogEntry, read_joblog
-from ._commands_process import SpawnError, run_process
-from ._commands_types import (
+from .._base._exceptions import ConfigError
+from ._expand import safe_name
+from ._isolation import GIT_ENV_VARS, Isolation, finish, prepare
+from ._process import SpawnError, run_process
+from ._types import (
     TIMEOUT_EXIT_CODE,
     CommandFailed,
     CommandNotFound,
@@ -49,44 +25,7 @@ from ._commands_types import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from ._exec import ExecContext, arun_commands, command_fn, retry_commands, run_commands
-
-__all__ = [
-    "CommandFailed",
-    "CommandNotFound",
-    "CommandResult",
-    "CommandTask",
-    "CommandTimeout",
-    "ExecContext",
-    "Isolation",
-    "IsolationError",
-    "JOBLOG_HEADER",
-    "JobLog",
-    "JobLogEntry",
-    "TIMEOUT_EXIT_CODE",
-    "arun_commands",
-    "command_fn",
-    "expand",
-    "expand_shell",
-    "read_joblog",
-    "retry_commands",
-    "run_commands",
-]
-
-# The batch runner lives in `_exec`, which builds on this module: it is
-# re-exported lazily (PEP 562) so importing either never forms a cycle.
-_FROM_EXEC = frozenset(
-    {"ExecContext", "arun_commands", "command_fn", "retry_commands", "run_commands"}
-)
-
-
-def __getattr__(name: str) -> object:
-    if name in _FROM_EXEC:
-        from . import _exec
-
-        return getattr(_exec, name)
-    raise AttributeError(f"module 'conveyor.commands' has no attribute {name!r}")
-
+__all__ = ["CommandTask"]
 
 _NOT_FOUND_BY_SHELL = 127
 

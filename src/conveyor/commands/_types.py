@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._base._exceptions import ConveyorError
+from .._base._exceptions import ConveyorError
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,20 +10,18 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
-from ._base._exceptions import ConfigError
-from ._base._types import Result, Status
-from ._core._attempt import current_attempt
-from .commands import (
-    CommandResult,
-    CommandTask,
-    Isolation,
-    expand,
-    expand_shell,
-)
+from .._base._exceptions import ConfigError
+from .._base._types import Result, Status
+from .._core._attempt import current_attempt
+from ._expand import expand, expand_shell
+from ._isolation import Isolation
+from ._task import CommandTask
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable
     from pathlib import Path
+
+    from ._types import CommandResult
 
 log = logging.getLogger("conveyor.exec")
 

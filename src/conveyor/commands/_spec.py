@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._base._exceptions import ConfigError
-from ._journal._journal import Journal, JournalError, check_identity
+from .._base._exceptions import ConfigError
+from .._journal._journal import Journal, JournalError, check_identity
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         Mapping,
     )
 
-from ._exec_jobs import (
+from ._jobs import (
     EXEC_KIND,
     JOBLOG_NAME,
     JOBS_DIR,

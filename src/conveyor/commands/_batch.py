@@ -37,29 +37,24 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._api import AsyncStream
-from ._base._exceptions import Interrupted
-from ._base._types import Result, Status
-from ._core._engine import invoker_for
-from ._core._portal import Control, Portal
-from ._core._retry import RetryPolicy
-from ._journal._journal import Journal, JournalError, JournalMismatch
-from ._journal._sink import OutputSink, export
-from .commands import (
-    CommandFailed,
-    CommandNotFound,
-    CommandResult,
-    Isolation,
-    JobLog,
-    JobLogEntry,
-)
+from .._api import AsyncStream
+from .._base._exceptions import Interrupted
+from .._base._types import Result, Status
+from .._core._engine import invoker_for
+from .._core._portal import Control, Portal
+from .._core._retry import RetryPolicy
+from .._journal._journal import Journal, JournalError, JournalMismatch
+from .._journal._sink import OutputSink, export
+from ._joblog import JobLog, JobLogEntry
+from ._types import CommandFailed, CommandNotFound, CommandResult
 
 if TYPE_CHECKING:
     import os
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
-    from ._core._report import BatchReport
-from ._exec_jobs import (
+    from .._core._report import BatchReport
+    from ._isolation import Isolation
+from ._jobs import (
     _RESUME_HINT,
     EXEC_KIND,
     RESULTS_NAME,
@@ -79,7 +74,7 @@ from ._exec_jobs import (
     job_key,
     log,
 )
-from ._exec_spec import (
+from ._spec import (
     _DEFAULTS,
     _identity,
     _open_journal,
