@@ -22,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConfigError
-from conveyor._mock_limits import SlidingWindow, format_duration, format_seconds
 from conveyor.mock import (
     MockConfig,
     MockServer,
@@ -30,6 +29,7 @@ from conveyor.mock import (
     expected_content,
     expected_embeddings,
 )
+from conveyor.mock._limits import SlidingWindow, format_duration, format_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -7,7 +7,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._base._exceptions import ConfigError
+from .._base._exceptions import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

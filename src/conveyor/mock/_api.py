@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ._mock_content import (
+from ._content import (
     expected_content,
     expected_embeddings,
     float32_base64,
