@@ -31,10 +31,10 @@ from conveyor._base._exceptions import ConfigError, FatalError, RetryableError
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._journal._journal import Journal
 from conveyor._journal._sink import OutputSink
-from conveyor._ray_driver import split_concurrency
-from conveyor._ray_lease import Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
-from conveyor._ray_wire import decode_fatal, decode_result, encode_fatal, encode_result
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
+from conveyor.ray._driver import split_concurrency
+from conveyor.ray._lease import Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
+from conveyor.ray._wire import decode_fatal, decode_result, encode_fatal, encode_result
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -384,7 +384,7 @@ def test_the_global_limits_hold_at_the_server(
 
 async def test_a_pause_reaches_every_worker(ray_cluster: Any) -> None:
     """A 429 on one worker (`pause`) holds back the others on their next lease."""
-    from conveyor._ray_limiter import LeaseClient, LimiterActor
+    from conveyor.ray._limiter import LeaseClient, LimiterActor
 
     limiter = ray_cluster.remote(LimiterActor).options(num_cpus=0).remote(None, None, 60.0)
     try:

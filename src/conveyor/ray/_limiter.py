@@ -19,10 +19,10 @@ import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from ._base._clock import Clock, SystemClock
-from ._base._exceptions import FatalError
-from ._core._engine import FatalItem
-from ._ray_lease import Demand, Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
+from .._base._clock import Clock, SystemClock
+from .._base._exceptions import FatalError
+from .._core._engine import FatalItem
+from ._lease import Demand, Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ._core._limits import RateLimiter
+from .._core._limits import RateLimiter
 
 __all__ = [
     "Demand",

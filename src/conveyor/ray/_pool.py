@@ -13,15 +13,15 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ._base._exceptions import ConfigError, ConveyorError
-from ._ray_limiter import LimiterActor
-from ._ray_worker import WorkerActor, WorkerSettings
+from .._base._exceptions import ConfigError, ConveyorError
+from ._limiter import LimiterActor
+from ._worker import WorkerActor, WorkerSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from types import ModuleType
 
-    from ._ray_wire import WireBatch, WireEntry
+    from ._wire import WireBatch, WireEntry
 
 __all__ = ["RayConnectError", "RayNotInstalled", "RayPool", "import_ray"]
 

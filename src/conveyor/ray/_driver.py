@@ -22,19 +22,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._base._exceptions import ConveyorError, FatalError
-from ._base._types import ErrorInfo, Result, Status
-from ._core._callbacks import Dispatcher
-from ._core._outcome import Ending, log_failure
-from ._core._progress import ProgressSnapshot, RateMeter, measure
-from ._core._report import BatchReport, ReportBuilder
-from ._ray_source import Entry, EntrySource
-from ._ray_wire import WireBatch, WireEntry, decode_fatal, decode_result
+from .._base._exceptions import ConveyorError, FatalError
+from .._base._types import ErrorInfo, Result, Status
+from .._core._callbacks import Dispatcher
+from .._core._outcome import Ending, log_failure
+from .._core._progress import ProgressSnapshot, RateMeter, measure
+from .._core._report import BatchReport, ReportBuilder
+from ._source import Entry, EntrySource
+from ._wire import WireBatch, WireEntry, decode_fatal, decode_result
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
-    from ._core._options import Options
+    from .._core._options import Options
 
 __all__ = ["ClusterRun", "ClusterSettings", "WorkerPool", "WorkersLost"]
 

@@ -21,18 +21,18 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._base._exceptions import FatalError
-from ._core._attempt import current_attempt
-from ._core._engine import Engine, invoker_for
-from ._core._options import build_options
-from ._ray_limiter import LeaseClient
-from ._ray_wire import Control, WireBatch, WireEntry, WireResult, encode_fatal, encode_result
+from .._base._exceptions import FatalError
+from .._core._attempt import current_attempt
+from .._core._engine import Engine, invoker_for
+from .._core._options import build_options
+from ._limiter import LeaseClient
+from ._wire import Control, WireBatch, WireEntry, WireResult, encode_fatal, encode_result
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from ._core._options import Breaker
-    from ._core._retry import RetryPolicy
+    from .._core._options import Breaker
+    from .._core._retry import RetryPolicy
 
 __all__ = ["WorkerActor", "WorkerSettings"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from ._base._exceptions import FatalError
-from ._base._types import ErrorInfo, Result, Status, Usage
+from .._base._exceptions import FatalError
+from .._base._types import ErrorInfo, Result, Status, Usage
 
 __all__ = [
     "Control",

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from ._base._types import ErrorInfo, Result, Status
+from .._base._types import ErrorInfo, Result, Status
 
 __all__ = ["Entry", "EntrySource"]
 
