@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from _procs import alive as _alive
 from _procs import eventually as _eventually
 from _procs import pids as _pids
-from conveyor._cli_exec import exec_cmd, split_inputs
+from conveyor.cli._exec import exec_cmd, split_inputs
 from conveyor.commands import read_joblog
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))

@@ -20,12 +20,12 @@ import pytest
 
 import conveyor
 from conveyor._base._types import ErrorInfo, Result, Status, Usage
-from conveyor._cli_common import JsonFormatter
-from conveyor._cli_observe import PreflightFailed, run_preflight
 from conveyor._journal._journal import Journal
 from conveyor._render._extras import render_text
 from conveyor._render._html import CHART_IDS, write_html
 from conveyor._render._journal import load_journal_report
+from conveyor.cli._common import JsonFormatter
+from conveyor.cli._observe import PreflightFailed, run_preflight
 from conveyor.mock import MockConfig, MockServer
 
 if TYPE_CHECKING:

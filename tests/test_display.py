@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import conveyor
 from conveyor._core._progress import ProgressSnapshot
-from conveyor._display import (
+from conveyor.cli._display import (
     NullDisplay,
     PlainDisplay,
     RichDisplay,

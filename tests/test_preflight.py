@@ -1,4 +1,4 @@
-"""Preflight checks (`conveyor._preflight`): endpoint, key and model against the
+"""Preflight checks (`conveyor.cli._preflight`): endpoint, key and model against the
 simulated server on loopback, a closed port and a silent server; journal folder,
 disk and memory floors; GPU through real `nvidia-smi`-shaped executables."""
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conveyor._preflight import (
+from conveyor.cli._preflight import (
     Check,
     format_checks,
     has_failures,

@@ -10,9 +10,9 @@ from typing import Any
 import click
 import orjson
 
-from ._base._exceptions import ConveyorError
-from ._cli_common import cli_errors, setup_logging
-from ._journal._journal import Journal
+from .._base._exceptions import ConveyorError
+from .._journal._journal import Journal
+from ._common import cli_errors, setup_logging
 
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
 
@@ -109,11 +109,11 @@ def retry_cmd(
         identity = j.identity
         settings_json = j.get_meta("run_settings")
     kind = identity.get("kind", "")
-    from .commands._batch import is_exec_journal
+    from ..commands._batch import is_exec_journal
 
     if is_exec_journal(identity):
-        from ._cli_exec import JobPrinter, exit_code, summary_line
-        from .commands._batch import retry_commands
+        from ..commands._batch import retry_commands
+        from ._exec import JobPrinter, exit_code, summary_line
 
         report = retry_commands(
             journal, statuses=tuple(wanted), jobs=concurrency, on_job=JobPrinter()
@@ -133,9 +133,9 @@ def _retry_file(
     journal: Path, wanted: list[str], saved: dict[str, Any], concurrency: int | None,
     base_url: str | None, quiet: bool,
 ) -> int:  # fmt: skip
-    from ._cli_run import execute
-    from ._journal._sink import export
-    from .openai._run import RunSettings
+    from .._journal._sink import export
+    from ..openai._run import RunSettings
+    from ._run import execute
 
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         keys = list(j.keys_with_status(wanted))
@@ -185,7 +185,7 @@ def export_cmd(journal: Path, output: Path) -> None:
     """Write OUTPUT from JOURNAL: each item's result line once, in input order
     (to rebuild a lost or edited output file). OUTPUT becomes the journal's
     output, so a later resume appends to it."""
-    from ._journal._sink import export
+    from .._journal._sink import export
 
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         n = export(j, output)

@@ -1,9 +1,4 @@
-"""The `conveyor` command.
-
-Subcommands live in their own modules and are imported only when used, so
-`conveyor --help` stays instant and one command's dependencies never slow
-another.
-"""
+"""The `conveyor` click group and its lazy registry of subcommands."""
 
 from __future__ import annotations
 
@@ -11,19 +6,21 @@ import importlib
 
 import click
 
-from . import __version__
+from .._base._version import __version__
+
+__all__ = ["COMMANDS", "LazyGroup", "main"]
 
 # name -> ("module:attribute" of a click command, one-line help for the listing)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("conveyor._cli_run:run_cmd", "Send an OpenAI Batch file (or records + template)."),
-    "demo": ("conveyor._cli_run:demo_cmd", "Run a sample batch against a built-in endpoint."),
-    "mock": ("conveyor._cli_run:mock_cmd", "Serve a simulated OpenAI-compatible endpoint."),
-    "status": ("conveyor._cli_journal:status_cmd", "Counts, errors, rate and ETA of a run."),
-    "retry": ("conveyor._cli_journal:retry_cmd", "Re-run the failed items of a journal."),
-    "export": ("conveyor._cli_journal:export_cmd", "Rewrite an output file from its journal."),
-    "exec": ("conveyor._cli_exec:exec_cmd", "Run a shell command per input, in parallel."),
-    "report": ("conveyor._cli_observe:report_cmd", "Summarise a journal: text, JSON or HTML."),
-    "doctor": ("conveyor._cli_observe:doctor_cmd", "Check endpoint, key, model, disk, memory."),
+    "run": ("conveyor.cli._run:run_cmd", "Send an OpenAI Batch file (or records + template)."),
+    "demo": ("conveyor.cli._run:demo_cmd", "Run a sample batch against a built-in endpoint."),
+    "mock": ("conveyor.cli._run:mock_cmd", "Serve a simulated OpenAI-compatible endpoint."),
+    "status": ("conveyor.cli._journal:status_cmd", "Counts, errors, rate and ETA of a run."),
+    "retry": ("conveyor.cli._journal:retry_cmd", "Re-run the failed items of a journal."),
+    "export": ("conveyor.cli._journal:export_cmd", "Rewrite an output file from its journal."),
+    "exec": ("conveyor.cli._exec:exec_cmd", "Run a shell command per input, in parallel."),
+    "report": ("conveyor.cli._observe:report_cmd", "Summarise a journal: text, JSON or HTML."),
+    "doctor": ("conveyor.cli._observe:doctor_cmd", "Check endpoint, key, model, disk, memory."),
 }
 
 
@@ -66,7 +63,3 @@ def main() -> None:
     input refused; 3 the run was stopped by a fatal error (e.g. a rejected key);
     130 interrupted (resume by running the same command again).
     """
-
-
-if __name__ == "__main__":  # `python -m conveyor.cli`
-    main()

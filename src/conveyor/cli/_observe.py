@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from ._base._exceptions import ConveyorError
-from ._cli_common import EXIT_OK, EXIT_USAGE, cli_errors, setup_logging
+from .._base._exceptions import ConveyorError
+from ._common import EXIT_OK, EXIT_USAGE, cli_errors, setup_logging
 from ._preflight import (
     DEFAULT_GPU_MEMORY_WARN,
     DEFAULT_MIN_FREE_DISK_MB,
@@ -182,9 +182,9 @@ def report_cmd(
 
     Reads the journal without locking it, so it works while the run goes on.
     """
-    from ._render._extras import render_text
-    from ._render._journal import load_journal_report
-    from ._render._pricing import load_prices
+    from .._render._extras import render_text
+    from .._render._journal import load_journal_report
+    from .._render._pricing import load_prices
 
     setup_logging(verbose=verbose, log_json=log_json)
     table = load_prices(prices) if prices is not None else None
@@ -192,7 +192,7 @@ def report_cmd(
         journal, prices=table, model=model, keep_results=with_results, slowest=slowest
     )
     if html_path is not None:
-        from ._render._html import write_html
+        from .._render._html import write_html
 
         try:
             written = write_html(html_path, loaded.report, loaded.timeline)

@@ -11,15 +11,15 @@ from typing import Any
 import click
 import orjson
 
-from ._base._exceptions import Interrupted
-from ._cli_common import (
+from .._base._exceptions import Interrupted
+from ._common import (
     EXIT_FAILED_ITEMS,
     EXIT_OK,
     EXIT_USAGE,
     cli_errors,
     setup_logging,
 )
-from ._cli_observe import threshold_options
+from ._observe import threshold_options
 
 _RUN_EPILOG = """\b
 Examples:
@@ -196,7 +196,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     """Send every request of INPUT to an OpenAI-compatible endpoint, as fast
     as its limits allow, and write one result per line to OUTPUT."""
     setup_logging(verbose=o["verbose"], log_json=o["log_json"], quiet=o["quiet"])
-    from .openai._run import RunSettings, default_journal_path
+    from ..openai._run import RunSettings, default_journal_path
 
     if output is None and not o["dry_run"]:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
@@ -225,7 +225,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         actors=o["actors"],
     )
     if o["ray_target"] is not None:
-        from .ray import check_ray_available
+        from ..ray import check_ray_available
 
         check_ray_available()  # the install hint, before anything else
     if o["dry_run"]:
@@ -240,10 +240,10 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
 
 
 def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
-    from ._render._pricing import load_prices
-    from .openai._cache import request_key
-    from .openai._plan import make_plan
-    from .openai._run import _items, default_journal_path, item_key
+    from .._render._pricing import load_prices
+    from ..openai._cache import request_key
+    from ..openai._plan import make_plan
+    from ..openai._run import _items, default_journal_path, item_key
 
     jpath = o["journal"] or (default_journal_path(settings.output) if settings.output else None)
     if not input_path.is_file():
@@ -266,7 +266,7 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
 
 def _first_model(path: Path) -> str | None:
     """The model of the first valid request line (checked against /models)."""
-    from .openai._batchfile import RequestLine, read_requests
+    from ..openai._batchfile import RequestLine, read_requests
 
     try:
         for i, item in enumerate(read_requests(path, check_duplicates=False)):
@@ -281,8 +281,8 @@ def _first_model(path: Path) -> str | None:
 
 
 def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> None:
-    from ._cli_observe import run_preflight
-    from .openai._http import Endpoint
+    from ..openai._http import Endpoint
+    from ._observe import run_preflight
 
     ep = Endpoint.resolve(settings.base_url, api_key_env=settings.api_key_env)
     model = settings.model or _first_model(o["input_path"])
@@ -298,8 +298,8 @@ def execute(
     input_path: Path, settings: Any, *, quiet: bool = False, report_json: Path | None = None
 ) -> int:
     """Run with a progress display; print the summary; return the exit code."""
+    from ..openai._run import run_file_settings
     from ._display import make_display
-    from .openai._run import run_file_settings
 
     display = make_display(quiet=quiet)
     settings.on_progress = display.update
@@ -317,7 +317,7 @@ def execute(
         )
         raise
     display.close()
-    from ._render._extras import RunFacts, add_extras, render_text
+    from .._render._extras import RunFacts, add_extras, render_text
 
     model = settings.model or report.extra.get("model")
     facts = RunFacts(batch_id=report.batch_id, model=model, rpm_limit=settings.rpm,
@@ -370,8 +370,8 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     """Start a simulated OpenAI-compatible endpoint on 127.0.0.1, send it sample
     requests with live progress, and print the report. No key, no network."""
     setup_logging(quiet=True)
-    from .mock import MockConfig, MockServer
-    from .openai._run import RunSettings
+    from ..mock import MockConfig, MockServer
+    from ..openai._run import RunSettings
 
     workdir = workdir or Path(tempfile.mkdtemp(prefix="conveyor-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -439,7 +439,7 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], **o: Any) -> None:
     """Serve a simulated OpenAI-compatible endpoint (chat, completions,
     embeddings, responses, models) with latency, faults and rate limits."""
-    from .mock import MockConfig, serve
+    from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
              "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed")  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from ._base._exceptions import ConfigError, ConveyorError, FatalError, InputError, Interrupted
+from .._base._exceptions import ConfigError, ConveyorError, FatalError, InputError, Interrupted
 
 __all__ = [
     "EXIT_FAILED_ITEMS",

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from ._render._format import format_count, format_duration
+from .._render._format import format_count, format_duration
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-    from ._core._progress import ProgressSnapshot
+    from .._core._progress import ProgressSnapshot
 
 __all__ = [
     "Display",

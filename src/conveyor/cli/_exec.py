@@ -14,16 +14,16 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from ._base._exceptions import InputError, Interrupted
-from ._cli_common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
-from .commands._batch import plan_commands, run_commands
+from .._base._exceptions import InputError, Interrupted
+from ..commands._batch import plan_commands, run_commands
+from ._common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
     from pathlib import Path
 
-    from ._core._report import BatchReport
-    from .commands._batch import JobOutcome
+    from .._core._report import BatchReport
+    from ..commands._batch import JobOutcome
 
 __all__ = [
     "JobPrinter",

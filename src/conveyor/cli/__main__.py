@@ -1,0 +1,5 @@
+"""`python -m conveyor.cli` is the `conveyor` command."""
+
+from ._main import main
+
+main()
