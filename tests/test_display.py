@@ -1,4 +1,4 @@
-"""Progress renderers (`conveyor._display`): the plain line, the live table rows,
+"""Progress renderers (`conveyor.cli._display`): the plain line, the live table rows,
 the throttled plain display, the terminal display, and the choice between them."""
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ def test_run_feeds_the_plain_display_through_on_progress() -> None:
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from conveyor._display import make_display
-    from conveyor._progress import ProgressSnapshot
+    from conveyor.cli._display import make_display
+    from conveyor._core._progress import ProgressSnapshot
     d = make_display(interval=0.0)
     for i in range(3):
         d.update(ProgressSnapshot(elapsed=i, total=3, done=i, counts={"ok": i}, in_flight=1,

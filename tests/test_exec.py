@@ -1,4 +1,4 @@
-"""conveyor._exec: one command per input, run as real processes, resumable through a journal."""
+"""conveyor.commands._batch: one command per input, real processes, resumable via a journal."""
 
 from __future__ import annotations
 

@@ -302,7 +302,7 @@ def test_second_open_in_process_is_locked(jpath: str) -> None:
 
 HOLDER = """
     import sys
-    from conveyor._journal import Journal
+    from conveyor._journal._journal import Journal
     j = Journal.open(sys.argv[1], identity={"input": "/data/in.jsonl"})
     print("ready", flush=True)
     sys.stdin.readline()
@@ -327,8 +327,8 @@ def test_lock_held_by_process_is_released_by_kill_9(jpath: str) -> None:
 
 READ_WHILE_WRITING = """
     import sys
-    from conveyor._journal import Journal
-    from conveyor._types import Result, Status
+    from conveyor._journal._journal import Journal
+    from conveyor._base._types import Result, Status
     with Journal.open(sys.argv[1], identity={}) as j:
         for batch in range(5):
             j.record([(Result(batch * 10 + i, f"k{batch}-{i}", Status.OK, value=i), b"x\\n", None)

@@ -1,4 +1,4 @@
-"""Admission policies (`conveyor._limits`), driven with explicit times: nothing sleeps.
+"""Admission policies (`conveyor._core._limits`), driven with explicit times: nothing sleeps.
 
 The rate-limiter properties simulate virtual time: a caller asks `wait_time`, advances its
 clock by exactly the answer and asks again, the way the engine's admission loop does.

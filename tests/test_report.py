@@ -1,4 +1,4 @@
-"""Report arithmetic and renderings (`conveyor._report`, `conveyor._types`)."""
+"""Report arithmetic and renderings (`conveyor._core._report`, `conveyor._base._types`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retry policy (`conveyor._retry`): a pure decision, checked without waiting."""
+"""Retry policy (`conveyor._core._retry`): a pure decision, checked without waiting."""
 
 from __future__ import annotations
 

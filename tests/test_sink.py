@@ -321,9 +321,9 @@ def test_output_matches_journal_property(keys: list[int], flush_every: int) -> N
 FEEDER = """
     import asyncio, sys
     import orjson
-    from conveyor._journal import Journal
-    from conveyor._sink import OutputSink
-    from conveyor._types import Result, Status
+    from conveyor._journal._journal import Journal
+    from conveyor._journal._sink import OutputSink
+    from conveyor._base._types import Result, Status
 
     journal_path, out, n, flush_every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 

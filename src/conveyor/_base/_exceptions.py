@@ -5,11 +5,31 @@ ConveyorError
 ├── ConfigError              an option or config value is not allowed (names it)
 ├── AggregateExecutionError  an executor ran tasks and every one of them failed
 ├── FatalError               stops the whole run (a rejected API key, a full disk)
+│   ├── AuthError            401/403 from the endpoint: the key was rejected
+│   └── WorkersLost          every Ray worker died and none could be restarted
 ├── Interrupted              Ctrl+C / SIGTERM stopped the run (carries the report)
 ├── RetryableError           raised by a user function: "try this item again"
-└── InputError               an input line or record could not be read (names file, line)
+│   └── HTTPRetryable        429, 5xx, timeout, connection error (carries Retry-After)
+├── InputError               an input line or record could not be read (names file, line)
+├── HTTPClientError          the endpoint refused this request (400, 404, 422...)
+├── JournalError             the journal cannot be used (names the path)
+│   ├── JournalCorrupt       not a conveyor journal, or damaged
+│   ├── JournalFull          the disk is full; committed results are kept
+│   ├── JournalLocked        another run is writing it (names the pid)
+│   ├── JournalMismatch      written for a different run (lists the differences)
+│   └── OutputMismatch       the output file disagrees with what the journal committed
+├── CacheError               the response cache file cannot be used
+├── CommandFailed            a shell job exited non-zero or died by a signal (.result)
+│   ├── CommandTimeout       it ran past its timeout and was killed (exit 124; a TimeoutError)
+│   └── CommandNotFound      it could not be started (127 not on PATH, 126 not executable)
+├── IsolationError           a job's directory or git worktree could not be prepared
+├── RayNotInstalled          the Ray backend was asked for without Ray (also an ImportError)
+├── RayConnectError          Ray could not start or the cluster could not be reached
+└── PreflightFailed          `conveyor run`'s checks failed before anything was sent
 ```
 
+Each part re-exports the errors it raises from its own public module
+(`conveyor.openai.AuthError`, `conveyor.commands.CommandFailed`, ...).
 Every message says what happened and what to do next. Lower-layer errors
 (aiohttp, sqlite3, OSError) are translated at the boundary that meets them.
 """
@@ -19,19 +39,39 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .._core._report import BatchReport
+    from ..cli._preflight import Check
+    from ..commands._types import CommandResult
     from ._types import Result
 
 __all__ = [
     "AggregateExecutionError",
+    "AuthError",
+    "CacheError",
+    "CommandFailed",
+    "CommandNotFound",
+    "CommandTimeout",
     "ConfigError",
     "ConveyorError",
     "FatalError",
+    "HTTPClientError",
+    "HTTPRetryable",
     "InputError",
     "Interrupted",
+    "IsolationError",
+    "JournalCorrupt",
+    "JournalError",
+    "JournalFull",
+    "JournalLocked",
+    "JournalMismatch",
+    "OutputMismatch",
+    "PreflightFailed",
+    "RayConnectError",
+    "RayNotInstalled",
     "RetryableError",
+    "WorkersLost",
 ]
 
 
@@ -142,3 +182,233 @@ class InputError(ConveyorError):
         elif line is not None:
             where = f"line {line}: "
         super().__init__(where + message)
+
+
+# -- raised by _journal/ -------------------------------------------------------
+
+
+class JournalError(ConveyorError):
+    """The journal (or a file coordinated with it) cannot be used; says why and what to do."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class JournalCorrupt(JournalError):
+    """The file is not a conveyor journal or is damaged."""
+
+
+class JournalFull(JournalError):
+    """The disk is full (SQLITE_FULL / ENOSPC); committed results are kept."""
+
+
+class JournalLocked(JournalError):
+    """Another process (or another open in this one) is writing this journal."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "an unknown pid"
+        super().__init__(
+            f"journal {path} is in use by another conveyor run ({who}): wait for it to "
+            "finish or stop it, or choose a different --journal path",
+            path=path,
+        )
+        self.pid = pid
+
+
+class JournalMismatch(JournalError):
+    """The journal was written for a different run (input, endpoint or options)."""
+
+    def __init__(self, path: str, differences: Mapping[str, tuple[str | None, str | None]]) -> None:
+        self.differences = dict(differences)
+        parts = [
+            f"{k}: {_show(old)} in the journal, {_show(new)} now"
+            for k, (old, new) in sorted(self.differences.items())
+        ]
+        super().__init__(
+            f"journal {path} belongs to a different run ({'; '.join(parts)}). To resume it "
+            "anyway pass --force (force=True); to start a fresh run use a new --journal path",
+            path=path,
+        )
+
+
+def _show(value: str | None) -> str:
+    return "<absent>" if value is None else repr(value)
+
+
+# -- raised by _journal/ -------------------------------------------------------
+
+
+class OutputMismatch(JournalError):
+    """The output file does not match what the journal committed to it."""
+
+
+# -- raised by openai/ ---------------------------------------------------------
+
+
+class CacheError(ConveyorError):
+    """The response cache file cannot be used; says why and what to do."""
+
+
+# -- raised by openai/ ---------------------------------------------------------
+
+
+class HTTPRetryable(RetryableError):
+    """A transient failure: 429, 5xx, timeout, connection error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, status_code=status_code)
+        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
+
+
+class HTTPClientError(ConveyorError):
+    """The server refused this request (400, 404, 422...): not retried."""
+
+    def __init__(self, message: str, *, status_code: int, body: Any, request_id: str | None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
+
+
+class AuthError(FatalError):
+    """401/403: the key was rejected; no further request can succeed."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# -- raised by commands/ -------------------------------------------------------
+
+
+_MESSAGE_ARGV_CHARS = 200  # a command line is cut to this length in messages
+
+
+def _short_command(result: CommandResult) -> str:
+    line = result.command_line
+    if len(line) > _MESSAGE_ARGV_CHARS:
+        line = line[:_MESSAGE_ARGV_CHARS] + "..."
+    return line
+
+
+def _where(result: CommandResult) -> str:
+    kept = ""
+    if result.workspace is not None:
+        kept = f"; its workspace was kept at {result.workspace}"
+        if result.branch:
+            kept += f" (branch {result.branch})"
+    return kept
+
+
+class CommandFailed(ConveyorError):
+    """A command ran and did not succeed; `.result` has its exit code and output files.
+
+    The message names the job key, the command and where its stderr is; the
+    output itself stays in the files (it may hold anything, secrets included).
+    """
+
+    def __init__(self, result: CommandResult, message: str | None = None) -> None:
+        self.result = result
+        if message is None:
+            how = (
+                f"was killed by signal {result.signal} (exit {result.exit_code})"
+                if result.signal is not None
+                else f"exited with code {result.exit_code}"
+            )
+            message = (
+                f"job {result.key!r}: command {_short_command(result)!r} {how} "
+                f"after {result.duration:.3f}s; see its stderr at {result.stderr_path}"
+                f"{_where(result)}"
+            )
+        super().__init__(message)
+
+
+class CommandTimeout(CommandFailed, TimeoutError):
+    """A command ran past its timeout; its process group was killed (exit code 124)."""
+
+    def __init__(self, result: CommandResult, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(
+            result,
+            f"job {result.key!r}: command {_short_command(result)!r} timed out after "
+            f"{timeout:g}s and was killed with its whole process group (exit 124); "
+            f"raise the timeout or see its stderr at {result.stderr_path}{_where(result)}",
+        )
+
+
+class CommandNotFound(CommandFailed):
+    """The command could not be started: missing (exit 127) or not executable (126)."""
+
+    def __init__(self, result: CommandResult, reason: str) -> None:
+        self.reason = reason
+        program = result.argv[0] if result.argv else ""
+        if result.shell:
+            hint = (
+                f"the shell reported exit 127 (command not found) for {_short_command(result)!r}; "
+                f"see {result.stderr_path} for the name and check PATH"
+            )
+        else:
+            hint = f"cannot run {program!r}: {reason}; check the name and PATH, or chmod +x it"
+        super().__init__(result, f"job {result.key!r}: {hint}")
+
+
+class IsolationError(ConveyorError):
+    """The job's isolated directory or git worktree could not be set up or is unusable."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"job {key!r}: {message}" if key is not None else message)
+
+
+# -- raised by ray/ ------------------------------------------------------------
+
+
+_RAY_INSTALL_HINT = "pip install 'conveyor[ray]'"
+
+
+class RayNotInstalled(ConveyorError, ImportError):
+    """The Ray backend was asked for, but Ray is not installed."""
+
+    def __init__(self, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"the Ray backend needs the `ray` package, which is not installed{extra}: "
+            f"run `{_RAY_INSTALL_HINT}` (or `pip install 'ray>=2.9'`), or use the default "
+            "single-machine backend"
+        )
+
+
+class RayConnectError(ConveyorError):
+    """Ray could not be started or the cluster could not be reached."""
+
+
+# -- raised by ray/ ------------------------------------------------------------
+
+
+class WorkersLost(FatalError):
+    """Every worker of a cluster run died and none could be started again."""
+
+
+# -- raised by cli/ ------------------------------------------------------------
+
+
+class PreflightFailed(ConveyorError):
+    """A preflight check failed before a run started; the message lists what to do."""
+
+    def __init__(self, checks: list[Check]) -> None:
+        self.checks = checks
+        failed = [c for c in checks if c.status == "fail"]
+        parts = [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "") for c in failed]
+        super().__init__(
+            "preflight failed, nothing was sent: "
+            + "; ".join(parts)
+            + ". Fix it, or skip the checks with --no-preflight"
+        )

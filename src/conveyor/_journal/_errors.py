@@ -9,7 +9,13 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING
 
-from .._base._exceptions import ConveyorError
+from .._base._exceptions import (
+    JournalCorrupt,
+    JournalError,
+    JournalFull,
+    JournalLocked,
+    JournalMismatch,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -37,55 +43,6 @@ _SECRET_VALUE = re.compile(
 _SECRET_NAME = re.compile(
     r"(?i)^(?:api[_-]?key|secret|password|passwd|authorization|(?:auth|access)[_-]?token)$"
 )
-
-
-class JournalError(ConveyorError):
-    """The journal (or a file coordinated with it) cannot be used; says why and what to do."""
-
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class JournalCorrupt(JournalError):
-    """The file is not a conveyor journal or is damaged."""
-
-
-class JournalFull(JournalError):
-    """The disk is full (SQLITE_FULL / ENOSPC); committed results are kept."""
-
-
-class JournalLocked(JournalError):
-    """Another process (or another open in this one) is writing this journal."""
-
-    def __init__(self, path: str, pid: int | None) -> None:
-        who = f"pid {pid}" if pid is not None else "an unknown pid"
-        super().__init__(
-            f"journal {path} is in use by another conveyor run ({who}): wait for it to "
-            "finish or stop it, or choose a different --journal path",
-            path=path,
-        )
-        self.pid = pid
-
-
-class JournalMismatch(JournalError):
-    """The journal was written for a different run (input, endpoint or options)."""
-
-    def __init__(self, path: str, differences: Mapping[str, tuple[str | None, str | None]]) -> None:
-        self.differences = dict(differences)
-        parts = [
-            f"{k}: {_show(old)} in the journal, {_show(new)} now"
-            for k, (old, new) in sorted(self.differences.items())
-        ]
-        super().__init__(
-            f"journal {path} belongs to a different run ({'; '.join(parts)}). To resume it "
-            "anyway pass --force (force=True); to start a fresh run use a new --journal path",
-            path=path,
-        )
-
-
-def _show(value: str | None) -> str:
-    return "<absent>" if value is None else repr(value)
 
 
 _CORRUPT_HINT = "move it away to start over; the output file is unaffected"

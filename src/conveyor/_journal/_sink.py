@@ -22,7 +22,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import ConfigError
+from .._base._exceptions import ConfigError, OutputMismatch
 from ._journal import Journal, JournalError, translate_error
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ __all__ = ["OutputMismatch", "OutputSink", "export"]
 log = logging.getLogger("conveyor.journal")
 
 _DUPLICATES_SHOWN = 5
-
-
-class OutputMismatch(JournalError):
-    """The output file does not match what the journal committed to it."""
 
 
 class OutputSink:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from .._base._exceptions import ConveyorError
+from .._base._exceptions import ConveyorError, PreflightFailed
 from ._common import EXIT_OK, EXIT_USAGE, cli_errors, setup_logging
 from ._preflight import (
     DEFAULT_GPU_MEMORY_WARN,
@@ -39,20 +39,6 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 F = TypeVar("F", bound="Callable[..., Any]")
-
-
-class PreflightFailed(ConveyorError):
-    """A preflight check failed before a run started; the message lists what to do."""
-
-    def __init__(self, checks: list[Check]) -> None:
-        self.checks = checks
-        failed = [c for c in checks if c.status == "fail"]
-        parts = [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "") for c in failed]
-        super().__init__(
-            "preflight failed, nothing was sent: "
-            + "; ".join(parts)
-            + ". Fix it, or skip the checks with --no-preflight"
-        )
 
 
 def resolve_base_url(base_url: str | None) -> str:

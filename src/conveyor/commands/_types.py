@@ -1,13 +1,4 @@
-"""What a finished shell job leaves behind, and the errors a job raises.
-
-```
-ConveyorError
-├── CommandFailed        the command exited non-zero or died by a signal (carries .result)
-│   ├── CommandTimeout   it ran past its timeout and was killed (exit 124; also a TimeoutError)
-│   └── CommandNotFound  it could not be started: not on PATH (127) or not executable (126)
-└── IsolationError       its working directory or git worktree could not be prepared
-```
-"""
+"""What a finished shell job leaves behind: `CommandResult` (its errors live in `_base`)."""
 
 from __future__ import annotations
 
@@ -15,7 +6,12 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import ConveyorError
+from .._base._exceptions import (
+    CommandFailed,
+    CommandNotFound,
+    CommandTimeout,
+    IsolationError,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,7 +30,6 @@ TIMEOUT_EXIT_CODE = 124
 
 _DEFAULT_TEXT_LIMIT = 64 * 1024
 # An argv can be long (an agent's whole prompt); error messages show a readable prefix.
-_MESSAGE_ARGV_CHARS = 200
 
 
 @dataclass(slots=True)
@@ -121,79 +116,3 @@ def _read_text(path: Path, limit: int | None, tail: bool) -> str:
         return ""
     # A byte limit can cut a multi-byte character in half; replace, never raise.
     return data.decode("utf-8", errors="replace")
-
-
-def _short_command(result: CommandResult) -> str:
-    line = result.command_line
-    if len(line) > _MESSAGE_ARGV_CHARS:
-        line = line[:_MESSAGE_ARGV_CHARS] + "..."
-    return line
-
-
-def _where(result: CommandResult) -> str:
-    kept = ""
-    if result.workspace is not None:
-        kept = f"; its workspace was kept at {result.workspace}"
-        if result.branch:
-            kept += f" (branch {result.branch})"
-    return kept
-
-
-class CommandFailed(ConveyorError):
-    """A command ran and did not succeed; `.result` has its exit code and output files.
-
-    The message names the job key, the command and where its stderr is; the
-    output itself stays in the files (it may hold anything, secrets included).
-    """
-
-    def __init__(self, result: CommandResult, message: str | None = None) -> None:
-        self.result = result
-        if message is None:
-            how = (
-                f"was killed by signal {result.signal} (exit {result.exit_code})"
-                if result.signal is not None
-                else f"exited with code {result.exit_code}"
-            )
-            message = (
-                f"job {result.key!r}: command {_short_command(result)!r} {how} "
-                f"after {result.duration:.3f}s; see its stderr at {result.stderr_path}"
-                f"{_where(result)}"
-            )
-        super().__init__(message)
-
-
-class CommandTimeout(CommandFailed, TimeoutError):
-    """A command ran past its timeout; its process group was killed (exit code 124)."""
-
-    def __init__(self, result: CommandResult, timeout: float) -> None:
-        self.timeout = timeout
-        super().__init__(
-            result,
-            f"job {result.key!r}: command {_short_command(result)!r} timed out after "
-            f"{timeout:g}s and was killed with its whole process group (exit 124); "
-            f"raise the timeout or see its stderr at {result.stderr_path}{_where(result)}",
-        )
-
-
-class CommandNotFound(CommandFailed):
-    """The command could not be started: missing (exit 127) or not executable (126)."""
-
-    def __init__(self, result: CommandResult, reason: str) -> None:
-        self.reason = reason
-        program = result.argv[0] if result.argv else ""
-        if result.shell:
-            hint = (
-                f"the shell reported exit 127 (command not found) for {_short_command(result)!r}; "
-                f"see {result.stderr_path} for the name and check PATH"
-            )
-        else:
-            hint = f"cannot run {program!r}: {reason}; check the name and PATH, or chmod +x it"
-        super().__init__(result, f"job {result.key!r}: {hint}")
-
-
-class IsolationError(ConveyorError):
-    """The job's isolated directory or git worktree could not be set up or is unusable."""
-
-    def __init__(self, message: str, *, key: str | None = None) -> None:
-        self.key = key
-        super().__init__(f"job {key!r}: {message}" if key is not None else message)

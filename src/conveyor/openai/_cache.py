@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
-from .._base._exceptions import ConveyorError
+from .._base._exceptions import CacheError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -37,10 +37,6 @@ _CACHE_APP_ID = 0x63766361  # "cvca"
 
 K = TypeVar("K", bound="Hashable")
 V = TypeVar("V")
-
-
-class CacheError(ConveyorError):
-    """The response cache file cannot be used; says why and what to do."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .._base._exceptions import ConfigError, ConveyorError, FatalError, RetryableError
+from .._base._exceptions import (
+    AuthError,
+    ConfigError,
+    HTTPClientError,
+    HTTPRetryable,
+)
 from .._core._attempt import report_limits, report_usage
 
 __all__ = [
@@ -81,39 +86,6 @@ class Answer:
     status: int
     body: Any
     request_id: str | None
-
-
-class HTTPRetryable(RetryableError):
-    """A transient failure: 429, 5xx, timeout, connection error."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-        body: Any = None,
-        request_id: str | None = None,
-    ) -> None:
-        super().__init__(message, retry_after=retry_after, status_code=status_code)
-        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
-
-
-class HTTPClientError(ConveyorError):
-    """The server refused this request (400, 404, 422...): not retried."""
-
-    def __init__(self, message: str, *, status_code: int, body: Any, request_id: str | None):
-        super().__init__(message)
-        self.status_code = status_code
-        self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
-
-
-class AuthError(FatalError):
-    """401/403: the key was rejected; no further request can succeed."""
-
-    def __init__(self, message: str, *, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._base._exceptions import ConveyorError, FatalError
+from .._base._exceptions import ConveyorError, FatalError, WorkersLost
 from .._base._types import ErrorInfo, Result, Status
 from .._core._callbacks import Dispatcher
 from .._core._outcome import Ending, log_failure
@@ -41,10 +41,6 @@ __all__ = ["ClusterRun", "ClusterSettings", "WorkerPool", "WorkersLost"]
 log = logging.getLogger("conveyor")
 
 _SKIP_KINDS = ("fail_fast", "fatal")  # stops whose unrun items are reported as skipped
-
-
-class WorkersLost(FatalError):
-    """Every worker of a cluster run died and none could be started again."""
 
 
 class WorkerPool(Protocol):

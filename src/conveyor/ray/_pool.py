@@ -13,7 +13,11 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import ConfigError, ConveyorError
+from .._base._exceptions import (
+    ConfigError,
+    RayConnectError,
+    RayNotInstalled,
+)
 from ._limiter import LimiterActor
 from ._worker import WorkerActor, WorkerSettings
 
@@ -29,24 +33,6 @@ log = logging.getLogger("conveyor")
 
 _CLOSE_TIMEOUT = 30.0  # seconds a worker gets to finish and close at the end
 _PROBE_TIMEOUT = 5.0  # seconds to reach a cluster address before Ray's own long retries
-
-INSTALL_HINT = "pip install 'conveyor[ray]'"
-
-
-class RayNotInstalled(ConveyorError, ImportError):
-    """The Ray backend was asked for, but Ray is not installed."""
-
-    def __init__(self, detail: str = "") -> None:
-        extra = f" ({detail})" if detail else ""
-        super().__init__(
-            f"the Ray backend needs the `ray` package, which is not installed{extra}: "
-            f"run `{INSTALL_HINT}` (or `pip install 'ray>=2.9'`), or use the default "
-            "single-machine backend"
-        )
-
-
-class RayConnectError(ConveyorError):
-    """Ray could not be started or the cluster could not be reached."""
 
 
 def import_ray() -> ModuleType:
