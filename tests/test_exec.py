@@ -281,7 +281,7 @@ def test_another_command_on_the_same_journal_is_refused(tmp_path: Path) -> None:
     run_commands(["a"], ["echo", "{}"], artifacts=art)
     with pytest.raises(JournalMismatch) as info:
         run_commands(["a"], ["echo", "-n", "{}"], artifacts=art)
-    assert "--force" in str(info.value)
+    assert "`force=True`" in str(info.value)
     assert "echo -n" in str(info.value)
     forced = run_commands(["a", "b"], ["echo", "-n", "{}"], artifacts=art, force=True)
     assert _counts(forced) == {"ok": 1}

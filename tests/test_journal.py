@@ -251,8 +251,8 @@ def test_identity_mismatch_names_keys_and_remedies(jpath: str) -> None:
     assert "endpoint: 'http://x/v1' in the journal, 'http://y/v1' now" in msg
     assert "input_fingerprint: 'abc123' in the journal, <absent> now" in msg
     assert "options: <absent> in the journal, 'rpm=5' now" in msg
-    assert "--force" in msg
-    assert "new --journal path" in msg
+    assert "`force=True`" in msg
+    assert "new `journal=` path" in msg
     assert set(info.value.differences) == {"endpoint", "input_fingerprint", "options"}
     # the refused open released its lock, and force accepts the new identity
     with Journal.open(jpath, identity=changed, force=True) as j:
@@ -452,13 +452,13 @@ def ro_dir_fixture(tmp_path: Path) -> Iterator[str]:
 
 
 def test_read_only_location_says_choose_another(ro_dir: str) -> None:
-    """A journal in a read-only directory fails with the path and the --journal advice."""
+    """A journal in a read-only directory fails with the path and the `journal=` advice."""
     path = os.path.join(ro_dir, "run.journal")
     with pytest.raises(JournalError) as info:
         Journal.open(path, identity=IDENTITY)
     assert type(info.value) is JournalError
     assert path in str(info.value)
-    assert "choose a writable location with --journal" in str(info.value)
+    assert "choose a writable location with `journal=`" in str(info.value)
 
 
 def test_missing_journal_for_readonly_and_closed_use(jpath: str) -> None:
@@ -525,7 +525,7 @@ def test_real_full_filesystem_is_journal_full(tiny_fs: str) -> None:
     ("exc", "kind", "text"),
     [
         (OSError(errno.ENOSPC, "No space left on device"), JournalFull, "disk full"),
-        (OSError(errno.EROFS, "Read-only file system"), JournalError, "--journal"),
+        (OSError(errno.EROFS, "Read-only file system"), JournalError, "`journal=`"),
         (OSError(errno.EIO, "Input/output error"), JournalError, "check the disk"),
         (sqlite3.ProgrammingError("closed"), JournalError, "closed"),
     ],

@@ -222,7 +222,7 @@ def test_bad_prices_file_names_the_file_and_the_problem(
     with pytest.raises(InputError, match=re.escape(words)) as info:
         load_prices(p)
     assert str(p) in str(info.value)
-    with pytest.raises(InputError, match="check the --prices path"):
+    with pytest.raises(InputError, match="check the prices file path"):
         load_prices(tmp_path / "missing.json")
 
 

@@ -210,7 +210,7 @@ class JournalLocked(JournalError):
         who = f"pid {pid}" if pid is not None else "an unknown pid"
         super().__init__(
             f"journal {path} is in use by another conveyor run ({who}): wait for it to "
-            "finish or stop it, or choose a different --journal path",
+            "finish or stop it, or choose a different `journal=` path",
             path=path,
         )
         self.pid = pid
@@ -227,7 +227,7 @@ class JournalMismatch(JournalError):
         ]
         super().__init__(
             f"journal {path} belongs to a different run ({'; '.join(parts)}). To resume it "
-            "anyway pass --force (force=True); to start a fresh run use a new --journal path",
+            "anyway pass `force=True`; to start a fresh run use a new `journal=` path",
             path=path,
         )
 
@@ -403,12 +403,13 @@ class WorkersLost(FatalError):
 class PreflightFailed(ConveyorError):
     """A preflight check failed before a run started; the message lists what to do."""
 
-    def __init__(self, checks: list[Check]) -> None:
+    def __init__(self, checks: list[Check], *, skip_hint: str = "") -> None:
         self.checks = checks
         failed = [c for c in checks if c.status == "fail"]
         parts = [f"{c.name}: {c.detail}" + (f" ({c.fix})" if c.fix else "") for c in failed]
         super().__init__(
             "preflight failed, nothing was sent: "
             + "; ".join(parts)
-            + ". Fix it, or skip the checks with --no-preflight"
+            + ". Fix it, or skip the checks"
+            + (f" with {skip_hint}" if skip_hint else "")
         )

@@ -92,7 +92,7 @@ def _full(path: str, detail: str) -> JournalFull:
 def _unwritable(path: str, detail: str, *, writing: bool) -> JournalError:
     if writing:
         return JournalError(
-            f"cannot write journal {path} ({detail}): choose a writable location with --journal",
+            f"cannot write journal {path} ({detail}): choose a writable location with `journal=`",
             path=path,
         )
     return JournalError(f"cannot read journal {path} ({detail})", path=path)

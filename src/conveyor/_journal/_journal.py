@@ -224,7 +224,7 @@ class Journal:
         """Open for reading only (for `conveyor status`): no lock, works while a writer runs."""
         p = os.path.abspath(os.fspath(path))
         if not os.path.exists(p):
-            raise JournalError(f"no journal at {p}: check the --journal path", path=p)
+            raise JournalError(f"no journal at {p}: check the `journal=` path", path=p)
         conn: sqlite3.Connection | None = None
         try:
             with _guard(p, writing=False):

@@ -132,7 +132,7 @@ class OutputSink:
                 raise OutputMismatch(
                     f"output {path} already exists ({size} bytes) and this journal did not "
                     "write it: choose another output path, move the file away, pass the "
-                    "journal that wrote it (--journal), or overwrite it with --force",
+                    "journal that wrote it (`journal=`), or overwrite it with `force=True`",
                     path=path,
                 )
             if regular and size > offset:

@@ -83,7 +83,7 @@ def load_prices(path: str | Path, *, base: Mapping[str, Price] | None = None) ->
         raw = p.read_bytes()
     except OSError as exc:
         raise InputError(
-            f"cannot read the prices file ({exc.strerror or exc}): check the --prices path",
+            f"cannot read the prices file ({exc.strerror or exc}): check the prices file path",
             path=str(p),
         ) from None
     try:

@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "cli_errors",
+    "cli_message",
     "setup_logging",
 ]
 
@@ -32,6 +33,24 @@ EXIT_INTERRUPTED = 130
 F = TypeVar("F", bound=Callable[..., Any])
 
 _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+# Library messages name the Python parameter in backticks (`force=True`); on the
+# command line the same advice is the flag.
+_FLAGS = {
+    "`base_url=`": "--base-url",
+    "`force=True`": "--force",
+    "`journal=`": "--journal",
+    "`model=`": "--model",
+    "`strict=True`": "--strict",
+}
+
+
+def cli_message(exc: BaseException) -> str:
+    """The error's message, with each Python parameter it names said as its CLI flag."""
+    text = str(exc)
+    for parameter, flag in _FLAGS.items():
+        text = text.replace(parameter, flag)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -78,16 +97,16 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
-            click.echo(f"conveyor: {exc}", err=True)
+            click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except FatalError as exc:
-            click.echo(f"conveyor: stopped: {exc}", err=True)
+            click.echo(f"conveyor: stopped: {cli_message(exc)}", err=True)
             sys.exit(EXIT_FATAL)
         except (ConfigError, InputError) as exc:
-            click.echo(f"conveyor: {exc}", err=True)
+            click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_USAGE)
         except ConveyorError as exc:
-            click.echo(f"conveyor: {exc}", err=True)
+            click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]

@@ -116,7 +116,7 @@ def run_preflight(
     if failed or (not quiet and any(c.status == "warn" for c in checks)):
         click.echo(format_checks(checks), err=True)
     if failed:
-        raise PreflightFailed(checks)
+        raise PreflightFailed(checks, skip_hint="--no-preflight")
     return checks
 
 

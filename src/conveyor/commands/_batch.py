@@ -494,7 +494,7 @@ async def _retry(
     if not is_exec_journal(identity) or settings_text is None:
         raise JournalError(
             f"{path} was not written by `conveyor exec`, so it holds no commands to re-run; "
-            "check the --journal path",
+            "check the `journal=` path",
             path=str(path),
         )
     spec = _spec_from_journal(path, orjson.loads(settings_text), overrides)

@@ -203,8 +203,8 @@ def _strict_check(input_path: Path, s: RunSettings) -> None:
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         raise InputError(
-            f"--strict: {len(problems)} bad line(s), nothing was sent:\n  {shown}{more}\n"
-            "Fix them, or run without --strict to send the valid lines and get an "
+            f"`strict=True`: {len(problems)} bad line(s), nothing was sent:\n  {shown}{more}\n"
+            "Fix them, or run without `strict=True` to send the valid lines and get an "
             "error line for each bad one.",
             path=str(input_path),
         )
@@ -233,7 +233,7 @@ class _Caller:
                 if self._refused >= self.UNREACHABLE_AFTER:
                     raise FatalError(
                         f"cannot reach {self._client.endpoint.base_url} ({exc}); is the server "
-                        "running? check --base-url / OPENAI_BASE_URL. Nothing was lost: run "
+                        "running? check `base_url=` / OPENAI_BASE_URL. Nothing was lost: run "
                         "the same command again to resume."
                     ) from None
             else:

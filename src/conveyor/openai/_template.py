@@ -251,7 +251,7 @@ class PromptTemplate:
         if bad:
             raise InputError(
                 f"[params] may not set {', '.join(bad)}: conveyor builds those from the "
-                "template (set the model with the top-level 'model' key or --model)",
+                "template (set the model with the top-level 'model' key or `model=`)",
                 path=path,
             )
         # Text without Jinja markup is rendered once: a static system prompt
@@ -384,7 +384,7 @@ def build_requests(
     """
     use_model = model or template.model
     if not use_model:
-        raise ConfigError("model", model, "give --model or set 'model' in the template")
+        raise ConfigError("model", model, "give `model=` or set 'model' in the template")
     kind = endpoint_of(endpoint)
     if kind not in _ENDPOINTS:
         raise ConfigError("endpoint", endpoint, f"one of {', '.join(sorted(_ENDPOINTS))}")
