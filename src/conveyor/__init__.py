@@ -9,6 +9,21 @@
 Everything public is here; modules whose names start with `_` are private.
 """
 
+# The layout, one folder per part; layers import downward only (tests/test_layers.py):
+#
+#   _base/       result types, the ConveyorError tree, clocks: imports nothing of ours
+#   _core/       the engine: admission, limits, retry, breaker, attempts, options,
+#                output stream, progress snapshot, report model (imports _base)
+#   _journal/    SQLite journal and the exactly-once output sink
+#   _render/     report text, HTML, SVG charts, timeline, pricing, formatting
+#   ray/         the Ray backend: driver, worker actors, the cluster-wide limiter
+#   _api.py      run / arun / stream / astream, the front end over the engine
+#   executors.py the TaskExecutor family over the engine
+#   openai/      HTTP transport, Batch API files in/out, templates, tokens, cache
+#   commands/    shell jobs (CommandTask) and batches of them (`conveyor exec`)
+#   mock/        the simulated OpenAI-compatible server
+#   cli/         the `conveyor` command, its subcommands and the terminal display
+
 from ._api import AsyncStream, Stream, arun, astream, run, stream
 from ._base._exceptions import (
     AggregateExecutionError,
