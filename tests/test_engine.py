@@ -464,19 +464,32 @@ def test_sporadic_429s_delay_only_their_item_frequent_ones_pause_all() -> None:
 
 
 def test_learned_limits_from_hints() -> None:
-    """Limits reported by the task (x-ratelimit headers) are applied when the
-    user set none, and a zero remaining budget pauses until its reset."""
+    """The server's budget, as its headers describe it (a bucket of 10
+    refilled at 30/min), is mirrored: after the first answer conveyor spends
+    the bucket, then keeps to its refill, and the server refuses nothing."""
     clock = FakeClock()
-    calls: list[tuple[float, float]] = []
+    level, last = 10.0, 0.0
+    refused = 0
 
     async def fn(i: int) -> int:
-        calls.append((clock.now(), 1.0))
-        conveyor.report_limits(requests_limit=30, requests_remaining=10)
+        nonlocal level, last, refused
+        now = clock.now()
+        level = min(10.0, level + (now - last) * 0.5)
+        last = now
+        if level < 1:
+            refused += 1
+            raise conveyor.RetryableError("rate limited", status_code=429, retry_after=1)
+        level -= 1
+        conveyor.report_limits(
+            requests_limit=30, requests_remaining=level, requests_reset=(10 - level) / 0.5
+        )
         return i
 
-    conveyor.run(range(100), fn, concurrency=1, clock=clock)
-    # Only the first call happens before the limit is known.
-    assert _max_in_any_window(calls, 60.0) <= 31
+    report = conveyor.run(range(100), fn, concurrency=1, clock=clock)
+    assert report.counts["ok"] == 100
+    assert refused == 0
+    # 10 at once, then 90 at 0.5/s: the rate the server allows, not slower.
+    assert 90 / 0.5 - 1 <= clock.now() <= 90 / 0.5 * 1.03 + 1
 
 
 # ---- breaker ---------------------------------------------------------------------------
@@ -549,7 +562,10 @@ def test_fatal_error_stops_run_and_carries_report() -> None:
         conveyor.run(range(100), fn, concurrency=1)
     rep = ei.value.report
     assert rep is not None and rep.total == 100
-    assert rep.counts["ok"] == 2 and rep.counts["failed"] == 1
+    # The item the fatal error met is not its own failure: it stays to be run
+    # again (cancelled, with the error kept), as are those never started.
+    assert rep.counts["ok"] == 2 and rep.counts.get("failed", 0) == 0
+    assert rep[2].status == "cancelled" and "401" in rep[2].error.message
     assert rep.counts["skipped"] == 97
 
 

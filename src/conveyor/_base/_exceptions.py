@@ -6,6 +6,7 @@ ConveyorError
 ├── AggregateExecutionError  an executor ran tasks and every one of them failed
 ├── FatalError               stops the whole run (a rejected API key, a full disk)
 │   ├── AuthError            401/403 from the endpoint: the key was rejected
+│   ├── QuotaExceeded        the endpoint's quota or billing cap is spent (resumable)
 │   └── WorkersLost          every Ray worker died and none could be restarted
 ├── Interrupted              Ctrl+C / SIGTERM stopped the run (carries the report)
 ├── RetryableError           raised by a user function: "try this item again"
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from .._core._refusals import Refusal
     from .._core._report import BatchReport
     from ..cli._preflight import Check
     from ..commands._types import CommandResult
@@ -68,6 +70,8 @@ __all__ = [
     "JournalMismatch",
     "OutputMismatch",
     "PreflightFailed",
+    "RayConnectError",
+    "QuotaExceeded",
     "RayConnectError",
     "RayNotInstalled",
     "RetryableError",
@@ -123,6 +127,33 @@ class FatalError(ConveyorError):
     """
 
 
+class QuotaExceeded(FatalError):
+    """The endpoint's quota or billing limit is spent: waiting within the run won't help.
+
+    The run stops admitting work and lets in-flight work finish; items the
+    quota refused are not counted as done, so running the same command again
+    (after the quota resets or is raised) sends exactly those.
+    """
+
+    def __init__(self, message: str, *, wait: float | None = None) -> None:
+        self.wait = wait
+        when = ""
+        if wait is not None:
+            when = f" (the server says it resets in {_human(wait)})"
+        super().__init__(
+            f"the endpoint's quota is exhausted{when}: {message} -- "
+            "nothing was lost; run the same command again once the quota resets or is raised"
+        )
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
 class Interrupted(ConveyorError):
     """The run was stopped by Ctrl+C or a stop request.
 
@@ -150,10 +181,10 @@ class RetryableError(ConveyorError):
     """Raise from a task function to ask for another attempt.
 
     `retry_after` (seconds) is honoured as the minimum wait before it; a
-    `status_code` is kept in the result's error for the report. With
-    `overload=True` (a rate-limit budget is spent) every item pauses for
-    `retry_after`, not just this one; 429s without it pause everyone only
-    when they become frequent.
+    `status_code` is kept in the result's error for the report; a 429 (or
+    `overload=True`) is a rate-limit refusal: every item pauses for
+    `retry_after`, the budget's rate is learned, and the refusal does not use
+    up the item's retries.
     """
 
     def __init__(
@@ -267,6 +298,8 @@ class HTTPRetryable(RetryableError):
     ) -> None:
         super().__init__(message, retry_after=retry_after, status_code=status_code)
         self.meta = {"status_code": status_code, "body": body, "request_id": request_id}
+        # What kind of refusal it is (rate limit, quota, capacity), if one.
+        self.refusal: Refusal | None = None
 
 
 class HTTPClientError(ConveyorError):

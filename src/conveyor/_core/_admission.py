@@ -1,10 +1,11 @@
-"""Admission: the driver that carries out the policies of `_limits` for one run.
+"""Admission: the driver that carries out the policies for one run.
 
-Before each attempt: wait out a global pause (a 429's `Retry-After`, a budget
-the server said is spent), the requests- and tokens-per-window limits, the
-circuit breaker and, across processes, a shared limiter. After it: settle the
-token reservation from the reported usage, learn limits the server
-announced, and feed the outcome to the breaker and the adaptive concurrency.
+Before each attempt: wait out a pause (a rate-limit refusal's wait), every
+budget the server meters (requests, tokens, and Anthropic's input and output
+tokens: `_budget.Budget`, a mirror of the server's own bucket or window),
+the circuit breaker and, across processes, a shared limiter. After it: feed
+what the server said (headers, a classified refusal) back to the budgets,
+settle token reservations, and tell the breaker and the adaptive concurrency.
 The policies decide; this module only waits and keeps their books.
 """
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._limits import AdaptiveConcurrency, CircuitBreaker, RateLimiter
+from ._budget import Budget, Model
+from ._limits import AdaptiveConcurrency, CircuitBreaker
+from ._refusals import Refusal, RefusalKind, classify_exception
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,26 +27,59 @@ if TYPE_CHECKING:
     from ._attempt import Attempt, RateLimitHint
     from ._options import Options
 
-__all__ = ["Admission", "Refused"]
+__all__ = ["Admission", "Refused", "Ticket", "Verdict"]
 
 log = logging.getLogger("conveyor")
 
-# A 429 without Retry-After pauses admission this long.
-_DEFAULT_OVERLOAD_PAUSE = 1.0
-# Our clock counts a request when it is sent, the server when it arrives: a
-# little extra window (1%, at least 50 ms) keeps the counts from disagreeing
-# at the edge, at the cost of that much of the allowed rate.
+# Our clock counts a unit when it is sent, the server when it arrives: our own
+# sliding log keeps a unit a little longer (1%, at least 50 ms) than a window.
 _WINDOW_MARGIN = 0.01
 _WINDOW_MARGIN_MIN = 0.05
-# A 429 pauses everyone only when the budget is known to be spent, or when
-# 429s are frequent among recent answers; a sporadic one delays its own item.
+# A pause at least this long gets a log line when it starts.
+_LOUD_PAUSE = 5.0
+_SCOPES = ("requests", "tokens", "input_tokens", "output_tokens")
+# A refusal pauses everyone only when the budget is known to be spent, or
+# when refusals are frequent among recent answers; a sporadic one (a hiccup,
+# another tenant's burst) delays its own item only.
 _RECENT = 50
-_OVERLOAD_SHARE = 0.2
-_OVERLOAD_MIN = 3
+_FREQUENT_SHARE = 0.2
+_FREQUENT_MIN = 3
 
 
 class Refused(Exception):
     """Admission refused because the run is stopping."""
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admission: when, what it spent, and each budget's mark after it."""
+
+    at: float
+    weight: float
+    split: tuple[float, float] | None
+    marks: dict[str, float]
+
+    def spent(self, scope: str) -> float:
+        if scope == "requests":
+            return 1.0
+        if scope == "tokens":
+            return self.weight
+        if self.split is None:
+            return self.weight
+        return self.split[0] if scope == "input_tokens" else self.split[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a failed attempt was: its refusal class, if any, and whether the
+    whole budget waits (`shared`) or only the item that was refused."""
+
+    refusal: Refusal | None
+    shared: bool = False
+
+    @property
+    def kind(self) -> str | None:
+        return self.refusal.kind.value if self.refusal is not None else None
 
 
 class Admission:
@@ -52,11 +89,14 @@ class Admission:
         self._refusing = refusing
         self.adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
         w = options.limit_window
-        self._window = w + max(w * _WINDOW_MARGIN, _WINDOW_MARGIN_MIN)
-        self.rpm = RateLimiter(options.rpm, self._window) if options.rpm else None
-        self.tpm = RateLimiter(options.tpm, self._window) if options.tpm else None
-        self._rpm_learned = options.rpm is None
-        self._tpm_learned = options.tpm is None
+        margin = max(w * _WINDOW_MARGIN, _WINDOW_MARGIN_MIN)
+        self._budget_args = {"window": w, "burst": options.burst, "margin": margin}
+        self.budgets: dict[str, Budget] = {
+            "requests": Budget("requests", told=options.rpm, **self._budget_args)
+        }
+        self._weighted = options.cost is not None
+        if self._weighted:
+            self.budgets["tokens"] = Budget("tokens", told=options.tpm, **self._budget_args)
         b = options.breaker
         self.breaker = (
             CircuitBreaker(b.threshold, b.cooldown, b.max_cooldown) if b is not None else None
@@ -65,172 +105,283 @@ class Admission:
         self.paused_until = -1.0
         self._lock = asyncio.Lock()
         self.rate_limited = 0
+        self.refusals: dict[str, int] = {}
         self.answered_locally = 0
-        self._recent: deque[bool] = deque(maxlen=_RECENT)  # True: that answer was a 429
+        self._told_about: set[str] = set()
+        self._recent: deque[bool] = deque(maxlen=_RECENT)  # True: a rate refusal
+        # One request first, the rest after its answer: the server's headers
+        # (or a rejected key) are known before a whole window of requests is
+        # spent on a budget or a key we know nothing of.
+        self._probe = options.probe_first
+        self._probe_out = False
+
+    # ---- compatibility views (progress panel, tests) -------------------------------
+
+    @property
+    def rpm(self) -> Budget:
+        return self.budgets["requests"]
+
+    @property
+    def tpm(self) -> Budget | None:
+        return self.budgets.get("tokens")
 
     def concurrency_limit(self, maximum: int) -> int:
         return maximum if self.adaptive is None else min(maximum, self.adaptive.limit)
 
     def never_fits(self, weight: float) -> str | None:
         """Why an item of this weight can never be admitted, or None."""
-        if self.tpm is not None and not self.tpm.fits(weight):
+        tpm = self.tpm
+        if tpm is not None and tpm.told is not None and not tpm.fits(weight):
             return (
                 f"item cost {weight:g} exceeds the per-window token limit "
-                f"{self.tpm.limit:g}: it can never be admitted"
+                f"{tpm.limit:g}: it can never be admitted"
             )
         return None
 
-    async def admit(self, weight: float) -> float | None:
-        """Wait until every limit allows one attempt; returns the admission time
-        (None when no local limit applied)."""
-        admitted = await self._admit_local(weight)
+    # ---- before an attempt -----------------------------------------------------------
+
+    async def admit(self, weight: float, split: tuple[float, float] | None = None) -> Ticket:
+        """Wait until every limit allows one attempt; returns its ticket."""
+        ticket = await self._admit_local(weight, split)
         if self.shared is not None:
             await self.shared.acquire(weight)
             if self._refusing():
                 raise Refused
-        return admitted
+        return ticket
 
-    async def _admit_local(self, weight: float) -> float | None:
+    def _amounts(self, weight: float, split: tuple[float, float] | None) -> dict[str, float]:
+        out = {}
+        for name in self.budgets:
+            if name == "requests":
+                out[name] = 1.0
+            elif name == "tokens" or split is None:
+                out[name] = weight
+            else:
+                out[name] = split[0] if name == "input_tokens" else split[1]
+        return out
+
+    def _open(self) -> bool:
+        return (
+            not self._probe
+            and self.breaker is None
+            and self.paused_until < 0
+            and all(b.model is Model.OPEN for b in self.budgets.values())
+        )
+
+    def _commit(self, now: float, amounts: dict[str, float], weight: float, split: Any) -> Ticket:
+        marks = {name: self.budgets[name].commit(now, amt) for name, amt in amounts.items()}
+        return Ticket(now, weight, split, marks)
+
+    async def _admit_local(self, weight: float, split: tuple[float, float] | None) -> Ticket:
         if self._refusing():
             raise Refused
-        if self.rpm is None and self.tpm is None and self.breaker is None and self.paused_until < 0:
-            return None
+        amounts = self._amounts(weight, split)
         clock, brk = self._clock, self.breaker
+        if self._open() and not self._lock.locked():
+            return self._commit(clock.now(), amounts, weight, split)
         async with self._lock:  # FIFO: one waiter polls, the rest queue behind it
             while True:
                 if self._refusing():
                     raise Refused
-                rpm, tpm = self.rpm, self.tpm
                 now = clock.now()
                 wait = self.paused_until - now
-                if wait <= 0 and rpm is not None:
-                    wait = rpm.wait_time(now, 1.0)
-                if wait <= 0 and tpm is not None and weight > 0:
-                    wait = tpm.wait_time(now, weight)
+                if self._probe and self._probe_out:
+                    wait = max(wait, 0.005)  # until the probe's answer
+                if wait <= 0:
+                    for name, amount in amounts.items():
+                        wait = max(wait, self.budgets[name].wait_time(now, amount))
                 if wait <= 0 and brk is not None:
                     wait = brk.wait_time(now)  # last: it may claim the half-open probe
                 if wait <= 0:
-                    if rpm is not None:
-                        rpm.commit(now, 1.0)
-                    if tpm is not None and weight > 0:
-                        tpm.commit(now, weight)
-                    return now
+                    self._probe_out = self._probe
+                    return self._commit(now, amounts, weight, split)
                 await clock.sleep(wait)
 
+    # ---- after an attempt ------------------------------------------------------------
+
     def on_success(self) -> None:
+        self._probe = False
         self._recent.append(False)
         if self.breaker is not None:
             self.breaker.record_success()
         if self.adaptive is not None:
             self.adaptive.on_success()
 
-    def on_failure(self, exc: BaseException, *, transient: bool) -> None:
-        """What a failed attempt means for everyone: pause on 429, breaker."""
+    def on_failure(self, exc: BaseException, ticket: Ticket | None, *, transient: bool) -> Verdict:
+        """What a failed attempt means for everyone: its refusal class, and
+        whether everyone now waits (True) or only this item (False)."""
         now = self._clock.now()
-        status = getattr(exc, "status_code", None)
-        overload = getattr(exc, "overload", None)
-        if status == 429 or overload:
+        self._probe = False  # any answer (or failure) ends the probe
+        refusal = getattr(exc, "refusal", None)
+        if not isinstance(refusal, Refusal):
+            refusal = classify_exception(exc)
+        # `overload=True`: the caller knows the shared budget is spent.
+        overload = getattr(exc, "overload", False) is True
+        if overload and (refusal is None or refusal.kind is not RefusalKind.RATE):
+            hint = getattr(exc, "retry_after", None)
+            wait = float(hint) if isinstance(hint, int | float) else None
+            refusal = Refusal(RefusalKind.RATE, wait=wait, message=str(exc))
+        if refusal is not None:
+            self.refusals[refusal.kind.value] = self.refusals.get(refusal.kind.value, 0) + 1
+        shared = False
+        if refusal is not None and refusal.kind is RefusalKind.RATE:
             self.rate_limited += 1
             self._recent.append(True)
-            if overload or self._frequent():
-                hint = getattr(exc, "retry_after", None)
-                pause = float(hint) if isinstance(hint, int | float) else _DEFAULT_OVERLOAD_PAUSE
-                self.paused_until = max(self.paused_until, now + pause)
-                if self.shared is not None:
-                    self.shared.pause(pause)
-                if self.adaptive is not None:
-                    self.adaptive.on_overload(now)
-        elif status is not None:
+            shared = self._on_rate_limited(now, refusal, ticket, spent=overload)
+        elif getattr(exc, "status_code", None) is not None:
             self._recent.append(False)
+        capacity = refusal is not None and refusal.kind is RefusalKind.CAPACITY
+        if capacity and self.adaptive is not None:
+            # Busy, not our rate: fewer in flight for a while, limits untouched.
+            self.adaptive.on_overload(now)
         if self.breaker is not None:
-            if transient and status != 429:
+            answered = refusal is not None and refusal.kind is not RefusalKind.CAPACITY
+            if transient and not answered:
                 self.breaker.record_failure(now)
             else:
-                # The endpoint answered (a refusal or a 429 is an answer): it is
-                # up, which also releases a half-open probe.
+                # The endpoint answered (a refusal or a non-transient error is
+                # an answer): it is up, which also releases a half-open probe.
                 self.breaker.record_success()
+        return Verdict(refusal, shared)
 
     def _frequent(self) -> bool:
         hits = sum(self._recent)
-        return hits >= _OVERLOAD_MIN and hits >= _OVERLOAD_SHARE * len(self._recent)
+        return hits >= _FREQUENT_MIN and hits >= _FREQUENT_SHARE * len(self._recent)
 
-    def settle(self, attempt: Attempt, admitted_at: float | None, weight: float) -> None:
+    def _on_rate_limited(
+        self, now: float, refusal: Refusal, ticket: Ticket | None, *, spent: bool = False
+    ) -> bool:
+        """Book a rate refusal; True when it pauses everyone sharing the budget."""
+        scope = refusal.scope if refusal.scope in _SCOPES else None
+        if scope is None:
+            scope = self._guess_scope(now, ticket)
+        budget = self._budget(scope)
+        need = ticket.spent(scope) if ticket is not None else 1.0
+        # Spent for everyone: the mirror (just updated from this answer's
+        # headers, if it had any) holds less than this request needed.
+        spent = spent or (
+            budget is not None
+            and budget.model is not Model.OPEN
+            and budget.level(now) < min(need, budget.capacity)
+        )
+        if not (spent or self._frequent() or refusal.limit is not None):
+            return False
+        if budget is not None and ticket is not None:
+            budget.on_refused(now, ticket.at, need, retry_after=refusal.wait, limit=refusal.limit)
+            self._announce(budget)
+        if not (spent or self._frequent()):
+            return False
+        wait = refusal.wait
+        if wait is not None and wait > 0:
+            if wait >= _LOUD_PAUSE and now + wait > self.paused_until + 1.0:
+                log.warning("rate limited on %s: pausing %.0fs as the server asked", scope, wait)
+            self.paused_until = max(self.paused_until, now + wait)
+            if self.shared is not None:
+                self.shared.pause(wait)
+        return True
+
+    def _guess_scope(self, now: float, ticket: Ticket | None) -> str:
+        # A refusal that does not name its budget: the emptiest one we know.
+        best, lowest = "requests", float("inf")
+        for name, b in self.budgets.items():
+            if b.model is Model.OPEN:
+                continue
+            spent = ticket.spent(name) if ticket is not None else 1.0
+            room = b.level(now) / max(spent, 1.0)
+            if room < lowest:
+                best, lowest = name, room
+        return best
+
+    def _budget(self, scope: str) -> Budget | None:
+        b = self.budgets.get(scope)
+        if b is None and scope in ("input_tokens", "output_tokens") and self._weighted:
+            b = self.budgets[scope] = Budget(scope, **self._budget_args)
+        return b
+
+    def _announce(self, budget: Budget) -> None:
+        key = f"{budget.name}:{budget.model.value}"
+        if budget.model is not Model.OPEN and key not in self._told_about:
+            self._told_about.add(key)
+            log.info("%s budget: %s", budget.name, budget.why)
+
+    def settle(self, attempt: Attempt, ticket: Ticket | None) -> None:
         """Book what the attempt really cost and what the server announced."""
+        if ticket is None:
+            return
         if attempt.limits is not None:
-            self._learn(attempt.limits)
+            self._learn(attempt.limits, ticket)
+        weight = ticket.weight
         if attempt.cached:
             # Answered locally: give the reservations back.
             self.answered_locally += 1
-            if admitted_at is not None and self.rpm is not None:
-                self.rpm.settle(admitted_at, 1.0, 0.0)
-            if admitted_at is not None and self.tpm is not None:
-                self.tpm.settle(admitted_at, weight, 0.0)
+            for name, budget in self.budgets.items():
+                budget.refund(ticket.at, ticket.spent(name))
             if self.shared is not None:
                 self.shared.settle(weight, 0.0)
             return
         if attempt.usage is None:
             return
         actual = float(attempt.usage.total_tokens)
-        if admitted_at is not None and self.tpm is not None:
-            self.tpm.settle(admitted_at, weight, actual)
+        tokens = self.tpm
+        if tokens is not None:
+            tokens.settle(ticket.at, weight, actual)
         if self.shared is not None:
             self.shared.settle(weight, actual)
 
-    def _learn(self, hint: RateLimitHint) -> None:
+    def _learn(self, hint: RateLimitHint, ticket: Ticket) -> None:
         now = self._clock.now()
-        window = self._window  # servers announce per-minute limits: 60 s by default
-        if hint.requests_limit and self._rpm_learned:
-            if self.rpm is None:
-                self.rpm = RateLimiter(hint.requests_limit, window)
-                log.info("learned a limit of %g requests/min from the server", hint.requests_limit)
-            elif self.rpm.limit != hint.requests_limit:
-                self.rpm.set_limit(hint.requests_limit)
-        if hint.tokens_limit and self._tpm_learned and self._opts.cost is not None:
-            if self.tpm is None:
-                self.tpm = RateLimiter(hint.tokens_limit, window)
-                log.info("learned a limit of %g tokens/min from the server", hint.tokens_limit)
-            elif self.tpm.limit != hint.tokens_limit:
-                self.tpm.set_limit(hint.tokens_limit)
-        # The server may have counted requests we did not (sent before the
-        # limit was known, or by another client with the same key): when it
-        # says fewer remain than we think, book the difference now.
-        for own, remaining in ((self.rpm, hint.requests_remaining),
-                               (self.tpm, hint.tokens_remaining)):  # fmt: skip
-            if own is not None and remaining is not None:
-                mine = own.limit - own.in_window(now)
-                if remaining < mine:
-                    own.commit(now, mine - max(0.0, remaining))
-        # A spent budget pauses everyone until its reset, unless a limiter here
-        # already keeps to that limit: the reset is when the whole window is
-        # empty, and waiting for it would idle most of a window each time.
-        for remaining, reset, own in (
-            (hint.requests_remaining, hint.requests_reset, self.rpm),
-            (hint.tokens_remaining, hint.tokens_reset, self.tpm),
-        ):
-            if own is None and remaining is not None and remaining <= 0 and reset:
-                self.paused_until = max(self.paused_until, now + reset)
+        for scope in _SCOPES:
+            limit = getattr(hint, f"{scope}_limit", None)
+            remaining = getattr(hint, f"{scope}_remaining", None)
+            if limit is None and remaining is None:
+                continue
+            if scope != "requests" and not self._weighted:
+                continue  # no cost function: token budgets cannot be kept
+            budget = self._budget(scope)
+            if budget is None:
+                continue
+            mark = ticket.marks.get(scope)
+            if mark is None:
+                # A budget first seen now: this request was not booked in it.
+                mark = budget.charged
+            budget.observe(
+                now,
+                ticket.at,
+                mark,
+                limit=limit,
+                remaining=remaining,
+                reset=getattr(hint, f"{scope}_reset", None),
+            )
+            self._announce(budget)
+
+    # ---- figures ---------------------------------------------------------------------
 
     def figures(self, now: float) -> dict[str, Any]:
         """For the progress snapshot and the report."""
         rpm, tpm, brk = self.rpm, self.tpm, self.breaker
         return {
-            "rpm_limit": rpm.limit if rpm is not None else None,
+            "rpm_limit": rpm.limit,
             "tpm_limit": tpm.limit if tpm is not None else None,
-            "rpm_in_window": rpm.in_window(now) if rpm is not None else 0.0,
-            "tpm_in_window": tpm.in_window(now) if tpm is not None else 0.0,
+            "rpm_in_window": rpm._log.in_window(now),
+            "tpm_in_window": tpm._log.in_window(now) if tpm is not None else 0.0,
             "rate_limited": self.rate_limited,
             "paused_for": max(0.0, self.paused_until - now),
             "breaker": brk.state.value if brk is not None else "off",
+            "budgets": {
+                name: b.why for name, b in self.budgets.items() if b.model is not Model.OPEN
+            },
         }
 
-    def report_extra(self) -> dict[str, int]:
-        extra: dict[str, int] = {}
+    def report_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
         if self.breaker is not None and self.breaker.opened:
             extra["breaker_opened"] = self.breaker.opened
         if self.adaptive is not None and self.adaptive.decreases:
             extra["concurrency_decreases"] = self.adaptive.decreases
         if self.rate_limited:
             extra["rate_limited"] = self.rate_limited
+        for kind, n in sorted(self.refusals.items()):
+            extra[f"refused_{kind}"] = n
         if self.answered_locally:
             extra["answered_locally"] = self.answered_locally
         return extra

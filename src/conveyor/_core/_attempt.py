@@ -29,9 +29,13 @@ __all__ = [
 
 @dataclass(slots=True)
 class RateLimitHint:
-    """Limits a server announced (OpenAI's `x-ratelimit-*` headers).
+    """What a server's headers said of its budgets (OpenAI's `x-ratelimit-*`,
+    Anthropic's `anthropic-ratelimit-*`).
 
-    Limits are per minute; `*_reset` are seconds until the budget refills.
+    Limits are per minute; `*_remaining` is what the budget held when the
+    server took the request; `*_reset` is seconds until it is full again.
+    Anthropic meters input and output tokens apart (`input_tokens_*`,
+    `output_tokens_*`).
     """
 
     requests_limit: float | None = None
@@ -40,6 +44,12 @@ class RateLimitHint:
     tokens_remaining: float | None = None
     requests_reset: float | None = None
     tokens_reset: float | None = None
+    input_tokens_limit: float | None = None
+    input_tokens_remaining: float | None = None
+    input_tokens_reset: float | None = None
+    output_tokens_limit: float | None = None
+    output_tokens_remaining: float | None = None
+    output_tokens_reset: float | None = None
 
 
 @dataclass(slots=True)
@@ -88,11 +98,20 @@ def report_limits(
     tokens_remaining: float | None = None,
     requests_reset: float | None = None,
     tokens_reset: float | None = None,
+    input_tokens_limit: float | None = None,
+    input_tokens_remaining: float | None = None,
+    input_tokens_reset: float | None = None,
+    output_tokens_limit: float | None = None,
+    output_tokens_remaining: float | None = None,
+    output_tokens_reset: float | None = None,
 ) -> None:
-    """Tell the engine the rate limits a server announced.
+    """Tell the engine what the server's headers said of its rate limits.
 
-    Limits the user did not set are learned from these; a remaining budget of
-    zero pauses admission until its reset. Outside a run it does nothing.
+    Limits are per minute, `*_remaining` what the server held when it took
+    this request, `*_reset` seconds until it is full again. conveyor mirrors
+    the server's budget from these (a bucket or a window, whichever the
+    figures describe) and runs at the rate it allows, never above a limit the
+    user set. Outside a run it does nothing.
     """
     a = _current.get()
     if a is None:
@@ -104,6 +123,12 @@ def report_limits(
         tokens_remaining,
         requests_reset,
         tokens_reset,
+        input_tokens_limit,
+        input_tokens_remaining,
+        input_tokens_reset,
+        output_tokens_limit,
+        output_tokens_remaining,
+        output_tokens_reset,
     )
 
 

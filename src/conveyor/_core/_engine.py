@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import FatalError
+from .._base._exceptions import FatalError, QuotaExceeded
 from .._base._types import ErrorInfo, Result, Status
-from ._admission import Admission, Refused
+from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
 from ._outcome import Ending, log_failure
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "Invoker", "invoker_for"]
 
 log = logging.getLogger("conveyor")
+
+# Rate-limit refusals of one item that are waited out without using up its
+# retries; past this many the retry policy decides again (never endless).
+_MAX_RATE_REFUSALS = 50
 
 # An invoker runs one attempt of one item; the engine wraps it with the
 # attempt context, the timeout and the retry loop.
@@ -430,9 +434,16 @@ class Engine:
         try:
             self._dispatch.start(index, key, item)
             weight = 0.0
+            split: tuple[float, float] | None = None
             if self.opts.cost is not None:
                 try:
-                    weight = float(self.opts.cost(item))
+                    raw = self.opts.cost(item)
+                    if isinstance(raw, tuple):
+                        # (input, output): budgets that meter them apart get each.
+                        split = (float(raw[0]), float(raw[1]))
+                        weight = split[0] + split[1]
+                    else:
+                        weight = float(raw)
                 except Exception as exc:
                     # A cost function may reject an item outright (an invalid
                     # input line): it fails without an attempt or a rate slot.
@@ -443,8 +454,9 @@ class Engine:
                 why = self._admission.never_fits(weight)
                 if why is not None:
                     raise FatalItem(why)
+            refusals = 0  # rate-limit refusals: waited out, not counted as retries
             while True:
-                admitted_at = await self._admission.admit(weight)
+                ticket = await self._admission.admit(weight, split)
                 attempts += 1
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts)
@@ -456,14 +468,19 @@ class Engine:
                 except Exception as exc:
                     st.attempt_running = False
                     usage = attempt.usage or usage
-                    self._admission.settle(attempt, admitted_at, weight)
-                    delay = self._on_failure(exc, attempts)
+                    self._admission.settle(attempt, ticket)
+                    delay, refused = self._on_failure(exc, attempts - refusals, ticket, refusals)
+                    if refused == "rate":
+                        refusals += 1
                     retryable = delay is not None
                     error = ErrorInfo.from_exception(exc, retryable=retryable)
                     if delay is None or self._refusing():
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
                         )
+                        if refused == "quota" or isinstance(exc, FatalError):
+                            # Not this item's fault: a resume sends it again.
+                            status = Status.CANCELLED
                         r = self._result(
                             index, key, item, status, error, attempts, wall0, t0, usage
                         )
@@ -493,7 +510,7 @@ class Engine:
                     continue
                 st.attempt_running = False
                 usage = attempt.usage
-                self._admission.settle(attempt, admitted_at, weight)
+                self._admission.settle(attempt, ticket)
                 self._admission.on_success()
                 r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
                 r.value = value
@@ -549,18 +566,37 @@ class Engine:
                 ) from exc
             raise
 
-    def _on_failure(self, exc: Exception, attempts: int) -> float | None:
-        """Apply what a failed attempt means to the run; return a retry delay."""
+    def _on_failure(
+        self, exc: Exception, attempts: int, ticket: Ticket | None, refusals: int = 0
+    ) -> tuple[float | None, str | None]:
+        """Apply what a failed attempt means to the run.
+
+        Returns the retry delay (None: give up) and the refusal class
+        ("rate", "quota", "capacity") if the server refused it.
+        """
         if isinstance(exc, FatalError):
-            if self._stop_kind is None:
-                self._fatal = exc
-                log.error("stopping the run: %s", exc)
-                self._stop_now("fatal")
-            return None
-        delay = self.opts.retry.decide(attempts, exc, self._rng)
-        transient = delay is not None or self.opts.retry.is_retryable(exc)
-        self._admission.on_failure(exc, transient=transient)
-        return delay
+            self._stop_fatal(exc)
+            return None, None
+        retryable = self.opts.retry.is_retryable(exc)
+        verdict = self._admission.on_failure(exc, ticket, transient=retryable)
+        refusal, kind = verdict.refusal, verdict.kind
+        if kind == "quota" and refusal is not None:
+            self._stop_fatal(QuotaExceeded(refusal.message or str(exc), wait=refusal.wait))
+            return None, kind
+        if kind == "rate" and retryable and refusals < _MAX_RATE_REFUSALS:
+            # A rate refusal does not use up the item's retries. When the
+            # budget is spent, admission waits for it (no backoff on top);
+            # a sporadic one waits out its own Retry-After (or a backoff).
+            if verdict.shared:
+                return 0.0, kind
+            return self.opts.retry.decide(max(1, attempts - 1), exc, self._rng), kind
+        return self.opts.retry.decide(attempts, exc, self._rng), kind
+
+    def _stop_fatal(self, exc: FatalError) -> None:
+        if self._stop_kind is None:
+            self._fatal = exc
+            log.error("stopping the run: %s", exc)
+            self._stop_now("fatal")
 
     def _refusing(self) -> bool:
         # A broken input iterator ends admission of new items, but items

@@ -128,6 +128,31 @@ class RateLimiter:
         # from zero cannot move by 1e-9).
         return wait + max(_EPS, 4 * math.ulp(now)) if wait > 0 else 0.0
 
+    def available(self, now: float) -> float:
+        """Units admissible now under both rules."""
+        self._expire(now)
+        self._refill(now)
+        return max(0.0, min(self.limit - self._sum, self._tokens))
+
+    def in_since(self, start: float, now: float) -> float:
+        """Units admitted at or after `start` that are still in the window."""
+        self._expire(now)
+        first = math.floor(start / self._res)
+        return sum(w for idx, w in self._buckets if idx >= first)
+
+    def time_until_room(self, now: float, limit: float, weight: float) -> float:
+        """Seconds until the window holds at most `limit - weight` (0.0: now)."""
+        self._expire(now)
+        excess = self._sum + weight - limit
+        if excess <= 0:
+            return 0.0
+        freed = 0.0
+        for idx, w in self._buckets:
+            freed += w
+            if freed >= excess:
+                return max(0.0, self._expiry(idx) - now)
+        return self.window
+
     def acquire(self, now: float, weight: float = 1.0) -> float:
         """Admit `weight` now if allowed (returns 0.0), else the wait."""
         wait = self.wait_time(now, weight)

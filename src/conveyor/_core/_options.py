@@ -49,8 +49,10 @@ class Options:
     retry: RetryPolicy
     rpm: float | None
     tpm: float | None
-    cost: Callable[[Any], float] | None
+    cost: Callable[[Any], float | tuple[float, float]] | None
     limit_window: float
+    burst: float
+    probe_first: bool
     breaker: Breaker | None
     adaptive: bool
     fail_fast: bool
@@ -98,8 +100,10 @@ def build_options(
     retries: int | RetryPolicy = 3,
     rpm: float | None = None,
     tpm: float | None = None,
-    cost: Callable[[Any], float] | None = None,
+    cost: Callable[[Any], float | tuple[float, float]] | None = None,
     limit_window: float = 60.0,
+    burst: float = 1.0,
+    probe_first: bool = False,
     breaker: Breaker | bool | None = None,
     adaptive: bool = True,
     fail_fast: bool = False,
@@ -143,6 +147,7 @@ def build_options(
     if tpm is not None and cost is None:
         raise ConfigError("cost", None, "a function item -> weight is needed with tpm")
     _positive("limit_window", limit_window)
+    _positive("burst", burst)
     if breaker is True:
         brk: Breaker | None = Breaker()
     elif breaker is False or breaker is None:
@@ -188,6 +193,8 @@ def build_options(
         tpm=tpm,
         cost=cost,
         limit_window=float(limit_window),
+        burst=float(burst),
+        probe_first=bool(probe_first),
         breaker=brk,
         adaptive=bool(adaptive),
         fail_fast=bool(fail_fast),

@@ -43,6 +43,9 @@ class ProgressSnapshot:
     breaker: str
     finished: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    budgets: dict[str, str] = field(default_factory=dict)
+    """Each budget the server meters, as conveyor mirrors it ("the server's
+    bucket: 100 at once, 100/s")."""
 
     @property
     def ok(self) -> int:
@@ -85,6 +88,7 @@ class ProgressSnapshot:
             "rate_limited": self.rate_limited,
             "paused_for": round(self.paused_for, 3),
             "breaker": self.breaker,
+            "budgets": dict(self.budgets),
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "finished": self.finished,
         }
@@ -118,6 +122,7 @@ _NO_LIMITS: dict[str, Any] = {
     "rate_limited": 0,
     "paused_for": 0.0,
     "breaker": "off",
+    "budgets": {},
 }
 
 

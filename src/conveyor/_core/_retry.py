@@ -32,7 +32,19 @@ def default_retryable(exc: BaseException) -> bool:
         return True
     if getattr(exc, "retryable", False) is True:
         return True
-    return isinstance(getattr(exc, "retry_after", None), int | float)
+    if isinstance(getattr(exc, "retry_after", None), int | float):
+        return True
+    # Other libraries' HTTP errors (the openai and anthropic SDKs among them),
+    # recognised by what they carry rather than by importing them.
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status in _TRANSIENT_STATUS or status >= 500
+    return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__)
+
+
+# Timeouts, conflicts, rate limits, Groq's 498 and every 5xx are transient.
+_TRANSIENT_STATUS = frozenset({408, 409, 429, 498})
+_TRANSIENT_NAMES = frozenset({"APIConnectionError", "APITimeoutError", "ServiceUnavailableError"})
 
 
 def retry_after_hint(exc: BaseException) -> float | None:

@@ -160,6 +160,7 @@ def _retry_file(
         id_column=saved.get("id_column"),
         endpoint=saved.get("endpoint") or "/v1/chat/completions",
         limit_window=float(saved.get("limit_window") or 60.0),
+        burst=float(saved.get("burst") or 1.0),
     )
     try:
         return execute(Path(saved["input"]), settings, quiet=quiet)

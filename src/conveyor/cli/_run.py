@@ -100,12 +100,20 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "--rpm",
     type=click.FloatRange(min=0, min_open=True),
-    help="Requests per minute (else learned from x-ratelimit headers).",
+    help="Requests per minute: a ceiling (else the server's limit, read from its headers).",
 )
 @click.option(
     "--tpm",
     type=click.FloatRange(min=0, min_open=True),
-    help="Tokens per minute (prompt estimate + max output, settled from usage).",
+    help="Tokens per minute: a ceiling (each request reserves prompt estimate + max output).",
+)
+@click.option(
+    "--burst",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds of --rpm/--tpm that may be spent at once while the server sends no "
+    "rate-limit headers (an unknown server may meter per second); its headers may lift it.",
 )
 @click.option(
     "--retries",
@@ -208,6 +216,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         concurrency=o["concurrency"],
         rpm=o["rpm"],
         tpm=o["tpm"],
+        burst=o["burst"],
         retries=o["retries"],
         timeout=o["timeout"],
         journal=o["journal"] if o["journal"] is not None else True,

@@ -30,6 +30,8 @@ from .._base._exceptions import (
     HTTPRetryable,
 )
 from .._core._attempt import report_limits, report_usage
+from .._core._refusals import classify
+from ._limit_headers import read_limit_headers
 
 __all__ = [
     "Answer",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 498, 500, 502, 503, 504, 520, 522, 524, 529})
 
 
 @dataclass(frozen=True)
@@ -131,26 +133,9 @@ def _num(v: str | None) -> float | None:
 
 
 def _report_headers(headers: Any) -> None:
-    limit_r = headers.get("x-ratelimit-limit-requests")
-    limit_t = headers.get("x-ratelimit-limit-tokens")
-    if limit_r is None and limit_t is None:
-        return
-    report_limits(
-        requests_limit=_num(limit_r),
-        tokens_limit=_num(limit_t),
-        requests_remaining=_num(headers.get("x-ratelimit-remaining-requests")),
-        tokens_remaining=_num(headers.get("x-ratelimit-remaining-tokens")),
-        requests_reset=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        tokens_reset=parse_duration(headers.get("x-ratelimit-reset-tokens")),
-    )
-
-
-def _budget_spent(headers: Any) -> bool:
-    for name in ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"):
-        left = _num(headers.get(name))
-        if left is not None and left <= 0:
-            return True
-    return False
+    hint = read_limit_headers(headers)
+    if hint is not None:
+        report_limits(**{f: getattr(hint, f) for f in hint.__slots__})
 
 
 def _report_usage(body: Any) -> None:
@@ -239,9 +224,8 @@ class OpenAIClient:
                 body=parsed,
                 request_id=request_id,
             )
-            # A 429 whose headers say a budget is spent: pause everyone, not
-            # just this request (a 429 without them may be a passing hiccup).
-            err.overload = status == 429 and _budget_spent(headers)
+            # Rate limit, quota or capacity: the engine acts on the class.
+            err.refusal = classify(status, parsed, retry_after=err.retry_after, message=msg)
             raise err
         raise HTTPClientError(
             f"HTTP {status}: {msg}" if msg else f"HTTP {status}",

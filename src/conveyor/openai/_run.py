@@ -139,6 +139,7 @@ class RunSettings:
     rpm: float | None = None
     tpm: float | None = None
     limit_window: float = 60.0
+    burst: float = 1.0
     retries: int = 5
     timeout: float | None = 600.0
     journal: Path | bool | None = True  # True: beside the output; False/None: none
@@ -351,6 +352,8 @@ async def arun_file(
                 "tpm": s.tpm,
                 "cost": _cost,
                 "limit_window": s.limit_window,
+                "burst": s.burst,
+                "probe_first": True,
                 "key": item_key,
                 "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
                 "fail_fast": s.fail_fast,
@@ -480,7 +483,7 @@ def _done(journal: Journal | None) -> int:
 
 
 _RERUN_FIELDS = ("template", "model", "id_column", "endpoint", "concurrency", "rpm", "tpm",
-                 "retries", "timeout", "api_key_env", "limit_window")  # fmt: skip
+                 "retries", "timeout", "api_key_env", "limit_window", "burst")  # fmt: skip
 
 
 def _settings_json(path: Path, s: RunSettings) -> str:

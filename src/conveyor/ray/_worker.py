@@ -50,7 +50,7 @@ class WorkerSettings:
     breaker: Breaker | None
     adaptive: bool
     grace: float
-    cost: Callable[[Any], float] | None
+    cost: Callable[[Any], float | tuple[float, float]] | None
 
 
 class WorkerActor:

@@ -1,0 +1,410 @@
+"""A mirror of one server budget (requests or tokens): how much it holds now.
+
+A pure policy: it is told the time and what happened, and answers "go" or
+"wait d seconds". The driver (`_admission`) sleeps and keeps the books.
+
+How servers meter, and so the models this mirror can take
+(sources in shared/RATE-LIMITS.md):
+
+- **bucket**: OpenAI and Anthropic describe a bucket refilled continuously at
+  the per-minute limit / 60 per second. OpenAI's `x-ratelimit-reset-*` is "the
+  time until the rate limit resets to its initial state" (platform.openai.com,
+  guides/rate-limits); after one request on a 5,000/min key a real response says
+  `remaining 4999, reset 12ms`, i.e. the bucket holds the whole minute. A
+  "quantized" limit (60,000/min enforced as 1,000/s) is the same bucket holding
+  about a second. Either way ``capacity = remaining + reset * rate``.
+- **window**: fixed windows (remaining drops to 0, reset = when the window
+  restarts) and sliding windows (a unit comes back a window after it was
+  spent). They show themselves by a reset longer than any bucket at that rate
+  could need (``remaining + reset * rate > limit``), or by refusing a request
+  a bucket would have accepted.
+- **told**: no headers, a limit the user set: an exact sliding window of the
+  limit plus a pacing bucket of `burst` seconds, since an unknown server may
+  quantize.
+- **open**: nothing known yet; everything is admitted, and what was sent is
+  still counted so that a limit learned later starts from the truth.
+
+Headers, when present, are the truth: a response to the request admitted at
+`sent_at` says what the server held when it took that request; what we sent
+after it is subtracted, and refill since then is added (bucket) or expected
+at the reset (window).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from ._limits import RateLimiter
+
+__all__ = ["Budget", "Model"]
+
+# A bucket's capacity can never exceed the per-minute limit; a reset longer
+# than that would need (beyond rounding) means the server is not a bucket.
+_BUCKET_SLACK = 0.05
+# A refusal whose wait is longer than this many refill intervals of the
+# refused weight (plus a fixed part for network time) is not a bucket that is
+# briefly empty but a window that is spent.
+_SHORT_RETRY_UNITS = 3.0
+_SHORT_RETRY_FIXED = 0.1
+_EPS = 1e-9
+_HUGE = 1e18
+
+
+def _pad(now: float) -> float:
+    # More than the clock's own resolution at `now`, so that sleeping exactly
+    # the wait always crosses the boundary.
+    return max(_EPS, 4 * math.ulp(now))
+
+
+class Model(enum.StrEnum):
+    """How the mirror believes the server meters this budget."""
+
+    OPEN = "open"
+    TOLD = "told"
+    BUCKET = "bucket"
+    WINDOW = "window"
+
+
+class _Bucket:
+    """A continuously refilled bucket: `level` units at `t`, at most `capacity`."""
+
+    __slots__ = ("capacity", "level", "rate", "t")
+
+    def __init__(self, rate: float, capacity: float, level: float, now: float) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.level = level
+        self.t = now
+
+    def refill(self, now: float) -> float:
+        if now > self.t:
+            self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+            self.t = now
+        return self.level
+
+    def wait(self, now: float, weight: float) -> float:
+        need = min(weight, self.capacity)
+        level = self.refill(now)
+        if level >= need - _EPS:
+            return 0.0
+        return (need - level) / self.rate + _pad(now)
+
+
+class Budget:
+    """One budget (requests or tokens) as the server meters it.
+
+    `told` is the user's limit per `window` seconds: without headers an exact
+    limit (sliding window plus a pacing bucket of `burst` seconds); once the
+    server's headers are read, a ceiling on the rate whose burst the server's
+    bucket may lift. `window` is the period servers state limits for (a
+    minute for OpenAI and Anthropic); `margin` pads our own sliding log so
+    that a unit is counted free a little after the server frees it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        told: float | None = None,
+        window: float = 60.0,
+        burst: float = 1.0,
+        margin: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.window = float(window)
+        self.burst = float(burst)
+        self.told = float(told) if told else None
+        self.server_limit: float | None = None
+        self.model = Model.OPEN
+        self.why = "no limit known"
+        # Units we sent, cumulative: a request's mark is this after its own
+        # charge, so what was sent after it is `charged - mark`.
+        self.charged = 0.0
+        self._log = RateLimiter(_HUGE, self.window + margin, burst=_HUGE)
+        self._told: RateLimiter | None = None
+        self._ceiling: _Bucket | None = None
+        self._bucket: _Bucket | None = None
+        # The window model: `_level` now, restored to capacity at `_full_at`.
+        self._level = 0.0
+        self._full_at: float | None = None
+        self._capacity = 0.0
+        self._basis = -math.inf  # send time of the newest answer applied
+        self._estimated = False  # server_limit guessed from what was accepted
+        if self.told is not None:
+            rate = self.told / self.window
+            self._told = RateLimiter(
+                self.told, self.window + margin, burst=max(1.0, self.burst * rate)
+            )
+            self.model = Model.TOLD
+            self.why = f"told {self.told:g} per {self.window:g}s, burst {self.burst:g}s"
+
+    # ---- what it admits ---------------------------------------------------------
+
+    @property
+    def limit(self) -> float | None:
+        """The per-window limit in force: the lower of told and server's."""
+        known = [x for x in (self.told, self.server_limit) if x]
+        return min(known) if known else None
+
+    @property
+    def rate(self) -> float:
+        """Units per second the budget refills at (inf when unknown)."""
+        limit = self.limit
+        return limit / self.window if limit else math.inf
+
+    @property
+    def capacity(self) -> float:
+        """Units that may be spent at once, as far as is known."""
+        if self.model is Model.BUCKET and self._bucket is not None:
+            return self._bucket.capacity
+        if self.model is Model.WINDOW:
+            return self._capacity
+        if self.model is Model.TOLD and self._told is not None:
+            return self._told._burst
+        return math.inf
+
+    def fits(self, weight: float) -> bool:
+        limit = self.limit
+        return limit is None or weight <= limit
+
+    def level(self, now: float) -> float:
+        """Units the server would accept now, as far as this mirror knows."""
+        levels = [math.inf]
+        if self.model is Model.TOLD and self._told is not None:
+            levels.append(self._told.available(now))
+        elif self.model is Model.BUCKET and self._bucket is not None:
+            levels.append(self._bucket.refill(now))
+        elif self.model is Model.WINDOW:
+            levels.append(self._window_level(now))
+        if self._ceiling is not None:
+            levels.append(self._ceiling.refill(now))
+        return min(levels)
+
+    def wait_time(self, now: float, weight: float) -> float:
+        """Seconds until `weight` units could be spent; 0.0 means now."""
+        if weight <= 0:
+            return 0.0
+        wait = 0.0
+        m = self.model
+        if m is Model.TOLD and self._told is not None:
+            wait = self._told.wait_time(now, weight)
+        elif m is Model.BUCKET and self._bucket is not None:
+            wait = self._bucket.wait(now, weight)
+        elif m is Model.WINDOW:
+            wait = self._window_wait(now, weight)
+        if self._ceiling is not None:
+            wait = max(wait, self._ceiling.wait(now, weight))
+        return wait
+
+    def commit(self, now: float, weight: float) -> float:
+        """Spend `weight` now; returns the mark to hand back with its answer."""
+        if weight <= 0:
+            return self.charged
+        self.charged += weight
+        self._log.commit(now, weight)
+        if self.model is Model.TOLD and self._told is not None:
+            self._told.commit(now, weight)
+        elif self.model is Model.BUCKET and self._bucket is not None:
+            self._bucket.refill(now)
+            self._bucket.level -= weight
+        elif self.model is Model.WINDOW:
+            self._window_level(now)
+            self._level -= weight
+        if self._ceiling is not None:
+            self._ceiling.refill(now)
+            self._ceiling.level -= weight
+        return self.charged
+
+    def refund(self, admitted_at: float, weight: float) -> None:
+        """Give back a spend the server never charged (answered locally)."""
+        if weight <= 0:
+            return
+        self._log.settle(admitted_at, weight, 0.0)
+        if self.model is Model.TOLD and self._told is not None:
+            self._told.settle(admitted_at, weight, 0.0)
+        elif self.model is Model.BUCKET and self._bucket is not None:
+            b = self._bucket
+            b.level = min(b.capacity, b.level + weight)
+        elif self.model is Model.WINDOW:
+            self._level = min(self._capacity, self._level + weight)
+        if self._ceiling is not None:
+            c = self._ceiling
+            c.level = min(c.capacity, c.level + weight)
+
+    def settle(self, admitted_at: float, estimated: float, actual: float) -> None:
+        """The real cost of a spend is known (a response's `usage`).
+
+        Only a told limit without headers is kept by our own books; where the
+        server's headers are read, they say what it charged.
+        """
+        if self.model is Model.TOLD and self._told is not None:
+            self._told.settle(admitted_at, estimated, actual)
+            self._log.settle(admitted_at, estimated, actual)
+
+    # ---- what the server said ---------------------------------------------------
+
+    def observe(
+        self,
+        now: float,
+        sent_at: float,
+        mark: float,
+        *,
+        limit: float | None,
+        remaining: float | None,
+        reset: float | None,
+    ) -> None:
+        """Apply one response's headers for this budget.
+
+        `sent_at`/`mark` identify the request answered: the server held
+        `remaining` when it took that request, and `reset` later it is full
+        again. An answer older than one already applied tells only the limit
+        and the model.
+        """
+        if limit is not None and limit > 0:
+            self.server_limit = float(limit)
+        if remaining is None or self.server_limit is None:
+            return
+        remaining = max(0.0, float(remaining))
+        server_rate = self.server_limit / self.window
+        implied = remaining + (reset * server_rate if reset is not None else self.server_limit)
+        slack = self.server_limit * _BUCKET_SLACK + 1.0 + 0.002 * server_rate
+        if implied > self.server_limit + slack:
+            if self.model is not Model.WINDOW:
+                self._enter_window(now, "its reset is longer than a bucket would need")
+        elif self.model is not Model.WINDOW:
+            capacity = min(max(implied, remaining, 1.0), self.server_limit)
+            if self._bucket is None or self.model is not Model.BUCKET:
+                self._enter_bucket(now, capacity)
+            assert self._bucket is not None
+            self._bucket.capacity = capacity
+            self._bucket.rate = server_rate
+        self._lift_ceiling(now)
+        if sent_at < self._basis:
+            return
+        self._basis = sent_at
+        after = max(0.0, self.charged - mark)
+        if self.model is Model.BUCKET and self._bucket is not None:
+            b = self._bucket
+            held = min(b.capacity, remaining + b.rate * max(0.0, now - sent_at))
+            b.level = held - after
+            b.t = now
+        elif self.model is Model.WINDOW:
+            self._capacity = self.server_limit
+            self._level = remaining - after
+            self._full_at = sent_at + reset if reset is not None else None
+
+    def on_refused(
+        self,
+        now: float,
+        sent_at: float,
+        weight: float,
+        *,
+        retry_after: float | None,
+        limit: float | None = None,
+    ) -> None:
+        """A rate-limit refusal for this budget: the server did not charge it.
+
+        `limit` is one the refusal named ("Limit 3, Used 3"); with none known
+        yet, what we sent within the last window is taken as the limit.
+        """
+        if self.model is not Model.TOLD:
+            self._log.settle(sent_at, weight, 0.0)
+        if limit is not None and limit > 0:
+            self.server_limit = float(limit)
+            self._estimated = False
+        elif self.told is None and (self.server_limit is None or self._estimated):
+            # No figure anywhere: the rate it just accepted is the best guess
+            # (what was accepted within the last second, per second).
+            accepted = max(1.0, self._log.in_since(now - 1.0, now))
+            guess = accepted * self.window
+            if self.server_limit is None or guess < self.server_limit:
+                self.server_limit = guess
+                if self._bucket is not None:
+                    self._bucket.rate = self.server_rate()
+                    self._bucket.capacity = max(1.0, self.burst * self.server_rate())
+            self._estimated = True
+        rate = self.rate
+        short = retry_after is None or retry_after <= (
+            _SHORT_RETRY_UNITS * max(weight, 1.0) / rate + _SHORT_RETRY_FIXED
+        )
+        m = self.model
+        if m is Model.OPEN or (m is Model.BUCKET and not short):
+            if short:
+                # A bucket briefly empty: pace at its rate from empty; no
+                # headers will say how big it is, so assume `burst` seconds.
+                self._enter_bucket(now, max(1.0, self.burst * rate), level=0.0)
+            else:
+                # Spent until the wait is over. A fixed window is full again
+                # then; a sliding one only frees what it took a window ago,
+                # which the first refusal after the wait shows (see below).
+                self._enter_window(now, "a refusal with a long wait")
+                self._level = 0.0
+                self._full_at = now + (retry_after or 0.0)
+        elif m is Model.BUCKET and self._bucket is not None:
+            self._bucket.refill(now)
+            self._bucket.level = min(self._bucket.level, 0.0)
+        elif m is Model.WINDOW:
+            self._window_level(now)
+            self._level = min(self._level, 0.0)
+            if retry_after is not None and self._full_at is not None:
+                self._full_at = max(self._full_at, now + retry_after)
+        elif m is Model.TOLD and self._told is not None and self.limit:
+            # The server's limit is below the one told.
+            self._told.set_limit(self.limit)
+
+    # ---- model changes ----------------------------------------------------------
+
+    def _enter_bucket(self, now: float, capacity: float, *, level: float | None = None) -> None:
+        if level is None:
+            level = capacity - min(capacity, self._recent(now))
+        self._bucket = _Bucket(self.server_rate(), capacity, level, now)
+        self.model = Model.BUCKET
+        self.why = f"the server's bucket: {capacity:g} at once, {self.server_rate():g}/s"
+
+    def _enter_window(self, now: float, why: str) -> None:
+        self._capacity = self.server_limit or self.limit or 0.0
+        self._level = self._capacity - self._log.in_window(now)
+        self._full_at = None
+        self.model = Model.WINDOW
+        self.why = f"the server's window: {self._capacity:g} per {self.window:g}s ({why})"
+
+    def _lift_ceiling(self, now: float) -> None:
+        # The user's limit stays a ceiling on the rate; the server's bucket
+        # may lift its burst up to what the server holds (never above told).
+        if self.told is None:
+            return
+        capacity = min(self.told, max(self.capacity, 1.0))
+        rate = self.told / self.window
+        if self._ceiling is None:
+            spent = self._recent(now)
+            self._ceiling = _Bucket(rate, capacity, capacity - min(capacity, spent), now)
+        else:
+            self._ceiling.refill(now)
+            self._ceiling.capacity = capacity
+            self._ceiling.rate = rate
+
+    def server_rate(self) -> float:
+        limit = self.server_limit or self.limit
+        return limit / self.window if limit else math.inf
+
+    def _recent(self, now: float) -> float:
+        # What we spent within the last second of refill: a bucket learned
+        # mid-run has not had time to refill it.
+        return self._log.in_since(now - 1.0, now)
+
+    def _window_level(self, now: float) -> float:
+        if self._full_at is not None and now >= self._full_at:
+            # Full again by the reset: what we sent since is still spent.
+            self._level = self._capacity - self._log.in_since(self._full_at, now)
+            self._full_at = None
+        return max(self._level, self._capacity - self._log.in_window(now))
+
+    def _window_wait(self, now: float, weight: float) -> float:
+        need = min(weight, self._capacity) if self._capacity > 0 else weight
+        if self._window_level(now) >= need - _EPS:
+            return 0.0
+        waits = [self._log.time_until_room(now, self._capacity, need)]
+        if self._full_at is not None:
+            waits.append(self._full_at - now)
+        return max(0.0, min(waits)) + _pad(now)
