@@ -384,4 +384,7 @@ class Admission:
             extra[f"refused_{kind}"] = n
         if self.answered_locally:
             extra["answered_locally"] = self.answered_locally
+        budgets = {n: b.why for n, b in self.budgets.items() if b.model is not Model.OPEN}
+        if budgets:
+            extra["budgets"] = budgets
         return extra

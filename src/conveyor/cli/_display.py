@@ -116,6 +116,7 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
             f"tpm {_limit(s.tpm_limit, s.tpm_in_window)}  concurrency {s.concurrency_limit}",
         ),
         ("429s", str(s.rate_limited)),
+        *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),
         ("time", f"elapsed {format_duration(s.elapsed)}  eta {_eta(s)}"),
     ]
     alerts = _alerts(s)
