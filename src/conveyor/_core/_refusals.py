@@ -41,7 +41,7 @@ _TRY_AGAIN = re.compile(
 )
 _OPENAI_LIMIT = re.compile(r"\bLimit:?\s*([\d,]+)", re.IGNORECASE)
 _ANTHROPIC_LIMIT = re.compile(
-    r"rate limit of ([\d,]+) (input tokens|output tokens|tokens|requests) per minute", re.IGNORECASE
+    r"\bof ([\d,]+) (input tokens|output tokens|tokens|requests) per minute", re.IGNORECASE
 )
 _SCOPE_WORDS = (
     ("input tokens", "input_tokens"),

@@ -230,12 +230,11 @@ def render_text(report: BatchReport) -> str:
             if rate.get("tpm_fraction") is not None:
                 text += f" ({rate['tpm_fraction']:.0%} of tpm {rate['tpm_limit']:g})"
         lines.append(text)
-    refused = {k[len("refused_"):]: v for k, v in extra.items() if k.startswith("refused_")}
+    refused = {k[len("refused_") :]: v for k, v in extra.items() if k.startswith("refused_")}
     if refused:
         names = {"rate": "rate limit (waited out)", "quota": "quota", "capacity": "capacity"}
         lines.append(
-            "  refused "
-            + ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(refused.items()))
+            "  refused " + ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(refused.items()))
         )
     for name, why in sorted((extra.get("budgets") or {}).items()):
         lines.append(f"  {name} budget: {why}")
