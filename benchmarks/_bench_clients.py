@@ -18,6 +18,9 @@ Clients:
   `AsyncOpenAI`; the next chunk starts when the whole chunk is done.
 - `semaphore`: the best hand-written loop — `asyncio.Semaphore(concurrency)`
   and one `gather` over every item, one `AsyncOpenAI`.
+- `cookbook`: the OpenAI cookbook's parallel processor's algorithm (a
+  capacity of one minute per limit, refilled continuously; 15 s pause after a
+  429), with aiohttp, told `rpm`/`tpm` as that script is.
 
 Every baseline uses the SDK's own retries (`max_retries=5`). A run that is not
 done by `spec["deadline"]` seconds stops and reports what it answered.
@@ -152,7 +155,7 @@ async def _semaphore(spec: dict[str, Any], tally: _Tally, lines: list[dict[str, 
 
 def run_async(spec: dict[str, Any], tally: _Tally, deadline: float) -> tuple[bool, int]:
     lines = _read_lines(spec["input"], spec.get("max_items"))
-    body = _gather_chunks if spec["client"] == "gather" else _semaphore
+    body = {"gather": _gather_chunks, "cookbook": _cookbook}.get(spec["client"], _semaphore)
 
     async def bounded() -> bool:
         try:
@@ -164,6 +167,102 @@ def run_async(spec: dict[str, Any], tally: _Tally, deadline: float) -> tuple[boo
         return True
 
     return asyncio.run(bounded()), len(lines)
+
+
+# -- (d) the OpenAI cookbook's parallel processor, as its algorithm is documented --
+#
+# Written here from its published description, not copied: capacity for
+# requests and tokens, each starting at the per-minute limit and refilled
+# continuously at limit/60 per second up to that limit; a request is sent when
+# both hold enough (tokens: its prompt estimate + max_tokens); a 429 pauses
+# every new request for 15 s; each request is tried a fixed number of times.
+
+
+class _Answer:
+    """Just enough of the SDK's response shape for `_Tally.ok`."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        content = body["choices"][0]["message"]["content"]
+        msg = type("M", (), {"content": content})
+        self.choices = [type("C", (), {"message": msg})]
+
+
+async def _cookbook(spec: dict[str, Any], tally: _Tally, lines: list[dict[str, Any]]) -> None:
+    import aiohttp
+
+    rpm = float(spec.get("rpm") or 1e9)
+    tpm = float(spec.get("tpm") or 1e12)
+    attempts_each = 6
+    pause_after_429 = 15.0
+    req_cap, tok_cap = rpm, tpm
+    last = time.monotonic()
+    last_429 = -1e9
+    queue: list[tuple[dict[str, Any], int]] = [(line, attempts_each) for line in lines]
+    queue.reverse()
+    retry: list[tuple[dict[str, Any], int]] = []
+    in_flight = 0
+    done = asyncio.Event()
+    remaining = len(lines)
+    url = spec["base_url"].rstrip("/") + "/chat/completions"
+
+    def cost(line: dict[str, Any]) -> float:
+        body = line["body"]
+        chars = sum(len(m.get("content") or "") for m in body.get("messages", []))
+        return chars / 4 + 4 * len(body.get("messages", [])) + float(body.get("max_tokens") or 15)
+
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {_API_KEY}"},
+        connector=aiohttp.TCPConnector(limit=0),
+    ) as session:
+
+        async def one(line: dict[str, Any], left: int) -> None:
+            nonlocal in_flight, remaining, last_429
+            try:
+                async with session.post(url, json=line["body"]) as resp:
+                    body = await resp.json(content_type=None)
+                    status = resp.status
+            except Exception as exc:
+                status, body = 0, {"error": str(exc)}
+            in_flight -= 1
+            if status == 200:
+                tally.ok(line["custom_id"], _Answer(body))
+            else:
+                if status == 429:
+                    last_429 = time.monotonic()
+                if left > 1:
+                    retry.append((line, left - 1))
+                    return
+                tally.fail(line["custom_id"], RuntimeError(f"HTTP {status}"))
+            remaining -= 1
+            if remaining == 0:
+                done.set()
+
+        tasks: set[asyncio.Task[None]] = set()
+        while remaining > 0:
+            now = time.monotonic()
+            req_cap = min(rpm, req_cap + (now - last) * rpm / 60)
+            tok_cap = min(tpm, tok_cap + (now - last) * tpm / 60)
+            last = now
+            nxt = retry.pop(0) if retry else (queue.pop() if queue else None)
+            if nxt is None:
+                await asyncio.sleep(0.001)
+                continue
+            need = cost(nxt[0])
+            if now - last_429 < pause_after_429:
+                retry.insert(0, nxt)
+                await asyncio.sleep(pause_after_429 - (now - last_429))
+                continue
+            if req_cap >= 1 and tok_cap >= need and in_flight < int(spec["concurrency"]):
+                req_cap -= 1
+                tok_cap -= need
+                in_flight += 1
+                t = asyncio.create_task(one(*nxt))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            else:
+                retry.insert(0, nxt)
+                await asyncio.sleep(0.001)
+        await done.wait()
 
 
 # -- conveyor ------------------------------------------------------------------

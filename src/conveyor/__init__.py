@@ -32,6 +32,7 @@ from ._base._exceptions import (
     FatalError,
     InputError,
     Interrupted,
+    QuotaExceeded,
     RetryableError,
 )
 from ._base._types import ErrorInfo, Result, Status, Usage
@@ -65,6 +66,7 @@ __all__ = [
     "InputError",
     "Interrupted",
     "ProgressCallback",
+    "QuotaExceeded",
     "RateLimitHint",
     "Result",
     "RetryPolicy",

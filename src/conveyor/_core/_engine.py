@@ -589,7 +589,7 @@ class Engine:
             # a sporadic one waits out its own Retry-After (or a backoff).
             if verdict.shared:
                 return 0.0, kind
-            return self.opts.retry.decide(max(1, attempts - 1), exc, self._rng), kind
+            return self.opts.retry.delay(max(1, attempts - 1), exc, self._rng), kind
         return self.opts.retry.decide(attempts, exc, self._rng), kind
 
     def _stop_fatal(self, exc: FatalError) -> None:

@@ -102,6 +102,10 @@ class RetryPolicy:
         """Seconds to wait before the next attempt, or None to give up."""
         if attempt > self.retries or not self.is_retryable(exc):
             return None
+        return self.delay(attempt, exc, rng)
+
+    def delay(self, attempt: int, exc: BaseException, rng: random.Random | None = None) -> float:
+        """The wait after failed attempt `attempt`, whatever the retry count."""
         bound = self.backoff_bound(attempt)
         delay = (rng or random).uniform(0.0, bound) if self.jitter else bound
         hint = retry_after_hint(exc)

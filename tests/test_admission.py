@@ -1,0 +1,141 @@
+"""Admission carries out what each refusal class means, on a virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import conveyor
+from conveyor._clock import FakeClock
+
+
+class HTTPish(Exception):
+    """An error shaped like an HTTP library's: a status code and a body."""
+
+    def __init__(self, status: int, body: Any, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status_code = status
+        self.body = body
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+QUOTA = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "code": "insufficient_quota",
+    }
+}
+RATE = {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+def test_quota_stops_the_run_resumably() -> None:
+    """An exhausted quota is never looped on: the run stops with QuotaExceeded,
+    and the refused item is cancelled (run again later), not failed."""
+    calls: list[int] = []
+
+    def fn(i: int) -> int:
+        calls.append(i)
+        if i == 3:
+            raise HTTPish(429, QUOTA)
+        return i
+
+    with pytest.raises(conveyor.QuotaExceeded, match="quota is exhausted") as ei:
+        conveyor.run(range(50), fn, concurrency=1, retries=5)
+    rep = ei.value.report
+    assert rep is not None
+    assert calls == [0, 1, 2, 3]  # one refusal, no retries of it, nothing more started
+    assert rep.counts["ok"] == 3 and rep.counts.get("failed", 0) == 0
+    assert rep[3].status == "cancelled"
+    assert isinstance(ei.value, conveyor.FatalError)
+
+
+def test_sporadic_rate_refusal_waits_its_own_retry_after_without_using_retries() -> None:
+    """A lone 429 (the budget is not known to be spent) delays only its item by
+    the server's wait, and does not count against `retries`."""
+    seen: list[int] = []
+
+    async def fn(i: int) -> int:
+        seen.append(i)
+        if i == 0 and seen.count(0) <= 2:
+            raise HTTPish(429, RATE, retry_after=0.2)
+        return i
+
+    report = conveyor.run(range(6), fn, concurrency=2, retries=0)
+    assert report.counts["ok"] == 6  # two refusals with retries=0: still ok
+    assert seen.count(0) == 3
+    # The others ran while item 0 waited: all of them before its second try.
+    assert seen.index(0, 1) > max(seen.index(i) for i in range(1, 6))
+    assert report[0].duration >= 0.4
+
+
+def test_frequent_rate_refusals_pause_everyone_but_do_not_pin_concurrency() -> None:
+    """When refusals are frequent the budget is spent: everyone waits the
+    server's 89 s, and the concurrency is not lowered for it (a long
+    Retry-After must not leave the run crawling afterwards)."""
+    clock = FakeClock()
+    seen: list[tuple[int, float]] = []
+
+    async def fn(i: int) -> int:
+        seen.append((i, clock.now()))
+        if i < 6 and len([s for s in seen if s[0] == i]) == 1:
+            raise HTTPish(429, RATE, retry_after=89.0)
+        await clock.sleep(1.0)
+        return i
+
+    report = conveyor.run(range(60), fn, concurrency=10, clock=clock)
+    assert report.counts["ok"] == 60
+    later = [t for i, t in seen if i >= 10]
+    assert later and min(later) >= 89  # the frequent refusals paused new work
+    assert report.extra.get("refused_rate") == 6
+    assert "concurrency_decreases" not in report.extra
+
+
+def test_capacity_errors_back_off_without_a_limit() -> None:
+    """529 overloaded is the server's capacity, not our rate: retried with
+    backoff, no budget is learned from it."""
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    async def fn(i: int) -> int:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise HTTPish(529, OVERLOADED)
+        return i
+
+    report = conveyor.run(range(10), fn, concurrency=1, retries=5, clock=clock)
+    assert report.counts["ok"] == 10
+    assert report.extra.get("refused_capacity") == 3
+    assert "budgets" not in report.extra  # nothing was learned as a limit
+
+
+def test_sdk_rate_limit_error_is_retried_and_feeds_the_limits() -> None:
+    """The openai SDK's RateLimitError (status 429, OpenAI's body) is a rate
+    refusal: retried, never a failure, and its stated limit is learned."""
+    import httpx2
+    import openai
+
+    clock = FakeClock()
+    req = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    body = {
+        "message": "Rate limit reached for m on requests per min (RPM): Limit 60, Used 60, "
+        "Requested 1. Please try again in 1s.",
+        "type": "requests",
+        "code": "rate_limit_exceeded",
+    }
+    calls = {"n": 0}
+
+    async def fn(i: int) -> int:
+        calls["n"] += 1
+        if calls["n"] in (3, 4, 5):
+            resp = httpx2.Response(429, request=req)
+            raise openai.RateLimitError("rate limited", response=resp, body=body)
+        return i
+
+    report = conveyor.run(range(20), fn, concurrency=1, retries=1, clock=clock)
+    assert report.counts["ok"] == 20
+    assert report.extra.get("refused_rate") == 3
+    assert "requests" in report.extra.get("budgets", {})
