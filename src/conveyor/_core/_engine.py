@@ -41,8 +41,8 @@ __all__ = ["Engine", "Invoker", "invoker_for"]
 log = logging.getLogger("conveyor")
 
 # Rate-limit refusals of one item that are waited out without using up its
-# retries; past this many the retry policy decides again (never endless).
-_MAX_RATE_REFUSALS = 50
+# retries (unless retries=0); past this many they count (never endless).
+_MAX_RATE_REFUSALS = 10
 
 # An invoker runs one attempt of one item; the engine wraps it with the
 # attempt context, the timeout and the retry loop.
@@ -583,13 +583,14 @@ class Engine:
         if kind == "quota" and refusal is not None:
             self._stop_fatal(QuotaExceeded(refusal.message or str(exc), wait=refusal.wait))
             return None, kind
-        if kind == "rate" and retryable and refusals < _MAX_RATE_REFUSALS:
+        keeps_retries = self.opts.retry.retries > 0 and refusals < _MAX_RATE_REFUSALS
+        if kind == "rate" and retryable and keeps_retries:
             # A rate refusal does not use up the item's retries. When the
             # budget is spent, admission waits for it (no backoff on top);
             # a sporadic one waits out its own Retry-After (or a backoff).
             if verdict.shared:
                 return 0.0, kind
-            return self.opts.retry.delay(max(1, attempts - 1), exc, self._rng), kind
+            return self.opts.retry.delay(refusals + 1, exc, self._rng), kind
         return self.opts.retry.decide(attempts, exc, self._rng), kind
 
     def _stop_fatal(self, exc: FatalError) -> None:
