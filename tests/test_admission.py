@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor._clock import FakeClock
+from conveyor._base._clock import FakeClock
 
 
 class HTTPish(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor._refusals import RefusalKind, classify, classify_exception, parse_wait
+from conveyor._core._refusals import RefusalKind, classify, classify_exception, parse_wait
 from conveyor.openai._limit_headers import read_limit_headers
 
 OPENAI_RPM = {
