@@ -29,7 +29,7 @@ from conveyor.mock import (
     expected_content,
     expected_embeddings,
 )
-from conveyor.mock._limits import SlidingWindow, format_duration, format_seconds
+from conveyor.mock._meters import SlidingMeter, format_duration, format_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -256,7 +256,7 @@ async def test_unknown_path_404_and_wrong_method_405() -> None:
 
 async def test_rpm_limit_429_then_recovers_after_retry_after() -> None:
     """With rpm=5 per 1 s the 6th request gets 429 + headers; after Retry-After it succeeds."""
-    cfg = MockConfig(rpm=5, limit_window=1.0)
+    cfg = MockConfig(rpm=5, limit_window=1.0, limit_model="sliding")
     async with MockServer(cfg) as server, aiohttp.ClientSession() as client:
         url = server.base_url + "/chat/completions"
         remaining = []
@@ -543,16 +543,22 @@ def test_sliding_window_never_exceeds_limits(
 ) -> None:
     """Admissions stay within rpm/tpm in every window; refusals are needed; waits are exact."""
     window, now = 1.0, 0.0
-    limiter = SlidingWindow()
+    meters = {}
+    if rpm is not None:
+        meters["r"] = SlidingMeter(rpm, window)
+    if tpm is not None:
+        meters["t"] = SlidingMeter(tpm, window)
     admitted: list[tuple[float, int]] = []
     for gap_ms, tokens in arrivals:
         now += gap_ms / 1000
-        decision = limiter.admit(now, window, rpm, tpm, tokens)
-        if decision.admitted:
+        charge = {"r": 1, "t": tokens}
+        wait = max((m.wait(now, charge[k]) for k, m in meters.items()), default=0.0)
+        if wait == 0:
+            for k, m in meters.items():
+                m.take(now, charge[k])
             admitted.append((now, tokens))
             continue
-        assert tpm is not None or rpm is not None
-        if decision.too_large:
+        if wait == float("inf"):
             assert tpm is not None
             assert tokens > tpm
             continue
@@ -564,7 +570,6 @@ def test_sliding_window_never_exceeds_limits(
             )
 
         assert not fits(now)
-        wait = decision.retry_after
         assert fits(now + wait + 1e-6)
         if wait > 0.002:
             assert not fits(now + wait - 0.002)

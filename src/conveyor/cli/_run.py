@@ -435,8 +435,70 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     show_default=True,
     help="Retry-After seconds on injected 429s.",
 )
+@click.option(
+    "--rate-529", type=float, default=0.0, help="Fraction answered 529 overloaded (Anthropic)."
+)
+@click.option(
+    "--rate-498", type=float, default=0.0, help="Fraction answered 498 capacity_exceeded (Groq)."
+)
+@click.option(
+    "--rate-429-capacity",
+    type=float,
+    default=0.0,
+    help="Fraction answered 429 'Resource Unavailable' (a flex tier's capacity, not a rate).",
+)
 @click.option("--rpm", type=int, help="Enforced requests per window.")
-@click.option("--tpm", type=int, help="Enforced tokens per window.")
+@click.option("--tpm", type=int, help="Enforced tokens per window (prompt + max_tokens).")
+@click.option("--input-tpm", type=int, help="Enforced prompt tokens per window (Anthropic).")
+@click.option("--output-tpm", type=int, help="Enforced max_tokens per window (Anthropic).")
+@click.option(
+    "--limit-model",
+    type=click.Choice(["bucket", "fixed", "sliding"]),
+    default="bucket",
+    show_default=True,
+    help="bucket: refilled continuously, holding --burst seconds (OpenAI, Anthropic); "
+    "fixed: windows that restart; sliding: an exact log.",
+)
+@click.option(
+    "--rpm-model", type=click.Choice(["bucket", "fixed", "sliding"]), help="Override for --rpm."
+)
+@click.option(
+    "--tpm-model", type=click.Choice(["bucket", "fixed", "sliding"]), help="Override for --tpm."
+)
+@click.option(
+    "--burst",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds of the rate a bucket holds: 60 = the whole minute (OpenAI), "
+    "1 = a 'quantized' per-second limit.",
+)
+@click.option(
+    "--window-offset",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds into its first fixed window the server starts.",
+)
+@click.option(
+    "--headers",
+    "header_style",
+    type=click.Choice(["openai", "anthropic", "none"]),
+    default="openai",
+    show_default=True,
+    help="Rate-limit headers: x-ratelimit-* (Go durations), anthropic-ratelimit-* "
+    "(RFC 3339 resets), or none.",
+)
+@click.option(
+    "--no-retry-after-header",
+    is_flag=True,
+    help="Leave a 429's wait only in its message (OpenAI does not always send retry-after).",
+)
+@click.option(
+    "--quota-after",
+    type=click.IntRange(min=1),
+    help="After N admitted requests, answer every request 429 insufficient_quota.",
+)
 @click.option(
     "--window", type=float, default=60.0, show_default=True, help="Limit window in seconds."
 )
@@ -451,9 +513,13 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
-             "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed")  # fmt: skip
+             "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
+             "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
+             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["limit_window"] = o["window"]
+    kwargs["headers"] = o["header_style"]
+    kwargs["retry_after_header"] = not o["no_retry_after_header"]
     if models:
         kwargs["models"] = models
     serve(MockConfig(**kwargs), host=host, port=port, allow_remote=allow_remote)

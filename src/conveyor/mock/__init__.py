@@ -11,15 +11,19 @@ How one request is handled, in order:
 3. one random draw picks an injected fault (429, 500, 503, connection reset,
    hang) by the configured rates; a hang lasts until the client gives up, the
    server stops, or ``hang_seconds`` pass (then the request carries on);
-4. the sliding-window limiter admits and charges the request (1 request and
-   ``prompt + completion`` tokens) or answers 429 with ``Retry-After``;
+4. the limits admit and charge the request (1 request, and prompt + completion
+   cap tokens, as OpenAI counts them) or refuse it: a 429 with the provider's
+   body, or `insufficient_quota` once ``quota_after`` requests were admitted;
 5. ``latency + uniform(0, jitter)`` seconds pass, then the answer is sent.
 
 Steps 1, 2 and 4 answer at once; injected faults wait the latency first.
 Only 200 answers are charged to the limits and logged in `MockStats.admissions`.
-When ``rpm``/``tpm`` are set, every answer carries the ``x-ratelimit-*``
-headers for that limit; ``x-ratelimit-reset-*`` is the time until the window
-is empty again.
+
+Limits are metered the way real servers document it (`mock._meters`): by
+default a bucket holding the whole minute and refilled continuously (OpenAI),
+or `burst` seconds of it, a fixed window or a sliding log; every answer
+carries the true state in OpenAI's `x-ratelimit-*` headers, Anthropic's
+`anthropic-ratelimit-*`, or none (`MockConfig.headers`).
 """
 
 from ._config import MockConfig, MockStats

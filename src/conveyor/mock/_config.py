@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._base._exceptions import ConfigError
+from ._meters import MODELS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ADMISSION_LOG_LIMIT", "MockConfig", "MockStats"]
+__all__ = ["ADMISSION_LOG_LIMIT", "HEADER_STYLES", "MockConfig", "MockStats"]
+
+HEADER_STYLES = ("openai", "anthropic", "none")
 
 ADMISSION_LOG_LIMIT = 1_000_000
 """Newest admissions kept in `MockStats.admissions`, bounding memory on long runs."""
@@ -38,8 +41,25 @@ class MockConfig:
     """How the simulated server behaves; swap it on a running server with `replace`.
 
     Rates are fractions of requests (their sum at most 1). `rpm`/`tpm` are
-    limits per `limit_window` seconds (60 like OpenAI's; tests use shorter).
-    `hang_seconds=None` hangs until the client disconnects or the server stops.
+    limits per `limit_window` seconds (60 like OpenAI's; tests use shorter);
+    `input_tpm`/`output_tpm` meter prompt and completion tokens apart, as
+    Anthropic does. `hang_seconds=None` hangs until the client disconnects or
+    the server stops.
+
+    How limits are metered (`mock._meters`): `limit_model` "bucket" (OpenAI,
+    Anthropic: holds `burst` seconds of the rate, default the whole minute,
+    refilled continuously; `burst=1` is a "quantized" limit), "fixed"
+    (windows `window_offset` seconds in at start) or "sliding" (an exact
+    log); `rpm_model`/`tpm_model` override it per limit. `headers` says how
+    the state is reported: "openai" (`x-ratelimit-*`, Go durations),
+    "anthropic" (`anthropic-ratelimit-*`, RFC 3339 resets, token counts
+    rounded to thousands) or "none". `retry_after_header=False` leaves the
+    wait only in a 429's message, as OpenAI sometimes does. After
+    `quota_after` admitted requests every request is refused as
+    `insufficient_quota` (waiting does not help). The capacity faults are
+    `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
+    capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
+    Unavailable", not a rate limit).
     """
 
     latency: float = 0.0
@@ -52,9 +72,22 @@ class MockConfig:
     rate_hang: float = 0.0
     hang_seconds: float | None = None
     retry_after: float = 1.0
+    rate_529: float = 0.0
+    rate_498: float = 0.0
+    rate_429_capacity: float = 0.0
     rpm: int | None = None
     tpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
     limit_window: float = 60.0
+    limit_model: str = "bucket"
+    rpm_model: str | None = None
+    tpm_model: str | None = None
+    burst: float = 60.0
+    window_offset: float = 0.0
+    headers: str = "openai"
+    retry_after_header: bool = True
+    quota_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     models: tuple[str, ...] = (
         "mock-gpt",
@@ -68,7 +101,16 @@ class MockConfig:
     def __post_init__(self) -> None:
         for name in ("latency", "jitter", "retry_after"):
             _check_number(name, getattr(self, name))
-        rates = ("rate_429", "rate_500", "rate_503", "rate_reset", "rate_hang")
+        rates = (
+            "rate_429",
+            "rate_500",
+            "rate_503",
+            "rate_reset",
+            "rate_hang",
+            "rate_529",
+            "rate_498",
+            "rate_429_capacity",
+        )
         for name in rates:
             _check_number(name, getattr(self, name), upper=1.0)
         total = sum(getattr(self, name) for name in rates)
@@ -81,8 +123,18 @@ class MockConfig:
             raise ConfigError("limit_window", self.limit_window, "use a number of seconds > 0")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError("seed", self.seed, "use an integer")
-        _check_count("rpm", self.rpm, optional=True)
-        _check_count("tpm", self.tpm, optional=True)
+        for name in ("rpm", "tpm", "input_tpm", "output_tpm", "quota_after"):
+            _check_count(name, getattr(self, name), optional=True)
+        for name in ("limit_model", "rpm_model", "tpm_model"):
+            value = getattr(self, name)
+            if (value is not None or name == "limit_model") and value not in MODELS:
+                raise ConfigError(name, value, f"use one of {', '.join(MODELS)}")
+        _check_number("burst", self.burst)
+        if self.burst <= 0:
+            raise ConfigError("burst", self.burst, "use a number of seconds > 0")
+        _check_number("window_offset", self.window_offset)
+        if self.headers not in HEADER_STYLES:
+            raise ConfigError("headers", self.headers, f"use one of {', '.join(HEADER_STYLES)}")
         _check_count("completion_tokens", self.completion_tokens)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             # The value itself is a secret: never echo it.
@@ -105,7 +157,15 @@ class MockConfig:
             ("503", self.rate_503),
             ("reset", self.rate_reset),
             ("hang", self.rate_hang),
+            ("529", self.rate_529),
+            ("498", self.rate_498),
+            ("429_capacity", self.rate_429_capacity),
         )
+
+    def model_of(self, limit: str) -> str:
+        """The meter model for "requests" or a token limit."""
+        own = self.rpm_model if limit == "requests" else self.tpm_model
+        return own or self.limit_model
 
 
 def _admission_log() -> deque[tuple[float, int]]:
@@ -117,7 +177,9 @@ class MockStats:
     """What the server saw and did; read it from tests (`server.stats`).
 
     `admissions` holds ``(time.monotonic(), tokens)`` per 200 answer, in order.
-    `faults` counts injected faults by name: "429", "500", "503", "reset", "hang".
+    `faults` counts injected faults by name: "429", "500", "503", "reset", "hang",
+    "529", "498", "429_capacity". `refused` counts the limits' own refusals
+    by class: "rate" (a limit was spent) and "quota" (`quota_after` reached).
     """
 
     requests: int = 0
@@ -127,6 +189,8 @@ class MockStats:
     max_in_flight: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     tokens: int = 0
+    admitted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
 
     @property

@@ -34,7 +34,8 @@ from ._api import (
 )
 from ._config import MockConfig, MockStats
 from ._content import count_prompt_tokens
-from ._limits import Decision, SlidingWindow, format_duration, format_seconds
+from ._limiter import ServerLimits, capacity_reply, charge_of
+from ._meters import format_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -90,7 +91,7 @@ class MockServer:
         self._port = port
         self._config = MockConfig() if config is None else config
         self._rng = random.Random(self._config.seed)
-        self._window = SlidingWindow()
+        self._limits = ServerLimits(self._config)
         self._ids = itertools.count(1)
         self._runner: web.ServerRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -108,6 +109,12 @@ class MockServer:
             raise ConfigError("config", type(value).__name__, "assign a MockConfig")
         if value.seed != self._config.seed:
             self._rng = random.Random(value.seed)
+        if not self._limits.same_shape(value):
+            admitted = self._limits.admitted
+            self._limits = ServerLimits(value)  # a new way of metering starts afresh
+            self._limits.admitted = admitted  # the quota counts on
+        else:
+            self._limits.cfg = value
         self._config = value
 
     @property
@@ -201,7 +208,7 @@ class MockServer:
         try:
             return await self._serve(request, cfg, headers)
         except ApiError as err:
-            self._limit_headers(cfg, headers, time.monotonic())
+            headers.update(self._limits.headers(time.monotonic()))
             return self._reply(err.status, err.body(), headers)
         finally:
             # self.stats, not the local: reset_stats() may have swapped it.
@@ -270,18 +277,26 @@ class MockServer:
     ) -> web.StreamResponse:
         prompt = count_prompt_tokens(body)
         each, n, finish = 0, 1, "stop"
+        cap: int | None = None
         if kind != "embeddings":
             cap = token_cap(kind, body)
             each = cfg.completion_tokens if cap is None else min(cap, cfg.completion_tokens)
             finish = "length" if each < cfg.completion_tokens else "stop"
             if kind != "responses":
                 n = body.get("n") or 1
-        charged = prompt + each * n
+        # Charged at admission as OpenAI counts it: prompt + the completion cap.
+        asked = cfg.completion_tokens if cap is None else cap
+        charge = charge_of(prompt, asked if kind != "embeddings" else 0, n)
+        charged = int(charge["tokens"])
         now = time.monotonic()
-        decision = self._window.admit(now, cfg.limit_window, cfg.rpm, cfg.tpm, charged)
-        self._limit_headers(cfg, headers, now)
-        if not decision.admitted:
-            return self._rate_limited(decision, cfg, body["model"], charged, headers)
+        refusal = self._limits.admit(now, charge)
+        headers.update(self._limits.headers(now))
+        if refusal is not None:
+            self.stats.refused[refusal.kind] += 1
+            status, payload_bytes, extra = self._limits.refusal_reply(refusal, body["model"])
+            headers.update(extra)
+            return self._reply(status, payload_bytes, headers)
+        self.stats.admitted += 1
         stats = self.stats
         stats.tokens += charged
         stats.admissions.append((now, charged))
@@ -356,55 +371,14 @@ class MockServer:
                 "rate_limit_exceeded",
             )
             return self._reply(429, body, headers)
+        if fault in ("529", "498", "429_capacity"):
+            status, body = capacity_reply(fault, cfg.headers == "anthropic")
+            return self._reply(status, body, headers)
         if fault == "503":
             message = f"The server is overloaded or not ready yet {_INJECTED}."
             return self._reply(503, error_body(message, "server_error", None, None), headers)
         message = f"The server had an error while processing your request {_INJECTED}."
         return self._reply(500, error_body(message, "server_error", None, None), headers)
-
-    def _limit_headers(self, cfg: MockConfig, headers: dict[str, str], now: float) -> None:
-        if cfg.rpm is None and cfg.tpm is None:
-            return
-        window = self._window
-        window.evict(now, cfg.limit_window)
-        reset = format_duration(window.reset_in(now, cfg.limit_window))
-        if cfg.rpm is not None:
-            headers["x-ratelimit-limit-requests"] = str(cfg.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, cfg.rpm - window.requests))
-            headers["x-ratelimit-reset-requests"] = reset
-        if cfg.tpm is not None:
-            headers["x-ratelimit-limit-tokens"] = str(cfg.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, cfg.tpm - window.tokens))
-            headers["x-ratelimit-reset-tokens"] = reset
-
-    def _rate_limited(
-        self,
-        decision: Decision,
-        cfg: MockConfig,
-        model: str,
-        charged: int,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
-        wait = format_seconds(decision.retry_after)
-        headers["Retry-After"] = wait
-        headers["retry-after-ms"] = str(math.ceil(decision.retry_after * 1000))
-        if decision.too_large:
-            message = (
-                f"Request too large for {model} on tokens: Limit {cfg.tpm}, Requested "
-                f"{charged}. Reduce the input or max tokens so the request fits the limit."
-            )
-        elif decision.kind == "requests":
-            message = (
-                f"Rate limit reached for {model} on requests: Limit {cfg.rpm}, Used "
-                f"{self._window.requests}, Requested 1. Please try again in {wait}s."
-            )
-        else:
-            message = (
-                f"Rate limit reached for {model} on tokens: Limit {cfg.tpm}, Used "
-                f"{self._window.tokens}, Requested {charged}. Please try again in {wait}s."
-            )
-        body = error_body(message, decision.kind or "requests", None, "rate_limit_exceeded")
-        return self._reply(429, body, headers)
 
 
 def _model_not_found(model: str) -> ApiError:
