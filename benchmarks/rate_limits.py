@@ -309,7 +309,7 @@ def cases(tmp: Path) -> int:
                 rate_reset=0.01,
                 retry_after=1.0,
                 completion_tokens=16,
-            ),  # fmt: skip
+            ),
             2000,
             {},
             ["conveyor", "cookbook", "semaphore"],
