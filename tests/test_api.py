@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 PUBLIC = {
     "AggregateExecutionError", "AsyncExecutor", "AsyncStream", "Attempt", "BatchInfo",
     "BatchReport", "Breaker", "ConfigError", "ConveyorError", "ErrorInfo", "FatalError",
-    "InputError", "Interrupted", "ProgressCallback", "QuotaExceeded", "RateLimitHint", "Result", "RetryPolicy",
+    "InputError", "Interrupted", "ProgressCallback", "QuotaExceeded", "RateLimitHint", "Result",
+    "RetryPolicy",
     "RetryableError", "SequentialExecutor", "Status", "Stream", "TaskExecutor", "ThreadExecutor",
     "Usage", "__version__", "arun", "astream", "current_attempt", "report_cached", "report_limits",
     "report_usage", "run", "stream",

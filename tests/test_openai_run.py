@@ -167,7 +167,7 @@ async def test_client_errors_keep_the_server_response(server: MockServer, tmp_pa
 async def test_known_rate_limit_zero_429s(server: MockServer, tmp_path: Path) -> None:
     """Server and client told the same limit: no 429 at all, and the server
     never sees more than the limit in any window."""
-    server.config = MockConfig(api_key=KEY, rpm=30, limit_window=1.0, seed=3)
+    server.config = MockConfig(api_key=KEY, rpm=30, limit_window=1.0, seed=3, limit_model="sliding")
     bodies = write_requests(tmp_path / "in.jsonl", 75)
     out = tmp_path / "out.jsonl"
     s = settings(server, out, rpm=30, limit_window=1.0, concurrency=50)
