@@ -72,7 +72,6 @@ __all__ = [
     "PreflightFailed",
     "RayConnectError",
     "QuotaExceeded",
-    "RayConnectError",
     "RayNotInstalled",
     "RetryableError",
     "WorkersLost",
