@@ -83,7 +83,7 @@ class Cell:
 
 
 N_REQUESTS = {"bucket_1s": 1500, "bucket_60s": 7500, "fixed": 7500, "sliding": 7500}
-N_TOKENS = {"bucket_1s": 150, "bucket_60s": 1000, "fixed": 700, "sliding": 700}
+N_TOKENS = {"bucket_1s": 300, "bucket_60s": 1000, "fixed": 700, "sliding": 700}
 
 
 def cells(quick: bool) -> list[Cell]:

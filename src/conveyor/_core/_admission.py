@@ -90,7 +90,12 @@ class Admission:
         self.adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
         w = options.limit_window
         margin = max(w * _WINDOW_MARGIN, _WINDOW_MARGIN_MIN)
-        self._budget_args = {"window": w, "burst": options.burst, "margin": margin}
+        self._budget_args: dict[str, Any] = {
+            "window": w,
+            "burst": options.burst,
+            "margin": margin,
+            "refunds": options.refund_unused,
+        }
         self.budgets: dict[str, Budget] = {
             "requests": Budget("requests", told=options.rpm, **self._budget_args)
         }

@@ -110,8 +110,10 @@ class Budget:
         window: float = 60.0,
         burst: float = 1.0,
         margin: float = 0.0,
+        refunds: bool = True,
     ) -> None:
         self.name = name
+        self.refunds = refunds
         self.window = float(window)
         self.burst = float(burst)
         self.told = float(told) if told else None
@@ -236,8 +238,15 @@ class Budget:
         """The real cost of a spend is known (a response's `usage`).
 
         Only a told limit without headers is kept by our own books; where the
-        server's headers are read, they say what it charged.
+        server's headers are read, they say what it charged. A cost above the
+        estimate is always charged; one below it is refunded only with
+        `refunds` (the Python API's own cost units): OpenAI counts a request's
+        completion cap (`max_tokens`) at admission and keeps it counted
+        (guides/rate-limits), so giving back the unused part of a request's
+        reservation would spend more than that server allows.
         """
+        if actual < estimated and not self.refunds:
+            return
         if self.model is Model.TOLD and self._told is not None:
             self._told.settle(admitted_at, estimated, actual)
             self._log.settle(admitted_at, estimated, actual)

@@ -53,6 +53,7 @@ class Options:
     limit_window: float
     burst: float
     probe_first: bool
+    refund_unused: bool
     breaker: Breaker | None
     adaptive: bool
     fail_fast: bool
@@ -104,6 +105,7 @@ def build_options(
     limit_window: float = 60.0,
     burst: float = 1.0,
     probe_first: bool = False,
+    refund_unused: bool = True,
     breaker: Breaker | bool | None = None,
     adaptive: bool = True,
     fail_fast: bool = False,
@@ -195,6 +197,7 @@ def build_options(
         limit_window=float(limit_window),
         burst=float(burst),
         probe_first=bool(probe_first),
+        refund_unused=bool(refund_unused),
         breaker=brk,
         adaptive=bool(adaptive),
         fail_fast=bool(fail_fast),

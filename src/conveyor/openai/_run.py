@@ -354,6 +354,8 @@ async def arun_file(
                 "limit_window": s.limit_window,
                 "burst": s.burst,
                 "probe_first": True,
+                # OpenAI counts max_tokens at admission and keeps it counted.
+                "refund_unused": False,
                 "key": item_key,
                 "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
                 "fail_fast": s.fail_fast,
