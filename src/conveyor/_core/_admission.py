@@ -114,6 +114,7 @@ class Admission:
         self.answered_locally = 0
         self._told_about: set[str] = set()
         self._recent: deque[bool] = deque(maxlen=_RECENT)  # True: a rate refusal
+        self._answer_times: deque[float] = deque(maxlen=256)  # admission to answer, s
         # One request first, the rest after its answer: the server's headers
         # (or a rejected key) are known before a whole window of requests is
         # spent on a budget or a key we know nothing of.
@@ -335,6 +336,14 @@ class Admission:
 
     def _learn(self, hint: RateLimitHint, ticket: Ticket) -> None:
         now = self._clock.now()
+        # When did the server take it? Not before we admitted it, and not
+        # earlier than the quickest recent answer allows: a busy event loop
+        # (or a slow network) sends later than admission, and counting the
+        # refill from admission would overstate what the server holds.
+        took = now - ticket.at
+        self._answer_times.append(took)
+        quickest = min(self._answer_times)
+        taken_at = max(ticket.at, now - quickest)
         for scope in _SCOPES:
             limit = getattr(hint, f"{scope}_limit", None)
             remaining = getattr(hint, f"{scope}_remaining", None)
@@ -351,7 +360,7 @@ class Admission:
                 mark = budget.charged
             budget.observe(
                 now,
-                ticket.at,
+                taken_at,
                 mark,
                 limit=limit,
                 remaining=remaining,

@@ -47,6 +47,7 @@ _BUCKET_SLACK = 0.05
 # briefly empty but a window that is spent.
 _SHORT_RETRY_UNITS = 3.0
 _SHORT_RETRY_FIXED = 0.1
+_SHORT_RETRY_WHOLE_SECONDS = 2.0
 _EPS = 1e-9
 _HUGE = 1e18
 
@@ -133,6 +134,8 @@ class Budget:
         self._capacity = 0.0
         self._basis = -math.inf  # send time of the newest answer applied
         self._estimated = False  # server_limit guessed from what was accepted
+        self._implied_min = math.inf  # tightest capacity bound the headers gave
+        self._implied_for: float | None = None
         if self.told is not None:
             rate = self.told / self.window
             self._told = RateLimiter(
@@ -282,7 +285,13 @@ class Budget:
             if self.model is not Model.WINDOW:
                 self._enter_window(now, "its reset is longer than a bucket would need")
         elif self.model is not Model.WINDOW:
-            capacity = min(max(implied, remaining, 1.0), self.server_limit)
+            # Every answer bounds the capacity from above (rounded figures,
+            # Anthropic's whole-second resets, only ever overstate it): keep
+            # the tightest bound seen for this limit.
+            if self._implied_for != self.server_limit:
+                self._implied_for, self._implied_min = self.server_limit, math.inf
+            self._implied_min = min(self._implied_min, implied)
+            capacity = min(max(self._implied_min, remaining, 1.0), self.server_limit)
             if self._bucket is None or self.model is not Model.BUCKET:
                 self._enter_bucket(now, capacity)
             assert self._bucket is not None
@@ -334,8 +343,11 @@ class Budget:
                     self._bucket.capacity = max(1.0, self.burst * self.server_rate())
             self._estimated = True
         rate = self.rate
-        short = retry_after is None or retry_after <= (
-            _SHORT_RETRY_UNITS * max(weight, 1.0) / rate + _SHORT_RETRY_FIXED
+        # Anthropic's retry-after is whole seconds: a wait of a second or two
+        # is still a bucket briefly empty, not a window that is spent.
+        short = retry_after is None or retry_after <= max(
+            _SHORT_RETRY_UNITS * max(weight, 1.0) / rate + _SHORT_RETRY_FIXED,
+            _SHORT_RETRY_WHOLE_SECONDS,
         )
         m = self.model
         if m is Model.OPEN or (m is Model.BUCKET and not short):

@@ -42,7 +42,7 @@ from ._batchfile import (
 from ._cache import InflightDedupe, ResponseCache, request_key
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._template import PromptTemplate, build_requests, read_records
-from ._tokens import estimate_request_tokens
+from ._tokens import estimate_prompt_tokens, estimate_request_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -272,10 +272,14 @@ class _Caller:
         return answer
 
 
-def _cost(item: Item) -> float:
+def _cost(item: Item) -> tuple[float, float]:
+    """(input, output) tokens a request reserves: budgets that meter them apart
+    (Anthropic's input and output tokens) take each, a total budget the sum."""
     if isinstance(item, BadLine):
         raise InputError(item.reason, line=item.line)
-    return float(estimate_request_tokens(item.body, item.endpoint))
+    prompt = estimate_prompt_tokens(item.body, item.endpoint)
+    total = estimate_request_tokens(item.body, item.endpoint)
+    return float(prompt), float(total - prompt)
 
 
 async def arun_file(
