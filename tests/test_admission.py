@@ -139,3 +139,29 @@ def test_sdk_rate_limit_error_is_retried_and_feeds_the_limits() -> None:
     assert report.counts["ok"] == 20
     assert report.extra.get("refused_rate") == 3
     assert "requests" in report.extra.get("budgets", {})
+
+
+def test_waiting_out_a_retry_holds_no_slot() -> None:
+    """The limit is on attempts in flight: an item waiting out its Retry-After
+    lets others run, and never more than `concurrency` attempts run at once."""
+    import asyncio
+
+    seen: list[int] = []
+    running = {"now": 0, "max": 0}
+
+    async def fn(i: int) -> int:
+        seen.append(i)
+        running["now"] += 1
+        running["max"] = max(running["max"], running["now"])
+        try:
+            await asyncio.sleep(0.01)
+            if i == 0 and seen.count(0) == 1:
+                raise HTTPish(503, {"error": {"message": "busy"}}, retry_after=0.3)
+            return i
+        finally:
+            running["now"] -= 1
+
+    report = conveyor.run(range(5), fn, concurrency=1, retries=2)
+    assert report.counts["ok"] == 5
+    assert running["max"] == 1
+    assert seen.index(1) < seen.index(0, 1)  # item 1 ran while item 0 waited

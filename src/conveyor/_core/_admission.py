@@ -44,6 +44,7 @@ _SCOPES = ("requests", "tokens", "input_tokens", "output_tokens")
 _RECENT = 50
 _FREQUENT_SHARE = 0.2
 _FREQUENT_MIN = 3
+_FREQUENT_FLOOR = 20
 
 
 class Refused(Exception):
@@ -251,8 +252,11 @@ class Admission:
         return Verdict(refusal, shared)
 
     def _frequent(self) -> bool:
+        # The share is of at least 20 answers, so a clump of sporadic refusals
+        # among the very first answers does not pause everyone.
         hits = sum(self._recent)
-        return hits >= _FREQUENT_MIN and hits >= _FREQUENT_SHARE * len(self._recent)
+        seen = max(len(self._recent), _FREQUENT_FLOOR)
+        return hits >= _FREQUENT_MIN and hits >= _FREQUENT_SHARE * seen
 
     def _on_rate_limited(
         self, now: float, refusal: Refusal, ticket: Ticket | None, *, spent: bool = False

@@ -318,6 +318,25 @@ class Engine:
             return True  # keep draining: every input item gets a result
         return False
 
+    def _full(self) -> bool:
+        """No slot for a new item: attempts in flight (items not waiting out a
+        retry) are at the limit, or items alive at twice it (memory stays bounded)."""
+        limit = self.concurrency_limit
+        if self._wave is not None:
+            return len(self._tasks) >= limit  # a wave is a fixed batch of items
+        alive = len(self._tasks)
+        return alive - self._retrying >= limit or alive >= 2 * limit
+
+    async def _slot_for_retry(self) -> None:
+        """Wait until this retrying item may attempt again within the limit."""
+        if self._wave is not None:
+            return
+        while len(self._tasks) - self._retrying >= self.concurrency_limit:
+            if self._refusing():
+                return  # admission refuses it next, with the right result
+            self._capacity.clear()
+            await self._capacity.wait()
+
     async def _admit_item(self, index: int, item: Any) -> bool:
         if self._stop_kind is not None:
             return self._drain_stopped(index, item)
@@ -329,9 +348,7 @@ class Engine:
             )
             return True
         earlier = self.opts.previous(key) if self.opts.previous is not None else None
-        while (earlier is None and len(self._tasks) >= self.concurrency_limit) or len(
-            self._buffer
-        ) >= self._buffer_max:
+        while (earlier is None and self._full()) or len(self._buffer) >= self._buffer_max:
             self._capacity.clear()
             await self._capacity.wait()
             if self.stopping:  # a property: re-read after the await
@@ -502,9 +519,14 @@ class Engine:
                             "error_type": error.type,
                         },
                     )
+                    # Waiting out a backoff or a Retry-After holds no slot: the
+                    # limit is on attempts in flight, so others go ahead, and
+                    # this item takes a slot again before its next attempt.
                     self._retrying += 1
+                    self._capacity.set()
                     try:
                         await clock.sleep(delay)
+                        await self._slot_for_retry()
                     finally:
                         self._retrying -= 1
                     continue
