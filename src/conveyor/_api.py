@@ -165,6 +165,12 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     (per-minute limits; `limit_window` changes the minute), `breaker`
     (`True` or `Breaker(...)`), `adaptive`, `fail_fast`, `key`, `callbacks`,
     `on_start`/`on_result`/`on_error`/`on_batch`, `grace`, `batch_id`.
+
+    Sync functions run on exactly `concurrency` worker threads;
+    `worker_init` is called once in each (open a connection into a
+    `threading.local`), `worker_teardown` once in each when the run ends. A
+    thread stuck past `timeout` is replaced, and its replacement is
+    initialised too.
     """
     _check(items, fn)
     if _backend(options) == "ray":

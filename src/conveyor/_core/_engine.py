@@ -268,7 +268,12 @@ class Engine:
 
     def run_in_thread(self, fn: Callable[[Any], Any], item: Any) -> asyncio.Future[Any]:
         if self._threads is None:
-            self._threads = ThreadRunner(self._loop)
+            self._threads = ThreadRunner(
+                self._loop,
+                size=self.opts.concurrency,
+                init=self.opts.worker_init,
+                teardown=self.opts.worker_teardown,
+            )
         return self._threads.submit(contextvars.copy_context(), fn, item)
 
     # ---- the producer: source -> admission into slots ---------------------------------

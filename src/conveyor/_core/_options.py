@@ -66,6 +66,8 @@ class Options:
     progress_interval: float
     shared_limiter: Any
     previous: Callable[[str], Any] | None
+    worker_init: Callable[[], Any] | None = None
+    worker_teardown: Callable[[], Any] | None = None
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -122,6 +124,8 @@ def build_options(
     progress_interval: float = 1.0,
     shared_limiter: Any = None,
     previous: Callable[[str], Any] | None = None,
+    worker_init: Callable[[], Any] | None = None,
+    worker_teardown: Callable[[], Any] | None = None,
 ) -> Options:
     if concurrency is not None:
         _whole("concurrency", concurrency, 1, 100_000)
@@ -173,6 +177,11 @@ def build_options(
         )
     if previous is not None and not callable(previous):
         raise ConfigError("previous", previous, "a function key -> earlier Result or None")
+    for hook_name, hook in (("worker_init", worker_init), ("worker_teardown", worker_teardown)):
+        if hook is not None and not callable(hook):
+            raise ConfigError(
+                hook_name, hook, "a function taking no arguments, called in each worker thread"
+            )
     targets: list[Any] = []
     if callbacks is not None:
         if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
@@ -210,4 +219,6 @@ def build_options(
         progress_interval=float(progress_interval),
         shared_limiter=shared_limiter,
         previous=previous,
+        worker_init=worker_init,
+        worker_teardown=worker_teardown,
     )
