@@ -773,3 +773,17 @@ def test_breaker_probe_refused_or_rate_limited_does_not_hang() -> None:
     )
     assert time.monotonic() - t < 10
     assert report.counts["ok"] == 2 and report.total == 6
+
+
+# ---- a plain function returning an awaitable -----------------------------------------
+
+
+def test_function_returning_an_awaitable_is_awaited() -> None:
+    report = conveyor.run([1, 2, 3], lambda x: asyncio.sleep(0.01, x * 10))
+    assert [r.value for r in report] == [10, 20, 30]
+    assert report.counts["ok"] == 3
+
+
+def test_awaitable_returned_by_a_plain_function_obeys_the_timeout() -> None:
+    report = conveyor.run([1], lambda x: asyncio.sleep(5, x), timeout=0.1, retries=0)
+    assert report[0].status is Status.TIMED_OUT

@@ -56,7 +56,8 @@ def _is_async_callable(fn: Any) -> bool:
 
 
 def invoker_for(fn: Callable[[Any], Any]) -> Invoker:
-    """Async functions run on the loop; anything else runs on a thread."""
+    """Async functions run on the loop; anything else runs on a thread (and
+    an awaitable it returns is then awaited on the loop)."""
     if _is_async_callable(fn):
 
         async def call_async(item: Any, engine: Engine) -> Any:
@@ -577,15 +578,23 @@ class Engine:
                 )
             )
 
+    async def _call(self, item: Any) -> Any:
+        value = await self._invoke(item, self)
+        if inspect.isawaitable(value):
+            # A plain function that returns an awaitable (a lambda around an
+            # async call): await it here, on the loop, within the timeout.
+            value = await value
+        return value
+
     async def _attempt(self, item: Any, attempt: Attempt) -> Any:
         _current.set(attempt)
         timeout = self.opts.timeout
         if timeout is None:
-            return await self._invoke(item, self)
+            return await self._call(item)
         scope = asyncio.timeout(timeout)
         try:
             async with scope:
-                return await self._invoke(item, self)
+                return await self._call(item)
         except TimeoutError as exc:
             if scope.expired():
                 raise TimeoutError(
