@@ -317,3 +317,27 @@ def test_defaults_follow_seed_003() -> None:
     params = inspect.signature(preflight).parameters
     assert params["min_free_memory_mb"].default == 4096
     assert params["gpu_memory_warn"].default == 0.95
+
+
+def test_a_very_short_key_is_redacted_as_a_whole_token_only() -> None:
+    from conveyor.cli._preflight import redact_secret
+
+    text = "model text-embedding-3-small, journal /tmp/exp/j.db, key x"
+    assert (
+        redact_secret(text, "x") == "model text-embedding-3-small, journal /tmp/exp/j.db, key ***"
+    )
+    assert redact_secret(f"Bearer {KEY} refused", KEY) == "Bearer *** refused"
+    assert redact_secret(f"url?key={KEY}&a=1", KEY) == "url?key=***&a=1"
+
+
+async def test_doctor_with_a_one_letter_key_keeps_model_and_paths(tmp_path: Path) -> None:
+    async with MockServer(MockConfig(api_key="x", models=("text-embedding-3-small",))) as srv:
+        journal = tmp_path / "exp" / "j.db"
+        journal.parent.mkdir()
+        checks = await check(
+            srv.base_url, api_key="x", model="text-embedding-3-small", journal_path=journal
+        )
+    out = format_checks(checks)
+    assert "text-embedding-3-small" in out
+    assert str(journal.parent) in out or "exp" in out
+    assert "e***p" not in out and "te***t" not in out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -448,14 +449,22 @@ async def preflight(
     return checks
 
 
+def redact_secret(text: str, secret: str) -> str:
+    """`text` with each whole occurrence of `secret` replaced by `***`.
+
+    Whole: not inside a longer word, so a very short key (`x`) does not
+    mangle `text-embedding-3-small` or `/tmp/exp/j.db`.
+    """
+    if not secret or secret not in text:
+        return text
+    pattern = rf"(?<![A-Za-z0-9_\-]){re.escape(secret)}(?![A-Za-z0-9_\-])"
+    return re.sub(pattern, "***", text)
+
+
 def _scrub(check: Check, secret: str) -> Check:
-    if secret in check.detail or secret in check.fix:
-        return Check(
-            check.name,
-            check.status,
-            check.detail.replace(secret, "***"),
-            check.fix.replace(secret, "***"),
-        )
+    detail, fix = redact_secret(check.detail, secret), redact_secret(check.fix, secret)
+    if detail != check.detail or fix != check.fix:
+        return Check(check.name, check.status, detail, fix)
     return check
 
 
