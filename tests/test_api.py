@@ -331,3 +331,54 @@ def test_stream_memory_does_not_grow_with_the_input() -> None:
 
     small, large = peak(3_000), peak(30_000)
     assert large < 2 * small + 1_000_000, (small, large)
+
+
+def test_rerun_failed_runs_only_what_failed(tmp_path: Path) -> None:
+    """rerun="failed" with the same journal: ok items come from the journal
+    (0 calls), failed and timed-out ones run again (seed 002's partial re-run)."""
+    db = tmp_path / "j.db"
+    calls: list[int] = []
+    broken = {2, 5}
+
+    def fn(i: int) -> int:
+        calls.append(i)
+        if i in broken:
+            raise ConnectionError(f"item {i} failed")
+        if i == 7:
+            time.sleep(0.5)
+        return i * 10
+
+    first = conveyor.run(range(8), fn, journal=db, retries=0, timeout=0.2)
+    assert (first.counts["ok"], first.counts["failed"], first.counts["timed_out"]) == (5, 2, 1)
+    calls.clear()
+    broken.clear()
+    again = conveyor.run(range(8), fn, journal=db, retries=0, timeout=1, rerun="failed")
+    assert sorted(calls) == [2, 5, 7]
+    assert again.counts["ok"] == 8
+    assert [r.value for r in again] == [i * 10 for i in range(8)]
+    assert again.extra["resumed"] == 5
+    calls.clear()
+    third = conveyor.run(range(8), fn, journal=db, rerun="failed")
+    assert calls == [] and third.counts["ok"] == 8
+
+
+def test_rerun_needs_a_journal_and_a_known_status(tmp_path: Path) -> None:
+    with pytest.raises(conveyor.ConfigError, match="journal"):
+        conveyor.run([1], str, rerun="failed")
+    with pytest.raises(conveyor.ConfigError, match="rerun"):
+        conveyor.run([1], str, journal=tmp_path / "j.db", rerun="broken")
+
+
+def test_cli_status_and_retry_on_a_python_journal(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli._main import main
+
+    db = tmp_path / "j.db"
+    conveyor.run(range(3), str, journal=db)
+    out = CliRunner().invoke(main, ["status", str(db)])
+    assert out.exit_code == 0, out.output
+    assert "input None" not in out.output and "input: Python items" in out.output
+    res = CliRunner().invoke(main, ["retry", str(db)])
+    assert res.exit_code != 0
+    assert "rerun='failed'" in res.output

@@ -45,7 +45,29 @@ def _length_hint(items: Any) -> int | None:
         return None
 
 
-_PRIVATE_KEYS = ("journal", "journal_force", "_fn_name")
+_PRIVATE_KEYS = ("journal", "journal_force", "rerun", "_fn_name")
+
+# rerun="failed": every stored result that is not ok runs again.
+_RERUN_FAILED = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CANCELLED})
+_RERUNNABLE = {s.value: s for s in (Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.OK)}
+
+
+def _rerun_statuses(rerun: Any) -> frozenset[Status]:
+    """The stored statuses `rerun=` runs again: "failed" or a list of status names."""
+    if rerun is None:
+        return frozenset()
+    if rerun == "failed":
+        return _RERUN_FAILED
+    names = [rerun] if isinstance(rerun, str) else rerun
+    try:
+        return frozenset(_RERUNNABLE[str(getattr(n, "value", n))] for n in names)
+    except (KeyError, TypeError):
+        raise ConfigError(
+            "rerun",
+            rerun,
+            "'failed' (failed, timed_out and cancelled items run again) or a list of "
+            f"statuses from {sorted(_RERUNNABLE)}",
+        ) from None
 
 
 def _engine_options(opts_kw: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +79,12 @@ def _validate(opts_kw: dict[str, Any]) -> None:
     j = opts_kw.get("journal")
     if j is not None and not isinstance(j, str | os.PathLike):
         raise ConfigError("journal", j, "a path to a journal file (created if missing)")
+    rerun = opts_kw.get("rerun")
+    _rerun_statuses(rerun)
+    if rerun is not None and j is None:
+        raise ConfigError(
+            "rerun", rerun, "only with journal=PATH (the journal holds what failed last time)"
+        )
 
 
 def _line(result: Result[Any]) -> bytes:
@@ -70,7 +98,8 @@ async def _arun_journaled(
     items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
 ) -> BatchReport:
     """run() with a journal: items whose key already has a result are not run
-    again (their stored result is reported); every new result is committed."""
+    again (their stored result is reported); every new result is committed.
+    With `rerun=`, stored results with those statuses run again."""
     from ._journal._journal import Journal
     from ._journal._sink import OutputSink
 
@@ -81,6 +110,11 @@ async def _arun_journaled(
     )
     try:
         kw = _engine_options(opts_kw)
+        again = _rerun_statuses(opts_kw.get("rerun"))
+        if again:
+            # As `conveyor retry` does: those items become pending, so they run
+            # again and their new result replaces the stored one.
+            journal.reset(list(journal.keys_with_status(again)))
         kw["previous"] = journal.get
         stream = AsyncStream(items, invoker, kw)
         if control is not None:
@@ -165,6 +199,12 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     (per-minute limits; `limit_window` changes the minute), `breaker`
     (`True` or `Breaker(...)`), `adaptive`, `fail_fast`, `key`, `callbacks`,
     `on_start`/`on_result`/`on_error`/`on_batch`, `grace`, `batch_id`.
+
+    `journal=PATH` makes the run resumable: a key the journal already holds
+    is reported from it, not run again. `rerun="failed"` (with `journal=`)
+    runs again the items whose stored result failed, timed out or was
+    cancelled, and reports the ok ones from the journal (seed 002's partial
+    re-run); a list of statuses picks others.
 
     Sync functions run on exactly `concurrency` worker threads;
     `worker_init` is called once in each (open a connection into a

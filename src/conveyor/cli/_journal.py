@@ -17,6 +17,20 @@ from ._common import cli_errors, setup_logging
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
 
 
+def describe_input(ident: dict[str, str]) -> str:
+    """What a journal's items came from, in words (never "None")."""
+    kind = ident.get("kind", "")
+    if kind == "python":
+        fn = ident.get("fn")
+        return "Python items" + (f" (fn {fn})" if fn else "") + ", from conveyor.run(journal=)"
+    if ident.get("input"):
+        return str(ident["input"])
+    if ident.get("command") or ident.get("command_sha256"):
+        cmd = ident.get("command") or f"sha256 {ident['command_sha256'][:12]}"
+        return f"conveyor exec command {cmd}"
+    return "not recorded"
+
+
 def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
     """Counts, errors, recent rate and ETA of a run, read while it may be running."""
     with Journal.open_readonly(path) as j:
@@ -33,6 +47,7 @@ def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
     return {
         "journal": str(path),
         "input": ident.get("input"),
+        "source": describe_input(dict(ident)),
         "counts": {k: counts.get(k, 0) for k in _STATUS_ORDER if counts.get(k)},
         "done": done,
         "total": total,
@@ -47,7 +62,7 @@ def _render(st: dict[str, Any]) -> str:
     pct = f" ({st['done'] / total:.0%})" if total else ""
     lines = [
         f"journal {st['journal']}",
-        f"  input {st['input']}",
+        f"  input: {st['source']}",
         f"  done {st['done']}" + (f" of {total}{pct}" if total else ""),
         "  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()),
         f"  rate {st['rate_per_second']:.1f}/s over the last minute"
@@ -120,6 +135,14 @@ def retry_cmd(
         )
         click.echo(summary_line(report), err=True)
         sys.exit(exit_code(report))
+    if kind == "python":
+        fn = identity.get("fn") or "your function"
+        raise ConveyorError(
+            f"{journal} was written by conveyor.run(..., journal=) in Python: the command line "
+            f"cannot rebuild its items or call {fn}. Re-run what failed from Python with "
+            f"conveyor.run(items, fn, journal={str(journal)!r}, rerun='failed') (the ok items "
+            "are reported from the journal, the rest run again)"
+        )
     if kind not in ("batch", "records") or not settings_json:
         raise ConveyorError(
             f"{journal} does not record how to run its items again "
