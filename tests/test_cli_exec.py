@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
@@ -87,7 +86,6 @@ def test_dry_run_reads_stdin_lines_and_quotes_for_the_shell(tmp_path: Path) -> N
     ("args", "message"),
     [
         (["--", ":::", "a"], "give the command to run"),
-        (["--", "echo", ":::", "a", ":::", "b"], "only one `:::`"),
         (["--", "echo", "::::", "f"], "--arg-file"),
         (["--bogus", "echo"], "No such option"),
         (["--jobs", "0", "echo", ":::", "a"], "--jobs"),
@@ -120,10 +118,31 @@ def test_split_inputs_separates_command_and_inputs(template: list[str], values: 
     assert split_inputs(template) == (template, None)
 
 
-def test_split_inputs_refuses_several_lists() -> None:
-    """Several `:::` lists (GNU's combinations) are a usage error, not a guess."""
-    with pytest.raises(click.UsageError):
-        split_inputs(["echo", ":::", "a", ":::", "b"])
+def test_split_inputs_combines_several_lists_as_gnu_parallel() -> None:
+    """Several `:::` lists give every combination, the last varying fastest."""
+    assert split_inputs(["echo", ":::", "a", "b", ":::", "c", "d"]) == (
+        ["echo"],
+        [("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")],
+    )
+
+
+def test_positional_beyond_the_sources_is_a_usage_error() -> None:
+    result = CliRunner().invoke(exec_cmd, ["--", "echo", "{1}", "{3}", ":::", "a", ":::", "b"])
+    assert result.exit_code == 2
+    assert "{3}" in result.output and "2 input source" in result.output
+
+
+def test_dry_run_fills_positions_and_slots() -> None:
+    cmd = ["run", "{1}", "{2.}", "--gpu={%}", "#{#}"]
+    sources = [":::", "s", "m", ":::", "x.txt", "y.txt"]
+    result = CliRunner().invoke(exec_cmd, ["-j", "2", "--dry-run", "--", *cmd, *sources])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "run s x --gpu=1 '#1'",
+        "run s y --gpu=2 '#2'",
+        "run m x --gpu=1 '#3'",
+        "run m y --gpu=2 '#4'",
+    ]
 
 
 # --- behaviour (the real console script) ------------------------------------------------------

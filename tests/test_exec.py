@@ -462,3 +462,23 @@ def test_exec_job_round_trips_through_its_stored_form(seq: int, value: str) -> N
     job = ExecJob(seq, value, job_key(value))
     item = json.loads(json.dumps(job.to_item()))
     assert ExecJob.from_item(item) == job
+
+
+def test_job_slots_and_several_sources(tmp_path: Path) -> None:
+    """`{%}` is a slot in 1..jobs never held by two running jobs at once (also
+    $PARALLEL_JOBSLOT); a tuple input fills `{1}` `{2}` (GNU parallel's `::: a ::: b`)."""
+    from conveyor.commands._batch import run_commands
+
+    inputs = [(m, lr) for m in ("s", "m", "l") for lr in ("1", "2")]
+    report = run_commands(
+        inputs,
+        "echo {%} $PARALLEL_JOBSLOT {1}-{2}; sleep 0.1",
+        shell=True,
+        jobs=2,
+        artifacts=tmp_path / "a",
+    )
+    assert report.counts["ok"] == 6
+    outs = [Path(r.value.stdout_path).read_text().split() for r in report]
+    assert [o[2] for o in outs] == ["s-1", "s-2", "m-1", "m-2", "l-1", "l-2"]
+    assert all(o[0] == o[1] and o[0] in ("1", "2") for o in outs)
+    assert {o[0] for o in outs} == {"1", "2"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import os
 import shutil
 import stat
@@ -16,6 +17,7 @@ import click
 
 from .._base._exceptions import InputError, Interrupted
 from ..commands._batch import plan_commands, run_commands
+from ..commands._expand import highest_position
 from ._common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
 
 if TYPE_CHECKING:
@@ -43,19 +45,26 @@ _NOT_OK = ("failed", "timed_out", "cancelled", "skipped")
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def split_inputs(args: Sequence[str]) -> tuple[list[str], list[str] | None]:
-    """`cmd args ::: a b c` -> (command template, inputs); inputs are None without `:::`."""
+def split_inputs(args: Sequence[str]) -> tuple[list[str], list[Any] | None]:
+    """`cmd args ::: a b c` -> (command template, inputs); inputs are None without `:::`.
+
+    Several sources (`::: a b ::: c d`) are combined as GNU parallel does: every
+    combination, the last source varying fastest, each a tuple (`{1}`, `{2}`).
+    """
     if "::::" in args:
         raise click.UsageError("`::::` (inputs from files) is not supported: use --arg-file FILE")
-    if args.count(":::") > 1:
-        raise click.UsageError(
-            "only one `:::` list of inputs is supported (not GNU parallel's combinations "
-            "of several); generate the combinations and pass them with --arg-file"
-        )
     if ":::" not in args:
         return list(args), None
     i = list(args).index(":::")
-    return list(args[:i]), list(args[i + 1 :])
+    sources: list[list[str]] = [[]]
+    for word in args[i + 1 :]:
+        if word == ":::":
+            sources.append([])
+        else:
+            sources[-1].append(word)
+    if len(sources) == 1:
+        return list(args[:i]), sources[0]
+    return list(args[:i]), list(itertools.product(*sources))
 
 
 def _decode_line(raw: bytes) -> str:
@@ -132,7 +141,7 @@ async def aread_lines(source: str | os.PathLike[str] | IO[bytes]) -> AsyncIterat
             owned.close()
 
 
-def _source(values: list[str] | None, arg_file: str | None) -> list[str] | str | IO[bytes]:
+def _source(values: list[Any] | None, arg_file: str | None) -> list[Any] | str | IO[bytes]:
     if values is not None and arg_file is not None:
         raise click.UsageError("give inputs either after `:::` or with --arg-file, not both")
     if values is not None:
@@ -233,10 +242,13 @@ Examples:
   conveyor exec --isolate worktree --timeout 900 -a tasks.txt -- agent --task {}
   conveyor exec --shell -- 'grep -c ERROR {} > {/.}.count' ::: logs/*
   conveyor exec --dry-run -- rm {} ::: a b     (print the commands only)
+  conveyor exec -j 2 -- env CUDA_VISIBLE_DEVICES={%} train {1} {2} ::: s m ::: 1e-3 1e-4
 
 \b
 Inputs, one job each: the words after `:::`, the lines of --arg-file
-FILE, or the lines of stdin when it is not a terminal.
+FILE, or the lines of stdin when it is not a terminal. Several `:::` lists
+run every combination (`::: a b ::: c d`: a c, a d, b c, b d), as GNU
+parallel does; `{1}`, `{2}` are the job's values from each list.
 
 \b
 Replacement strings (as in GNU parallel), usable inside any argument:
@@ -246,7 +258,9 @@ Replacement strings (as in GNU parallel), usable inside any argument:
   {//}  dirname                   dir
   {/.}  basename, no extension    a.tar
   {#}   job number, from 1        3
-Without any of them the input is appended as the last argument.
+  {%}   job slot, 1..N (lowest free one; also $PARALLEL_JOBSLOT)
+  {1}   the value from the first `:::` list ({2} the second; {1.} {1/} ...)
+Without any of them the input is appended as the last argument(s).
 
 \b
 No shell runs unless --shell: each argument stays one argument, so an input
@@ -365,9 +379,16 @@ def exec_cmd(
     if not template:
         raise click.UsageError("give the command to run after `--`: conveyor exec -- CMD {} ...")
     cmd: list[str] | str = " ".join(template) if shell else template
+    sources = len(values[0]) if values and isinstance(values[0], tuple) else 1
+    wanted = max(highest_position(word) for word in template)
+    if wanted > sources:
+        raise click.UsageError(
+            f"the command uses {{{wanted}}} but there are {sources} input source(s): "
+            "give one `::: ...` list per position (conveyor exec -- cmd {1} {2} ::: a b ::: c d)"
+        )
     src = _source(values, arg_file)
     if dry_run:
-        lines: Iterable[str] = src if isinstance(src, list) else read_lines(src)
+        lines: Iterable[Any] = src if isinstance(src, list) else read_lines(src)
         out = sys.stdout.buffer
         for _job, line in plan_commands(
             lines, cmd, shell=shell, artifacts=artifacts, journal=journal, force=force

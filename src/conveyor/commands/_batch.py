@@ -62,15 +62,16 @@ from ._jobs import (
     ExecContext,
     ExecJob,
     JobOutcome,
+    JobSlots,
     T,
     Template,
-    _as_text,
     _Keyer,
     _readable,
     _safe,
     _unpack,
     _values,
     command_fn,
+    job_args,
     job_key,
     log,
 )
@@ -110,14 +111,18 @@ class _Runner:
         self._template = template
         self._ctx = ctx
         self._failed: dict[str, CommandResult] = {}
+        self._slots = JobSlots()
 
     async def __call__(self, job: ExecJob) -> CommandResult:
+        slot = self._slots.take()
         try:
-            return await self._ctx.task(self._template, job)()
+            return await self._ctx.task(self._template, job, slot)()
         except CommandFailed as exc:
             # The engine keeps only the error text; the paths and exit code live here.
             self._failed[job.key] = exc.result
             raise
+        finally:
+            self._slots.give_back(slot)
 
     def outcome(self, r: Result[Any]) -> JobOutcome:
         cr = self._failed.pop(r.key, None)
@@ -347,7 +352,7 @@ async def _run(spec: _Spec, inputs: Iterable[Any] | AsyncIterable[Any], control:
         keyer = _Keyer()
         seq = 0
         async with contextlib.aclosing(_values(inputs)) as values:
-            async for value in values:
+            async for value, args in values:
                 seq += 1
                 key = keyer.key(value)
                 prev = journal.get(key)
@@ -356,7 +361,7 @@ async def _run(spec: _Spec, inputs: Iterable[Any] | AsyncIterable[Any], control:
                         done += 1
                         continue
                     journal.reset([key])  # ran before and did not succeed: run it again
-                yield ExecJob(seq, value, key)
+                yield ExecJob(seq, value, key, args)
 
     jobs = plan()
     try:
@@ -448,14 +453,15 @@ def plan_commands(
                 raise JournalMismatch(str(spec.journal), diff)
         keyer = _Keyer()
         for seq, raw in enumerate(inputs, start=1):
-            value = _as_text(raw)
+            value, args = job_args(raw)
             key = keyer.key(value)
             if ro is not None:
                 prev = ro.get(key)
                 if prev is not None and prev.status is Status.OK:
                     continue
-            job = ExecJob(seq, value, key)
-            yield job, spec.ctx.command_line(spec.template, job)
+            job = ExecJob(seq, value, key, args)
+            # As if every job took as long: slots in turn.
+            yield job, spec.ctx.command_line(spec.template, job, (seq - 1) % spec.jobs + 1)
     finally:
         if ro is not None:
             ro.close()

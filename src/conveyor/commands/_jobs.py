@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import logging
 import shlex
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
@@ -128,14 +129,19 @@ class ExecJob:
     seq: int
     value: str
     key: str
+    args: tuple[str, ...] = ()  # one per input source (`{1}`, `{2}`), when several
 
     def to_item(self) -> dict[str, Any]:
         """A JSON-ready form that keeps non-UTF-8 bytes exactly (stored in the journal)."""
-        return {"seq": self.seq, "value": _pack(self.value), "key": self.key}
+        item: dict[str, Any] = {"seq": self.seq, "value": _pack(self.value), "key": self.key}
+        if self.args:
+            item["args"] = [_pack(a) for a in self.args]
+        return item
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> ExecJob:
-        return cls(int(item["seq"]), _unpack(item["value"]), str(item["key"]))
+        args = tuple(_unpack(a) for a in item.get("args") or ())
+        return cls(int(item["seq"]), _unpack(item["value"]), str(item["key"]), args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,20 +176,30 @@ class ExecContext:
         if not self.kill_grace >= 0:
             raise ConfigError("kill_grace", self.kill_grace, "zero or more seconds")
 
-    def command_line(self, template: Template, job: ExecJob) -> str:
+    def command_line(self, template: Template, job: ExecJob, slot: int = 1) -> str:
         """The job's command as one line of shell (what `--dry-run` prints)."""
         if self.shell:
-            return expand_shell(_shell_text(template), job.value, job.seq)
-        return shlex.join(expand(_argv(template), job.value, job.seq))
+            return expand_shell(_shell_text(template), job.value, job.seq, args=job.args, slot=slot)
+        return shlex.join(expand(_argv(template), job.value, job.seq, args=job.args, slot=slot))
 
-    def task(self, template: Template, job: ExecJob) -> CommandTask:
-        """The `CommandTask` for one job (a zero-argument awaitable, fit for the executors)."""
-        env = {"CONVEYOR_JOB_SEQ": str(job.seq), **(self.env or {})}
+    def task(self, template: Template, job: ExecJob, slot: int = 1) -> CommandTask:
+        """The `CommandTask` for one job (a zero-argument awaitable, fit for the executors).
+
+        `slot` is its job slot (`{%}`, and `CONVEYOR_JOB_SLOT` / `PARALLEL_JOBSLOT`
+        in its environment, as GNU parallel sets them).
+        """
+        env = {
+            "CONVEYOR_JOB_SEQ": str(job.seq),
+            "CONVEYOR_JOB_SLOT": str(slot),
+            "PARALLEL_SEQ": str(job.seq),
+            "PARALLEL_JOBSLOT": str(slot),
+            **(self.env or {}),
+        }
         argv: Sequence[str] | str
         if self.shell:
-            argv = expand_shell(_shell_text(template), job.value, job.seq)
+            argv = expand_shell(_shell_text(template), job.value, job.seq, args=job.args, slot=slot)
         else:
-            argv = expand(_argv(template), job.value, job.seq)
+            argv = expand(_argv(template), job.value, job.seq, args=job.args, slot=slot)
         return CommandTask(
             argv,
             cwd=self.cwd,
@@ -212,6 +228,32 @@ def _argv(template: Template) -> list[str]:
     return list(template)
 
 
+class JobSlots:
+    """GNU parallel's job slots: a starting job takes the lowest free number
+    (1..jobs), and gives it back when it ends. Used on one event loop."""
+
+    def __init__(self) -> None:
+        self._free: list[int] = []
+        self._next = 1
+
+    def take(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        n, self._next = self._next, self._next + 1
+        return n
+
+    def give_back(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
+
+
+def job_args(raw: Any) -> tuple[str, tuple[str, ...]]:
+    """(value, args) of one input: a tuple or list is one argument per source."""
+    if isinstance(raw, tuple | list):
+        args = tuple(_as_text(a) for a in raw)
+        return " ".join(args), args
+    return _as_text(raw), ()
+
+
 def command_fn(
     template: Template, context: ExecContext | None = None
 ) -> Callable[[Any], Awaitable[CommandResult]]:
@@ -223,14 +265,21 @@ def command_fn(
     ctx = context or ExecContext()
     _check_template(template, ctx.shell)
 
+    slots = JobSlots()
+
     async def run_one(item: Any) -> CommandResult:
         if isinstance(item, ExecJob):
             job = item
         else:
             attempt = current_attempt()
             seq = attempt.index + 1 if attempt is not None else 1
-            job = ExecJob(seq, _as_text(item), attempt.key if attempt is not None else str(seq))
-        return await ctx.task(template, job)()
+            value, args = job_args(item)
+            job = ExecJob(seq, value, attempt.key if attempt is not None else str(seq), args)
+        slot = slots.take()
+        try:
+            return await ctx.task(template, job, slot)()
+        finally:
+            slots.give_back(slot)
 
     return run_one
 
@@ -259,15 +308,17 @@ class JobOutcome:
     command: CommandResult | None
 
 
-async def _values(inputs: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[str, None]:
+async def _values(
+    inputs: Iterable[Any] | AsyncIterable[Any],
+) -> AsyncGenerator[tuple[str, tuple[str, ...]], None]:
     if not isinstance(inputs, AsyncIterable):
         for v in inputs:
-            yield _as_text(v)
+            yield job_args(v)
         return
     it = aiter(inputs)
     try:
         async for v in it:
-            yield _as_text(v)
+            yield job_args(v)
     finally:
         # A run stopped early closes its source now (a pipe reader, a file).
         close = getattr(it, "aclose", None)
