@@ -341,3 +341,57 @@ async def test_doctor_with_a_one_letter_key_keeps_model_and_paths(tmp_path: Path
     assert "text-embedding-3-small" in out
     assert str(journal.parent) in out or "exp" in out
     assert "e***p" not in out and "te***t" not in out
+
+
+async def test_gpu_limits_block_the_run(tmp_path: Path) -> None:
+    """--max-gpu-memory 95 / --max-gpu-utilization: a GPU above them fails (blocks)."""
+    exe = fake_nvidia_smi(
+        tmp_path, "print('0, Tesla T4, 45, 5898, 6144')\nprint('1, Tesla T4, 99, 3072, 6144')"
+    )
+    base = f"http://127.0.0.1:{closed_port()}/v1"
+    c = by_name(await check(base, nvidia_smi=exe, max_gpu_memory=95))
+    assert c["gpu 0"].status == "fail" and "--max-gpu-memory" in c["gpu 0"].detail
+    assert c["gpu 1"].status == "ok"
+    c = by_name(await check(base, nvidia_smi=exe, max_gpu_utilization=90))
+    assert c["gpu 0"].status == "warn" and c["gpu 1"].status == "fail"
+
+
+async def test_user_checks_pass_or_block_with_their_reason() -> None:
+    def db_reachable() -> None:
+        return None
+
+    async def queue_empty() -> bool:
+        return True
+
+    def gpu_driver() -> str:
+        return "driver 470 is too old"
+
+    def broken() -> None:
+        raise ConnectionRefusedError("db at :5432 refused")
+
+    base = f"http://127.0.0.1:{closed_port()}/v1"
+    c = by_name(await check(base, checks=[db_reachable, queue_empty, gpu_driver, broken]))
+    assert c["check db_reachable"].status == "ok"
+    assert c["check queue_empty"].status == "ok"
+    assert c["check gpu_driver"].status == "fail"
+    assert c["check gpu_driver"].detail == "driver 470 is too old"
+    assert c["check broken"].status == "fail" and "5432 refused" in c["check broken"].detail
+
+
+def test_cli_check_option_loads_a_function_and_blocks(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli._observe import doctor_cmd
+
+    (tmp_path / "mychecks_t17.py").write_text("def db():\n    return 'no connection to db'\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        base = f"http://127.0.0.1:{closed_port()}/v1"
+        args = ["--base-url", base, "--min-free-memory", "0", "--min-free-disk", "0"]
+        res = CliRunner().invoke(doctor_cmd, [*args, "--check", "mychecks_t17:db"])
+        assert "check db" in res.output and "no connection to db" in res.output
+        assert res.exit_code == 2
+        bad = CliRunner().invoke(doctor_cmd, [*args, "--check", "nomodule_t17:x"])
+        assert (bad.exit_code == 2 and "MODULE" in bad.output) or "cannot load" in bad.output
+    finally:
+        sys.path.remove(str(tmp_path))

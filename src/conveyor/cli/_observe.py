@@ -20,11 +20,12 @@ from ._preflight import (
     Check,
     format_checks,
     has_failures,
+    load_check,
     preflight,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -47,7 +48,7 @@ def resolve_base_url(base_url: str | None) -> str:
 
 
 def threshold_options(fn: F) -> F:
-    """The preflight floors as options (shared by `doctor` and `run`)."""
+    """The preflight floors, limits and user checks as options (shared by `doctor` and `run`)."""
     for option in reversed(
         [
             click.option(
@@ -67,6 +68,26 @@ def threshold_options(fn: F) -> F:
                 show_default=True,
                 metavar="MB",
                 help="Refuse to start with less free disk than this where the journal goes.",
+            ),
+            click.option(
+                "--max-gpu-memory",
+                type=click.FloatRange(0, 100),
+                metavar="PERCENT",
+                help="Refuse to start when a GPU's memory is more used than this (nvidia-smi).",
+            ),
+            click.option(
+                "--max-gpu-utilization",
+                type=click.FloatRange(0, 100),
+                metavar="PERCENT",
+                help="Refuse to start when a GPU is busier than this (nvidia-smi).",
+            ),
+            click.option(
+                "--check",
+                "user_checks",
+                multiple=True,
+                metavar="MODULE:FUNC",
+                help="Your own check (repeatable): a function that returns None/True to pass, "
+                "False or a reason to refuse the run, or raises.",
             ),
             click.option(
                 "--gpu-memory-warn",
@@ -93,6 +114,9 @@ def run_preflight(
     gpu_memory_warn: float = DEFAULT_GPU_MEMORY_WARN,
     timeout: float = 5.0,
     quiet: bool = False,
+    max_gpu_memory: float | None = None,
+    max_gpu_utilization: float | None = None,
+    user_checks: Sequence[str] = (),
 ) -> list[Check]:
     """The checks `conveyor run` makes first (sync; call it before starting the loop).
 
@@ -110,6 +134,9 @@ def run_preflight(
             min_free_disk_mb=min_free_disk_mb,
             gpu_memory_warn=gpu_memory_warn,
             timeout=timeout,
+            max_gpu_memory=max_gpu_memory,
+            max_gpu_utilization=max_gpu_utilization,
+            checks=load_checks(user_checks),
         )
     )
     failed = has_failures(checks)
@@ -118,6 +145,14 @@ def run_preflight(
     if failed:
         raise PreflightFailed(checks, skip_hint="--no-preflight")
     return checks
+
+
+def load_checks(specs: Sequence[str]) -> list[Any]:
+    """The `--check MODULE:FUNC` functions; a bad one is a usage error."""
+    try:
+        return [load_check(spec) for spec in specs]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _logging_options(fn: F) -> F:
@@ -234,6 +269,9 @@ def doctor_cmd(
     min_free_memory_mb: float,
     min_free_disk_mb: float,
     gpu_memory_warn: float,
+    max_gpu_memory: float | None,
+    max_gpu_utilization: float | None,
+    user_checks: tuple[str, ...],
     verbose: int,
     log_json: bool,
 ) -> None:
@@ -255,6 +293,9 @@ def doctor_cmd(
             min_free_disk_mb=min_free_disk_mb,
             gpu_memory_warn=gpu_memory_warn,
             timeout=timeout,
+            max_gpu_memory=max_gpu_memory,
+            max_gpu_utilization=max_gpu_utilization,
+            checks=load_checks(user_checks),
         )
     )
     if as_json:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import inspect
 import os
 import re
 import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -357,7 +360,13 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
     return gpus
 
 
-async def _gpu_checks(nvidia_smi: str, warn_at: float, wait_s: float) -> list[Check]:
+async def _gpu_checks(
+    nvidia_smi: str,
+    warn_at: float,
+    wait_s: float,
+    max_memory: float | None = None,
+    max_utilization: float | None = None,
+) -> list[Check]:
     exe = shutil.which(nvidia_smi)
     if exe is None:
         return [Check("gpu", "skip", "nvidia-smi not found: no NVIDIA GPU to check")]
@@ -397,7 +406,23 @@ async def _gpu_checks(nvidia_smi: str, warn_at: float, wait_s: float) -> list[Ch
             f"GPU {g.index} {g.name}: utilisation {g.utilization:.0f}%, memory "
             f"{g.used_mb:,.0f}/{g.total_mb:,.0f} MB ({share:.1%})"
         )
-        if share > warn_at:
+        over = []
+        if max_memory is not None and share * 100 > max_memory:
+            over.append(f"memory above the limit of {max_memory:g}% (--max-gpu-memory)")
+        if max_utilization is not None and g.utilization > max_utilization:
+            over.append(
+                f"utilisation above the limit of {max_utilization:g}% (--max-gpu-utilization)"
+            )
+        if over:
+            checks.append(
+                Check(
+                    f"gpu {g.index}",
+                    "fail",
+                    detail + ", " + " and ".join(over),
+                    "free the GPU (nvidia-smi lists the processes using it), or raise the limit",
+                )
+            )
+        elif share > warn_at:
             checks.append(
                 Check(
                     f"gpu {g.index}",
@@ -410,6 +435,52 @@ async def _gpu_checks(nvidia_smi: str, warn_at: float, wait_s: float) -> list[Ch
         else:
             checks.append(Check(f"gpu {g.index}", "ok", detail))
     return checks
+
+
+# -- the user's own checks ----------------------------------------------------------
+
+UserCheck = Callable[[], Any]
+
+
+async def run_user_check(fn: UserCheck) -> Check:
+    """One check of the user's: a function (sync or async) taking nothing.
+
+    It passes by returning None or True; it fails by returning False or a
+    string (the reason), or by raising; it may also return a `Check`.
+    """
+    name = f"check {getattr(fn, '__name__', type(fn).__name__)}"
+    fix = "fix what this check looks at, or run without it"
+    try:
+        out = fn()
+        if inspect.isawaitable(out):
+            out = await out
+    except Exception as exc:
+        return Check(name, "fail", f"raised {type(exc).__name__}: {exc}", fix)
+    if isinstance(out, Check):
+        return out
+    if out is None or out is True:
+        return Check(name, "ok", "passed")
+    if out is False:
+        return Check(name, "fail", "returned False", fix)
+    return Check(name, "fail", str(out), fix)
+
+
+def load_check(spec: str) -> UserCheck:
+    """`module:function` (as for `--check`) -> the function."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"--check {spec!r}: give MODULE:FUNCTION, e.g. mychecks:db_reachable")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"--check {spec!r}: cannot load it ({exc}); is the module on PYTHONPATH?"
+        ) from exc
+    if not callable(obj):
+        raise ValueError(f"--check {spec!r}: {attr} is not a function")
+    return cast("UserCheck", obj)
 
 
 # -- all of it ----------------------------------------------------------------------
@@ -427,26 +498,34 @@ async def preflight(
     timeout: float = 5.0,  # noqa: ASYNC109 - bounds each probe, not the whole call
     api_key_env: str = "OPENAI_API_KEY",
     nvidia_smi: str = "nvidia-smi",
+    max_gpu_memory: float | None = None,
+    max_gpu_utilization: float | None = None,
+    checks: Sequence[UserCheck] = (),
 ) -> list[Check]:
-    """Every check, in a fixed order: endpoint, api key, model, journal, disk, memory, gpu.
+    """Every check, in a fixed order: endpoint, api key, model, journal, disk, memory, gpu,
+    then the user's own `checks` (functions: see `run_user_check`).
+
+    `max_gpu_memory` / `max_gpu_utilization` (percent) make a GPU above them
+    fail (block the run); `gpu_memory_warn` only warns.
 
     `timeout` bounds each network or subprocess probe. `api_key_env` only
     names where the key came from, for the advice.
     """
-    remote, gpus = await asyncio.gather(
+    remote, gpus, own = await asyncio.gather(
         _endpoint_checks(base_url, api_key, api_key_env, model, timeout),
-        _gpu_checks(nvidia_smi, gpu_memory_warn, timeout),
+        _gpu_checks(nvidia_smi, gpu_memory_warn, timeout, max_gpu_memory, max_gpu_utilization),
+        asyncio.gather(*(run_user_check(fn) for fn in checks)),
     )
     local = [
         _journal_check(journal_path),
         _disk_check(journal_path, min_free_disk_mb),
         _memory_check(min_free_memory_mb),
     ]
-    checks = [*remote, *local, *gpus]
+    done: list[Check] = [*remote, *local, *gpus, *own]
     if api_key:
         # Belt and braces: no library message we quote may carry the key.
-        checks = [_scrub(c, api_key) for c in checks]
-    return checks
+        done = [_scrub(c, api_key) for c in done]
+    return done
 
 
 def redact_secret(text: str, secret: str) -> str:

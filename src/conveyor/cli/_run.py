@@ -300,7 +300,10 @@ def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> 
                   model=model, journal_path=journal, quiet=quiet,
                   min_free_memory_mb=o["min_free_memory_mb"],
                   min_free_disk_mb=o["min_free_disk_mb"],
-                  gpu_memory_warn=o["gpu_memory_warn"])  # fmt: skip
+                  gpu_memory_warn=o["gpu_memory_warn"],
+                  max_gpu_memory=o["max_gpu_memory"],
+                  max_gpu_utilization=o["max_gpu_utilization"],
+                  user_checks=o["user_checks"])  # fmt: skip
 
 
 def execute(
