@@ -49,7 +49,18 @@ from ._core._callbacks import BatchInfo, ProgressCallback
 from ._core._options import Breaker
 from ._core._report import BatchReport
 from ._core._retry import RetryPolicy
-from .executors import AsyncExecutor, SequentialExecutor, TaskExecutor, ThreadExecutor
+from .executors import (
+    AsyncExecutor,
+    ConfigurationError,
+    ExecutionContext,
+    IsolationLevel,
+    ParallelTaskExecutor,
+    SequentialExecutor,
+    TaskExecutor,
+    TaskProgressCallback,
+    TaskResult,
+    ThreadExecutor,
+)
 
 __all__ = [
     "AggregateExecutionError",
@@ -60,11 +71,15 @@ __all__ = [
     "BatchReport",
     "Breaker",
     "ConfigError",
+    "ConfigurationError",
     "ConveyorError",
     "ErrorInfo",
+    "ExecutionContext",
     "FatalError",
     "InputError",
     "Interrupted",
+    "IsolationLevel",
+    "ParallelTaskExecutor",
     "ProgressCallback",
     "QuotaExceeded",
     "RateLimitHint",
@@ -75,6 +90,8 @@ __all__ = [
     "Status",
     "Stream",
     "TaskExecutor",
+    "TaskProgressCallback",
+    "TaskResult",
     "ThreadExecutor",
     "Usage",
     "__version__",
