@@ -180,3 +180,25 @@ def test_isolation_levels_give_each_task_its_own_place(tmp_path: Path) -> None:
         ExecutionContext(state_dir=tmp_path / "s", isolation_level=IsolationLevel.DIRECTORY),
     )
     assert res[0].success, res[0].error_message
+
+
+def test_full_isolation_runs_in_a_worktree_with_its_own_home(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "f.txt").write_text("x")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    ctx = ExecutionContext(
+        working_directory=repo, state_dir=tmp_path / "state", isolation_level=IsolationLevel.FULL
+    )
+    task = CommandTask(["sh", "-c", 'echo "$HOME"; echo "$CONVEYOR_STATE_DIR"; pwd; ls'])
+    res = ParallelTaskExecutor(max_workers=1).execute_tasks([task, task], ctx)
+    assert all(r.success for r in res), [r.error_message for r in res]
+    homes = [r.stdout.splitlines()[0] for r in res]
+    cwds = [r.stdout.splitlines()[2] for r in res]
+    assert len(set(homes)) == 2 and all(str(tmp_path / "state") in h for h in homes)
+    assert all(c != str(repo) for c in cwds) and all("f.txt" in r.stdout for r in res)
