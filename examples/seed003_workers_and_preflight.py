@@ -12,9 +12,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from conveyor.cli._preflight import format_checks, has_failures, preflight
-
 import conveyor
+from conveyor.cli._preflight import format_checks, has_failures, preflight
 
 DB = Path(tempfile.mkdtemp()) / "interactions.db"
 local = threading.local()

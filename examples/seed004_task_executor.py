@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from conveyor.commands import CommandTask
-
 from conveyor import (
     AggregateExecutionError,
     ExecutionContext,
@@ -19,6 +17,7 @@ from conveyor import (
     ParallelTaskExecutor,
     TaskResult,
 )
+from conveyor.commands import CommandTask
 
 logging.basicConfig(level=logging.WARNING)
 
@@ -28,7 +27,9 @@ class LoggingProgressCallback:
         print("start   ", task.key)
 
     def on_task_complete(self, result: TaskResult) -> None:
-        print("complete", result.task.key, "exit", result.exit_code, f"{result.duration_seconds:.2f}s")
+        print(
+            "complete", result.task.key, "exit", result.exit_code, f"{result.duration_seconds:.2f}s"
+        )
 
     def on_task_error(self, task: Any, error: BaseException) -> None:
         print("error   ", task.key, type(error).__name__)
