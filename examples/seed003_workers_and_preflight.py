@@ -1,25 +1,26 @@
-"""Seed 003: 5 workers, each with its own DB connection, after a preflight that can block.
+"""Seed 003: 5 workers, each with its own DB connection, after a preflight that can block;
+a staged rollout (10 jobs first, then the rest).
 
 python examples/seed003_workers_and_preflight.py
-(on the command line the same checks: conveyor run --max-gpu-memory 95 --check mod:fn ...)
+(on the command line: conveyor run --max-gpu-memory 95 --check mychecks:db_reachable ...;
+GPU jobs: conveyor exec -j 2 -- env CUDA_VISIBLE_DEVICES={%} infer {} ::: a b c d)
 """
 
 from __future__ import annotations
 
-import asyncio
+import shutil
 import sqlite3
 import tempfile
 import threading
 from pathlib import Path
 
 import conveyor
-from conveyor.cli._preflight import format_checks, has_failures, preflight
 
 DB = Path(tempfile.mkdtemp()) / "interactions.db"
 local = threading.local()
 
 
-def open_connection() -> None:  # worker_init: once per worker thread
+def open_connection() -> None:  # worker_init: once in each of the 5 worker threads
     local.db = sqlite3.connect(DB)
 
 
@@ -27,12 +28,16 @@ def close_connection() -> None:  # worker_teardown: when the pool closes
     local.db.close()
 
 
-def db_reachable() -> str | None:  # a check of our own: None passes, a string blocks
+def db_reachable() -> str | None:  # our own check: None passes, a reason blocks the run
     try:
-        sqlite3.connect(DB).execute("SELECT 1")
+        sqlite3.connect(DB).execute("SELECT count(*) FROM results")
     except sqlite3.Error as exc:
-        return f"database unreachable: {exc}"
+        return f"database not ready: {exc}"
     return None
+
+
+def disk_has_room() -> bool:
+    return shutil.disk_usage(DB.parent).free > 100 * 2**20
 
 
 def process(job_id: int) -> int:
@@ -42,21 +47,13 @@ def process(job_id: int) -> int:
 
 
 def main() -> None:
+    try:
+        conveyor.run(range(5), process, preflight=[db_reachable])
+    except conveyor.PreflightFailed as exc:
+        print("blocked as it should be:", exc)
     with sqlite3.connect(DB) as db:
         db.execute("CREATE TABLE results (job_id INTEGER, worker INTEGER)")
-    checks = asyncio.run(
-        preflight(
-            base_url="http://127.0.0.1:9/v1",  # no AI endpoint here: that check just fails/skips
-            api_key=None,
-            max_gpu_memory=95,  # blocks when a GPU is above 95% (nvidia-smi), not just warns
-            checks=[db_reachable],
-            min_free_memory_mb=0,
-        )
-    )
-    print(format_checks([c for c in checks if c.name not in ("endpoint", "api key", "model")]))
-    if has_failures([c for c in checks if c.name.startswith(("gpu", "check", "memory"))]):
-        raise SystemExit("preflight failed: not starting")
-    test_size = 10  # staged rollout: 10 first, then the rest
+    test_size = 10
     for stage in (range(test_size), range(test_size, 100)):
         report = conveyor.run(
             stage,
@@ -64,11 +61,12 @@ def main() -> None:
             concurrency=5,
             worker_init=open_connection,
             worker_teardown=close_connection,
+            preflight=[db_reachable, disk_has_room],
         )
         print(report.summary())
     with sqlite3.connect(DB) as db:
-        workers = db.execute("SELECT count(DISTINCT worker) FROM results").fetchone()[0]
-    print("distinct worker threads that wrote:", workers)
+        rows = db.execute("SELECT count(*) FROM results").fetchone()[0]
+    print("rows written:", rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ PUBLIC = {
     "BatchReport", "Breaker", "ConfigError", "ConveyorError", "ErrorInfo", "FatalError",
     "InputError", "Interrupted", "ProgressCallback", "QuotaExceeded", "RateLimitHint", "Result",
     "RetryPolicy", "ConfigurationError", "ExecutionContext", "IsolationLevel",
-    "ParallelTaskExecutor", "TaskProgressCallback", "TaskResult",
+    "ParallelTaskExecutor", "PreflightFailed", "TaskProgressCallback", "TaskResult",
     "RetryableError", "SequentialExecutor", "Status", "Stream", "TaskExecutor", "ThreadExecutor",
     "Usage", "__version__", "arun", "astream", "current_attempt", "report_cached", "report_limits",
     "report_usage", "run", "stream",
@@ -383,3 +383,22 @@ def test_cli_status_and_retry_on_a_python_journal(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["retry", str(db)])
     assert res.exit_code != 0
     assert "rerun='failed'" in res.output
+
+
+def test_preflight_checks_block_the_run_before_any_item() -> None:
+    calls: list[int] = []
+
+    def db_reachable() -> str:
+        return "no connection to db at :5432"
+
+    async def queue_ok() -> None:
+        return None
+
+    with pytest.raises(conveyor.PreflightFailed, match="no connection to db") as err:
+        conveyor.run([1, 2], calls.append, preflight=[queue_ok, db_reachable])
+    assert calls == []
+    assert [c.status for c in err.value.checks] == ["ok", "fail"]
+    report = conveyor.run([1, 2], calls.append, preflight=[queue_ok, lambda: True])
+    assert report.counts["ok"] == 2
+    with pytest.raises(conveyor.ConfigError, match="preflight"):
+        conveyor.run([1], str, preflight=["not a function"])

@@ -32,6 +32,7 @@ from ._base._exceptions import (
     FatalError,
     InputError,
     Interrupted,
+    PreflightFailed,
     QuotaExceeded,
     RetryableError,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "Interrupted",
     "IsolationLevel",
     "ParallelTaskExecutor",
+    "PreflightFailed",
     "ProgressCallback",
     "QuotaExceeded",
     "RateLimitHint",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ._base._exceptions import ConfigError, ConveyorError
+from ._base._checks import user_check_outcome
+from ._base._exceptions import ConfigError, ConveyorError, PreflightFailed
 from ._base._types import Result, Status
 from ._core._engine import Engine, Invoker, invoker_for
 from ._core._options import build_options
@@ -45,7 +47,7 @@ def _length_hint(items: Any) -> int | None:
         return None
 
 
-_PRIVATE_KEYS = ("journal", "journal_force", "rerun", "_fn_name")
+_PRIVATE_KEYS = ("journal", "journal_force", "rerun", "preflight", "_fn_name")
 
 # rerun="failed": every stored result that is not ok runs again.
 _RERUN_FAILED = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CANCELLED})
@@ -79,6 +81,13 @@ def _validate(opts_kw: dict[str, Any]) -> None:
     j = opts_kw.get("journal")
     if j is not None and not isinstance(j, str | os.PathLike):
         raise ConfigError("journal", j, "a path to a journal file (created if missing)")
+    checks = opts_kw.get("preflight")
+    if checks is not None and (
+        not isinstance(checks, list | tuple) or not all(callable(c) for c in checks)
+    ):
+        raise ConfigError(
+            "preflight", checks, "a list of functions taking nothing (None/True passes)"
+        )
     rerun = opts_kw.get("rerun")
     _rerun_statuses(rerun)
     if rerun is not None and j is None:
@@ -147,9 +156,28 @@ def _check(items: Any, fn: Any) -> None:
         raise ConfigError("fn", fn, "a function (sync or async) taking one item")
 
 
+async def _preflight(checks: Any) -> None:
+    """Run the user's `preflight=` checks; raise `PreflightFailed` if one fails."""
+    if not checks:
+        return
+    results = []
+    for fn in checks:
+        try:
+            out = fn()
+            if inspect.isawaitable(out):
+                out = await out
+        except Exception as exc:
+            results.append(user_check_outcome(fn, exc=exc))
+        else:
+            results.append(user_check_outcome(fn, out))
+    if any(c.status == "fail" for c in results):
+        raise PreflightFailed(results, skip_hint="preflight=None")
+
+
 async def _arun(
     items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
 ) -> BatchReport:
+    await _preflight(opts_kw.get("preflight"))
     if opts_kw.get("journal") is not None:
         return await _arun_journaled(items, invoker, opts_kw, control)
     opts = build_options(**_engine_options(opts_kw))
@@ -211,6 +239,11 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     `threading.local`), `worker_teardown` once in each when the run ends. A
     thread stuck past `timeout` is replaced, and its replacement is
     initialised too.
+
+    `preflight=[db_reachable, ...]`: functions (sync or async, no argument)
+    run before any item; each passes by returning None or True and blocks
+    the run by returning False or a reason, or by raising:
+    `PreflightFailed` is raised then, listing each failed check.
     """
     _check(items, fn)
     if _backend(options) == "ray":

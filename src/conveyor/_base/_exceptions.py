@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
     from .._core._refusals import Refusal
     from .._core._report import BatchReport
-    from ..cli._preflight import Check
     from ..commands._types import CommandResult
+    from ._checks import Check
     from ._types import Result
 
 __all__ = [

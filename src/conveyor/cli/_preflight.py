@@ -27,13 +27,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+
+from .._base._checks import Check, CheckStatus, user_check_outcome
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +54,6 @@ __all__ = [
     "redact_url",
 ]
 
-CheckStatus = Literal["ok", "warn", "fail", "skip"]
 
 DEFAULT_MIN_FREE_MEMORY_MB = 4096  # seed 003: "System memory <4GB available" -> do not start
 DEFAULT_MIN_FREE_DISK_MB = 200  # room for a journal and an output file of a large batch
@@ -63,19 +64,6 @@ _GPU_QUERY = (
     "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
     "--format=csv,noheader,nounits",
 )
-
-
-@dataclass(frozen=True)
-class Check:
-    """One preflight check's outcome. `fix` says what to do when it is not ok."""
-
-    name: str
-    status: CheckStatus
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def has_failures(checks: Sequence[Check]) -> bool:
@@ -448,21 +436,13 @@ async def run_user_check(fn: UserCheck) -> Check:
     It passes by returning None or True; it fails by returning False or a
     string (the reason), or by raising; it may also return a `Check`.
     """
-    name = f"check {getattr(fn, '__name__', type(fn).__name__)}"
-    fix = "fix what this check looks at, or run without it"
     try:
         out = fn()
         if inspect.isawaitable(out):
             out = await out
     except Exception as exc:
-        return Check(name, "fail", f"raised {type(exc).__name__}: {exc}", fix)
-    if isinstance(out, Check):
-        return out
-    if out is None or out is True:
-        return Check(name, "ok", "passed")
-    if out is False:
-        return Check(name, "fail", "returned False", fix)
-    return Check(name, "fail", str(out), fix)
+        return user_check_outcome(fn, exc=exc)
+    return user_check_outcome(fn, out)
 
 
 def load_check(spec: str) -> UserCheck:
