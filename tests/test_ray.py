@@ -148,7 +148,8 @@ def test_an_item_larger_than_the_token_limit_is_impossible() -> None:
     ledger = LeaseLedger(None, 1000, 60.0)
     grant = ledger.apply(0.0, LeaseRequest(1.0, 1001.0, 1.0, 1001.0))
     assert grant.impossible and not grant.granted
-    assert math.isinf(ledger.apply(0.0, LeaseRequest(1.0, 10.0, 1.0, 10.0)).requests)
+    # Requests, told nothing, are granted as wanted.
+    assert ledger.apply(0.0, LeaseRequest(1.0, 10.0, 3.0, 10.0)).requests == 3.0
 
 
 def test_lease_ttl_is_short_on_short_windows() -> None:
@@ -580,11 +581,16 @@ def test_options_not_available_on_ray_are_refused_before_anything_starts() -> No
         conveyor.ray.run_ray([1], _echo, actors=0)
 
 
-def test_grant_reports_unlimited_kinds_as_infinite() -> None:
-    """With no limits configured, a lease is unlimited (it only carries pauses)."""
-    grant = LeaseLedger(None, None, 60.0).apply(0.0, LeaseRequest(1.0, 0.0, 1.0, 0.0))
+def test_kinds_told_nothing_grant_what_is_wanted_and_count_it() -> None:
+    """With no limits configured, a lease holds what the worker asked for, and the
+    ledger counts it, so that a limit learned later from headers starts from the truth."""
+    ledger = LeaseLedger(None, None, 60.0)
+    grant = ledger.apply(0.0, LeaseRequest(1.0, 5.0, 40.0, 500.0))
     assert isinstance(grant, Grant) and grant.granted
-    assert math.isinf(grant.requests) and math.isinf(grant.tokens)
+    assert (grant.requests, grant.tokens) == (40.0, 500.0)
+    assert (grant.mark_requests, grant.mark_tokens) == (40.0, 500.0)
+    again = ledger.apply(0.0, LeaseRequest(1.0, 5.0, 10.0, 50.0))
+    assert (again.mark_requests, again.mark_tokens) == (50.0, 550.0)
 
 
 # ---- the front doors: conveyor.run(backend="ray") and run_file(ray=...) ----------------

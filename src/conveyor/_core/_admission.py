@@ -267,6 +267,11 @@ class Admission:
             scope = self._guess_scope(now, ticket)
         budget = self._budget(scope)
         need = ticket.spent(scope) if ticket is not None else 1.0
+        # Across processes the one mirror of the server's budget is the shared
+        # limiter's: it hears every refusal, and keeps every process to it.
+        forward = getattr(self.shared, "refused", None)
+        if forward is not None:
+            forward(scope, need, refusal.wait, refusal.limit)
         # Spent for everyone: the mirror (just updated from this answer's
         # headers, if it had any) holds less than this request needed.
         spent = spent or (
@@ -276,7 +281,7 @@ class Admission:
         )
         if not (spent or self._frequent() or refusal.limit is not None):
             return False
-        if budget is not None and ticket is not None:
+        if budget is not None and ticket is not None and forward is None:
             budget.on_refused(now, ticket.at, need, retry_after=refusal.wait, limit=refusal.limit)
             self._announce(budget)
         if not (spent or self._frequent()):
@@ -339,6 +344,12 @@ class Admission:
             self.shared.settle(weight, actual)
 
     def _learn(self, hint: RateLimitHint, ticket: Ticket) -> None:
+        forward = getattr(self.shared, "observe", None)
+        if forward is not None:
+            # The shared limiter mirrors the server for every process; a local
+            # mirror would believe the whole budget is this process's.
+            forward(hint)
+            return
         now = self._clock.now()
         # When did the server take it? Not before we admitted it, and not
         # earlier than the quickest recent answer allows: a busy event loop

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .._core._limits import RateLimiter
+from .._core._budget import Budget, Model
 
 __all__ = [
     "Demand",
@@ -38,12 +38,13 @@ __all__ = [
     "Lease",
     "LeaseLedger",
     "LeaseRequest",
+    "Observation",
+    "Refusal",
     "delivery_slack",
     "lease_ttl",
 ]
 
 _MIN_BLOCK_SHARE = 0.1  # smallest block granted under a binding limit: 0.1 s of the rate
-_SEARCH_STEPS = 48  # bisection steps for the largest grant; float precision is reached sooner
 
 
 def delivery_slack(window: float) -> float:
@@ -62,6 +63,41 @@ def lease_ttl(window: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Observation:
+    """What one response's headers said, as a worker reports it to the limiter.
+
+    The request drew from the lease granted at `granted_at` whose block of
+    `size_*` units ended at the ledger's mark `mark_*`; `before_*` units of
+    it were spent before this request, which spent `weight` tokens and was
+    sent `offset` seconds after the lease started (worker clock). `hints`
+    are `(scope, limit, remaining, reset)` for "requests" and "tokens".
+    """
+
+    granted_at: float
+    offset: float
+    mark_requests: float
+    mark_tokens: float
+    size_requests: float
+    size_tokens: float
+    before_requests: float
+    before_tokens: float
+    weight: float
+    hints: tuple[tuple[str, float | None, float | None, float | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A rate-limit refusal a worker reports: which budget, for how much."""
+
+    granted_at: float
+    offset: float
+    scope: str
+    weight: float
+    retry_after: float | None = None
+    limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseRequest:
     """One round trip to the limiter: what a worker needs, wants, and gives back.
 
@@ -69,7 +105,8 @@ class LeaseRequest:
     estimated tokens); zero needs make a flush that only gives back.
     `returns` are unspent blocks `(granted_at, requests, tokens)`, `refunds`
     are tokens `(granted_at, amount)` not used after all, `charge` tokens
-    used beyond the estimates, `pause` seconds of a global pause (a 429).
+    used beyond the estimates, `pause` seconds of a global pause (a 429);
+    `observations` and `refusals` are what the server said since the last one.
     """
 
     need_requests: float = 0.0
@@ -80,6 +117,8 @@ class LeaseRequest:
     refunds: tuple[tuple[float, float], ...] = ()
     charge: float = 0.0
     pause: float = 0.0
+    observations: tuple[Observation, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
 
     @property
     def flush_only(self) -> bool:
@@ -88,11 +127,13 @@ class LeaseRequest:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The limiter's answer. Unlimited kinds are granted as `math.inf`.
+    """The limiter's answer: blocks of `requests` and `tokens` units.
 
     Nothing is granted when `wait > 0` (try again after it), when
     `paused_for > 0` (a global pause runs that much longer) or when
     `impossible` (the need exceeds the whole limit and never fits).
+    `mark_*` is each budget's cumulative charge after this block (so the
+    block is `(mark - size, mark]`), for observations to refer to.
     """
 
     requests: float
@@ -101,39 +142,23 @@ class Grant:
     wait: float = 0.0
     paused_for: float = 0.0
     impossible: bool = False
+    mark_requests: float = 0.0
+    mark_tokens: float = 0.0
 
     @property
     def granted(self) -> bool:
         return self.wait <= 0 and self.paused_for <= 0 and not self.impossible
 
 
-def _largest(lim: RateLimiter, now: float, need: float, want: float, integral: bool) -> float:
-    """The largest block in [need, want] the limiter admits now (`need` is known to fit)."""
-    if want <= need or lim.wait_time(now, want) == 0.0:
-        return max(need, want)
-    lo, hi = need, want  # lo fits, hi does not
-    for _ in range(_SEARCH_STEPS):
-        if integral:
-            if hi - lo <= 1:
-                break
-            mid = float(math.floor((lo + hi) / 2))
-        else:
-            if hi - lo <= 1e-9 * max(1.0, hi):
-                break
-            mid = (lo + hi) / 2
-        if lim.wait_time(now, mid) == 0.0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 class LeaseLedger:
-    """The global budget: grants blocks from per-window `RateLimiter`s.
+    """The global budget: one `Budget` mirror per kind (requests, tokens) for the cluster.
 
-    Each limiter keeps pacing at one second of the rate (its `burst`), and a
-    block never exceeds it, so leases do not turn a minute's budget into a
-    burst the server would answer with 429s.
+    A limit the user told is a `Budget` in its told mode (an exact sliding
+    window padded by the ttl and the slack, paced at one second of the rate);
+    nothing told leaves it open until a worker reports the server's headers
+    or a refusal, and from then on it mirrors the server's bucket or window
+    for every worker at once. Every grant is committed at its grant time and
+    never exceeds what the mirror holds, so workers together keep to it.
     """
 
     def __init__(
@@ -145,29 +170,37 @@ class LeaseLedger:
     ) -> None:
         self.window = float(window)
         self.ttl = lease_ttl(window) if ttl is None else float(ttl)
-        span = self.window + self.ttl + delivery_slack(self.window)
+        margin = self.ttl + delivery_slack(self.window)
+        self.told_rpm = float(rpm) if rpm is not None else None
+        self.told_tpm = float(tpm) if tpm is not None else None
         # Pacing at one second of the *configured* rate, not of the longer span;
         # a block never exceeds it.
         self.burst_requests = _burst(rpm, self.window)
         self.burst_tokens = _burst(tpm, self.window)
-        self.rpm = RateLimiter(rpm, span, self.burst_requests) if rpm is not None else None
-        self.tpm = RateLimiter(tpm, span, self.burst_tokens) if tpm is not None else None
+        args = {"window": self.window, "burst": 1.0, "margin": margin}
+        self.requests = Budget("requests", told=rpm, **args)
+        self.tokens = Budget("tokens", told=tpm, **args)
         self.paused_until = -math.inf
         self.granted_requests = 0.0
         self.granted_tokens = 0.0
         self.returned_requests = 0.0
+        self.observed = 0
+        self.refused = 0
         self.pauses = 0
 
     def apply(self, now: float, req: LeaseRequest) -> Grant:
-        """Take back what the request returns, then grant what it needs."""
+        """Take back what the request returns, learn what it reports, then grant."""
         for granted_at, requests, tokens in req.returns:
             self.give_back(granted_at, requests, tokens)
-        if self.tpm is not None:
-            for granted_at, amount in req.refunds:
-                if amount > 0:
-                    self.tpm.settle(granted_at, amount, 0.0)
-            if req.charge > 0:
-                self.tpm.commit(now, req.charge)
+        for granted_at, amount in req.refunds:
+            if amount > 0:
+                self.tokens.settle(granted_at, amount, 0.0)
+        if req.charge > 0 and self.tokens.model is Model.TOLD:
+            self.tokens.commit(now, req.charge)
+        for obs in req.observations:
+            self.observe(now, obs)
+        for ref in req.refusals:
+            self.on_refused(now, ref)
         if req.pause > 0:
             self.pause(now, req.pause)
         if req.flush_only:
@@ -176,6 +209,29 @@ class LeaseLedger:
             now, req.need_requests, req.need_tokens, req.want_requests, req.want_tokens
         )
 
+    def observe(self, now: float, obs: Observation) -> None:
+        """Apply one response's headers, reported by a worker, to the cluster's mirror."""
+        self.observed += 1
+        sent_at = min(now, obs.granted_at + max(0.0, obs.offset))
+        for scope, limit, remaining, reset in obs.hints:
+            if scope == "requests":
+                budget, mark = self.requests, obs.mark_requests - obs.size_requests
+                mark += obs.before_requests + 1.0
+            elif scope == "tokens":
+                budget, mark = self.tokens, obs.mark_tokens - obs.size_tokens
+                mark += obs.before_tokens + obs.weight
+            else:
+                continue
+            budget.observe(now, sent_at, mark, limit=limit, remaining=remaining, reset=reset)
+
+    def on_refused(self, now: float, ref: Refusal) -> None:
+        """A rate refusal a worker saw: the mirror holds back from now on."""
+        self.refused += 1
+        budget = self.tokens if ref.scope == "tokens" else self.requests
+        weight = ref.weight if ref.scope == "tokens" else 1.0
+        sent_at = min(now, ref.granted_at + max(0.0, ref.offset))
+        budget.on_refused(now, sent_at, weight, retry_after=ref.retry_after, limit=ref.limit)
+
     def pause(self, now: float, seconds: float) -> None:
         if seconds > 0 and math.isfinite(seconds):
             self.paused_until = max(self.paused_until, now + seconds)
@@ -183,11 +239,11 @@ class LeaseLedger:
 
     def give_back(self, granted_at: float, requests: float, tokens: float) -> None:
         """Refund units granted at `granted_at` and never spent."""
-        if self.rpm is not None and requests > 0 and math.isfinite(requests):
-            self.rpm.settle(granted_at, requests, 0.0)
+        if requests > 0 and math.isfinite(requests):
+            self.requests.refund(granted_at, requests)
             self.returned_requests += requests
-        if self.tpm is not None and tokens > 0 and math.isfinite(tokens):
-            self.tpm.settle(granted_at, tokens, 0.0)
+        if tokens > 0 and math.isfinite(tokens):
+            self.tokens.refund(granted_at, tokens)
 
     def grant(
         self, now: float, need_r: float, need_t: float, want_r: float, want_t: float
@@ -195,33 +251,49 @@ class LeaseLedger:
         paused_for = self.paused_until - now
         if paused_for > 0:
             return Grant(0.0, 0.0, now, paused_for=paused_for)
-        rpm, tpm = self.rpm, self.tpm
-        if tpm is not None and not tpm.fits(need_t):
+        rb, tb = self.requests, self.tokens
+        if tb.told is not None and not tb.fits(need_t):
             return Grant(0.0, 0.0, now, impossible=True)
         # Wait for a useful block, not one unit at a time: under a binding limit
         # that keeps a worker to ~1/_MIN_BLOCK_SHARE round trips per second.
-        floor_r = min(max(need_r, want_r), max(need_r, self.burst_requests * _MIN_BLOCK_SHARE))
-        floor_t = min(max(need_t, want_t), max(need_t, self.burst_tokens * _MIN_BLOCK_SHARE))
-        wait = 0.0
-        if rpm is not None and floor_r > 0:
-            wait = rpm.wait_time(now, math.floor(floor_r) if floor_r >= 1 else floor_r)
-        if tpm is not None and floor_t > 0:
-            wait = max(wait, tpm.wait_time(now, floor_t))
+        floor_r = _floor(rb, need_r, want_r, integral=True)
+        floor_t = _floor(tb, need_t, want_t, integral=False)
+        wait = max(rb.wait_time(now, floor_r), tb.wait_time(now, floor_t))
         if wait > 0:
             return Grant(0.0, 0.0, now, wait=wait)
-        requests = math.inf
-        tokens = math.inf
-        if rpm is not None:
-            cap = max(need_r, min(want_r, self.burst_requests))
-            requests = _largest(rpm, now, math.floor(floor_r), cap, integral=True)
-            rpm.commit(now, requests)
-            self.granted_requests += requests
-        if tpm is not None:
-            cap = max(need_t, min(want_t, self.burst_tokens))
-            tokens = _largest(tpm, now, floor_t, cap, integral=False)
-            tpm.commit(now, tokens)
-            self.granted_tokens += tokens
-        return Grant(requests, tokens, now)
+        requests = _largest(rb, now, floor_r, max(need_r, min(want_r, self.burst_requests)), True)
+        tokens = _largest(tb, now, floor_t, max(need_t, min(want_t, self.burst_tokens)), False)
+        mark_r = rb.commit(now, requests)
+        mark_t = tb.commit(now, tokens)
+        self.granted_requests += requests
+        self.granted_tokens += tokens
+        return Grant(requests, tokens, now, mark_requests=mark_r, mark_tokens=mark_t)
+
+
+def _floor(budget: Budget, need: float, want: float, *, integral: bool) -> float:
+    """The smallest block worth granting: a tenth of a second of the rate, at least
+    the need, at most what is wanted and what the budget can ever hold at once."""
+    floor = min(max(need, want), max(need, budget.rate * _MIN_BLOCK_SHARE))
+    floor = max(need, min(floor, budget.capacity))
+    if integral and floor >= 1:
+        floor = float(math.floor(floor))
+    return floor
+
+
+def _largest(budget: Budget, now: float, floor: float, cap: float, integral: bool) -> float:
+    """The largest block in [floor, cap] the budget holds now (`floor` is known to fit).
+
+    Read from `level`, not `wait_time`: a full bucket would admit any one
+    weight, however large, and a block is many requests, not one."""
+    if cap <= floor:
+        return max(floor, cap)
+    level = budget.level(now)
+    if math.isinf(level):
+        return cap
+    size = min(cap, level)
+    if integral:
+        size = float(math.floor(size + 1e-9))
+    return max(floor, size)
 
 
 def _burst(limit: float | None, window: float) -> float:
@@ -242,6 +314,10 @@ class Lease:
     expires: float
     spent_requests: float = 0.0
     spent_tokens: float = 0.0
+    # The ledger's marks after this block (see `Grant`); the block's size is
+    # what was granted, `requests + spent_requests` at any time.
+    mark_requests: float = 0.0
+    mark_tokens: float = 0.0
 
     def take(self, now: float, requests: float, tokens: float) -> bool:
         """Spend from this lease if it is still valid and holds enough."""

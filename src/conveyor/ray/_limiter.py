@@ -22,15 +22,27 @@ from typing import TYPE_CHECKING, Any
 from .._base._clock import Clock, SystemClock
 from .._base._exceptions import FatalError
 from .._core._engine import FatalItem
-from ._lease import Demand, Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
+from ._lease import (
+    Demand,
+    Grant,
+    Lease,
+    LeaseLedger,
+    LeaseRequest,
+    Observation,
+    Refusal,
+    lease_ttl,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from .._core._attempt import RateLimitHint
 
 __all__ = ["LeaseClient", "LimiterActor"]
 
 _FLUSH_INTERVAL = 0.25  # seconds between background flushes of refunds and returns
 _EXPIRY_MARGIN = 0.1  # a lease is spent for at most (1 - margin) * ttl, against scheduling skew
+_MAX_OBSERVATIONS = 16  # per round trip: the newest answers say the most
 
 
 class LimiterActor:
@@ -43,11 +55,7 @@ class LimiterActor:
     def config(self) -> tuple[float | None, float | None, float]:
         """(rpm, tpm, ttl): what a client needs to know before its first lease."""
         led = self._ledger
-        return (
-            led.rpm.limit if led.rpm is not None else None,
-            led.tpm.limit if led.tpm is not None else None,
-            led.ttl,
-        )
+        return (led.told_rpm, led.told_tpm, led.ttl)
 
     def lease(self, req: LeaseRequest) -> Grant:
         self._leases += 1
@@ -61,6 +69,8 @@ class LimiterActor:
             "returned_requests": led.returned_requests,
             "granted_tokens": led.granted_tokens,
             "pauses": float(led.pauses),
+            "observed": float(led.observed),
+            "refused": float(led.refused),
         }
 
 
@@ -91,10 +101,14 @@ class LeaseClient:
         self._paused_until = -math.inf
         self._lock = asyncio.Lock()
         self._waiting = 0
-        # The lease each attempt drew from, so a refund goes back to its grant time.
-        self._grant_of: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = (
-            weakref.WeakKeyDictionary()
-        )
+        # The lease each attempt drew from, how much of it was spent before the
+        # attempt, when (seconds into the lease) and its tokens: a refund goes back
+        # to the lease's grant time, an observation names the attempt's units.
+        self._draw_of: weakref.WeakKeyDictionary[
+            asyncio.Task[Any], tuple[Lease, float, float, float, float]
+        ] = weakref.WeakKeyDictionary()
+        self._observations: list[Observation] = []
+        self._refusals: list[Refusal] = []
         self._returns: list[tuple[float, float, float]] = []
         self._refunds: defaultdict[float, float] = defaultdict(float)
         self._charge = 0.0
@@ -114,7 +128,9 @@ class LeaseClient:
 
     async def acquire(self, weight: float) -> None:
         """Wait until one attempt of `weight` tokens fits the global limits."""
-        need_t = float(weight) if self._tpm is not None else 0.0
+        # Tokens are counted even without a told limit: the cluster's mirror
+        # may learn one from the server's headers.
+        need_t = max(0.0, float(weight))
         if self._tpm is not None and need_t > self._tpm:
             raise FatalItem(
                 f"item cost {need_t:g} exceeds the per-window token limit "
@@ -132,10 +148,15 @@ class LeaseClient:
                         await self._clock.sleep(self._paused_until - now)
                         continue
                     lease = self._lease
-                    if lease is not None and lease.take(now, 1.0, need_t):
+                    if lease is None:
+                        await self._renew(need_t)
+                        continue
+                    before_r, before_t = lease.spent_requests, lease.spent_tokens
+                    if lease.take(now, 1.0, need_t):
                         task = asyncio.current_task()
                         if task is not None:
-                            self._grant_of[task] = lease.granted_at
+                            offset = max(0.0, now - lease.started)
+                            self._draw_of[task] = (lease, before_r, before_t, offset, need_t)
                         return
                     await self._renew(need_t)
         finally:
@@ -149,10 +170,57 @@ class LeaseClient:
         if delta > 0:
             self._charge += delta
         elif delta < 0:
-            task = asyncio.current_task()
-            granted_at = self._grant_of.get(task) if task is not None else None
-            if granted_at is not None:  # unknown origin: keep the charge, stay safe
-                self._refunds[granted_at] += -delta
+            draw = self._draw()
+            if draw is not None:  # unknown origin: keep the charge, stay safe
+                self._refunds[draw[0].granted_at] += -delta
+
+    def observe(self, hint: RateLimitHint) -> None:
+        """The server's headers on this attempt's answer: sent with the next round
+        trip, for the cluster's one mirror of the server's budget."""
+        draw = self._draw()
+        if draw is None:
+            return
+        hints = tuple(
+            (scope, limit, remaining, reset)
+            for scope, limit, remaining, reset in (
+                ("requests", hint.requests_limit, hint.requests_remaining, hint.requests_reset),
+                ("tokens", hint.tokens_limit, hint.tokens_remaining, hint.tokens_reset),
+            )
+            if limit is not None or remaining is not None
+        )
+        if not hints:
+            return
+        lease, before_r, before_t, offset, weight = draw
+        self._observations.append(
+            Observation(
+                granted_at=lease.granted_at,
+                offset=offset,
+                mark_requests=lease.mark_requests,
+                mark_tokens=lease.mark_tokens,
+                size_requests=lease.requests + lease.spent_requests,
+                size_tokens=lease.tokens + lease.spent_tokens,
+                before_requests=before_r,
+                before_tokens=before_t,
+                weight=weight,
+                hints=hints,
+            )
+        )
+        del self._observations[:-_MAX_OBSERVATIONS]
+
+    def refused(
+        self, scope: str, weight: float, retry_after: float | None, limit: float | None
+    ) -> None:
+        """A rate-limit refusal of this attempt: sent at once, so the cluster's mirror
+        holds back for every worker."""
+        draw = self._draw()
+        if draw is None:
+            return
+        lease, _r, _t, offset, _w = draw
+        self._refusals.append(
+            Refusal(lease.granted_at, offset, scope, float(weight), retry_after, limit)
+        )
+        if self._wake is not None:
+            self._wake.set()
 
     def pause(self, seconds: float) -> None:
         """Hold back here at once, and tell the limiter so every worker does."""
@@ -198,8 +266,19 @@ class LeaseClient:
         if left is not None:
             self._returns.append(left)
 
+    def _draw(self) -> tuple[Lease, float, float, float, float] | None:
+        task = asyncio.current_task()
+        return self._draw_of.get(task) if task is not None else None
+
     def _pending(self) -> bool:
-        return bool(self._returns or self._refunds or self._charge > 0 or self._pause > 0)
+        return bool(
+            self._returns
+            or self._refunds
+            or self._charge > 0
+            or self._pause > 0
+            or self._observations
+            or self._refusals
+        )
 
     async def _round_trip(self, base: LeaseRequest) -> Grant:
         req = LeaseRequest(
@@ -211,7 +290,11 @@ class LeaseClient:
             refunds=tuple(self._refunds.items()),
             charge=self._charge,
             pause=self._pause,
+            observations=tuple(self._observations),
+            refusals=tuple(self._refusals),
         )
+        self._observations = []
+        self._refusals = []
         self._returns = []
         self._refunds = defaultdict(float)
         self._charge = 0.0
@@ -226,6 +309,8 @@ class LeaseClient:
                 self._refunds[g] += amount
             self._charge += req.charge
             self._pause = max(self._pause, req.pause)
+            self._observations[:0] = req.observations
+            self._refusals[:0] = req.refusals
             raise
 
     async def _renew(self, need_t: float) -> None:
@@ -255,6 +340,8 @@ class LeaseClient:
             tokens=grant.tokens,
             started=now,
             expires=asked + self._ttl * (1.0 - _EXPIRY_MARGIN),
+            mark_requests=grant.mark_requests,
+            mark_tokens=grant.mark_tokens,
         )
 
     async def _flush_loop(self) -> None:
