@@ -230,6 +230,9 @@ class LeaseLedger:
         budget = self.tokens if ref.scope == "tokens" else self.requests
         weight = ref.weight if ref.scope == "tokens" else 1.0
         sent_at = min(now, ref.granted_at + max(0.0, ref.offset))
+        # The server did not charge it: what the mirror holds comes back (an
+        # observation applied since still counted it as spent after its own).
+        budget.refund(sent_at, weight)
         budget.on_refused(now, sent_at, weight, retry_after=ref.retry_after, limit=ref.limit)
 
     def pause(self, now: float, seconds: float) -> None:
