@@ -32,6 +32,7 @@ from conveyor._base._types import ErrorInfo, Result, Status, Usage
 from conveyor._journal._journal import Journal
 from conveyor._journal._sink import OutputSink
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
+from conveyor.openai._limit_headers import read_limit_headers
 from conveyor.ray._driver import split_concurrency
 from conveyor.ray._lease import Grant, Lease, LeaseLedger, LeaseRequest, lease_ttl
 from conveyor.ray._wire import decode_fatal, decode_result, encode_fatal, encode_result
@@ -381,6 +382,49 @@ def test_the_global_limits_hold_at_the_server(
     assert stats.max_requests_in_window(window) >= rpm // 3
     assert elapsed >= (n - rpm) / rpm * window
     assert 429 not in stats.statuses
+
+
+class HeaderReadingCaller(ChatCaller):
+    """A task function that tells conveyor what the server's headers said, as the
+    OpenAI transport does, and hands a 429 back with the server's `Retry-After`."""
+
+    async def __call__(self, item: int) -> tuple[int, str]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.post(self.url, json=body(item)) as resp:
+            hint = read_limit_headers(resp.headers)
+            if hint is not None:
+                conveyor.report_limits(**{f: getattr(hint, f) for f in hint.__slots__})
+            data = await resp.json()
+            if resp.status == 429:
+                wait = resp.headers.get("retry-after")
+                raise RetryableError(
+                    "429", retry_after=float(wait) if wait else None, status_code=429
+                )
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+        return os.getpid(), data["choices"][0]["message"]["content"]
+
+
+def test_actors_told_nothing_keep_together_to_the_servers_bucket(ray_cluster: Any) -> None:
+    """Two actors told no limit learn the server's 1-second bucket from its headers
+    through the one limiter actor: every item ok, no stall, and 429s only in the
+    first round, before any headers arrived."""
+    srv = MockServer(MockConfig(rpm=120, limit_window=1.0, burst=0.25, latency=0.01))
+    n = 360
+    with srv.running_in_thread() as url:
+        report = conveyor.ray.run_ray(
+            range(n), HeaderReadingCaller(url), actors=2, concurrency=32, limit_window=1.0
+        )
+    assert report.counts["ok"] == n
+    refused = srv.stats.statuses[429]
+    assert refused <= 32, refused  # a first round at most
+    # (360 - 30) / 120 = 2.75 s at the server's rate, measured at the server from
+    # its first answer to its last; a mirror per actor would overspend (429s), a
+    # stale "0 remaining" held for a window would stall.
+    log = list(srv.stats.admissions)
+    span = log[-1][0] - log[0][0]
+    assert span <= 2.75 * 1.25 + 0.3, span
 
 
 async def test_a_pause_reaches_every_worker(ray_cluster: Any) -> None:

@@ -316,6 +316,11 @@ class SharedLimiter(Protocol):
     The engine awaits `acquire` before each attempt, after its own limits,
     reports the actual cost with `settle`, and a 429 with `pause` so every
     process holds back, not only the one that was told.
+
+    A shared limiter may also mirror the server's budget for every process:
+    with an `observe(hint)` method it is handed each answer's rate-limit
+    headers, and with `refused(scope, weight, retry_after, limit)` each
+    rate-limit refusal, instead of the engine's own (per-process) budgets.
     """
 
     async def acquire(self, weight: float) -> None: ...
