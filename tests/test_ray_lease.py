@@ -7,12 +7,14 @@ them together to the server's bucket.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from conveyor.ray._lease import Lease, LeaseLedger, LeaseRequest, Observation, Refusal
+from conveyor.ray._lease import Grant, Lease, LeaseLedger, LeaseRequest, Observation, Refusal
 
 
 class Bucket:
@@ -139,3 +141,48 @@ def test_four_workers_keep_together_to_the_servers_bucket(
     # Once the first answers are in, the mirror keeps everyone to the bucket.
     later = [t for t in server.refused_at if t > 2 * latency + 0.01]
     assert len(later) <= 0.01 * n, later
+
+
+def test_an_observation_names_its_request_inside_the_lease() -> None:
+    """The ledger places a reported answer at its own units inside the lease it drew
+    from: what was granted after it counts as spent since the server's `remaining`."""
+    ledger = LeaseLedger(None, None, 60.0)
+    grant = ledger.apply(0.0, LeaseRequest(1.0, 0.0, 10.0, 0.0))
+    assert (grant.requests, grant.mark_requests) == (10.0, 10.0)
+    # The 3rd request of the block (2 spent before it), sent 0.1 s into the lease:
+    # the server held 5 after it, a bucket of 10 at 10/s (full again in 0.5 s).
+    obs = Observation(0.0, 0.1, 10.0, 0.0, 10.0, 0.0, 2.0, 0.0, 0.0, (("requests", 600, 5, 0.5),))
+    ledger.apply(0.1, LeaseRequest(observations=(obs,)))
+    budget = ledger.requests
+    assert budget.model.value == "bucket" and budget.capacity == pytest.approx(10.0)
+    assert budget.level(0.1) == pytest.approx(5.0 - 7.0)  # 7 more of the block may be out
+
+
+async def test_the_lease_client_reports_what_each_attempt_heard() -> None:
+    """`LeaseClient.observe` and `.refused`, called in the attempt's task, reach the
+    ledger with the lease the attempt drew from; the mirror learns the server's bucket."""
+    from conveyor._core._attempt import RateLimitHint
+    from conveyor.ray._limiter import LeaseClient
+
+    ledger = LeaseLedger(None, None, 60.0)
+    t0 = time.monotonic()
+
+    async def send(req: LeaseRequest) -> Grant:
+        return ledger.apply(time.monotonic() - t0, req)
+
+    client = LeaseClient(send, rpm=None, tpm=None, ttl=1.0)
+
+    async def attempt(i: int) -> None:
+        await client.acquire(0.0)
+        if i == 0:
+            client.refused("requests", 1.0, 0.05, None)
+        else:
+            client.observe(
+                RateLimitHint(requests_limit=600, requests_remaining=4, requests_reset=0.6)
+            )
+
+    await asyncio.gather(*(asyncio.create_task(attempt(i)) for i in range(3)))
+    await client.aclose()
+    assert ledger.observed == 2 and ledger.refused == 1
+    assert ledger.requests.model.value == "bucket"
+    assert ledger.requests.capacity == pytest.approx(10.0)
