@@ -4,9 +4,18 @@ A `LeaseLedger` (held by the limiter actor) grants blocks of request and
 token units to workers; a `Lease` (held by each worker) is spent locally, so
 the limiter is asked once per block, not once per request.
 
-Why the limit still holds where it is measured, at the server:
+The ledger holds the cluster's one mirror of each server budget (a `Budget`
+for requests and one for tokens): a limit the user told, or, told nothing,
+what workers report of the server's headers and rate refusals
+(`Observation`, `Refusal`), so that N workers together keep to the server's
+budget instead of each believing the whole of it is theirs. An observation
+names its request by the lease it drew from (grant time, the block's mark
+and size) and how much of the lease was spent before it; the ledger turns
+that into the request's send time and mark for `Budget.observe`.
 
-- every unit is committed to the ledger's `RateLimiter`s when it is granted,
+Why a told limit still holds where it is measured, at the server:
+
+- every unit is committed to the ledger's budgets when it is granted,
   at the grant time `g`;
 - a worker spends a lease only until `request time + ttl`, and it sent the
   request before `g`, so every spend falls in `[g, g + ttl]`;

@@ -4,9 +4,11 @@
 `LeaseClient` is the engine's `shared_limiter` inside each worker: it spends
 its current lease locally and makes one round trip to the actor when the
 lease is empty or expired, carrying every give-back, refund and pause that
-piled up since the last one. A pause (a 429) is also sent at once by a small
-flusher task the client owns, so the other workers hear of it on their next
-lease, within one lease lifetime.
+piled up since the last one, and the server's headers each attempt heard
+(`observe`), for the actor's one mirror of the server's budget. A pause or a
+rate refusal (a 429) is also sent at once by a small flusher task the client
+owns, so the other workers hear of it on their next lease, within one lease
+lifetime.
 """
 
 from __future__ import annotations
