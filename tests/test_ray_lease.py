@@ -47,7 +47,7 @@ class Worker:
     retry_at: float = 0.0
     in_flight: list[tuple[float, object]] = field(default_factory=list)
     reports: list[object] = field(default_factory=list)
-    returns: list[tuple[float, float, float]] = field(default_factory=list)
+    returns: list[tuple[float, ...]] = field(default_factory=list)
 
 
 def simulate(
@@ -186,3 +186,19 @@ async def test_the_lease_client_reports_what_each_attempt_heard() -> None:
     assert ledger.observed == 2 and ledger.refused == 1
     assert ledger.requests.model.value == "bucket"
     assert ledger.requests.capacity == pytest.approx(10.0)
+
+
+def test_units_given_back_do_not_count_as_sent_after_an_answer() -> None:
+    """A lease's unspent tail, given back, is discounted from what the mirror counts
+    as sent after an earlier request: workers that ask for more than they spend do
+    not starve the cluster once headers arrive."""
+    ledger = LeaseLedger(None, None, 60.0)
+    grant = ledger.apply(0.0, LeaseRequest(1.0, 0.0, 10.0, 0.0))
+    lease = Lease(grant.granted_at, grant.requests, grant.tokens, 0.0, 1.0, mark_requests=10.0)
+    assert lease.take(0.0, 1.0, 0.0) and lease.take(0.0, 1.0, 0.0) and lease.take(0.0, 1.0, 0.0)
+    left = lease.leftover()
+    assert left is not None and left[1] == 7.0
+    # The first request's answer: 5 left of a bucket of 10 at 10/s.
+    obs = Observation(0.0, 0.0, 10.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, (("requests", 600, 5, 0.5),))
+    ledger.apply(0.0, LeaseRequest(returns=(left,), observations=(obs,)))
+    assert ledger.requests.level(0.0) == pytest.approx(5.0 - 2.0)  # 2 more were sent

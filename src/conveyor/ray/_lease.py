@@ -37,6 +37,7 @@ spend and therefore safe as well.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from .._core._budget import Budget, Model
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 _MIN_BLOCK_SHARE = 0.1  # smallest block granted under a binding limit: 0.1 s of the rate
+_RETURN_LOG = 1024  # returned blocks remembered, to discount them from later observations
 
 
 def delivery_slack(window: float) -> float:
@@ -112,7 +114,8 @@ class LeaseRequest:
 
     `need_*` is the smallest useful block (one attempt: 1 request and its
     estimated tokens); zero needs make a flush that only gives back.
-    `returns` are unspent blocks `(granted_at, requests, tokens)`, `refunds`
+    `returns` are unspent blocks `(granted_at, requests, tokens)`, optionally
+    followed by the block's marks `(mark_requests, mark_tokens)`, `refunds`
     are tokens `(granted_at, amount)` not used after all, `charge` tokens
     used beyond the estimates, `pause` seconds of a global pause (a 429);
     `observations` and `refusals` are what the server said since the last one.
@@ -122,7 +125,7 @@ class LeaseRequest:
     need_tokens: float = 0.0
     want_requests: float = 0.0
     want_tokens: float = 0.0
-    returns: tuple[tuple[float, float, float], ...] = ()
+    returns: tuple[tuple[float, ...], ...] = ()
     refunds: tuple[tuple[float, float], ...] = ()
     charge: float = 0.0
     pause: float = 0.0
@@ -189,6 +192,12 @@ class LeaseLedger:
         args = {"window": self.window, "burst": 1.0, "margin": margin}
         self.requests = Budget("requests", told=rpm, **args)
         self.tokens = Budget("tokens", told=tpm, **args)
+        # Blocks given back unspent, `(block mark, amount)` per kind: an answer
+        # to a request before them must not count them as spent after it.
+        self._returned: dict[str, deque[tuple[float, float]]] = {
+            "requests": deque(maxlen=_RETURN_LOG),
+            "tokens": deque(maxlen=_RETURN_LOG),
+        }
         self.paused_until = -math.inf
         self.granted_requests = 0.0
         self.granted_tokens = 0.0
@@ -199,8 +208,8 @@ class LeaseLedger:
 
     def apply(self, now: float, req: LeaseRequest) -> Grant:
         """Take back what the request returns, learn what it reports, then grant."""
-        for granted_at, requests, tokens in req.returns:
-            self.give_back(granted_at, requests, tokens)
+        for ret in req.returns:
+            self.give_back(*ret)
         for granted_at, amount in req.refunds:
             if amount > 0:
                 self.tokens.settle(granted_at, amount, 0.0)
@@ -231,6 +240,8 @@ class LeaseLedger:
                 mark += obs.before_tokens + obs.weight
             else:
                 continue
+            # Units granted after this request but given back were never sent.
+            mark += sum(amount for at, amount in self._returned[scope] if at > mark)
             budget.observe(now, sent_at, mark, limit=limit, remaining=remaining, reset=reset)
 
     def on_refused(self, now: float, ref: Refusal) -> None:
@@ -249,13 +260,25 @@ class LeaseLedger:
             self.paused_until = max(self.paused_until, now + seconds)
             self.pauses += 1
 
-    def give_back(self, granted_at: float, requests: float, tokens: float) -> None:
-        """Refund units granted at `granted_at` and never spent."""
+    def give_back(
+        self,
+        granted_at: float,
+        requests: float,
+        tokens: float,
+        mark_requests: float | None = None,
+        mark_tokens: float | None = None,
+    ) -> None:
+        """Refund units granted at `granted_at` and never spent (the tail of the
+        block whose marks are given, if they are)."""
         if requests > 0 and math.isfinite(requests):
             self.requests.refund(granted_at, requests)
             self.returned_requests += requests
+            if mark_requests is not None:
+                self._returned["requests"].append((mark_requests, requests))
         if tokens > 0 and math.isfinite(tokens):
             self.tokens.refund(granted_at, tokens)
+            if mark_tokens is not None:
+                self._returned["tokens"].append((mark_tokens, tokens))
 
     def grant(
         self, now: float, need_r: float, need_t: float, want_r: float, want_t: float
@@ -341,13 +364,14 @@ class Lease:
         self.spent_tokens += tokens
         return True
 
-    def leftover(self) -> tuple[float, float, float] | None:
-        """What to give back, `(granted_at, requests, tokens)`; None if nothing finite."""
+    def leftover(self) -> tuple[float, float, float, float, float] | None:
+        """What to give back, `(granted_at, requests, tokens, mark_requests,
+        mark_tokens)`; None if nothing finite."""
         r = self.requests if math.isfinite(self.requests) else 0.0
         t = self.tokens if math.isfinite(self.tokens) else 0.0
         if r <= 0 and t <= 0:
             return None
-        return (self.granted_at, max(0.0, r), max(0.0, t))
+        return (self.granted_at, max(0.0, r), max(0.0, t), self.mark_requests, self.mark_tokens)
 
 
 @dataclass(slots=True)

@@ -111,7 +111,7 @@ class LeaseClient:
         ] = weakref.WeakKeyDictionary()
         self._observations: list[Observation] = []
         self._refusals: list[Refusal] = []
-        self._returns: list[tuple[float, float, float]] = []
+        self._returns: list[tuple[float, ...]] = []
         self._refunds: defaultdict[float, float] = defaultdict(float)
         self._charge = 0.0
         self._pause = 0.0
