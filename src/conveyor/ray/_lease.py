@@ -189,9 +189,9 @@ class LeaseLedger:
         # a block never exceeds it.
         self.burst_requests = _burst(rpm, self.window)
         self.burst_tokens = _burst(tpm, self.window)
-        args = {"window": self.window, "burst": 1.0, "margin": margin}
-        self.requests = Budget("requests", told=rpm, **args)
-        self.tokens = Budget("tokens", told=tpm, **args)
+        w = self.window
+        self.requests = Budget("requests", told=rpm, window=w, burst=1.0, margin=margin)
+        self.tokens = Budget("tokens", told=tpm, window=w, burst=1.0, margin=margin)
         # Blocks given back unspent, `(block mark, amount)` per kind: an answer
         # to a request before them must not count them as spent after it.
         self._returned: dict[str, deque[tuple[float, float]]] = {
