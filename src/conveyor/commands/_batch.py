@@ -39,7 +39,6 @@ import orjson
 
 from .._api import AsyncStream
 from .._base._exceptions import Interrupted
-from .._base._types import Result
 from .._core._engine import invoker_for
 from .._core._portal import Control, Portal
 from .._core._retry import RetryPolicy
@@ -53,6 +52,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
+    from .._base._types import Result, Status
     from .._core._report import BatchReport
     from ._isolation import Isolation
 from ._jobs import (
