@@ -186,3 +186,12 @@ async def test_astream_with_a_journal(tmp_path: Path) -> None:
         results = [r async for r in s]
     assert sorted(r.index for r in results) == list(range(5))
     assert sorted(seen) == sorted(set(seen)) and sorted(set(seen)) == list(range(5))
+
+
+@pytest.mark.parametrize("name", ["previous", "shared_limiter"])
+def test_internal_plumbing_is_not_an_option(name: str) -> None:
+    """The pipeline's `previous=` hook and Ray's `shared_limiter=` are refused from users."""
+    with pytest.raises(conveyor.ConfigError, match=name):
+        conveyor.run([1], str, **{name: lambda key: None})
+    with pytest.raises(conveyor.ConfigError, match=name):
+        conveyor.stream([1], str, **{name: lambda key: None})

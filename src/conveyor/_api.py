@@ -28,9 +28,16 @@ T = TypeVar("T")
 Items = Iterable[Any] | AsyncIterable[Any]
 
 
+# Engine options the pipeline and the Ray workers set; not options of run().
+_INTERNAL = ("previous", "shared_limiter")
+
+
 def _backend(options: dict[str, Any]) -> str:
     """Pops `backend` ("local" or "ray"; Ray options such as `address`,
     `actors` then go to `conveyor.ray.run_ray`)."""
+    for name in _INTERNAL:
+        if name in options:
+            raise ConfigError(name, options[name], "no such option (it is conveyor's own plumbing)")
     backend = options.pop("backend", "local")
     if backend not in ("local", "ray"):
         raise ConfigError("backend", backend, "'local' (this process) or 'ray' (Ray actors)")
