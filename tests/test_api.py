@@ -22,14 +22,23 @@ if TYPE_CHECKING:
 
 PUBLIC = {
     "AggregateExecutionError", "AsyncExecutor", "AsyncStream", "Attempt", "BatchInfo",
-    "BatchReport", "Breaker", "ConfigError", "ConveyorError", "ErrorInfo", "FatalError",
-    "InputError", "Interrupted", "ProgressCallback", "QuotaExceeded", "RateLimitHint", "Result",
+    "BatchReport", "Breaker", "Clock", "ConfigError", "ConveyorError", "ErrorInfo", "FakeClock",
+    "FatalError", "InputError", "Interrupted", "JournalError", "JournalLocked", "JournalMismatch",
+    "ProgressCallback", "ProgressSnapshot", "QuotaExceeded", "RateLimitHint", "Result",
     "RetryPolicy", "ConfigurationError", "ExecutionContext", "IsolationLevel",
     "ParallelTaskExecutor", "PreflightFailed", "TaskProgressCallback", "TaskResult",
     "RetryableError", "SequentialExecutor", "Status", "Stream", "TaskExecutor", "ThreadExecutor",
-    "Usage", "__version__", "arun", "astream", "current_attempt", "report_cached", "report_limits",
-    "report_usage", "run", "stream",
+    "Usage", "__version__", "arun", "astream", "current_attempt", "default_retryable",
+    "report_cached", "report_limits", "report_usage", "run", "stream",
 }  # fmt: skip
+
+
+def test_public_names_say_conveyor() -> None:
+    """Reprs and tracebacks name `conveyor.X`, not the private module defining it."""
+    for name in ("ConfigError", "JournalMismatch", "ProgressSnapshot", "FakeClock", "Result"):
+        assert getattr(conveyor, name).__module__ == "conveyor", name
+    assert repr(conveyor.Status.OK).startswith("<Status.")
+    assert conveyor.default_retryable.__module__ == "conveyor"
 
 
 def test_public_namespace_is_exactly_all() -> None:

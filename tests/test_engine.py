@@ -742,9 +742,14 @@ def test_shared_limiter_is_consulted_per_attempt() -> None:
         conveyor.report_usage(4, 1)
         return i
 
-    report = conveyor.run(
-        range(3), fn, cost=lambda i: 10, shared_limiter=shared, clock=clock, concurrency=1
-    )
+    # shared_limiter is engine plumbing (Ray's workers set it), not an option of run().
+    from conveyor._api import run_with_invoker
+    from conveyor._core._engine import invoker_for
+
+    report = run_with_invoker(
+        range(3), invoker_for(fn), cost=lambda i: 10, shared_limiter=shared, clock=clock,
+        concurrency=1,
+    )  # fmt: skip
     assert report.counts["ok"] == 3
     assert shared.acquired == [10, 10, 10, 10]
     assert shared.settled == [(10, 5)] * 3

@@ -249,15 +249,18 @@ def _flaky(tmp_path: Path) -> tuple[list[str], Path]:
 
 
 def test_rerun_skips_jobs_that_succeeded(tmp_path: Path) -> None:
-    """Running the same command again runs only what did not succeed; then nothing."""
+    """Running the same command again runs only what did not finish (the one
+    resume rule: a failed job is re-run by retry, not by a rerun); then nothing."""
     cmd, runs = _flaky(tmp_path)
     art = tmp_path / "art"
     first = run_commands(["a", "b", "c"], cmd, artifacts=art)
     assert _counts(first) == {"ok": 2, "failed": 1}
     Path(f"{runs}.fixed").touch()
     second = run_commands(["a", "b", "c"], cmd, artifacts=art)
-    assert _counts(second) == {"ok": 1}
-    assert second.extra["already_done"] == 2
+    assert _counts(second) == {}
+    assert second.extra["already_done"] == 3
+    retried = retry_commands(first.extra["journal"])
+    assert _counts(retried) == {"ok": 1}
     third = run_commands(["a", "b", "c", "d"], cmd, artifacts=art)
     assert _counts(third) == {"ok": 1}
     assert sorted(runs.read_text().split()) == ["a", "b", "b", "c", "d"]
@@ -324,13 +327,14 @@ def test_retry_refuses_a_journal_not_written_by_exec(tmp_path: Path) -> None:
 
 
 def test_plan_lists_only_jobs_that_would_run(tmp_path: Path) -> None:
-    """plan_commands (dry run) skips succeeded jobs and shows shell-quoted commands."""
+    """plan_commands (dry run) skips finished jobs (failed ones too: retry
+    re-runs those) and shows shell-quoted commands."""
     cmd, runs = _flaky(tmp_path)
     art = tmp_path / "art"
     run_commands(["a", "b"], cmd, artifacts=art)
     planned = list(plan_commands(["a", "b", "c d"], cmd, artifacts=art))
-    assert [job.key for job, _ in planned] == ["b", "c d"]
-    assert planned[1][1].endswith(f"sh 'c d' {runs}")
+    assert [job.key for job, _ in planned] == ["c d"]
+    assert planned[0][1].endswith(f"sh 'c d' {runs}")
     fresh = list(plan_commands(["x"], "echo {}", shell=True, artifacts=tmp_path / "none"))
     assert fresh == [(ExecJob(1, "x", "x"), "echo x")]
     assert not (tmp_path / "none").exists()

@@ -22,7 +22,8 @@ PACKAGE = Path(conveyor.__file__).parent
 # `conveyor` (`conveyor._core._engine` is in `_core`); "conveyor" is the top
 # `__init__.py`. Layers, bottom up:
 #   _base < _core < _journal < _render;  ray (a backend of the engine) on _core;
-#   _api (run/stream front end) and executors over the engine;
+#   _pipeline (one journaled run) on _journal; _api (run/stream front end) and
+#   executors over the engine;
 #   openai, commands, mock;  cli on top of everything.
 ALLOWED: dict[str, frozenset[str]] = {
     "_base": frozenset(),
@@ -30,13 +31,25 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_journal": frozenset({"_base", "_core"}),
     "_render": frozenset({"_base", "_core", "_journal"}),
     "ray": frozenset({"_base", "_core"}),
-    "_api": frozenset({"_base", "_core", "_journal", "ray"}),
+    "_pipeline": frozenset({"_base", "_core", "_journal"}),
+    "_api": frozenset({"_base", "_core", "_journal", "_pipeline", "ray"}),
     "executors": frozenset({"_base", "_core", "_api"}),
-    "openai": frozenset({"_base", "_core", "_journal", "_render", "_api", "ray"}),
-    "commands": frozenset({"_base", "_core", "_journal", "_api"}),
+    "openai": frozenset({"_base", "_core", "_journal", "_pipeline", "_render", "_api", "ray"}),
+    "commands": frozenset({"_base", "_core", "_journal", "_pipeline", "_api"}),
     "mock": frozenset({"_base"}),
     "cli": frozenset(
-        {"_base", "_core", "_journal", "_render", "ray", "_api", "openai", "commands", "mock"}
+        {
+            "_base",
+            "_core",
+            "_journal",
+            "_pipeline",
+            "_render",
+            "ray",
+            "_api",
+            "openai",
+            "commands",
+            "mock",
+        }
     ),
     "conveyor": frozenset({"_base", "_core", "_api", "executors"}),
     "__main__": frozenset({"cli"}),

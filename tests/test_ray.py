@@ -678,3 +678,37 @@ def test_run_file_on_ray_writes_each_custom_id_once(
     again = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key="k", ray="local",
                      actors=2)  # fmt: skip
     assert again.total == 0 and srv.stats.requests == seen
+
+
+def _tenfold(x: int) -> int:
+    return x * 10
+
+
+def test_run_with_a_journal_on_ray_resumes_by_the_one_rule(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """run(journal=, backend="ray") (it raised TypeError): the second run reports
+    the first run's results from the journal, in input order, and runs only the
+    new items on the actors."""
+    db = tmp_path / "ray.db"
+    first = conveyor.run(range(6), _tenfold, journal=db, backend="ray", actors=2)
+    assert first.values() == [x * 10 for x in range(6)]
+    second = conveyor.run(range(9), _tenfold, journal=db, backend="ray", actors=2)
+    assert second.values() == [x * 10 for x in range(9)]
+    assert [bool(r.meta.get("resumed")) for r in second] == [True] * 6 + [False] * 3
+    assert second.extra["resumed"] == 6
+    with Journal.open_readonly(db) as ro:
+        assert ro.status_counts().get("ok") == 9
+
+
+async def test_astream_with_a_journal_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
+    """astream(journal=, backend="ray"): results are committed as they are handed
+    out; a second stream yields them back as resumed and runs nothing."""
+    db = tmp_path / "rs.db"
+    async with conveyor.astream(range(4), _tenfold, journal=db, backend="ray") as s:
+        got = sorted([r.value async for r in s])
+    assert got == [0, 10, 20, 30]
+    async with conveyor.astream(range(4), _tenfold, journal=db, backend="ray") as s:
+        again = [r async for r in s]
+    assert sorted(r.value for r in again) == [0, 10, 20, 30]
+    assert all(r.meta.get("resumed") for r in again)

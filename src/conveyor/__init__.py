@@ -17,6 +17,7 @@ Everything public is here; modules whose names start with `_` are private.
 #   _journal/    SQLite journal and the exactly-once output sink
 #   _render/     report text, HTML, SVG charts, timeline, pricing, formatting
 #   ray/         the Ray backend: driver, worker actors, the cluster-wide limiter
+#   _pipeline.py one journaled run: plan (the resume rule) -> run stream -> journal
 #   _api.py      run / arun / stream / astream, the front end over the engine
 #   executors.py the TaskExecutor family over the engine
 #   openai/      HTTP transport, Batch API files in/out, templates, tokens, cache
@@ -25,6 +26,7 @@ Everything public is here; modules whose names start with `_` are private.
 #   cli/         the `conveyor` command, its subcommands and the terminal display
 
 from ._api import AsyncStream, Stream, arun, astream, run, stream
+from ._base._clock import Clock, FakeClock
 from ._base._exceptions import (
     AggregateExecutionError,
     ConfigError,
@@ -32,6 +34,9 @@ from ._base._exceptions import (
     FatalError,
     InputError,
     Interrupted,
+    JournalError,
+    JournalLocked,
+    JournalMismatch,
     PreflightFailed,
     QuotaExceeded,
     RetryableError,
@@ -48,8 +53,9 @@ from ._core._attempt import (
 )
 from ._core._callbacks import BatchInfo, ProgressCallback
 from ._core._options import Breaker
+from ._core._progress import ProgressSnapshot
 from ._core._report import BatchReport
-from ._core._retry import RetryPolicy
+from ._core._retry import RetryPolicy, default_retryable
 from .executors import (
     AsyncExecutor,
     ConfigurationError,
@@ -71,18 +77,24 @@ __all__ = [
     "BatchInfo",
     "BatchReport",
     "Breaker",
+    "Clock",
     "ConfigError",
     "ConfigurationError",
     "ConveyorError",
     "ErrorInfo",
     "ExecutionContext",
+    "FakeClock",
     "FatalError",
     "InputError",
     "Interrupted",
     "IsolationLevel",
+    "JournalError",
+    "JournalLocked",
+    "JournalMismatch",
     "ParallelTaskExecutor",
     "PreflightFailed",
     "ProgressCallback",
+    "ProgressSnapshot",
     "QuotaExceeded",
     "RateLimitHint",
     "Result",
@@ -100,9 +112,17 @@ __all__ = [
     "arun",
     "astream",
     "current_attempt",
+    "default_retryable",
     "report_cached",
     "report_limits",
     "report_usage",
     "run",
     "stream",
 ]
+
+# Reprs and tracebacks say `conveyor.ConfigError`, not where it is defined.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("conveyor."):
+        _obj.__module__ = "conveyor"
+del _name, _obj

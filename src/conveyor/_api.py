@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from ._base._checks import user_check_outcome
-from ._base._exceptions import ConfigError, ConveyorError, PreflightFailed
+from ._base._exceptions import ConfigError, PreflightFailed
 from ._base._types import Result, Status
 from ._core._engine import Engine, Invoker, invoker_for
 from ._core._options import build_options
@@ -19,6 +19,7 @@ from ._core._portal import Portal
 if TYPE_CHECKING:
     from ._core._report import BatchReport
 from ._core._stream import RunStream
+from ._pipeline import JournaledStream, collect
 
 __all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
 
@@ -27,9 +28,16 @@ T = TypeVar("T")
 Items = Iterable[Any] | AsyncIterable[Any]
 
 
+# Engine options the pipeline and the Ray workers set; not options of run().
+_INTERNAL = ("previous", "shared_limiter")
+
+
 def _backend(options: dict[str, Any]) -> str:
     """Pops `backend` ("local" or "ray"; Ray options such as `address`,
     `actors` then go to `conveyor.ray.run_ray`)."""
+    for name in _INTERNAL:
+        if name in options:
+            raise ConfigError(name, options[name], "no such option (it is conveyor's own plumbing)")
     backend = options.pop("backend", "local")
     if backend not in ("local", "ray"):
         raise ConfigError("backend", backend, "'local' (this process) or 'ray' (Ray actors)")
@@ -78,6 +86,10 @@ def _engine_options(opts_kw: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(opts_kw: dict[str, Any]) -> None:
     build_options(**_engine_options(opts_kw))
+    _validate_journal(opts_kw)
+
+
+def _validate_journal(opts_kw: dict[str, Any]) -> None:
     j = opts_kw.get("journal")
     if j is not None and not isinstance(j, str | os.PathLike):
         raise ConfigError("journal", j, "a path to a journal file (created if missing)")
@@ -100,53 +112,29 @@ def _line(result: Result[Any]) -> bytes:
     return orjson.dumps(result.to_dict(), option=orjson.OPT_NON_STR_KEYS, default=repr)
 
 
-_TERMINAL = (Status.OK, Status.FAILED, Status.TIMED_OUT)
-
-
-async def _arun_journaled(
-    items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
-) -> BatchReport:
-    """run() with a journal: items whose key already has a result are not run
-    again (their stored result is reported); every new result is committed.
-    With `rerun=`, stored results with those statuses run again."""
+def _journaled(
+    items: Items, invoker: Invoker | None, fn: Any, opts_kw: dict[str, Any], backend: str
+) -> JournaledStream:
+    """The journaled pipeline over the local engine or Ray (see `_pipeline`)."""
     from ._journal._journal import Journal
-    from ._journal._sink import OutputSink
 
-    journal = Journal.open(
-        opts_kw["journal"],
-        identity={"kind": "python", "fn": str(opts_kw.get("_fn_name", ""))},
-        force=bool(opts_kw.get("journal_force")),
+    kw = _engine_options(opts_kw)
+    path = opts_kw["journal"]
+    identity = {"kind": "python", "fn": str(opts_kw.get("_fn_name", ""))}
+    force = bool(opts_kw.get("journal_force"))
+    again = _rerun_statuses(opts_kw.get("rerun"))
+
+    def make(previous: Callable[[str], Any]) -> RunStream:
+        if backend == "ray":
+            from .ray import stream_ray
+
+            return stream_ray(items, fn, previous=previous, **kw)
+        assert invoker is not None
+        return AsyncStream(items, invoker, {**kw, "previous": previous})
+
+    return JournaledStream(
+        lambda: Journal.open(path, identity=identity, force=force), make, rerun=again
     )
-    try:
-        kw = _engine_options(opts_kw)
-        again = _rerun_statuses(opts_kw.get("rerun"))
-        if again:
-            # As `conveyor retry` does: those items become pending, so they run
-            # again and their new result replaces the stored one.
-            journal.reset(list(journal.keys_with_status(again)))
-        kw["previous"] = journal.get
-        stream = AsyncStream(items, invoker, kw)
-        if control is not None:
-            stream.attach_control(control)
-        collected: list[Result[Any]] = []
-        async with OutputSink(journal, None, _line) as sink:
-            try:
-                async for r in stream:
-                    collected.append(r)
-                    if r.status in _TERMINAL and not r.meta.get("resumed"):
-                        await sink.add(r)
-            except ConveyorError as exc:
-                if exc.report is not None:
-                    exc.report.results = sorted(collected, key=lambda r: r.index)
-                raise
-        report = stream.report
-        assert report is not None
-        report.results = sorted(collected, key=lambda r: r.index)
-        report.extra["journal"] = journal.path
-        report.extra["resumed"] = sum(1 for r in collected if r.meta.get("resumed"))
-        return report
-    finally:
-        journal.close()
 
 
 def _check(items: Any, fn: Any) -> None:
@@ -179,7 +167,7 @@ async def _arun(
 ) -> BatchReport:
     await _preflight(opts_kw.get("preflight"))
     if opts_kw.get("journal") is not None:
-        return await _arun_journaled(items, invoker, opts_kw, control)
+        return await collect(_journaled(items, invoker, None, opts_kw, "local"), control)
     opts = build_options(**_engine_options(opts_kw))
     engine = Engine(
         invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items)
@@ -206,6 +194,10 @@ async def arun(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchR
     """
     _check(items, fn)
     if _backend(options) == "ray":
+        if options.get("journal") is not None:
+            _validate_journal(options)
+            opts = {**options, "_fn_name": _name(fn)}
+            return await collect(_journaled(items, None, fn, opts, "ray"))
         from .ray import arun_ray
 
         return await arun_ray(items, fn, **options)
@@ -247,6 +239,13 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     """
     _check(items, fn)
     if _backend(options) == "ray":
+        if options.get("journal") is not None:
+            _validate_journal(options)
+            ray_opts = {**options, "_fn_name": _name(fn)}
+            with Portal() as portal:
+                return portal.call(
+                    lambda control: collect(_journaled(items, None, fn, ray_opts, "ray"), control)
+                )
         from .ray import run_ray
 
         return run_ray(items, fn, **options)
@@ -288,9 +287,27 @@ class AsyncStream(RunStream):
         super().__init__(make)
 
 
-def astream(items: Items, fn: Callable[[Any], Any], **options: Any) -> AsyncStream:
-    """Results as they complete (each with its index and key); bounded memory."""
+def astream(
+    items: Items, fn: Callable[[Any], Any], **options: Any
+) -> AsyncStream | JournaledStream | RunStream:
+    """Results as they complete (each with its index and key); bounded memory.
+
+    With `journal=`, finished items are reported from the journal instead of
+    run (the resume rule of `conveyor._pipeline`) and every new result is
+    committed as it is handed out; `backend="ray"` runs on Ray actors.
+    """
     _check(items, fn)
+    backend = _backend(options)
+    if options.get("journal") is not None:
+        if backend == "local":
+            _validate(options)
+        else:
+            _validate_journal(options)
+        return _journaled(items, invoker_for(fn), fn, {**options, "_fn_name": _name(fn)}, backend)
+    if backend == "ray":
+        from .ray import stream_ray
+
+        return stream_ray(items, fn, **options)
     return AsyncStream(items, invoker_for(fn), options)
 
 
@@ -302,7 +319,7 @@ class Stream(Iterator[Result[Any]]):
     you stop early.
     """
 
-    def __init__(self, inner: AsyncStream) -> None:
+    def __init__(self, inner: AsyncStream | JournaledStream | RunStream) -> None:
         self._inner = inner
         self._portal: Portal | None = Portal()
         self._portal.__enter__()
@@ -360,5 +377,4 @@ class Stream(Iterator[Result[Any]]):
 
 def stream(items: Items, fn: Callable[[Any], Any], **options: Any) -> Stream:
     """Results in completion order as a plain iterator; `.report` at the end."""
-    _check(items, fn)
-    return Stream(AsyncStream(items, invoker_for(fn), options))
+    return Stream(astream(items, fn, **options))

@@ -232,7 +232,8 @@ _HELP = """Run COMMAND once per input, N at a time; rerun to resume.
 
 GNU parallel's job with a journal: each job's output, exit code and timing
 are kept, a timeout kills the job's whole process group, and rerunning the
-same command skips the jobs that already succeeded.
+same command skips the jobs that already finished (`conveyor retry` re-runs
+the failed ones).
 
 \b
 Examples:
@@ -280,8 +281,8 @@ A summary line goes to stderr at the end.
 \b
 Exit codes:
   0    every job succeeded (or had already)
-  1    some job failed, timed out or was not run; rerun the command to
-       run those again (jobs that succeeded are skipped)
+  1    some job failed, timed out or was not run; `conveyor retry` re-runs
+       the failed ones, rerunning the command runs those not run
   2    bad usage, or the journal belongs to another command (--force)
   130  interrupted: the first Ctrl+C lets running jobs finish for --grace
        seconds, a second one kills them; rerun the same command to resume

@@ -39,12 +39,12 @@ import orjson
 
 from .._api import AsyncStream
 from .._base._exceptions import Interrupted
-from .._base._types import Result, Status
 from .._core._engine import invoker_for
 from .._core._portal import Control, Portal
 from .._core._retry import RetryPolicy
 from .._journal._journal import Journal, JournalError, JournalMismatch
 from .._journal._sink import OutputSink, export
+from .._pipeline import Plan, is_finished
 from ._joblog import JobLog, JobLogEntry
 from ._types import CommandFailed, CommandNotFound, CommandResult
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
+    from .._base._types import Result, Status
     from .._core._report import BatchReport
     from ._isolation import Isolation
 from ._jobs import (
@@ -345,6 +346,7 @@ async def _execute(
 
 async def _run(spec: _Spec, inputs: Iterable[Any] | AsyncIterable[Any], control: Any) -> Any:
     journal = _open_journal(spec)
+    rule = Plan(journal)  # the pipeline's resume rule; `conveyor retry` re-runs failures
     done = 0
 
     async def plan() -> AsyncGenerator[ExecJob, None]:
@@ -355,12 +357,9 @@ async def _run(spec: _Spec, inputs: Iterable[Any] | AsyncIterable[Any], control:
             async for value, args in values:
                 seq += 1
                 key = keyer.key(value)
-                prev = journal.get(key)
-                if prev is not None:
-                    if prev.status is Status.OK:
-                        done += 1
-                        continue
-                    journal.reset([key])  # ran before and did not succeed: run it again
+                if rule.previous(key) is not None:  # finished: reported by `already_done`
+                    done += 1
+                    continue
                 yield ExecJob(seq, value, key, args)
 
     jobs = plan()
@@ -397,8 +396,9 @@ def run_commands(
     """Run `command` once per input, `jobs` at a time; returns the `BatchReport`.
 
     `command` is an argv template (`["gzip", "{}"]`) or, with `shell=True`, one
-    shell string. Inputs that already succeeded in the journal are skipped
-    (counted in `report.extra["already_done"]`); the rest run. `on_job(outcome)`
+    shell string. Inputs the journal holds as finished (succeeded, failed or
+    timed out) are skipped (counted in `report.extra["already_done"]`;
+    `retry_commands` re-runs the failures); the rest run, cancelled ones too. `on_job(outcome)`
     is called for each finished job (in input order with `keep_order`), on a
     worker thread. `report.results` (unless `keep_results=False`) are in input
     order: `value` is the `CommandResult` of a job that succeeded and
@@ -437,7 +437,7 @@ def plan_commands(
     """(job, command line) for every job a run would start now (`--dry-run`).
 
     Reads the journal, if there is one, without locking it, so jobs that
-    already succeeded are left out; changes nothing on disk.
+    already finished are left out; changes nothing on disk.
     """
     options = {"shell": shell, "artifacts": artifacts, "journal": journal, "force": force}
     spec = _spec(command, options)
@@ -457,7 +457,7 @@ def plan_commands(
             key = keyer.key(value)
             if ro is not None:
                 prev = ro.get(key)
-                if prev is not None and prev.status is Status.OK:
+                if prev is not None and is_finished(prev.status):
                     continue
             job = ExecJob(seq, value, key, args)
             # As if every job took as long: slots in turn.

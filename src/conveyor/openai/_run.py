@@ -29,7 +29,7 @@ from .._core._portal import Portal
 from .._core._report import new_batch_id
 from .._core._retry import RetryPolicy
 from .._journal._journal import Journal
-from .._journal._sink import OutputSink
+from .._pipeline import JournaledStream
 from ._batchfile import (
     BadLine,
     RequestLine,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._core._report import BatchReport
+    from .._core._stream import RunStream
 
 __all__ = [
     "RunSettings",
@@ -311,9 +312,12 @@ async def arun_file(
         cache = ResponseCache(None)
     resumed = 0
     models: Counter[str] = Counter()
-    sink: OutputSink | _PlainOutput | None = None
+    sink: _PlainOutput | None = None
     try:
         items = _items(path, s)
+
+        # The resume rule is the pipeline's: finished lines are counted, not sent.
+        finished: Callable[[str], Any] = lambda key: None  # noqa: E731 - set by make()
 
         def plan() -> Iterator[Item]:
             nonlocal resumed
@@ -321,7 +325,7 @@ async def arun_file(
             for item in items:
                 if isinstance(item, RequestLine) and len(models) < 64:
                     models[str(item.body.get("model"))] += 1
-                if journal is not None and journal.is_terminal(item_key(item)):
+                if finished(item_key(item)) is not None:
                     resumed += 1
                     continue
                 if s.limit is not None and pending >= s.limit:
@@ -344,7 +348,6 @@ async def arun_file(
                     "tpm": None if s.tpm is None else str(s.tpm),
                 }
             )
-            sink = OutputSink(journal, s.output, format_line, overwrite=s.force)
         elif s.output is not None:
             sink = _PlainOutput(Path(s.output))  # no journal: no resume, a fresh file
         async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
@@ -368,16 +371,34 @@ async def arun_file(
                 "progress_interval": s.progress_interval,
             }
             todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
-            stream: Any
-            if s.ray is not None:
-                from ..ray import stream_ray
 
-                # Each actor opens its own session; the key comes from its environment.
-                remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers, s.api_key,
-                                       s.concurrency)  # fmt: skip
-                stream = stream_ray(todo, remote, address=s.ray, actors=s.actors, **engine_options)
+            def make(previous: Callable[[str], Any]) -> RunStream:
+                nonlocal finished
+                finished = previous
+                if s.ray is not None:
+                    from ..ray import stream_ray
+
+                    # Each actor opens its own session; the key comes from its environment.
+                    remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers,
+                                           s.api_key, s.concurrency)  # fmt: skip
+                    return stream_ray(
+                        todo, remote, address=s.ray, actors=s.actors, **engine_options
+                    )
+                return AsyncStream(todo, _invoke(_Caller(client, cache)), engine_options)
+
+            stream: JournaledStream | RunStream
+            if journal is not None:
+                opened = journal
+                stream = JournaledStream(
+                    lambda: opened,
+                    make,
+                    output=s.output,
+                    format_line=format_line,
+                    overwrite=s.force,
+                    close_journal=False,
+                )
             else:
-                stream = AsyncStream(todo, _invoke(_Caller(client, cache)), engine_options)
+                stream = make(lambda key: None)
             if _control is not None:
                 stream.attach_control(_control)
             report: BatchReport | None = None

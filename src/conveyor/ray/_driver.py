@@ -120,7 +120,7 @@ class ClusterRun:
         self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
         self._dispatch = Dispatcher(options.callbacks)
         self._loop = asyncio.get_running_loop()
-        self._source = EntrySource(items, options.key, self._emit)
+        self._source = EntrySource(items, options.key, self._emit, previous=options.previous)
         self._changed = asyncio.Event()
         self._workers: list[_Worker] = []
         self._worker_ids = 0

@@ -44,6 +44,7 @@ class EntrySource:
         on_bad_key: Callable[[Result[Any]], None],
         *,
         linger: float = _LINGER,
+        previous: Callable[[str], Result[Any] | None] | None = None,
     ) -> None:
         self._iter: Iterator[Any] | None = None
         self._aiter: AsyncIterator[Any] | None = None
@@ -53,6 +54,7 @@ class EntrySource:
             self._iter = iter(items)
         self._key = key
         self._on_bad_key = on_bad_key
+        self._previous = previous
         self._linger = linger
         self._next: asyncio.Task[Any] | None = None
         self._index = 0
@@ -141,6 +143,14 @@ class EntrySource:
                     error=ErrorInfo.from_exception(exc),
                 )
             )
+            return None
+        earlier = self._previous(key) if self._previous is not None else None
+        if earlier is not None:
+            # Finished in an earlier run (the journal): report it, don't run it.
+            earlier.index = index
+            earlier.item = item
+            earlier.meta["resumed"] = True
+            self._on_bad_key(earlier)
             return None
         return Entry(index, key, item)
 

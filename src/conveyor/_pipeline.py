@@ -1,0 +1,230 @@
+"""One journaled run: source -> plan -> run stream -> journal + sinks -> report.
+
+Every journaled front end (`conveyor.run(journal=)` and `stream(journal=)`
+on either backend, `conveyor run`, `conveyor exec`) goes through here, so
+they share one resume rule:
+
+- **finished** items (`ok`, `failed`, `timed_out` in the journal) are not run
+  again; their stored result is reported (with `meta["resumed"] = True`) in
+  their place, so `run()` still returns one result per input, in order;
+- failed and timed-out items are re-run only by `retry` (`conveyor retry`,
+  `retry_commands`), or by an explicit `rerun=` (`run(journal=, rerun="failed")`
+  re-runs failed, timed-out and cancelled items);
+- **cancelled** and **skipped** items (interrupted, never started, or stopped
+  by a fatal condition such as a 401 or an exhausted quota, stored as
+  cancelled) are not finished: they run again.
+
+The plan is a lookup the run stream asks for each key before it runs an
+item (`previous=`, the same hook on the local engine and on Ray); the sink
+commits every new finished result to the journal and the output file,
+exactly once per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from ._base._types import Result, Status
+from ._journal._sink import OutputSink
+
+if TYPE_CHECKING:
+    import os
+
+    from ._core._report import BatchReport
+    from ._core._stream import RunStream
+    from ._journal._journal import Journal
+
+__all__ = ["FINISHED", "JournaledStream", "Plan", "is_finished"]
+
+FINISHED = frozenset({Status.OK, Status.FAILED, Status.TIMED_OUT})
+"""Statuses that end an item for good: a resumed run reports them, never re-runs them."""
+
+
+def is_finished(status: Status, rerun: frozenset[Status] = frozenset()) -> bool:
+    """The resume rule for one stored status: True means "report it, don't run it".
+
+    `rerun` names stored statuses to run again all the same (an explicit
+    `rerun=`, as `retry` does)."""
+    return status in FINISHED and status not in rerun
+
+
+class Plan:
+    """The resume rule over a journal: `previous(key)` is the stored result to
+    report instead of running the item, or None to run it (a stored cancelled
+    or skipped row is reset to pending first, so the sink may write it again).
+    `resumed` counts the items reported from the journal."""
+
+    def __init__(self, journal: Journal, *, rerun: frozenset[Status] = frozenset()) -> None:
+        self._journal = journal
+        self._rerun = rerun
+        self.resumed = 0
+
+    def previous(self, key: str) -> Result[Any] | None:
+        prev = self._journal.get(key)
+        if prev is None:
+            return None
+        if is_finished(prev.status, self._rerun):
+            self.resumed += 1
+            return prev
+        self._journal.reset([key])
+        return None
+
+
+def _line(result: Result[Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(result.to_dict(), option=orjson.OPT_NON_STR_KEYS, default=repr)
+
+
+class JournaledStream(AsyncIterator["Result[Any]"]):
+    """A run stream (local engine or Ray) with the journal on both ends.
+
+    `open_journal()` is called on first use (on the loop that runs the
+    stream); `make_stream(previous)` builds the run stream with the plan's
+    lookup. Every new finished result goes to the `OutputSink` (the journal,
+    and `output` if given) before it is handed out; results reported from the
+    journal are handed out too, marked `meta["resumed"]`. The journal is
+    closed when the stream ends or is closed; `.report` then carries
+    `extra["journal"]` and `extra["resumed"]`.
+    """
+
+    def __init__(
+        self,
+        open_journal: Callable[[], Journal],
+        make_stream: Callable[[Callable[[str], Result[Any] | None]], RunStream],
+        *,
+        output: str | os.PathLike[str] | None = None,
+        format_line: Callable[[Result[Any]], bytes] = _line,
+        overwrite: bool = False,
+        rerun: frozenset[Status] = frozenset(),
+        close_journal: bool = True,
+    ) -> None:
+        self._open_journal = open_journal
+        self._make_stream = make_stream
+        self._output = output
+        self._format = format_line
+        self._overwrite = overwrite
+        self._rerun = rerun
+        self._close_journal = close_journal
+        self._journal: Journal | None = None
+        self._plan: Plan | None = None
+        self._sink: OutputSink | None = None
+        self._stream: RunStream | None = None
+        self._batch: list[Result[Any]] = []
+        self._pos = 0
+        self._closed = False
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
+    @property
+    def resumed(self) -> int:
+        return 0 if self._plan is None else self._plan.resumed
+
+    @property
+    def report(self) -> BatchReport | None:
+        report = None if self._stream is None else self._stream.report
+        if report is not None and self._journal is not None:
+            report.extra["journal"] = self._journal.path
+            report.extra["resumed"] = self.resumed
+        return report
+
+    def _ensure(self) -> RunStream:
+        if self._stream is None:
+            journal = self._open_journal()
+            self._journal = journal
+            try:
+                self._plan = Plan(journal, rerun=self._rerun)
+                self._sink = OutputSink(
+                    journal, self._output, self._format, overwrite=self._overwrite
+                )
+                self._stream = self._make_stream(self._plan.previous)
+            except BaseException:
+                if self._close_journal:
+                    journal.close()
+                raise
+        return self._stream
+
+    @property
+    def stream(self) -> RunStream:
+        """The run stream underneath (to reach e.g. Ray's `workers`)."""
+        return self._ensure()
+
+    def attach_control(self, control: Any) -> None:
+        self._ensure().attach_control(control)
+
+    def stop(self, kind: str = "interrupt") -> None:
+        self._ensure().stop(kind)
+
+    async def next_batch(self) -> list[Result[Any]]:
+        """Every result ready now (at least one), each committed; empty at the end."""
+        if self._closed:
+            return []
+        stream = self._ensure()
+        sink = self._sink
+        assert sink is not None
+        try:
+            batch = await stream.next_batch()
+            for r in batch:
+                if r.status in FINISHED and not r.meta.get("resumed"):
+                    await sink.add(r)
+        except BaseException:
+            await self.aclose()
+            raise
+        if not batch:
+            await self.aclose()
+        return batch
+
+    async def __anext__(self) -> Result[Any]:
+        if self._pos >= len(self._batch):
+            self._batch = await self.next_batch()
+            self._pos = 0
+            if not self._batch:
+                raise StopAsyncIteration
+        r = self._batch[self._pos]
+        self._pos += 1
+        return r
+
+    async def aclose(self) -> None:
+        """Stop the run (if still going), flush the sink, close the journal."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._stream is not None:
+                await self._stream.aclose()
+        finally:
+            try:
+                if self._sink is not None:
+                    await self._sink.close()
+            finally:
+                if self._journal is not None and self._close_journal:
+                    self._journal.close()
+
+    async def __aenter__(self) -> JournaledStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def collect(stream: JournaledStream, control: Any = None) -> BatchReport:
+    """Run a journaled stream to the end; the report holds every result in input order."""
+    from ._base._exceptions import ConveyorError
+
+    if control is not None:
+        stream.attach_control(control)
+    collected: list[Result[Any]] = []
+    try:
+        while batch := await stream.next_batch():
+            collected.extend(batch)
+    except ConveyorError as exc:
+        if exc.report is not None:
+            exc.report.results = sorted(collected, key=lambda r: r.index)
+        raise
+    report = stream.report
+    assert report is not None
+    report.results = sorted(collected, key=lambda r: r.index)
+    return report
