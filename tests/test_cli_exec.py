@@ -149,7 +149,8 @@ def test_dry_run_fills_positions_and_slots() -> None:
 
 
 def test_runs_prints_outputs_summarises_and_resumes(tmp_path: Path) -> None:
-    """Outputs are printed, a summary goes to stderr, exit 1 on failure; a rerun skips done jobs."""
+    """Outputs are printed, a summary goes to stderr, exit 1 on failure; a rerun skips
+    finished jobs (the one resume rule) and `conveyor retry` re-runs the failed one."""
     script = 'echo "out $1"; echo "err $1" >&2; [ "$1" != b ] || [ -e fixed ]'
     args = ["exec", "-j", "2", "--", "sh", "-c", script, "sh", "{}", ":::", "a", "b", "c"]
     first = _conveyor(*args, cwd=tmp_path)
@@ -168,11 +169,11 @@ def test_runs_prints_outputs_summarises_and_resumes(tmp_path: Path) -> None:
     ]
     (tmp_path / "fixed").touch()
     second = _conveyor(*args, cwd=tmp_path)
-    assert second.returncode == 0
-    assert second.stdout.decode() == "out b\n"
-    assert "1 job: 1 ok, 0 failed, 0 timed out, 2 skipped as already done" in (
-        second.stderr.decode()
-    )
+    assert second.stdout.decode() == ""
+    assert "3 skipped as already done" in second.stderr.decode()
+    third = _conveyor("retry", str(art / "journal.sqlite"), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.decode() == "out b\n"
     lines = [json.loads(x) for x in (art / "results.jsonl").read_text().splitlines()]
     assert [(d["key"], d["status"]) for d in lines] == [("a", "ok"), ("b", "ok"), ("c", "ok")]
 
