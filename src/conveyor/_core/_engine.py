@@ -75,6 +75,14 @@ class FatalItem(Exception):
     """Internal: this item can never run (for example its cost exceeds the limit)."""
 
 
+class _BaseExceptionRaised(Exception):
+    """Internal: fn raised a BaseException that is not an Exception."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original) or type(original).__name__)
+        self.original = original
+
+
 class _ItemState:
     __slots__ = ("attempt_running", "index", "item", "key", "reported")
 
@@ -103,6 +111,7 @@ class Engine:
         self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
         self._dispatch = Dispatcher(options.callbacks)
         self._loop = asyncio.get_running_loop()
+        self._dispatch.on_interrupt = lambda: self._loop.call_soon(self.stop, "interrupt")
         self._threads: ThreadRunner | None = None
         self._rng = random.Random()
         self._length_hint = length_hint
@@ -485,7 +494,24 @@ class Engine:
                 attempt = Attempt(index, key, attempts)
                 st.attempt_running = True
                 try:
-                    value = await self._attempt(item, attempt)
+                    try:
+                        value = await self._attempt(item, attempt)
+                    except (KeyboardInterrupt, SystemExit):
+                        # Ctrl+C semantics from inside fn: stop the run, this
+                        # item is cancelled (a resume runs it again).
+                        st.attempt_running = False
+                        self._admission.settle(attempt, ticket)
+                        log.warning("the task function raised KeyboardInterrupt/SystemExit")
+                        self.stop("interrupt")
+                        raise asyncio.CancelledError from None
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as base:
+                        if isinstance(base, Exception):
+                            raise
+                        # Not an Exception (pytest outcomes, GreenletExit...):
+                        # the item fails, not retried, and never vanishes.
+                        raise _BaseExceptionRaised(base) from base
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -496,7 +522,10 @@ class Engine:
                     if refused == "rate":
                         refusals += 1
                     retryable = delay is not None
-                    error = ErrorInfo.from_exception(exc, retryable=retryable)
+                    error = ErrorInfo.from_exception(
+                        exc.original if isinstance(exc, _BaseExceptionRaised) else exc,
+                        retryable=retryable,
+                    )
                     if delay is None or self._refusing():
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
@@ -612,6 +641,8 @@ class Engine:
         """
         if isinstance(exc, FatalError):
             self._stop_fatal(exc)
+            return None, None
+        if isinstance(exc, _BaseExceptionRaised):
             return None, None
         retryable = self.opts.retry.is_retryable(exc)
         verdict = self._admission.on_failure(exc, ticket, transient=retryable)
