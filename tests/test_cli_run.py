@@ -246,3 +246,29 @@ def test_export_rebuilds_a_lost_output(
     assert r.returncode == 0, r.stderr
     assert read_ids(out) == [f"id-{i}" for i in range(50)]
     assert sorted(out.read_bytes().splitlines()) == original
+
+
+def test_endpoint_failing_every_request_stops_then_resumes(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every POST answered 500: the run ends (exit 3, a clear fatal line, the
+    breaker's opening logged) in bounded time, and a rerun against a healthy
+    server completes every id once."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=1.0, seed=3)
+    make_input(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    t = time.monotonic()
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "20", "--give-up", "3", "--no-preflight", "-c", "20",
+                 env=env, timeout=60)  # fmt: skip
+    assert time.monotonic() - t < 30
+    assert r.returncode == 3, r.stderr
+    assert "every request failed" in r.stderr
+    assert "circuit breaker open" in r.stderr
+    srv.config = MockConfig(api_key=KEY, seed=4)
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 40

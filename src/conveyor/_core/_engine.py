@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import FatalError, QuotaExceeded
+from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded
 from .._base._types import ErrorInfo, Result, Status
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
@@ -117,6 +117,7 @@ class Engine:
         self._length_hint = length_hint
 
         self._admission = Admission(options, self._refusing)
+        self._give_up = options.breaker.give_up if options.breaker is not None else None
 
         self._tasks: dict[asyncio.Task[None], _ItemState] = {}
         self._buffer: deque[Result[Any]] = deque()
@@ -530,7 +531,7 @@ class Engine:
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
                         )
-                        if refused == "quota" or isinstance(exc, FatalError):
+                        if refused in ("quota", "outage") or isinstance(exc, FatalError):
                             # Not this item's fault: a resume sends it again.
                             status = Status.CANCELLED
                         r = self._result(
@@ -650,6 +651,15 @@ class Engine:
         if kind == "quota" and refusal is not None:
             self._stop_fatal(QuotaExceeded(refusal.message or str(exc), wait=refusal.wait))
             return None, kind
+        brk, give_up = self._admission.breaker, self._give_up
+        if brk is not None and give_up is not None:
+            down = brk.outage(self._clock.now())
+            if down >= give_up:
+                # Total failure for too long: stop, resumable, instead of
+                # probing forever with every item in flight.
+                last = f"{type(exc).__name__}: {exc}"
+                self._stop_fatal(EndpointDown(down, last[:300]))
+                return None, "outage"
         keeps_retries = self.opts.retry.retries > 0 and refusals < _MAX_RATE_REFUSALS
         if kind == "rate" and retryable and keeps_retries:
             # A rate refusal does not use up the item's retries. When the

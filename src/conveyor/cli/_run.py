@@ -123,6 +123,13 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     help="Extra attempts for 429, 5xx, timeouts and connection errors.",
 )
 @click.option(
+    "--give-up",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Stop (exit 3, resumable) after this many seconds in which every request failed.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=600.0,
@@ -218,6 +225,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         tpm=o["tpm"],
         burst=o["burst"],
         retries=o["retries"],
+        give_up=o["give_up"],
         timeout=o["timeout"],
         journal=o["journal"] if o["journal"] is not None else True,
         force=o["force"],

@@ -154,6 +154,7 @@ class RunSettings:
     dedupe: bool = True
     cache: Path | None = None
     breaker: bool = True
+    give_up: float | None = 120.0  # seconds of total failure before the run stops
     fail_fast: bool = False
     batch_id: str | None = None
     on_progress: Callable[[Any], Any] | None = None
@@ -364,7 +365,9 @@ async def arun_file(
                 # OpenAI counts max_tokens at admission and keeps it counted.
                 "refund_unused": False,
                 "key": item_key,
-                "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
+                "breaker": (
+                    Breaker(threshold=10, cooldown=5.0, give_up=s.give_up) if s.breaker else None
+                ),
                 "fail_fast": s.fail_fast,
                 "batch_id": s.batch_id,
                 "on_progress": s.on_progress,
