@@ -272,3 +272,36 @@ def test_endpoint_failing_every_request_stops_then_resumes(
     assert r.returncode == 0, r.stderr
     ids = read_ids(out)
     assert len(ids) == len(set(ids)) == 40
+
+
+def test_kill_9_during_retry_then_retry_again_exactly_once(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`kill -9` of `conveyor retry` mid-run: the next `retry` picks up what
+    the killed one left pending, and the output holds each id exactly once."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=0.5, seed=13)
+    make_input(tmp_path / "in.jsonl", 200)
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "0", "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    journal = str(out) + ".conveyor.db"
+    srv.config = MockConfig(api_key=KEY, latency=0.2, seed=14)
+    before = srv.stats.requests
+    proc = subprocess.Popen([*CONVEYOR, "retry", journal, "-q", "--concurrency", "4"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while srv.stats.requests - before < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    srv.config = MockConfig(api_key=KEY, seed=15)
+    r = conveyor("retry", journal, "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to retry" not in r.stderr
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert st["counts"] == {"ok": 200}
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 200
