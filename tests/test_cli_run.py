@@ -305,3 +305,60 @@ def test_kill_9_during_retry_then_retry_again_exactly_once(
     assert st["counts"] == {"ok": 200}
     ids = read_ids(out)
     assert len(ids) == len(set(ids)) == 200
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("cause", ["401", "unreachable"])
+def test_fatal_stop_then_rerun_completes_every_item(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, cause: str
+) -> None:
+    """A 401 or an unreachable endpoint stops the run (exit 3); the item that
+    triggered it is not stored as failed, so the same command run again
+    completes every item and exits 0, each id once and ok."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    bad_env = dict(env)
+    bad_url = url
+    if cause == "401":
+        bad_env["OPENAI_API_KEY"] = "sk-bad-one"
+    else:
+        bad_url = f"http://127.0.0.1:{_free_port()}/v1"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", bad_url,
+                 "--no-preflight", "-q", "--retries", "0", env=bad_env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    journal = str(out) + ".conveyor.db"
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert "failed" not in st["counts"], st
+    if cause == "401":
+        r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                     "--no-preflight", "-q", env=env)  # fmt: skip
+    else:  # the same command, once the server is up
+        port = int(bad_url.rsplit(":", 1)[1].split("/")[0])
+        with MockServer(MockConfig(api_key=KEY), port=port).running_in_thread():
+            r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
+                         bad_url, "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert sorted(row["custom_id"] for row in rows) == sorted(f"id-{i}" for i in range(30))
+    assert all(row["error"] is None for row in rows)
+
+
+def test_rejected_key_costs_one_request(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """At -c 500 a rejected key is found by the probe: one request, not 500."""
+    srv, url = mock_server
+    make_input(tmp_path / "in.jsonl", 1000)
+    env["OPENAI_API_KEY"] = "sk-bad-one"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                 "--base-url", url, "--no-preflight", "-q", "-c", "500", env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert srv.stats.requests == 1

@@ -531,7 +531,11 @@ class Engine:
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
                         )
-                        if refused in ("quota", "outage") or isinstance(exc, FatalError):
+                        if (
+                            refused in ("quota", "outage")
+                            or isinstance(exc, FatalError)
+                            or getattr(exc, "resumable", False) is True
+                        ):
                             # Not this item's fault: a resume sends it again.
                             status = Status.CANCELLED
                         r = self._result(

@@ -232,6 +232,9 @@ class _Caller:
             answer = await self._client.post(req.endpoint, req.body)
         except HTTPRetryable as exc:
             if exc.status_code is None and not self._answered:
+                # Not this item's fault: if it runs out of attempts before
+                # the stop, it is cancelled (a resume sends it), not failed.
+                exc.resumable = True  # type: ignore[attr-defined]
                 self._refused += 1
                 if self._refused >= self.UNREACHABLE_AFTER:
                     raise FatalError(
