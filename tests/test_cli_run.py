@@ -362,3 +362,72 @@ def test_rejected_key_costs_one_request(
                  "--base-url", url, "--no-preflight", "-q", "-c", "500", env=env)  # fmt: skip
     assert r.returncode == 3, r.stderr
     assert srv.stats.requests == 1
+
+
+@pytest.fixture
+def bad_200_server() -> Iterator[str]:
+    """A real loopback server answering 200 with bodies that are not a result."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    bodies = {
+        "html": (b"<html><body>Welcome to the proxy</body></html>", "text/html"),
+        "empty": (b"", "application/json"),
+        "error": (
+            b'{"error": {"message": "model crashed", "type": "server_error"}}',
+            "application/json",
+        ),
+    }
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        kind = body["messages"][0]["content"]
+        if kind in bodies:
+            data, ctype = bodies[kind]
+            return web.Response(body=data, content_type=ctype.split(";")[0])
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"},
+             "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                  "total_tokens": 2}})  # fmt: skip
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_a_200_that_is_not_a_result_is_a_failure(
+    bad_200_server: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A 200 whose body is HTML, empty or `{"error": ...}` is not success: those
+    items fail (exit 1) with a line saying why; the good one is ok."""
+    inp = tmp_path / "in.jsonl"
+    with inp.open("wb") as f:
+        for kind in ("html", "empty", "error", "good"):
+            f.write(orjson.dumps({"custom_id": kind, "method": "POST",
+                                  "url": "/v1/chat/completions",
+                                  "body": {"model": "m", "messages": [
+                                      {"role": "user", "content": kind}]}}) + b"\n")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(inp), "-o", str(out), "--base-url", bad_200_server, "--retries", "1",
+                 "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = {row["custom_id"]: row for row in map(orjson.loads, out.read_bytes().splitlines())}
+    assert rows["good"]["error"] is None
+    for kind in ("html", "empty", "error"):
+        assert rows[kind]["error"] is not None, rows[kind]

@@ -106,13 +106,17 @@ def format_line(result: Result[Any]) -> bytes:
         a = result.value
         return format_response(custom_id, a.status, a.body, a.request_id)
     meta = result.meta
-    if meta.get("status_code") is not None:
+    code_seen = meta.get("status_code")
+    answered_2xx = code_seen is not None and 200 <= int(code_seen) < 300
+    if code_seen is not None and not answered_2xx:
         return format_response(
             custom_id, int(meta["status_code"]), meta.get("body"), meta.get("request_id")
         )
     err = result.error
     if result.status is Status.TIMED_OUT:
         code = "timeout"
+    elif answered_2xx:
+        code = "invalid_response"  # a 2xx whose body is not a result
     elif err is not None and err.type == "HTTPRetryable":
         code = "connection_error"
     else:
