@@ -431,3 +431,24 @@ def test_a_200_that_is_not_a_result_is_a_failure(
     assert rows["good"]["error"] is None
     for kind in ("html", "empty", "error"):
         assert rows[kind]["error"] is not None, rows[kind]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_output_equal_to_input_is_refused(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, force: bool
+) -> None:
+    """`-o` naming the input file (even via another path, even with --force)
+    is refused with exit 2; the input is untouched and nothing is sent."""
+    srv, url = mock_server
+    inp = tmp_path / "a.jsonl"
+    make_input(inp, 5)
+    before = inp.read_bytes()
+    (tmp_path / "sub").mkdir()
+    same = tmp_path / "sub" / ".." / "a.jsonl"
+    flags = ["--force"] if force else []
+    r = conveyor("run", str(inp), "-o", str(same), "--base-url", url, "--no-preflight", "-q",
+                 *flags, env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "input" in r.stderr
+    assert inp.read_bytes() == before
+    assert srv.stats.requests == 0

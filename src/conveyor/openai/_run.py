@@ -291,6 +291,24 @@ def _cost(item: Item) -> tuple[float, float]:
     return float(prompt), float(total - prompt)
 
 
+def _refuse_overwriting_input(path: Path, s: RunSettings) -> None:
+    """The output (or journal) must never be the input: `force` would erase it."""
+    targets = [("output", s.output)]
+    if isinstance(s.journal, Path | str):
+        targets.append(("journal", Path(s.journal)))
+    for what, target in targets:
+        if target is None:
+            continue
+        try:
+            same = os.path.samefile(path, target)
+        except OSError:
+            same = False
+        if same:
+            raise ConfigError(
+                what, str(target), f"a path other than the input file {path} (it would erase it)"
+            )
+
+
 async def arun_file(
     input_path: str | os.PathLike[str], settings: RunSettings, *, _control: Any = None
 ) -> BatchReport:
@@ -300,6 +318,7 @@ async def arun_file(
     path = Path(input_path)
     if not path.is_file():  # noqa: ASYNC240 - one stat before the run starts
         raise InputError("no such file (or it is a directory)", path=str(path))
+    _refuse_overwriting_input(path, s)
     if s.strict:
         _strict_check(path, s)
     endpoint = Endpoint.resolve(
