@@ -452,3 +452,27 @@ def test_output_equal_to_input_is_refused(
     assert "input" in r.stderr
     assert inp.read_bytes() == before
     assert srv.stats.requests == 0
+
+
+def test_custom_id_like_a_bad_line_key_does_not_collide(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A valid custom_id `line:2` and a bad line 2 each get their own result."""
+    _, url = mock_server
+    inp = tmp_path / "in.jsonl"
+    good = {
+        "custom_id": "line:2",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    inp.write_bytes(orjson.dumps(good) + b"\n{not json\n")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(inp), "-o", str(out), "--base-url", url, "--no-preflight", "-q",
+                 env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(rows) == 2, rows
+    ok = [row for row in rows if row["custom_id"] == "line:2"]
+    assert len(ok) == 1 and ok[0]["response"]["status_code"] == 200
+    assert any(row["error"] and row["error"].get("line") == 2 for row in rows)

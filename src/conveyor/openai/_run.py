@@ -86,13 +86,18 @@ def _fingerprint(path: Path) -> str:
     return f"{st.st_size}:{h.hexdigest()}"
 
 
+# Keys of lines without a usable custom_id start with NUL, which no sane
+# custom_id does: a valid custom_id "line:2" cannot collide with bad line 2.
+LINE_KEY_PREFIX = "\x00line:"
+
+
 def item_key(item: Item) -> str:
     """custom_id; a line whose id is missing or repeated is keyed by its line."""
     if isinstance(item, RequestLine):
         return item.custom_id
     if item.custom_id is not None and item.duplicate_of is None:
         return item.custom_id
-    return f"line:{item.line}"
+    return f"{LINE_KEY_PREFIX}{item.line}"
 
 
 def format_line(result: Result[Any]) -> bytes:
