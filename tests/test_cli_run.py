@@ -476,3 +476,22 @@ def test_custom_id_like_a_bad_line_key_does_not_collide(
     ok = [row for row in rows if row["custom_id"] == "line:2"]
     assert len(ok) == 1 and ok[0]["response"]["status_code"] == 200
     assert any(row["error"] and row["error"].get("line") == 2 for row in rows)
+
+
+def test_rerun_of_a_finished_run_with_failures_exits_1(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Running a finished run again sends nothing, but its output still holds
+    failed lines: exit 1 and a hint to `conveyor retry`, not 0."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=0.3, seed=13)
+    make_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url, "--retries",
+            "0", "--no-preflight", "-q"]  # fmt: skip
+    assert conveyor(*args, env=env).returncode == 1
+    before = srv.stats.requests
+    r = conveyor(*args, env=env)
+    assert srv.stats.requests == before
+    assert r.returncode == 1, r.stderr
+    assert "conveyor retry" in r.stderr

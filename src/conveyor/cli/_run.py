@@ -351,7 +351,14 @@ def execute(
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
     if report.extra.get("resumed_skipped"):
         click.echo(f"resumed: {report.extra['resumed_skipped']} items already done", err=True)
-    return EXIT_OK if report.failed == 0 else EXIT_FAILED_ITEMS
+    earlier = int(report.extra.get("journal_failed") or 0) - report.failed
+    if earlier > 0:
+        click.echo(
+            f"{earlier} item(s) failed in an earlier run and are still failed in the output: "
+            f"`conveyor retry {report.extra.get('journal')}` runs them again",
+            err=True,
+        )
+    return EXIT_OK if report.failed == 0 and earlier <= 0 else EXIT_FAILED_ITEMS
 
 
 def _quote(a: str) -> str:

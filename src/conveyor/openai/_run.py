@@ -476,6 +476,10 @@ def _annotate(
         report.extra["cache"] = cache.stats()
     if journal is not None:
         report.extra["journal"] = str(journal.path)
+        # Failed results the output holds, this run's and earlier runs'
+        # (a resume skips those, but they are not successes).
+        counts = journal.status_counts()
+        report.extra["journal_failed"] = counts.get("failed", 0) + counts.get("timed_out", 0)
     if s.output is not None:
         report.extra["output"] = str(s.output)
     if s.rpm:
