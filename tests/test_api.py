@@ -471,3 +471,22 @@ def test_keyboard_interrupt_inside_a_callback_stops_like_ctrl_c() -> None:
     assert rep.interrupted
     assert 2 <= len(rep.results) < 10
     assert [r.index for r in rep.results] == list(range(len(rep.results)))
+
+
+def test_async_fn_swallowing_cancellation_still_times_out() -> None:
+    """An async fn that swallows CancelledError cannot hang the run past `timeout=`."""
+
+    async def stubborn(x: int) -> int:
+        if x == 1:
+            for _ in range(100):
+                try:
+                    await asyncio.sleep(0.1)
+                except asyncio.CancelledError:  # swallowed on purpose
+                    continue
+        return x
+
+    t = time.monotonic()
+    rep = conveyor.run(range(3), stubborn, timeout=0.3, retries=0)
+    assert time.monotonic() - t < 5
+    assert rep.results[1].status is Status.TIMED_OUT
+    assert rep.results[0].ok and rep.results[2].ok

@@ -75,6 +75,12 @@ class FatalItem(Exception):
     """Internal: this item can never run (for example its cost exceeds the limit)."""
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned attempt's outcome so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _BaseExceptionRaised(Exception):
     """Internal: fn raised a BaseException that is not an Exception."""
 
@@ -625,16 +631,20 @@ class Engine:
         timeout = self.opts.timeout
         if timeout is None:
             return await self._call(item)
-        scope = asyncio.timeout(timeout)
+        # The call runs as its own task: a function that swallows
+        # CancelledError is abandoned at the timeout instead of hanging us.
+        task = asyncio.ensure_future(self._call(item))
         try:
-            async with scope:
-                return await self._call(item)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise TimeoutError(
-                    f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
-                ) from exc
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_consume)
             raise
+        if done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"attempt {attempt.number} exceeded the timeout of {timeout:g}s")
 
     def _on_failure(
         self, exc: Exception, attempts: int, ticket: Ticket | None, refusals: int = 0
