@@ -495,3 +495,17 @@ def test_rerun_of_a_finished_run_with_failures_exits_1(
     assert srv.stats.requests == before
     assert r.returncode == 1, r.stderr
     assert "conveyor retry" in r.stderr
+
+
+def test_disk_full_is_a_stop_exit_3(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Disk full (writes to /dev/full fail with ENOSPC) exits 3, not 2 (which
+    means "nothing sent"), with a line saying how to resume."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 3)
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", "/dev/full", "--journal",
+                 str(tmp_path / "j.db"), "--base-url", url, "--no-preflight", "-q",
+                 env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "disk full" in r.stderr
