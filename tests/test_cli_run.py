@@ -509,3 +509,28 @@ def test_disk_full_is_a_stop_exit_3(
                  env=env)  # fmt: skip
     assert r.returncode == 3, r.stderr
     assert "disk full" in r.stderr
+
+
+def test_resume_hint_hides_header_values(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The Ctrl+C resume hint never prints a -H header's value (a key)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
+    make_input(tmp_path / "in.jsonl", 1500)
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "-c", "20", "--no-preflight", "-q", "-H", "api-key: sk-HEADER-SECRET-1",
+            "--header=X-Token: sk-HEADER-SECRET-2"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for _ in range(200):
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Resume with the same command" in err
+    assert "sk-HEADER-SECRET" not in err
+    assert "api-key:" in err

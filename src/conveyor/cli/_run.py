@@ -332,7 +332,7 @@ def execute(
         click.echo(exc.report.summary(), err=True)
         click.echo(
             "conveyor: interrupted; everything finished so far is saved. Resume with the "
-            "same command:\n  " + " ".join(_quote(a) for a in sys.argv),
+            "same command:\n  " + " ".join(_quote(a) for a in _hide_header_values(sys.argv)),
             err=True,
         )
         raise
@@ -359,6 +359,26 @@ def execute(
             err=True,
         )
     return EXIT_OK if report.failed == 0 and earlier <= 0 else EXIT_FAILED_ITEMS
+
+
+def _hide_header_values(argv: list[str]) -> list[str]:
+    """argv with each -H/--header value replaced (headers carry keys)."""
+    out: list[str] = []
+    after_flag = False
+    for a in argv:
+        if after_flag:
+            out.append(a.split(":", 1)[0] + ": ***" if ":" in a else "***")
+            after_flag = False
+        elif a in ("-H", "--header"):
+            out.append(a)
+            after_flag = True
+        elif a.startswith("--header="):
+            out.append("--header=" + _hide_header_values(["-H", a[len("--header=") :]])[1])
+        elif a.startswith("-H") and len(a) > 2:
+            out.append("-H" + _hide_header_values(["-H", a[2:]])[1])
+        else:
+            out.append(a)
+    return out
 
 
 def _quote(a: str) -> str:
