@@ -411,6 +411,8 @@ def test_preflight_checks_block_the_run_before_any_item() -> None:
     assert report.counts["ok"] == 2
     with pytest.raises(conveyor.ConfigError, match="preflight"):
         conveyor.run([1], str, preflight=["not a function"])
+
+
 class _NotAnException(BaseException):
     """Like pytest's fail()/skip() outcomes or gevent's GreenletExit."""
 

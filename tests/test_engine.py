@@ -792,6 +792,8 @@ def test_function_returning_an_awaitable_is_awaited() -> None:
 def test_awaitable_returned_by_a_plain_function_obeys_the_timeout() -> None:
     report = conveyor.run([1], lambda x: asyncio.sleep(5, x), timeout=0.1, retries=0)
     assert report[0].status is Status.TIMED_OUT
+
+
 def test_total_failure_stops_the_run_after_give_up(caplog: pytest.LogCaptureFixture) -> None:
     """An endpoint failing every attempt: the run ends with a fatal error after
     `give_up` seconds instead of probing forever; every item has a result and

@@ -193,7 +193,7 @@ async def test_retry_then_export_keeps_each_key_once(journal: Journal, tmp_path:
     async with OutputSink(journal, out, fmt) as sink:
         for i in range(6):
             await sink.add(res(i, Status.FAILED if i in (1, 4) else Status.OK))
-    assert journal.reset(journal.keys_with_status(["failed"])) == 2
+    assert journal.reset(journal.keys_with_status(["failed"]), mark_stale=True) == 2
     async with OutputSink(journal, out, fmt) as sink:
         for key in list(journal.keys_with_status(["pending"])):
             await sink.add(res(int(key[1:]), value="retried"))
@@ -454,7 +454,7 @@ async def test_reset_then_crash_before_rewrite_is_repaired_on_open(
         for i in range(20):
             await sink.add(res(i, Status.FAILED if i % 4 == 0 else Status.OK))
     failed = list(journal.keys_with_status(["failed"]))
-    assert journal.reset(failed) == 5
+    assert journal.reset(failed, mark_stale=True) == 5
     # (kill -9 here: nothing else ran)
     async with OutputSink(journal, out, fmt, flush_every=5) as sink:
         for i in range(0, 20, 4):

@@ -367,10 +367,10 @@ class Journal:
             seq,
         )
 
-    def reset(self, keys: Iterable[str]) -> int:
+    def reset(self, keys: Iterable[str], *, mark_stale: bool = False) -> int:
         """Make these items pending again (for `conveyor retry`); returns how many changed.
 
-        In the same transaction the output is marked stale (meta
+        With `mark_stale`, in the same transaction the output is marked stale (meta
         `output_stale`): it still holds the old lines of these keys, so the
         next sink open rewrites it from the journal before appending, even
         after a crash right after this commit.
@@ -384,7 +384,7 @@ class Journal:
                 wanted,
             )
             changed = conn.total_changes - before
-            if changed:
+            if changed and mark_stale:
                 conn.execute(_META_UPSERT, ("output_stale", "1"))
             return changed
 

@@ -167,7 +167,7 @@ def _retry_file(
         if not keys and not left:
             click.echo(f"nothing to retry: no items with status {', '.join(wanted)}", err=True)
             return 0
-        j.reset(keys)
+        j.reset(keys, mark_stale=True)
         finish_reset(j)  # the old lines of those keys leave the output now
     extra = f" and {left} left pending by an interrupted retry" if left else ""
     click.echo(f"retrying {len(keys)} item(s) with status {', '.join(wanted)}{extra}", err=True)
