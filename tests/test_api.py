@@ -411,3 +411,84 @@ def test_preflight_checks_block_the_run_before_any_item() -> None:
     assert report.counts["ok"] == 2
     with pytest.raises(conveyor.ConfigError, match="preflight"):
         conveyor.run([1], str, preflight=["not a function"])
+
+
+class _NotAnException(BaseException):
+    """Like pytest's fail()/skip() outcomes or gevent's GreenletExit."""
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_base_exception_from_fn_is_a_failed_result(is_async: bool) -> None:
+    """A BaseException subclass raised by fn fails its item; nothing vanishes."""
+
+    def sync_fn(x: int) -> int:
+        if x == 2:
+            raise _NotAnException("boom")
+        return x
+
+    async def async_fn(x: int) -> int:
+        return sync_fn(x)
+
+    rep = conveyor.run(range(5), async_fn if is_async else sync_fn, retries=2)
+    assert len(rep.results) == 5
+    assert rep.results[2].status is Status.FAILED
+    assert rep.results[2].attempts == 1  # not retried
+    assert rep.results[2].error is not None and "_NotAnException" in rep.results[2].error.type
+    assert sum(r.ok for r in rep.results) == 4
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("is_async", [False, True])
+def test_keyboard_interrupt_inside_fn_stops_like_ctrl_c(exc: type, is_async: bool) -> None:
+    """KeyboardInterrupt/SystemExit inside fn: the run stops as on Ctrl+C,
+    Interrupted carries a report, and every item has a result."""
+
+    def sync_fn(x: int) -> int:
+        if x == 3:
+            raise exc()
+        return x
+
+    async def async_fn(x: int) -> int:
+        return sync_fn(x)
+
+    with pytest.raises(conveyor.Interrupted) as info:
+        conveyor.run(range(20), async_fn if is_async else sync_fn, concurrency=1)
+    rep = info.value.report
+    assert rep is not None
+    # As on Ctrl+C: no new items admitted, every admitted item has a result.
+    assert [r.index for r in rep.results] == [0, 1, 2, 3]
+    assert rep.results[3].status is Status.CANCELLED
+    assert all(r.ok for r in rep.results[:3])
+
+
+def test_keyboard_interrupt_inside_a_callback_stops_like_ctrl_c() -> None:
+    def on_result(r: Any) -> None:
+        if r.index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(conveyor.Interrupted) as info:
+        conveyor.run(range(10), str, concurrency=1, on_result=on_result)
+    rep = info.value.report
+    assert rep is not None
+    assert rep.interrupted
+    assert 2 <= len(rep.results) < 10
+    assert [r.index for r in rep.results] == list(range(len(rep.results)))
+
+
+def test_async_fn_swallowing_cancellation_still_times_out() -> None:
+    """An async fn that swallows CancelledError cannot hang the run past `timeout=`."""
+
+    async def stubborn(x: int) -> int:
+        if x == 1:
+            for _ in range(100):
+                try:
+                    await asyncio.sleep(0.1)
+                except asyncio.CancelledError:  # swallowed on purpose
+                    continue
+        return x
+
+    t = time.monotonic()
+    rep = conveyor.run(range(3), stubborn, timeout=0.3, retries=0)
+    assert time.monotonic() - t < 5
+    assert rep.results[1].status is Status.TIMED_OUT
+    assert rep.results[0].ok and rep.results[2].ok

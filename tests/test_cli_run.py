@@ -246,3 +246,291 @@ def test_export_rebuilds_a_lost_output(
     assert r.returncode == 0, r.stderr
     assert read_ids(out) == [f"id-{i}" for i in range(50)]
     assert sorted(out.read_bytes().splitlines()) == original
+
+
+def test_endpoint_failing_every_request_stops_then_resumes(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every POST answered 500: the run ends (exit 3, a clear fatal line, the
+    breaker's opening logged) in bounded time, and a rerun against a healthy
+    server completes every id once."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=1.0, seed=3)
+    make_input(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    t = time.monotonic()
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "20", "--give-up", "3", "--no-preflight", "-c", "20",
+                 env=env, timeout=60)  # fmt: skip
+    assert time.monotonic() - t < 30
+    assert r.returncode == 3, r.stderr
+    assert "every request failed" in r.stderr
+    assert "circuit breaker open" in r.stderr
+    srv.config = MockConfig(api_key=KEY, seed=4)
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 40
+
+
+def test_kill_9_during_retry_then_retry_again_exactly_once(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`kill -9` of `conveyor retry` mid-run: the next `retry` picks up what
+    the killed one left pending, and the output holds each id exactly once."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=0.5, seed=13)
+    make_input(tmp_path / "in.jsonl", 200)
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "0", "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    journal = str(out) + ".conveyor.db"
+    srv.config = MockConfig(api_key=KEY, latency=0.2, seed=14)
+    before = srv.stats.requests
+    proc = subprocess.Popen([*CONVEYOR, "retry", journal, "-q", "--concurrency", "4"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while srv.stats.requests - before < 12 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    srv.config = MockConfig(api_key=KEY, seed=15)
+    r = conveyor("retry", journal, "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to retry" not in r.stderr
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert st["counts"] == {"ok": 200}
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 200
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("cause", ["401", "unreachable"])
+def test_fatal_stop_then_rerun_completes_every_item(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, cause: str
+) -> None:
+    """A 401 or an unreachable endpoint stops the run (exit 3); the item that
+    triggered it is not stored as failed, so the same command run again
+    completes every item and exits 0, each id once and ok."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 30)
+    out = tmp_path / "out.jsonl"
+    bad_env = dict(env)
+    bad_url = url
+    if cause == "401":
+        bad_env["OPENAI_API_KEY"] = "sk-bad-one"
+    else:
+        bad_url = f"http://127.0.0.1:{_free_port()}/v1"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", bad_url,
+                 "--no-preflight", "-q", "--retries", "0", env=bad_env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    journal = str(out) + ".conveyor.db"
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert "failed" not in st["counts"], st
+    if cause == "401":
+        r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                     "--no-preflight", "-q", env=env)  # fmt: skip
+    else:  # the same command, once the server is up
+        port = int(bad_url.rsplit(":", 1)[1].split("/")[0])
+        with MockServer(MockConfig(api_key=KEY), port=port).running_in_thread():
+            r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
+                         bad_url, "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert sorted(row["custom_id"] for row in rows) == sorted(f"id-{i}" for i in range(30))
+    assert all(row["error"] is None for row in rows)
+
+
+def test_rejected_key_costs_one_request(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """At -c 500 a rejected key is found by the probe: one request, not 500."""
+    srv, url = mock_server
+    make_input(tmp_path / "in.jsonl", 1000)
+    env["OPENAI_API_KEY"] = "sk-bad-one"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                 "--base-url", url, "--no-preflight", "-q", "-c", "500", env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert srv.stats.requests == 1
+
+
+@pytest.fixture
+def bad_200_server() -> Iterator[str]:
+    """A real loopback server answering 200 with bodies that are not a result."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    bodies = {
+        "html": (b"<html><body>Welcome to the proxy</body></html>", "text/html"),
+        "empty": (b"", "application/json"),
+        "error": (
+            b'{"error": {"message": "model crashed", "type": "server_error"}}',
+            "application/json",
+        ),
+    }
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        kind = body["messages"][0]["content"]
+        if kind in bodies:
+            data, ctype = bodies[kind]
+            return web.Response(body=data, content_type=ctype.split(";")[0])
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"},
+             "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                                  "total_tokens": 2}})  # fmt: skip
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_a_200_that_is_not_a_result_is_a_failure(
+    bad_200_server: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A 200 whose body is HTML, empty or `{"error": ...}` is not success: those
+    items fail (exit 1) with a line saying why; the good one is ok."""
+    inp = tmp_path / "in.jsonl"
+    with inp.open("wb") as f:
+        for kind in ("html", "empty", "error", "good"):
+            f.write(orjson.dumps({"custom_id": kind, "method": "POST",
+                                  "url": "/v1/chat/completions",
+                                  "body": {"model": "m", "messages": [
+                                      {"role": "user", "content": kind}]}}) + b"\n")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(inp), "-o", str(out), "--base-url", bad_200_server, "--retries", "1",
+                 "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = {row["custom_id"]: row for row in map(orjson.loads, out.read_bytes().splitlines())}
+    assert rows["good"]["error"] is None
+    for kind in ("html", "empty", "error"):
+        assert rows[kind]["error"] is not None, rows[kind]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_output_equal_to_input_is_refused(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, force: bool
+) -> None:
+    """`-o` naming the input file (even via another path, even with --force)
+    is refused with exit 2; the input is untouched and nothing is sent."""
+    srv, url = mock_server
+    inp = tmp_path / "a.jsonl"
+    make_input(inp, 5)
+    before = inp.read_bytes()
+    (tmp_path / "sub").mkdir()
+    same = tmp_path / "sub" / ".." / "a.jsonl"
+    flags = ["--force"] if force else []
+    r = conveyor("run", str(inp), "-o", str(same), "--base-url", url, "--no-preflight", "-q",
+                 *flags, env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "input" in r.stderr
+    assert inp.read_bytes() == before
+    assert srv.stats.requests == 0
+
+
+def test_custom_id_like_a_bad_line_key_does_not_collide(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A valid custom_id `line:2` and a bad line 2 each get their own result."""
+    _, url = mock_server
+    inp = tmp_path / "in.jsonl"
+    good = {
+        "custom_id": "line:2",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    inp.write_bytes(orjson.dumps(good) + b"\n{not json\n")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(inp), "-o", str(out), "--base-url", url, "--no-preflight", "-q",
+                 env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(rows) == 2, rows
+    ok = [row for row in rows if row["custom_id"] == "line:2"]
+    assert len(ok) == 1 and ok[0]["response"]["status_code"] == 200
+    assert any(row["error"] and row["error"].get("line") == 2 for row in rows)
+
+
+def test_rerun_of_a_finished_run_with_failures_exits_1(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Running a finished run again sends nothing, but its output still holds
+    failed lines: exit 1 and a hint to `conveyor retry`, not 0."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_500=0.3, seed=13)
+    make_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url, "--retries",
+            "0", "--no-preflight", "-q"]  # fmt: skip
+    assert conveyor(*args, env=env).returncode == 1
+    before = srv.stats.requests
+    r = conveyor(*args, env=env)
+    assert srv.stats.requests == before
+    assert r.returncode == 1, r.stderr
+    assert "conveyor retry" in r.stderr
+
+
+def test_disk_full_is_a_stop_exit_3(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Disk full (writes to /dev/full fail with ENOSPC) exits 3, not 2 (which
+    means "nothing sent"), with a line saying how to resume."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 3)
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", "/dev/full", "--journal",
+                 str(tmp_path / "j.db"), "--base-url", url, "--no-preflight", "-q",
+                 env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "disk full" in r.stderr
+
+
+def test_resume_hint_hides_header_values(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The Ctrl+C resume hint never prints a -H header's value (a key)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
+    make_input(tmp_path / "in.jsonl", 1500)
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "-c", "20", "--no-preflight", "-q", "-H", "api-key: sk-HEADER-SECRET-1",
+            "--header=X-Token: sk-HEADER-SECRET-2"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for _ in range(200):
+        if out.exists() and out.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Resume with the same command" in err
+    assert "sk-HEADER-SECRET" not in err
+    assert "api-key:" in err

@@ -792,3 +792,29 @@ def test_function_returning_an_awaitable_is_awaited() -> None:
 def test_awaitable_returned_by_a_plain_function_obeys_the_timeout() -> None:
     report = conveyor.run([1], lambda x: asyncio.sleep(5, x), timeout=0.1, retries=0)
     assert report[0].status is Status.TIMED_OUT
+
+
+def test_total_failure_stops_the_run_after_give_up(caplog: pytest.LogCaptureFixture) -> None:
+    """An endpoint failing every attempt: the run ends with a fatal error after
+    `give_up` seconds instead of probing forever; every item has a result and
+    none that the outage stopped counts as failed for good."""
+    from conveyor import Breaker, FatalError
+
+    def down(x: int) -> int:
+        raise ConnectionError("connection refused")
+
+    t = time.monotonic()
+    with caplog.at_level("INFO", logger="conveyor"), pytest.raises(FatalError) as info:
+        conveyor.run(
+            range(30),
+            down,
+            retries=50,
+            concurrency=10,
+            breaker=Breaker(threshold=3, cooldown=0.1, max_cooldown=0.2, give_up=1.0),
+        )
+    assert time.monotonic() - t < 10
+    assert "every request failed" in str(info.value)
+    rep = info.value.report
+    assert rep is not None and len(rep.results) == 30
+    assert {r.status for r in rep.results} <= {Status.CANCELLED, Status.SKIPPED}
+    assert "circuit breaker open" in caplog.text

@@ -360,3 +360,28 @@ def test_built_requests_round_trip_through_a_batch_file(tmp_path: Path) -> None:
     assert [(b.custom_id, b.body) for b in back if isinstance(b, RequestLine)] == [
         (r.custom_id, r.body) for r in built if isinstance(r, RequestLine)
     ]
+
+
+def test_csv_unterminated_quote_is_one_bad_line_and_later_rows_survive(tmp_path: Path) -> None:
+    """An unterminated quote does not swallow the rest of the file: its line is
+    bad and every later row is read."""
+    p = tmp_path / "r.csv"
+    p.write_text('name,q\na,"unterminated\nb,two\nc,three\n"ok\nmulti",four\n')
+    got = list(read_records(p))
+    bad = [g for g in got if isinstance(g, BadLine)]
+    rows = {g.line: g.data for g in got if isinstance(g, Record)}
+    assert [b.line for b in bad] == [2]
+    assert "quote" in bad[0].reason
+    assert rows == {3: {"name": "b", "q": "two"}, 4: {"name": "c", "q": "three"},
+                    5: {"name": "ok\nmulti", "q": "four"}}  # fmt: skip
+
+
+def test_csv_quote_swallowing_a_huge_field_is_bounded(tmp_path: Path) -> None:
+    """A quote left open across more than the line limit: a bad line, then reading goes on."""
+    p = tmp_path / "r.csv"
+    p.write_text('name,q\na,"open\n' + "x,y\n" * 400 + 'z,"closed"\n')
+    got = list(read_records(p, max_line_bytes=1000))
+    bad = [g for g in got if isinstance(g, BadLine)]
+    rows = [g for g in got if isinstance(g, Record)]
+    assert bad[0].line == 2
+    assert len(rows) == 401

@@ -193,11 +193,11 @@ async def test_retry_then_export_keeps_each_key_once(journal: Journal, tmp_path:
     async with OutputSink(journal, out, fmt) as sink:
         for i in range(6):
             await sink.add(res(i, Status.FAILED if i in (1, 4) else Status.OK))
-    assert journal.reset(journal.keys_with_status(["failed"])) == 2
+    assert journal.reset(journal.keys_with_status(["failed"]), mark_stale=True) == 2
     async with OutputSink(journal, out, fmt) as sink:
         for key in list(journal.keys_with_status(["pending"])):
             await sink.add(res(int(key[1:]), value="retried"))
-    assert output_keys(out).count("k00001") == 2  # until export
+    assert output_keys(out).count("k00001") == 1  # once, even before export
     assert export(journal, out) == 6
     rows = read_rows(out)
     assert [r["key"] for r in rows] == [f"k{i:05d}" for i in range(6)]
@@ -441,3 +441,25 @@ def test_exactly_once_across_kill_9(tmp_path: Path) -> None:
     with Journal.open_readonly(jpath) as j:
         assert j.status_counts() == {"ok": n - len(range(0, n, 7)), "failed": len(range(0, n, 7))}
         assert_matches_journal(j, out)
+
+
+async def test_reset_then_crash_before_rewrite_is_repaired_on_open(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """`retry` resets keys (one commit) and is killed before rewriting the
+    output: the next sink open drops the reset keys' old lines, so their new
+    results appear once."""
+    out = tmp_path / "out.jsonl"
+    async with OutputSink(journal, out, fmt, flush_every=5) as sink:
+        for i in range(20):
+            await sink.add(res(i, Status.FAILED if i % 4 == 0 else Status.OK))
+    failed = list(journal.keys_with_status(["failed"]))
+    assert journal.reset(failed, mark_stale=True) == 5
+    # (kill -9 here: nothing else ran)
+    async with OutputSink(journal, out, fmt, flush_every=5) as sink:
+        for i in range(0, 20, 4):
+            await sink.add(res(i))
+    keys = output_keys(out)
+    assert sorted(keys) == sorted(f"k{i:05d}" for i in range(20))
+    assert_matches_journal(journal, out)
+    assert journal.get_meta("output_stale") is None

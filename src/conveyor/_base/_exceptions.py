@@ -57,6 +57,7 @@ __all__ = [
     "CommandTimeout",
     "ConfigError",
     "ConveyorError",
+    "EndpointDown",
     "FatalError",
     "HTTPClientError",
     "HTTPRetryable",
@@ -142,6 +143,21 @@ class QuotaExceeded(FatalError):
         super().__init__(
             f"the endpoint's quota is exhausted{when}: {message} -- "
             "nothing was lost; run the same command again once the quota resets or is raised"
+        )
+
+
+class EndpointDown(FatalError):
+    """Every attempt failed for longer than the breaker's `give_up`: the run stops.
+
+    The items it stopped are cancelled, not failed, so running the same
+    command again sends them once the endpoint is back.
+    """
+
+    def __init__(self, seconds: float, last: str) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"every request failed for {_human(seconds)} (last error: {last}) -- "
+            "nothing was lost; run the same command again once the endpoint is back"
         )
 
 

@@ -3,6 +3,7 @@ ignored, and never stops the run."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -74,6 +75,18 @@ class Dispatcher:
         self._batch = self._hooks["on_batch"]
         self._reported: set[tuple[int, str]] = set()
         self.failures = 0
+        # Called when a callback raises KeyboardInterrupt/SystemExit: the run
+        # stops as on Ctrl+C instead of the exception escaping the engine.
+        self.on_interrupt: Callable[[], object] | None = None
+
+    def _raised(self, fn: Callable[..., Any], event: str, exc: BaseException) -> None:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if self.on_interrupt is None:
+                raise exc
+            log.warning("callback %s raised %s: stopping", event, type(exc).__name__)
+            self.on_interrupt()
+            return
+        self._failed(fn, event, exc)
 
     def _failed(self, fn: Callable[..., Any], event: str, exc: BaseException) -> None:
         self.failures += 1
@@ -92,21 +105,27 @@ class Dispatcher:
         for fn in self._start:
             try:
                 fn(index, key, item)
-            except Exception as exc:
-                self._failed(fn, "on_start", exc)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._raised(fn, "on_start", exc)
 
     def result(self, result: Result[Any]) -> None:
         for fn in self._result:
             try:
                 fn(result)
-            except Exception as exc:
-                self._failed(fn, "on_result", exc)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._raised(fn, "on_result", exc)
         if not result.ok and result.status.value != "skipped":
             for fn in self._error:
                 try:
                     fn(result)
-                except Exception as exc:
-                    self._failed(fn, "on_error", exc)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    self._raised(fn, "on_error", exc)
 
     async def batch(self, info: BatchInfo) -> None:
         for fn in self._batch:
@@ -114,8 +133,10 @@ class Dispatcher:
                 out = fn(info)
                 if inspect.isawaitable(out):
                     await out
-            except Exception as exc:
-                self._failed(fn, "on_batch", exc)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._raised(fn, "on_batch", exc)
 
 
 def _is_base_noop(target: Any, event: str) -> bool:

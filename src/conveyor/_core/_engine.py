@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import FatalError, QuotaExceeded
+from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded
 from .._base._types import ErrorInfo, Result, Status
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
@@ -75,6 +75,20 @@ class FatalItem(Exception):
     """Internal: this item can never run (for example its cost exceeds the limit)."""
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned attempt's outcome so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _BaseExceptionRaised(Exception):
+    """Internal: fn raised a BaseException that is not an Exception."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original) or type(original).__name__)
+        self.original = original
+
+
 class _ItemState:
     __slots__ = ("attempt_running", "index", "item", "key", "reported")
 
@@ -103,11 +117,13 @@ class Engine:
         self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
         self._dispatch = Dispatcher(options.callbacks)
         self._loop = asyncio.get_running_loop()
+        self._dispatch.on_interrupt = lambda: self._loop.call_soon(self.stop, "interrupt")
         self._threads: ThreadRunner | None = None
         self._rng = random.Random()
         self._length_hint = length_hint
 
         self._admission = Admission(options, self._refusing)
+        self._give_up = options.breaker.give_up if options.breaker is not None else None
 
         self._tasks: dict[asyncio.Task[None], _ItemState] = {}
         self._buffer: deque[Result[Any]] = deque()
@@ -485,7 +501,24 @@ class Engine:
                 attempt = Attempt(index, key, attempts)
                 st.attempt_running = True
                 try:
-                    value = await self._attempt(item, attempt)
+                    try:
+                        value = await self._attempt(item, attempt)
+                    except (KeyboardInterrupt, SystemExit):
+                        # Ctrl+C semantics from inside fn: stop the run, this
+                        # item is cancelled (a resume runs it again).
+                        st.attempt_running = False
+                        self._admission.settle(attempt, ticket)
+                        log.warning("the task function raised KeyboardInterrupt/SystemExit")
+                        self.stop("interrupt")
+                        raise asyncio.CancelledError from None
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as base:
+                        if isinstance(base, Exception):
+                            raise
+                        # Not an Exception (pytest outcomes, GreenletExit...):
+                        # the item fails, not retried, and never vanishes.
+                        raise _BaseExceptionRaised(base) from base
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -496,12 +529,19 @@ class Engine:
                     if refused == "rate":
                         refusals += 1
                     retryable = delay is not None
-                    error = ErrorInfo.from_exception(exc, retryable=retryable)
+                    error = ErrorInfo.from_exception(
+                        exc.original if isinstance(exc, _BaseExceptionRaised) else exc,
+                        retryable=retryable,
+                    )
                     if delay is None or self._refusing():
                         status = (
                             Status.TIMED_OUT if isinstance(exc, TimeoutError) else Status.FAILED
                         )
-                        if refused == "quota" or isinstance(exc, FatalError):
+                        if (
+                            refused in ("quota", "outage")
+                            or isinstance(exc, FatalError)
+                            or getattr(exc, "resumable", False) is True
+                        ):
                             # Not this item's fault: a resume sends it again.
                             status = Status.CANCELLED
                         r = self._result(
@@ -591,16 +631,20 @@ class Engine:
         timeout = self.opts.timeout
         if timeout is None:
             return await self._call(item)
-        scope = asyncio.timeout(timeout)
+        # The call runs as its own task: a function that swallows
+        # CancelledError is abandoned at the timeout instead of hanging us.
+        task = asyncio.ensure_future(self._call(item))
         try:
-            async with scope:
-                return await self._call(item)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise TimeoutError(
-                    f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
-                ) from exc
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_consume)
             raise
+        if done:
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"attempt {attempt.number} exceeded the timeout of {timeout:g}s")
 
     def _on_failure(
         self, exc: Exception, attempts: int, ticket: Ticket | None, refusals: int = 0
@@ -613,12 +657,23 @@ class Engine:
         if isinstance(exc, FatalError):
             self._stop_fatal(exc)
             return None, None
+        if isinstance(exc, _BaseExceptionRaised):
+            return None, None
         retryable = self.opts.retry.is_retryable(exc)
         verdict = self._admission.on_failure(exc, ticket, transient=retryable)
         refusal, kind = verdict.refusal, verdict.kind
         if kind == "quota" and refusal is not None:
             self._stop_fatal(QuotaExceeded(refusal.message or str(exc), wait=refusal.wait))
             return None, kind
+        brk, give_up = self._admission.breaker, self._give_up
+        if brk is not None and give_up is not None:
+            down = brk.outage(self._clock.now())
+            if down >= give_up:
+                # Total failure for too long: stop, resumable, instead of
+                # probing forever with every item in flight.
+                last = f"{type(exc).__name__}: {exc}"
+                self._stop_fatal(EndpointDown(down, last[:300]))
+                return None, "outage"
         keeps_retries = self.opts.retry.retries > 0 and refusals < _MAX_RATE_REFUSALS
         if kind == "rate" and retryable and keeps_retries:
             # A rate refusal does not use up the item's retries. When the

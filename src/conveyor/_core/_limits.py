@@ -7,11 +7,14 @@ seconds". None sleeps, locks or does I/O, so each is tested with plain numbers.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections import deque
 from typing import Protocol
 
 from .._base._exceptions import ConfigError
+
+log = logging.getLogger("conveyor")
 
 __all__ = [
     "AdaptiveConcurrency",
@@ -272,6 +275,13 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._probe_out = False
         self.opened = 0  # how many times it opened, for the report
+        self._down_since: float | None = None  # first failure of the current streak
+
+    def outage(self, now: float) -> float:
+        """Seconds since the first of the failures that opened it; 0 while closed."""
+        if self.state is BreakerState.CLOSED or self._down_since is None:
+            return 0.0
+        return now - self._down_since
 
     def wait_time(self, now: float) -> float:
         """0.0 if an attempt may start now (and claims the probe if half-open)."""
@@ -290,13 +300,17 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self._failures = 0
+        self._down_since = None
         if self.state is not BreakerState.CLOSED:
+            log.warning("circuit breaker closed: the endpoint answered again; resuming")
             self.state = BreakerState.CLOSED
             self._cooldown = self.base_cooldown
             self._probe_out = False
 
     def record_failure(self, now: float) -> None:
         self._failures += 1
+        if self._down_since is None:
+            self._down_since = now
         if self.state is BreakerState.HALF_OPEN:
             self._cooldown = min(self.max_cooldown, self._cooldown * 2)
             self._open(now)
@@ -304,6 +318,14 @@ class CircuitBreaker:
             self._open(now)
 
     def _open(self, now: float) -> None:
+        if self.state is BreakerState.CLOSED:
+            log.warning(
+                "circuit breaker open: %d consecutive failures; pausing, probing in %.0fs",
+                self._failures,
+                self._cooldown,
+            )
+        else:
+            log.info("circuit breaker probe failed; next probe in %.0fs", self._cooldown)
         self.state = BreakerState.OPEN
         self._open_until = now + self._cooldown
         self._probe_out = False

@@ -20,11 +20,18 @@ DEFAULT_CONCURRENCY = 16
 @dataclass(frozen=True)
 class Breaker:
     """Circuit breaker settings: open after `threshold` consecutive transient
-    failures, probe after `cooldown` seconds, doubling up to `max_cooldown`."""
+    failures, probe after `cooldown` seconds, doubling up to `max_cooldown`.
+
+    `give_up`: after this many seconds in which every attempt failed (the
+    breaker open or probing, no success), the run stops with a fatal error;
+    the items it stopped are cancelled, so a resume sends them again. None:
+    wait for the endpoint forever.
+    """
 
     threshold: int = 5
     cooldown: float = 5.0
     max_cooldown: float = 60.0
+    give_up: float | None = 120.0
 
     def __post_init__(self) -> None:
         if (
@@ -34,6 +41,8 @@ class Breaker:
         ):
             raise ConfigError("breaker.threshold", self.threshold, "a whole number >= 1")
         _positive("breaker.cooldown", self.cooldown)
+        if self.give_up is not None:
+            _positive("breaker.give_up", self.give_up)
         if self.max_cooldown < self.cooldown:
             raise ConfigError(
                 "breaker.max_cooldown", self.max_cooldown, f">= cooldown ({self.cooldown})"

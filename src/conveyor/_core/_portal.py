@@ -10,6 +10,7 @@ thread and waits for it; Ctrl+C still reaches the run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["Control", "Portal"]
 
 T = TypeVar("T")
+
+# Seconds leftover tasks get to honour cancellation when the portal closes.
+_LEFTOVER_WAIT = 2.0
 
 
 class Control:
@@ -127,4 +131,15 @@ async def _cancel_leftovers() -> None:
     for t in tasks:
         t.cancel()
     if tasks:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task function that swallows CancelledError must not
+        # keep the run from returning; it is abandoned with a warning.
+        done, stuck = await asyncio.wait(tasks, timeout=_LEFTOVER_WAIT)
+        for t in done:
+            if not t.cancelled():
+                t.exception()
+        if stuck:
+            logging.getLogger("conveyor").warning(
+                "%d task(s) ignored cancellation (a task function swallowing "
+                "CancelledError?); abandoned",
+                len(stuck),
+            )

@@ -367,8 +367,14 @@ class Journal:
             seq,
         )
 
-    def reset(self, keys: Iterable[str]) -> int:
-        """Make these items pending again (for `conveyor retry`); returns how many changed."""
+    def reset(self, keys: Iterable[str], *, mark_stale: bool = False) -> int:
+        """Make these items pending again (for `conveyor retry`); returns how many changed.
+
+        With `mark_stale`, in the same transaction the output is marked stale (meta
+        `output_stale`): it still holds the old lines of these keys, so the
+        next sink open rewrites it from the journal before appending, even
+        after a crash right after this commit.
+        """
         self._writable()
         wanted = [(k,) for k in keys]
         with self._transaction() as conn:
@@ -377,7 +383,18 @@ class Journal:
                 f"UPDATE items SET status = '{PENDING}' WHERE key = ? AND status != '{PENDING}'",
                 wanted,
             )
-            return conn.total_changes - before
+            changed = conn.total_changes - before
+            if changed and mark_stale:
+                conn.execute(_META_UPSERT, ("output_stale", "1"))
+            return changed
+
+    def pending_count(self) -> int:
+        """Items reset to pending (by `retry`) that have no terminal result yet."""
+        with self._lock, _guard(self._path, writing=not self._readonly):
+            row = self._conn.execute(
+                "SELECT count(*) FROM items WHERE status = ?", (PENDING,)
+            ).fetchone()
+        return int(row[0])
 
     def renumber_output(self, meta: Mapping[str, str]) -> None:
         """Number terminal rows' lines 1..n in input order (what `export` writes), with meta."""

@@ -7,8 +7,9 @@ between the two leaves bytes past the committed offset; they belong to items
 the journal does not hold as terminal, so the next open truncates them and
 those items run again. The output therefore holds each key exactly once.
 
-Meta keys used here: `output_path`, `output_offset`, `output_seq`, and
-`export_tmp` while an `export` is being adopted.
+Meta keys used here: `output_path`, `output_offset`, `output_seq`,
+`export_tmp` while an `export` is being adopted, and `output_stale` after a
+`reset` until the output is rewritten without the reset keys' old lines.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from .._base._types import Result
 
-__all__ = ["OutputMismatch", "OutputSink", "export"]
+__all__ = ["OutputMismatch", "OutputSink", "export", "finish_reset"]
 
 log = logging.getLogger("conveyor.journal")
 
@@ -103,6 +104,7 @@ class OutputSink:
     def _open_output(self, path: str, overwrite: bool) -> None:
         journal = self._journal
         _finish_export(journal)
+        finish_reset(journal)
         recorded = journal.get_meta("output_path")
         offset = int(journal.get_meta("output_offset") or 0)
         if recorded is not None and recorded != path and offset > 0:
@@ -341,6 +343,19 @@ def _finish_export(journal: Journal) -> None:
     journal.update_meta({"export_tmp": None})
 
 
+def finish_reset(journal: Journal) -> None:
+    """After a `reset`, drop the reset keys' old lines from the output (crash-safe:
+    the mark is cleared only once the rewritten file is in place)."""
+    if journal.get_meta("output_stale") is None:
+        return
+    target = journal.get_meta("output_path")
+    if target is not None and os.path.exists(target):
+        log.info("output %s: rewriting it without the lines of items being re-run", target)
+        export(journal, target)
+    else:
+        journal.update_meta({"output_stale": None})
+
+
 def export(journal: Journal, path: str | os.PathLike[str], *, adopt: bool = True) -> int:
     """Rewrite `path` from the journal: each terminal key's line once, in input order.
 
@@ -374,7 +389,7 @@ def export(journal: Journal, path: str | os.PathLike[str], *, adopt: bool = True
                 )
                 committed = True
                 os.replace(tmp, target)
-                journal.update_meta({"export_tmp": None})
+                journal.update_meta({"export_tmp": None, "output_stale": None})
             else:
                 os.replace(tmp, target)
         except BaseException:

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from .._base._exceptions import ConfigError, ConveyorError, FatalError, InputError, Interrupted
+from .._base._exceptions import (
+    ConfigError,
+    ConveyorError,
+    FatalError,
+    InputError,
+    Interrupted,
+    JournalFull,
+)
 
 __all__ = [
     "EXIT_FAILED_ITEMS",
@@ -99,7 +106,9 @@ def cli_errors(fn: F) -> F:
         except Interrupted as exc:
             click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
-        except FatalError as exc:
+        except (FatalError, JournalFull) as exc:
+            # Disk full mid-run is a stop, not a usage error: things were
+            # sent, what was committed is kept, the same command resumes.
             click.echo(f"conveyor: stopped: {cli_message(exc)}", err=True)
             sys.exit(EXIT_FATAL)
         except (ConfigError, InputError) as exc:

@@ -156,17 +156,21 @@ def _retry_file(
     journal: Path, wanted: list[str], saved: dict[str, Any], concurrency: int | None,
     base_url: str | None, quiet: bool,
 ) -> int:  # fmt: skip
-    from .._journal._sink import export
+    from .._journal._sink import export, finish_reset
     from ..openai._run import RunSettings
     from ._run import execute
 
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         keys = list(j.keys_with_status(wanted))
-        if not keys:
+        # Items an interrupted or killed retry reset but did not finish.
+        left = j.pending_count()
+        if not keys and not left:
             click.echo(f"nothing to retry: no items with status {', '.join(wanted)}", err=True)
             return 0
-        j.reset(keys)
-    click.echo(f"retrying {len(keys)} item(s) with status {', '.join(wanted)}", err=True)
+        j.reset(keys, mark_stale=True)
+        finish_reset(j)  # the old lines of those keys leave the output now
+    extra = f" and {left} left pending by an interrupted retry" if left else ""
+    click.echo(f"retrying {len(keys)} item(s) with status {', '.join(wanted)}{extra}", err=True)
     settings = RunSettings(
         output=Path(saved["output"]) if saved.get("output") else None,
         base_url=base_url or saved.get("base_url"),

@@ -123,6 +123,13 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     help="Extra attempts for 429, 5xx, timeouts and connection errors.",
 )
 @click.option(
+    "--give-up",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Stop (exit 3, resumable) after this many seconds in which every request failed.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=600.0,
@@ -218,6 +225,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         tpm=o["tpm"],
         burst=o["burst"],
         retries=o["retries"],
+        give_up=o["give_up"],
         timeout=o["timeout"],
         journal=o["journal"] if o["journal"] is not None else True,
         force=o["force"],
@@ -324,7 +332,7 @@ def execute(
         click.echo(exc.report.summary(), err=True)
         click.echo(
             "conveyor: interrupted; everything finished so far is saved. Resume with the "
-            "same command:\n  " + " ".join(_quote(a) for a in sys.argv),
+            "same command:\n  " + " ".join(_quote(a) for a in _hide_header_values(sys.argv)),
             err=True,
         )
         raise
@@ -343,7 +351,34 @@ def execute(
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
     if report.extra.get("resumed_skipped"):
         click.echo(f"resumed: {report.extra['resumed_skipped']} items already done", err=True)
-    return EXIT_OK if report.failed == 0 else EXIT_FAILED_ITEMS
+    earlier = int(report.extra.get("journal_failed") or 0) - report.failed
+    if earlier > 0:
+        click.echo(
+            f"{earlier} item(s) failed in an earlier run and are still failed in the output: "
+            f"`conveyor retry {report.extra.get('journal')}` runs them again",
+            err=True,
+        )
+    return EXIT_OK if report.failed == 0 and earlier <= 0 else EXIT_FAILED_ITEMS
+
+
+def _hide_header_values(argv: list[str]) -> list[str]:
+    """argv with each -H/--header value replaced (headers carry keys)."""
+    out: list[str] = []
+    after_flag = False
+    for a in argv:
+        if after_flag:
+            out.append(a.split(":", 1)[0] + ": ***" if ":" in a else "***")
+            after_flag = False
+        elif a in ("-H", "--header"):
+            out.append(a)
+            after_flag = True
+        elif a.startswith("--header="):
+            out.append("--header=" + _hide_header_values(["-H", a[len("--header=") :]])[1])
+        elif a.startswith("-H") and len(a) > 2:
+            out.append("-H" + _hide_header_values(["-H", a[2:]])[1])
+        else:
+            out.append(a)
+    return out
 
 
 def _quote(a: str) -> str:

@@ -200,11 +200,27 @@ class OpenAIClient:
         data = body if isinstance(body, bytes) else orjson.dumps(body)
         status, parsed, request_id, headers = await self._request("POST", endpoint, data)
         _report_headers(headers)
-        if 200 <= status < 300:
-            _report_usage(parsed)
-            return Answer(status, parsed, request_id)
-        msg = _error_message(parsed)
         where = self.endpoint.base_url
+        if 200 <= status < 300:
+            if isinstance(parsed, dict) and parsed.get("error") is None:
+                _report_usage(parsed)
+                return Answer(status, parsed, request_id)
+            # A 2xx that is not a result (a proxy's HTML page, an empty body,
+            # an error object): a failure, retried like a 5xx.
+            if isinstance(parsed, dict):
+                what = f"an error: {_error_message(parsed) or parsed.get('error')!r}"
+            elif parsed is None:
+                what = "an empty body"
+            else:
+                text = parsed if isinstance(parsed, str) else orjson.dumps(parsed).decode()
+                what = f"not a JSON object: {' '.join(text.split())[:120]!r}"
+            raise HTTPRetryable(
+                f"HTTP {status} from {where} with {what}",
+                status_code=status,
+                body=parsed,
+                request_id=request_id,
+            )
+        msg = _error_message(parsed)
         if status in (401, 403):
             hint = (
                 f"set {self.endpoint.api_key_env}"

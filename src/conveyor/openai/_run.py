@@ -86,13 +86,18 @@ def _fingerprint(path: Path) -> str:
     return f"{st.st_size}:{h.hexdigest()}"
 
 
+# Keys of lines without a usable custom_id start with NUL, which no sane
+# custom_id does: a valid custom_id "line:2" cannot collide with bad line 2.
+LINE_KEY_PREFIX = "\x00line:"
+
+
 def item_key(item: Item) -> str:
     """custom_id; a line whose id is missing or repeated is keyed by its line."""
     if isinstance(item, RequestLine):
         return item.custom_id
     if item.custom_id is not None and item.duplicate_of is None:
         return item.custom_id
-    return f"line:{item.line}"
+    return f"{LINE_KEY_PREFIX}{item.line}"
 
 
 def format_line(result: Result[Any]) -> bytes:
@@ -106,13 +111,17 @@ def format_line(result: Result[Any]) -> bytes:
         a = result.value
         return format_response(custom_id, a.status, a.body, a.request_id)
     meta = result.meta
-    if meta.get("status_code") is not None:
+    code_seen = meta.get("status_code")
+    answered_2xx = code_seen is not None and 200 <= int(code_seen) < 300
+    if code_seen is not None and not answered_2xx:
         return format_response(
             custom_id, int(meta["status_code"]), meta.get("body"), meta.get("request_id")
         )
     err = result.error
     if result.status is Status.TIMED_OUT:
         code = "timeout"
+    elif answered_2xx:
+        code = "invalid_response"  # a 2xx whose body is not a result
     elif err is not None and err.type == "HTTPRetryable":
         code = "connection_error"
     else:
@@ -154,6 +163,7 @@ class RunSettings:
     dedupe: bool = True
     cache: Path | None = None
     breaker: bool = True
+    give_up: float | None = 120.0  # seconds of total failure before the run stops
     fail_fast: bool = False
     batch_id: str | None = None
     on_progress: Callable[[Any], Any] | None = None
@@ -231,6 +241,9 @@ class _Caller:
             answer = await self._client.post(req.endpoint, req.body)
         except HTTPRetryable as exc:
             if exc.status_code is None and not self._answered:
+                # Not this item's fault: if it runs out of attempts before
+                # the stop, it is cancelled (a resume sends it), not failed.
+                exc.resumable = True  # type: ignore[attr-defined]
                 self._refused += 1
                 if self._refused >= self.UNREACHABLE_AFTER:
                     raise FatalError(
@@ -283,6 +296,24 @@ def _cost(item: Item) -> tuple[float, float]:
     return float(prompt), float(total - prompt)
 
 
+def _refuse_overwriting_input(path: Path, s: RunSettings) -> None:
+    """The output (or journal) must never be the input: `force` would erase it."""
+    targets = [("output", s.output)]
+    if isinstance(s.journal, Path | str):
+        targets.append(("journal", Path(s.journal)))
+    for what, target in targets:
+        if target is None:
+            continue
+        try:
+            same = os.path.samefile(path, target)
+        except OSError:
+            same = False
+        if same:
+            raise ConfigError(
+                what, str(target), f"a path other than the input file {path} (it would erase it)"
+            )
+
+
 async def arun_file(
     input_path: str | os.PathLike[str], settings: RunSettings, *, _control: Any = None
 ) -> BatchReport:
@@ -292,6 +323,7 @@ async def arun_file(
     path = Path(input_path)
     if not path.is_file():  # noqa: ASYNC240 - one stat before the run starts
         raise InputError("no such file (or it is a directory)", path=str(path))
+    _refuse_overwriting_input(path, s)
     if s.strict:
         _strict_check(path, s)
     endpoint = Endpoint.resolve(
@@ -364,7 +396,9 @@ async def arun_file(
                 # OpenAI counts max_tokens at admission and keeps it counted.
                 "refund_unused": False,
                 "key": item_key,
-                "breaker": Breaker(threshold=10, cooldown=5.0) if s.breaker else None,
+                "breaker": (
+                    Breaker(threshold=10, cooldown=5.0, give_up=s.give_up) if s.breaker else None
+                ),
                 "fail_fast": s.fail_fast,
                 "batch_id": s.batch_id,
                 "on_progress": s.on_progress,
@@ -442,6 +476,10 @@ def _annotate(
         report.extra["cache"] = cache.stats()
     if journal is not None:
         report.extra["journal"] = str(journal.path)
+        # Failed results the output holds, this run's and earlier runs'
+        # (a resume skips those, but they are not successes).
+        counts = journal.status_counts()
+        report.extra["journal_failed"] = counts.get("failed", 0) + counts.get("timed_out", 0)
     if s.output is not None:
         report.extra["output"] = str(s.output)
     if s.rpm:

@@ -147,25 +147,74 @@ def _not_utf8(values: Iterable[str]) -> bool:
     return False
 
 
+class _RowTooLong(Exception):
+    pass
+
+
+class _Tape:
+    """The physical lines fed to csv, keeping those of the row being read, so
+    that after a quote left open the lines it swallowed can be read again."""
+
+    def __init__(self, lines: Iterator[str], limit: int) -> None:
+        self._lines = lines
+        self._limit = limit
+        self._replay: list[str] = []
+        self.row: list[str] = []
+        self._size = 0
+        self.next_line = 1  # physical number of the next line handed out
+
+    def __iter__(self) -> _Tape:
+        return self
+
+    def __next__(self) -> str:
+        line = self._replay.pop() if self._replay else next(self._lines)
+        self.row.append(line)
+        self._size += len(line)
+        self.next_line += 1
+        if self._size > self._limit and len(self.row) > 1:
+            raise _RowTooLong
+        return line
+
+    def start_row(self) -> None:
+        self.row = []
+        self._size = 0
+
+    def reread_after_first(self) -> None:
+        """Hand out again every line of the current row but its first."""
+        rest = self.row[1:]
+        self.next_line -= len(rest)
+        self._replay.extend(reversed(rest))
+        self.start_row()
+
+
 def _read_csv(
     path: str | os.PathLike[str], delimiter: str, max_line_bytes: int
 ) -> Iterator[Record | BadLine]:
     lines = _decoded_lines(path, max_line_bytes)
     try:
-        reader = csv.reader(lines, delimiter=delimiter)
+        tape = _Tape(lines, max_line_bytes)
+        # strict: a quote left open to the end of the file is an error, not
+        # one field swallowing every later row.
+        reader = csv.reader(tape, delimiter=delimiter, strict=True)
         header: list[str] | None = None
-        end = 0  # last physical line consumed so far
         while True:
-            start = end + 1
+            tape.start_row()
+            start = tape.next_line
             try:
                 row = next(reader)
             except StopIteration:
                 return
-            except csv.Error as exc:
-                end = reader.line_num
-                yield BadLine(start, f"CSV error: {exc}")
+            except (csv.Error, _RowTooLong) as exc:
+                if len(tape.row) > 1:
+                    # A quoted field ran over several lines and went wrong:
+                    # most likely a quote never closed. The row's first line
+                    # is bad; the lines it swallowed are read again.
+                    yield BadLine(start, "CSV error: a quote opened on this line is not closed")
+                    tape.reread_after_first()
+                else:
+                    yield BadLine(start, f"CSV error: {exc}")
+                reader = csv.reader(tape, delimiter=delimiter, strict=True)
                 continue
-            end = reader.line_num
             # A whitespace-only line is blank, except in a one-column file
             # where it is an (empty) value.
             blank_ish = len(row) == 1 and not row[0].strip() and (header is None or len(header) > 1)
