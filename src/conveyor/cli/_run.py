@@ -505,6 +505,33 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @click.option(
     "--window", type=float, default=60.0, show_default=True, help="Limit window in seconds."
 )
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    help="Saturating mode: serve at most K at once, queue the rest (no rate-limit headers).",
+)
+@click.option(
+    "--service-time",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each request is served for in --capacity mode.",
+)
+@click.option(
+    "--scale-by-tokens",
+    is_flag=True,
+    help="Scale the service time by max_tokens / 16 (long outputs take longer).",
+)
+@click.option(
+    "--degrade-after",
+    type=click.IntRange(min=1),
+    help="Past N requests in the server, every service slows by present/N (preemption).",
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    help="Answer 503 to a request that waited this many seconds in the queue.",
+)
 @click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
 @click.option("--model", "models", multiple=True, help="Models served (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -518,7 +545,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
              "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
-             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after")  # fmt: skip
+             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
+             "service_time", "scale_by_tokens", "degrade_after", "queue_timeout")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["limit_window"] = o["window"]
     kwargs["headers"] = o["header_style"]
