@@ -180,3 +180,48 @@ def test_rejects_bad_bounds() -> None:
         CongestionController(0, 10)
     with pytest.raises(ConfigError):
         CongestionController(10, 5)
+
+
+async def test_engine_runs_auto_and_reports_the_limit() -> None:
+    """``concurrency="auto"`` through the engine: the limit grows from the
+    start while latency stays flat, and the report says how it moved."""
+    import asyncio
+
+    import conveyor
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    seen: list[conveyor.ProgressSnapshot] = []
+    report = await conveyor.arun(
+        range(400),
+        fn,
+        concurrency="auto",
+        concurrency_max=64,
+        on_progress=seen.append,
+        progress_interval=0.05,
+    )
+    assert report.counts["ok"] == 400
+    auto = report.extra["concurrency_auto"]
+    assert auto["final"] > 4
+    assert auto["history"][0][2] == "start"
+    assert seen[-1].concurrency_reason is not None
+
+
+def test_options_auto_validation() -> None:
+    """Bounds only with "auto"; "auto" not with waves; other strings refused."""
+    from conveyor._core._options import build_options
+
+    opts = build_options(concurrency="auto", concurrency_min=2, concurrency_max=50)
+    assert opts.auto == (2, 50)
+    assert opts.concurrency == 50
+    assert build_options(concurrency=100).auto is None
+    for bad in (
+        {"concurrency": "fast"},
+        {"concurrency": 8, "concurrency_max": 10},
+        {"concurrency": "auto", "concurrency_min": 10, "concurrency_max": 5},
+        {"concurrency": "auto", "waves": True},
+    ):
+        with pytest.raises(ConfigError):
+            build_options(**bad)  # type: ignore[arg-type]

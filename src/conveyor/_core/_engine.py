@@ -484,6 +484,7 @@ class Engine:
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts)
                 st.attempt_running = True
+                sent = clock.now()
                 try:
                     value = await self._attempt(item, attempt)
                 except asyncio.CancelledError:
@@ -493,6 +494,11 @@ class Engine:
                     usage = attempt.usage or usage
                     self._admission.settle(attempt, ticket)
                     delay, refused = self._on_failure(exc, attempts - refusals, ticket, refusals)
+                    if refused != "rate" and self.opts.retry.is_retryable(exc):
+                        # Timeouts, 5xx, capacity refusals: signs of overload.
+                        self._admission.observe(
+                            clock.now() - sent, ok=False, in_flight=len(self._tasks)
+                        )
                     if refused == "rate":
                         refusals += 1
                     retryable = delay is not None
@@ -540,6 +546,8 @@ class Engine:
                 usage = attempt.usage
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
+                if not attempt.cached:
+                    self._admission.observe(clock.now() - sent, ok=True, in_flight=len(self._tasks))
                 r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
                 r.value = value
                 if attempt.cached:
