@@ -51,6 +51,7 @@ GROW = 0.1  # growth per window once queueing has been seen
 ERROR_SHARE = 0.1
 ERROR_FACTOR = 0.7
 MIN_WINDOW = 32  # samples per decision, at least
+SLOW_START_WINDOW = 8  # before the first sign of queueing
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
 _HISTORY = 512
@@ -91,7 +92,8 @@ class CongestionController:
 
     def _need(self) -> int:
         # A whole cohort: the first answers of a window are the fastest ones.
-        return max(MIN_WINDOW, self.limit)
+        # Slow start decides on smaller windows: a wrong doubling is seen at once.
+        return max(MIN_WINDOW if self._congested else SLOW_START_WINDOW, self.limit)
 
     def on_sample(
         self,
@@ -129,7 +131,7 @@ class CongestionController:
         if share > ERROR_SHARE and (not early or errors >= MIN_WINDOW // 2):
             self._set(now, old * ERROR_FACTOR, f"errors {share:.0%} of a window: backing off")
             return
-        if len(lat) < MIN_WINDOW // 2:
+        if len(lat) < SLOW_START_WINDOW // 2:
             if not early:
                 self._restart(now)
             return
