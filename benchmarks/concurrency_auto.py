@@ -12,10 +12,11 @@ also slows every request by present/128 once more than 2K are in it
 do not take minutes.
 
 Columns: throughput as a fraction of the server's maximum K/S over the whole
-run (auto's ramp included) and steady (over the last 40% of the run), p50 and p95 latency over the unloaded latency
-S, failed items, auto's final limit, and the seconds auto took to get within
-10% of its final throughput (the first 1 s bucket from which a 2 s rolling
-rate stays >= 0.9 of the rate over the last 40% of the run).
+run (auto's ramp included) and steady (over the last 40% of the run), p50
+and p95 latency over the unloaded latency S, failed items, auto's final
+limit, and the seconds auto took to get within 10% of its final throughput
+(the first 1 s bucket from which a 2 s rolling rate stays >= 0.9 of the
+rate over the last 40% of the run).
 Targets (issue 13): auto >= 0.95 K/S with p50 <= 1.5x unloaded on every
 server, and within 5% of the best fixed setting.
 """
@@ -168,7 +169,8 @@ def main() -> None:
                 r = run_cell(server, setting, args.seconds, Path(d))
                 final = "" if r["final"] is None else str(r["final"])
                 took = "" if math.isnan(r["took"]) else f"{r['took']:.0f}s"
-                print(f"{server.name:8} {setting!s:>7} {r['n']:>6} {r['throughput']:>8.2f} {r['steady']:>6.2f} "
+                print(f"{server.name:8} {setting!s:>7} {r['n']:>6} {r['throughput']:>8.2f} "
+                      f"{r['steady']:>6.2f} "
                       f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['failed']:>6} {final:>5} "
                       f"{took:>6}", flush=True)  # fmt: skip
 
