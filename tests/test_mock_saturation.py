@@ -55,15 +55,16 @@ async def test_service_time_scales_with_max_tokens() -> None:
 
 async def test_degradation_slows_everyone_past_the_threshold() -> None:
     """Past `degrade_after` requests present, a service starting then slows by
-    present/N: the third of 4 (3 present, threshold 2) is served 0.15 s, so the
-    last answer takes >= 0.25 s where 2 rounds of 0.1 s would take 0.2 s."""
+    present/N: of 6 on 2 slots (threshold 2), the second round starts with 4
+    present and takes 0.2 s, so the last answer takes >= 0.4 s where three
+    rounds of 0.1 s would take 0.3 s."""
     cfg = MockConfig(capacity=2, service_time=0.1, degrade_after=2)
     async with MockServer(cfg) as server, aiohttp.ClientSession() as client:
         url = server.base_url + "/chat/completions"
         await asyncio.gather(*(timed_post(client, url, chat()) for _ in range(2)))  # warm up
-        answers = await asyncio.gather(*(timed_post(client, url, chat()) for _ in range(4)))
-    assert [a[0] for a in answers] == [200] * 4
-    assert max(a[2] for a in answers) >= 0.25
+        answers = await asyncio.gather(*(timed_post(client, url, chat()) for _ in range(6)))
+    assert [a[0] for a in answers] == [200] * 6
+    assert max(a[2] for a in answers) >= 0.4
 
 
 async def test_queue_deadline_answers_503() -> None:
