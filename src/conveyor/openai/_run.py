@@ -378,7 +378,7 @@ async def arun_file(
                 from ..ray import stream_ray
 
                 if not isinstance(s.concurrency, int):
-                    raise ConfigError("concurrency", s.concurrency, "a whole number with --ray")
+                    raise ConfigError("concurrency", s.concurrency, "a whole number on Ray actors")
 
                 # Each actor opens its own session; the key comes from its environment.
                 remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers, s.api_key,
