@@ -158,6 +158,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--only", nargs="*", help="server names (K8 K64 K512 K64-deg)")
+    ap.add_argument("--settings", nargs="*", help="auto and/or fixed numbers")
     args = ap.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     servers = [s for s in SERVERS if not args.only or s.name in args.only]
@@ -165,7 +166,8 @@ def main() -> None:
           f"{'p95/unl':>7} {'failed':>6} {'limit':>5} {'t->90%':>6}")  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         for server in servers:
-            for setting in SETTINGS:
+            chosen = [x if x == "auto" else int(x) for x in args.settings or SETTINGS]
+            for setting in chosen:
                 r = run_cell(server, setting, args.seconds, Path(d))
                 final = "" if r["final"] is None else str(r["final"])
                 took = "" if math.isnan(r["took"]) else f"{r['took']:.0f}s"

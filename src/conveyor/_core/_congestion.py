@@ -23,8 +23,10 @@ Netflix's concurrency-limits:
   the limit grows (doubling until the first sign of queueing, as TCP's slow
   start; then +10% a window); above ``1 + BETA`` requests queue, and the limit
   falls to the point that leaves a small queue, ``limit / ratio * (1 + MID)``
-  (the gradient step); in between it holds. A share of errors or timeouts
-  above `ERROR_SHARE` multiplies it by `ERROR_FACTOR`;
+  (the gradient step); in between it holds, unless the last step up still
+  raised throughput by more than half its size (then it probes up again).
+  A share of errors or timeouts above `ERROR_SHARE` multiplies it by
+  `ERROR_FACTOR`;
 - a window whose in-flight peak stayed well below the limit (the input, not
   the server, was the bottleneck) never raises it.
 
@@ -85,6 +87,9 @@ class CongestionController:
         self._peak = 0
         self._stuck = 0
         self._first: float | None = None
+        self._window_start: float | None = None
+        self._rate: float | None = None  # answers/s of the last full window
+        self._grew = False  # the last move was up
 
     @property
     def limit(self) -> int:
@@ -110,6 +115,8 @@ class CongestionController:
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
+        if self._window_start is None:
+            self._window_start = now
         if ok:
             unit = work if work > 0 else 1.0
             self._latencies.append(latency)
@@ -129,6 +136,7 @@ class CongestionController:
         share = errors / (len(lat) + errors)
         old = self._limit
         if share > ERROR_SHARE and (not early or errors >= MIN_WINDOW // 2):
+            self._grew = False
             self._set(now, old * ERROR_FACTOR, f"errors {share:.0%} of a window: backing off")
             return
         if len(lat) < SLOW_START_WINDOW // 2:
@@ -153,17 +161,29 @@ class CongestionController:
                     self.unloaded, self._stuck = median, 0
                 self._restart(now)
                 return
+            self._grew = False
             target = old * max(0.5, 1 / ratio) * (1 + MID)
             self._set(now, min(target, old - 1), f"latency x{ratio:.2f} unloaded: queueing")
             return
         self._stuck = 0
-        if ratio < 1 + ALPHA and peak >= _BINDING * old and old < self.maximum:
+        start = self._window_start if self._window_start is not None else now
+        rate = len(lat) / max(now - start, 1e-9)
+        before, self._rate = self._rate, rate
+        binding = peak >= _BINDING * old and old < self.maximum
+        if self._grew and before is not None and binding and rate > before * (1 + GROW / 2):
+            # Latency rose a little but throughput still grows: not the knee yet.
+            self._set(now, max(old + 1, old * (1 + GROW)), f"throughput +{rate / before - 1:.0%}")
+            self._grew = True
+            return
+        if ratio < 1 + ALPHA and binding:
             if self._congested:
                 grown = max(old + 1, old * (1 + GROW))
                 self._set(now, grown, f"latency x{ratio:.2f} unloaded: probing up")
             else:
                 self._set(now, old * 2, f"latency x{ratio:.2f} unloaded: slow start")
+            self._grew = True
             return
+        self._grew = False
         self._restart(now)
 
     def _set(self, now: float, value: float, reason: str) -> None:
@@ -178,6 +198,7 @@ class CongestionController:
 
     def _restart(self, now: float) -> None:
         del now
+        self._window_start = None
         self._latencies = []
         self._work = 0.0
         self._total = 0.0
