@@ -534,3 +534,26 @@ def test_resume_hint_hides_header_values(
     assert "Resume with the same command" in err
     assert "sk-HEADER-SECRET" not in err
     assert "api-key:" in err
+
+
+def test_concurrency_auto_against_a_saturating_server(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--concurrency auto` on a server serving 8 at once: every item done,
+    the limit bounded by --concurrency-max, and the report says how it moved."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, capacity=8, service_time=0.02, seed=3)
+    make_input(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    rj = tmp_path / "report.json"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--concurrency", "auto", "--concurrency-max", "40", "--no-preflight", "-q",
+                 "--report-json", str(rj), env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(read_ids(out)) == 300
+    assert srv.stats.max_in_flight <= 40
+    auto = json.loads(rj.read_text())["extra"]["concurrency_auto"]
+    assert 1 <= auto["final"] <= 40
+    assert auto["history"][0][2] == "start"
+    bad = conveyor("run", "x.jsonl", "-o", "y", "--concurrency", "fast")
+    assert bad.returncode == 2 and "auto" in bad.stderr

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._budget import Budget, Model
+from ._congestion import CongestionController
 from ._limits import AdaptiveConcurrency, CircuitBreaker
 from ._refusals import Refusal, RefusalKind, classify_exception
 
@@ -88,7 +89,9 @@ class Admission:
         self._opts = options
         self._clock = options.clock
         self._refusing = refusing
-        self.adaptive = AdaptiveConcurrency(options.concurrency) if options.adaptive else None
+        self.congestion = CongestionController(*options.auto) if options.auto is not None else None
+        adaptive = options.adaptive and self.congestion is None
+        self.adaptive = AdaptiveConcurrency(options.concurrency) if adaptive else None
         w = options.limit_window
         margin = max(w * _WINDOW_MARGIN, _WINDOW_MARGIN_MIN)
         self._budget_args: dict[str, Any] = {
@@ -133,7 +136,14 @@ class Admission:
         return self.budgets.get("tokens")
 
     def concurrency_limit(self, maximum: int) -> int:
+        if self.congestion is not None:
+            return min(maximum, self.congestion.limit)
         return maximum if self.adaptive is None else min(maximum, self.adaptive.limit)
+
+    def observe(self, latency: float, *, ok: bool, in_flight: int) -> None:
+        """An attempt's latency for the congestion controller (``concurrency="auto"``)."""
+        if self.congestion is not None:
+            self.congestion.on_sample(self._clock.now(), latency, ok=ok, in_flight=in_flight)
 
     def never_fits(self, weight: float) -> str | None:
         """Why an item of this weight can never be admitted, or None."""
@@ -399,7 +409,14 @@ class Admission:
             "budgets": {
                 name: b.why for name, b in self.budgets.items() if b.model is not Model.OPEN
             },
+            **self._congestion_figures(),
         }
+
+    def _congestion_figures(self) -> dict[str, Any]:
+        c = self.congestion
+        if c is None:
+            return {}
+        return {"concurrency_reason": c.reason, "concurrency_history": tuple(c.history)}
 
     def report_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -407,6 +424,15 @@ class Admission:
             extra["breaker_opened"] = self.breaker.opened
         if self.adaptive is not None and self.adaptive.decreases:
             extra["concurrency_decreases"] = self.adaptive.decreases
+        c = self.congestion
+        if c is not None:
+            extra["concurrency_auto"] = {
+                "final": c.limit,
+                "reason": c.reason,
+                "changes": c.changes,
+                "unloaded_latency": c.unloaded,
+                "history": [[round(t, 3), n, why] for t, n, why in c.history],
+            }
         if self.rate_limited:
             extra["rate_limited"] = self.rate_limited
         for kind, n in sorted(self.refusals.items()):

@@ -500,6 +500,7 @@ class Engine:
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts)
                 st.attempt_running = True
+                sent = clock.now()
                 try:
                     try:
                         value = await self._attempt(item, attempt)
@@ -526,6 +527,11 @@ class Engine:
                     usage = attempt.usage or usage
                     self._admission.settle(attempt, ticket)
                     delay, refused = self._on_failure(exc, attempts - refusals, ticket, refusals)
+                    if refused != "rate" and self.opts.retry.is_retryable(exc):
+                        # Timeouts, 5xx, capacity refusals: signs of overload.
+                        self._admission.observe(
+                            clock.now() - sent, ok=False, in_flight=len(self._tasks)
+                        )
                     if refused == "rate":
                         refusals += 1
                     retryable = delay is not None
@@ -580,6 +586,8 @@ class Engine:
                 usage = attempt.usage
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
+                if not attempt.cached:
+                    self._admission.observe(clock.now() - sent, ok=True, in_flight=len(self._tasks))
                 r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
                 r.value = value
                 if attempt.cached:

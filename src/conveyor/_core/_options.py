@@ -15,6 +15,8 @@ from ._retry import RetryPolicy
 __all__ = ["Breaker", "Options", "build_options"]
 
 DEFAULT_CONCURRENCY = 16
+AUTO_MIN = 1
+AUTO_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class Options:
     previous: Callable[[str], Any] | None
     worker_init: Callable[[], Any] | None = None
     worker_teardown: Callable[[], Any] | None = None
+    auto: tuple[int, int] | None = None
+    """``(min, max)`` when ``concurrency="auto"``: the limit is found by
+    `_congestion.CongestionController`, and `concurrency` is the max."""
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -105,7 +110,9 @@ def _whole(name: str, value: Any, lo: int, hi: int | None = None) -> None:
 
 def build_options(
     *,
-    concurrency: int | None = None,
+    concurrency: int | str | None = None,
+    concurrency_min: int | None = None,
+    concurrency_max: int | None = None,
     waves: bool = False,
     batch_size: int | None = None,
     timeout: float | None = None,
@@ -136,7 +143,23 @@ def build_options(
     worker_init: Callable[[], Any] | None = None,
     worker_teardown: Callable[[], Any] | None = None,
 ) -> Options:
+    auto: tuple[int, int] | None = None
+    if concurrency == "auto":
+        if waves:
+            raise ConfigError("concurrency", "auto", "a whole number with waves=True")
+        lo = AUTO_MIN if concurrency_min is None else concurrency_min
+        hi = AUTO_MAX if concurrency_max is None else concurrency_max
+        _whole("concurrency_min", lo, 1, 100_000)
+        _whole("concurrency_max", hi, 1, 100_000)
+        if hi < lo:
+            raise ConfigError("concurrency_max", hi, f">= concurrency_min ({lo})")
+        auto = (lo, hi)
+        concurrency = hi
+    elif concurrency_min is not None or concurrency_max is not None:
+        raise ConfigError("concurrency_min", concurrency_min, 'only with concurrency="auto"')
     if concurrency is not None:
+        if isinstance(concurrency, str):
+            raise ConfigError("concurrency", concurrency, 'a whole number 1..100000, or "auto"')
         _whole("concurrency", concurrency, 1, 100_000)
     if batch_size is not None and not waves:
         raise ConfigError(
@@ -230,4 +253,5 @@ def build_options(
         previous=previous,
         worker_init=worker_init,
         worker_teardown=worker_teardown,
+        auto=auto,
     )

@@ -46,6 +46,10 @@ class ProgressSnapshot:
     budgets: dict[str, str] = field(default_factory=dict)
     """Each budget the server meters, as conveyor mirrors it ("the server's
     bucket: 100 at once, 100/s")."""
+    concurrency_reason: str | None = None
+    """With ``concurrency="auto"``: why the limit last moved."""
+    concurrency_history: tuple[tuple[float, int, str], ...] = ()
+    """With ``concurrency="auto"``: ``(clock time, limit, reason)`` per move."""
 
     @property
     def ok(self) -> int:
@@ -89,6 +93,7 @@ class ProgressSnapshot:
             "paused_for": round(self.paused_for, 3),
             "breaker": self.breaker,
             "budgets": dict(self.budgets),
+            "concurrency_reason": self.concurrency_reason,
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "finished": self.finished,
         }

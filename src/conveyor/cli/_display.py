@@ -113,7 +113,8 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
         (
             "limits",
             f"rpm {_limit(s.rpm_limit, s.rpm_in_window)}  "
-            f"tpm {_limit(s.tpm_limit, s.tpm_in_window)}  concurrency {s.concurrency_limit}",
+            f"tpm {_limit(s.tpm_limit, s.tpm_in_window)}  concurrency {s.concurrency_limit}"
+            + (f" auto ({s.concurrency_reason})" if s.concurrency_reason else ""),
         ),
         ("429s", str(s.rate_limited)),
         *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),

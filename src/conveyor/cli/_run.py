@@ -51,6 +51,31 @@ the key from $OPENAI_API_KEY (or the variable named by --api-key-env).
 """
 
 
+class _ConcurrencyType(click.ParamType[Any]):
+    """A whole number 1..100000, or "auto"."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a whole number nor 'auto'", param, ctx)
+        if not 1 <= n <= 100_000:
+            self.fail(f"{n} is not in the range 1..100000", param, ctx)
+        return n
+
+
+def _ceiling(settings: Any) -> int:
+    """The most in flight: the fixed concurrency, or the upper bound of "auto"."""
+    from .._core._options import AUTO_MAX
+
+    c = settings.concurrency
+    return c if isinstance(c, int) else settings.concurrency_max or AUTO_MAX
+
+
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for v in values:
@@ -92,10 +117,20 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(1, 100_000),
-    default=100,
+    type=_ConcurrencyType(),
+    default="100",
     show_default=True,
-    help="Max requests in flight.",
+    help="Max requests in flight, or 'auto': found from latency for servers that queue.",
+)
+@click.option(
+    "--concurrency-min",
+    type=click.IntRange(1, 100_000),
+    help="Lower bound of --concurrency auto (default 1).",
+)
+@click.option(
+    "--concurrency-max",
+    type=click.IntRange(1, 100_000),
+    help="Upper bound of --concurrency auto (default 1024).",
 )
 @click.option(
     "--rpm",
@@ -221,6 +256,8 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         api_key_env=o["api_key_env"],
         headers=_headers(o["headers"]),
         concurrency=o["concurrency"],
+        concurrency_min=o["concurrency_min"],
+        concurrency_max=o["concurrency_max"],
         rpm=o["rpm"],
         tpm=o["tpm"],
         burst=o["burst"],
@@ -270,7 +307,7 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
         input_path,
         journal_path=jpath,
         key_of=item_key,
-        concurrency=settings.concurrency,
+        concurrency=_ceiling(settings),
         rpm=settings.rpm,
         tpm=settings.tpm,
         prices=load_prices(o["prices"]) if o["prices"] else None,
@@ -341,7 +378,7 @@ def execute(
 
     model = settings.model or report.extra.get("model")
     facts = RunFacts(batch_id=report.batch_id, model=model, rpm_limit=settings.rpm,
-                     tpm_limit=settings.tpm, concurrency=settings.concurrency)  # fmt: skip
+                     tpm_limit=settings.tpm, concurrency=_ceiling(settings))  # fmt: skip
     report = add_extras(report, facts=facts)
     if report_json is not None:
         report_json.write_text(report.to_json(include_results=False, indent=True))
@@ -540,6 +577,33 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @click.option(
     "--window", type=float, default=60.0, show_default=True, help="Limit window in seconds."
 )
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    help="Saturating mode: serve at most K at once, queue the rest (no rate-limit headers).",
+)
+@click.option(
+    "--service-time",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds each request is served for in --capacity mode.",
+)
+@click.option(
+    "--scale-by-tokens",
+    is_flag=True,
+    help="Scale the service time by max_tokens / 16 (long outputs take longer).",
+)
+@click.option(
+    "--degrade-after",
+    type=click.IntRange(min=1),
+    help="Past N requests in the server, every service slows by present/N (preemption).",
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    help="Answer 503 to a request that waited this many seconds in the queue.",
+)
 @click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
 @click.option("--model", "models", multiple=True, help="Models served (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -553,7 +617,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
              "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
-             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after")  # fmt: skip
+             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
+             "service_time", "scale_by_tokens", "degrade_after", "queue_timeout")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["limit_window"] = o["window"]
     kwargs["headers"] = o["header_style"]

@@ -97,8 +97,24 @@ class MockConfig:
         "text-embedding-3-small",
     )
     completion_tokens: int = 16
+    capacity: int | None = None
+    service_time: float = 0.0
+    scale_by_tokens: bool = False
+    degrade_after: int | None = None
+    queue_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        _check_count("capacity", self.capacity, optional=True)
+        _check_number("service_time", self.service_time)
+        _check_count("degrade_after", self.degrade_after, optional=True)
+        if self.queue_timeout is not None:
+            _check_number("queue_timeout", self.queue_timeout)
+        if self.capacity is None and (
+            self.degrade_after is not None or self.queue_timeout is not None
+        ):
+            raise ConfigError(
+                "capacity", None, "set a capacity to use degrade_after or queue_timeout"
+            )
         for name in ("latency", "jitter", "retry_after"):
             _check_number(name, getattr(self, name))
         rates = (

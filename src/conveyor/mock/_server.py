@@ -36,6 +36,7 @@ from ._config import MockConfig, MockStats
 from ._content import count_prompt_tokens
 from ._limiter import ServerLimits, capacity_reply, charge_of
 from ._meters import format_seconds
+from ._saturation import Saturation
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -92,6 +93,7 @@ class MockServer:
         self._config = MockConfig() if config is None else config
         self._rng = random.Random(self._config.seed)
         self._limits = ServerLimits(self._config)
+        self._gate = Saturation()
         self._ids = itertools.count(1)
         self._runner: web.ServerRunner | None = None
         self._stopping: asyncio.Event | None = None
@@ -208,7 +210,8 @@ class MockServer:
         try:
             return await self._serve(request, cfg, headers)
         except ApiError as err:
-            headers.update(self._limits.headers(time.monotonic()))
+            if cfg.capacity is None:
+                headers.update(self._limits.headers(time.monotonic()))
             return self._reply(err.status, err.body(), headers)
         finally:
             # self.stats, not the local: reset_stats() may have swapped it.
@@ -288,6 +291,17 @@ class MockServer:
         asked = cfg.completion_tokens if cap is None else cap
         charge = charge_of(prompt, asked if kind != "embeddings" else 0, n)
         charged = int(charge["tokens"])
+        if cfg.capacity is not None:
+            scale = asked / cfg.completion_tokens if cfg.scale_by_tokens else 1.0
+            if not await self._saturate(cfg, scale):
+                message = f"The server is overloaded: the request waited too long {_INJECTED}."
+                return self._reply(503, error_body(message, "server_error", None, None), headers)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.stats.admitted += 1
+            self.stats.tokens += charged
+            self.stats.admissions.append((time.monotonic(), charged))
+            return self._build(kind, body, headers, prompt, each, finish)
         now = time.monotonic()
         refusal = self._limits.admit(now, charge)
         headers.update(self._limits.headers(now))
@@ -302,12 +316,39 @@ class MockServer:
         stats.admissions.append((now, charged))
         if delay > 0:
             await asyncio.sleep(delay)
+        return self._build(kind, body, headers, prompt, each, finish)
+
+    def _build(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        prompt: int,
+        each: int,
+        finish: str,
+    ) -> web.StreamResponse:
         if kind == "embeddings":
             payload = build_embeddings(body, prompt)
         else:
             rid = headers["x-request-id"][4:]
             payload = _BUILDERS[kind](rid, int(time.time()), body, prompt, each, finish)
         return self._reply(200, orjson.dumps(payload), headers)
+
+    async def _saturate(self, cfg: MockConfig, scale: float) -> bool:
+        """Queue for a slot, then serve; False when the queue deadline passed."""
+        assert cfg.capacity is not None
+        gate = self._gate
+        if not await gate.acquire(cfg.capacity, cfg.queue_timeout):
+            return False
+        try:
+            service = cfg.service_time * scale
+            if cfg.degrade_after is not None and gate.present > cfg.degrade_after:
+                service *= gate.present / cfg.degrade_after  # preemption: all slow down
+            if service > 0:
+                await asyncio.sleep(service)
+        finally:
+            gate.release(self._config.capacity or 1)
+        return True
 
     def _authorize(self, cfg: MockConfig, request: web.BaseRequest) -> None:
         if cfg.api_key is None:

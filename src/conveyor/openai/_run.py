@@ -24,7 +24,7 @@ from .._api import AsyncStream
 from .._base._exceptions import ConfigError, FatalError, InputError
 from .._base._types import Result, Status
 from .._core._attempt import report_cached
-from .._core._options import Breaker
+from .._core._options import AUTO_MAX, Breaker
 from .._core._portal import Portal
 from .._core._report import new_batch_id
 from .._core._retry import RetryPolicy
@@ -145,7 +145,9 @@ class RunSettings:
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str = "OPENAI_API_KEY"
     headers: dict[str, str] = field(default_factory=dict)
-    concurrency: int = 100
+    concurrency: int | str = 100  # or "auto": found from latency (`_core._congestion`)
+    concurrency_min: int | None = None  # bounds of "auto"
+    concurrency_max: int | None = None
     rpm: float | None = None
     tpm: float | None = None
     limit_window: float = 60.0
@@ -382,9 +384,12 @@ async def arun_file(
             )
         elif s.output is not None:
             sink = _PlainOutput(Path(s.output))  # no journal: no resume, a fresh file
-        async with OpenAIClient(endpoint, concurrency=s.concurrency) as client:
+        pool = s.concurrency if isinstance(s.concurrency, int) else s.concurrency_max or AUTO_MAX
+        async with OpenAIClient(endpoint, concurrency=pool) as client:
             engine_options: dict[str, Any] = {
                 "concurrency": s.concurrency,
+                "concurrency_min": s.concurrency_min,
+                "concurrency_max": s.concurrency_max,
                 "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
                 "timeout": s.timeout,
                 "rpm": s.rpm,
@@ -412,9 +417,13 @@ async def arun_file(
                 if s.ray is not None:
                     from ..ray import stream_ray
 
+                    if not isinstance(s.concurrency, int):
+                        raise ConfigError(
+                            "concurrency", s.concurrency, "a whole number on Ray actors"
+                        )
                     # Each actor opens its own session; the key comes from its environment.
                     remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers,
-                                           s.api_key, s.concurrency)  # fmt: skip
+                                           s.api_key, pool)  # fmt: skip
                     return stream_ray(
                         todo, remote, address=s.ray, actors=s.actors, **engine_options
                     )

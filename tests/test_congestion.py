@@ -1,0 +1,227 @@
+"""The congestion controller of ``concurrency="auto"``, on plain numbers.
+
+A tiny queueing model stands in for the server: K slots served FIFO, each
+request held `service * work` seconds (slower past a degradation threshold),
+driven by a client that keeps the controller's limit in flight. No clock, no
+sleeping: the model's event times are the controller's `now`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from conveyor._base._exceptions import ConfigError
+from conveyor._core._congestion import CongestionController
+
+
+@dataclass
+class Run:
+    done: list[tuple[float, float]] = field(default_factory=list)  # (finish, latency)
+    limits: list[tuple[float, int]] = field(default_factory=list)
+    errors: int = 0
+
+    def throughput(self, t0: float, t1: float) -> float:
+        return sum(1 for t, _ in self.done if t0 <= t < t1) / (t1 - t0)
+
+    def median_latency(self, t0: float, t1: float) -> float:
+        lat = sorted(x for t, x in self.done if t0 <= t < t1)
+        return lat[len(lat) // 2]
+
+    def limits_between(self, t0: float, t1: float) -> list[int]:
+        return [n for t, n in self.limits if t0 <= t < t1]
+
+
+def simulate(
+    ctl: CongestionController,
+    *,
+    capacity: Callable[[float], int],
+    service: float = 1.0,
+    until: float = 200.0,
+    spread: bool = False,
+    per_work: bool = False,
+    degrade_after: int | None = None,
+    seed: int = 0,
+) -> Run:
+    """Keep `ctl.limit` requests in a K-slot FIFO server until `until`."""
+    rng = random.Random(seed)
+    run = Run()
+    events: list[tuple[float, int, float, float]] = []  # (finish, seq, start, work)
+    queue: deque[tuple[float, float]] = deque()
+    busy = in_flight = seq = 0
+    now = 0.0
+
+    def serve(start: float, work: float) -> None:
+        nonlocal busy, seq
+        busy += 1
+        present = busy + len(queue)
+        slow = present / degrade_after if degrade_after and present > degrade_after else 1.0
+        seq += 1
+        heapq.heappush(events, (now + service * work * slow, seq, start, work))
+
+    def fill() -> None:
+        nonlocal in_flight
+        while in_flight < ctl.limit:
+            in_flight += 1
+            work = rng.choice((0.25, 0.5, 1.0, 2.0, 4.0)) if spread else 1.0
+            if busy < capacity(now) and not queue:
+                serve(now, work)
+            else:
+                queue.append((now, work))
+
+    fill()
+    while events and now < until:
+        now, _, start, work = heapq.heappop(events)
+        busy -= 1
+        in_flight -= 1
+        run.done.append((now, now - start))
+        ctl.on_sample(now, now - start, work=work if per_work else 1.0, in_flight=in_flight + 1)
+        run.limits.append((now, ctl.limit))
+        while queue and busy < capacity(now):
+            serve(*queue.popleft())
+        fill()
+    return run
+
+
+@pytest.mark.parametrize("k", [8, 64, 512])
+def test_converges_on_the_knee(k: int) -> None:
+    """On a K-slot server the limit settles within the stated margin of K:
+    full throughput, median latency at most 1.4 times unloaded."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, until=300.0)
+    assert run.throughput(150, 300) >= 0.97 * k
+    assert run.median_latency(150, 300) <= 1.4
+    settled = run.limits_between(150, 300)
+    assert min(settled) >= k
+    assert max(settled) <= 1.45 * k
+
+
+def test_spread_of_lengths_compared_per_unit_of_work() -> None:
+    """Outputs of 16x different lengths: told the work, the controller still
+    finds the knee."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 64, spread=True, per_work=True, until=600.0)
+    settled = run.limits_between(300, 600)
+    assert min(settled) >= 0.85 * 64
+    assert max(settled) <= 1.5 * 64
+
+
+@pytest.mark.xfail(
+    reason="known limit: without the work, a lucky window of short outputs "
+    "sets the unloaded latency too low (issue 13)"
+)
+def test_spread_of_lengths_without_the_work() -> None:
+    """Not told the work, with a 16x spread of lengths, it should still keep near the knee."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 64, spread=True, until=600.0, seed=3)
+    settled = run.limits_between(300, 600)
+    assert min(settled) >= 0.8 * 64
+    assert max(settled) <= 1.7 * 64
+
+
+def test_recovers_after_capacity_changes() -> None:
+    """Capacity 64, then 16, then 256: the limit follows each within the margin."""
+
+    def capacity(t: float) -> int:
+        return 64 if t < 200 else 16 if t < 400 else 256
+
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=capacity, until=700.0)
+    assert 64 <= min(run.limits_between(100, 200)) <= max(run.limits_between(100, 200)) <= 93
+    assert 16 <= min(run.limits_between(300, 400)) <= max(run.limits_between(300, 400)) <= 24
+    assert run.throughput(600, 700) >= 0.97 * 256
+    assert max(run.limits_between(600, 700)) <= 1.45 * 256
+
+
+def test_backs_off_a_degrading_server() -> None:
+    """Past 2K in the server everything slows: the limit stays below that."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 64, degrade_after=128, until=300.0)
+    assert max(run.limits_between(150, 300)) <= 128
+    assert run.throughput(150, 300) >= 0.95 * 64
+
+
+def test_bounds_hold() -> None:
+    """The limit never leaves [minimum, maximum]."""
+    ctl = CongestionController(10, 40)
+    run = simulate(ctl, capacity=lambda _: 4, until=100.0)
+    assert {n for _, n in run.limits} <= set(range(10, 41))
+    ctl = CongestionController(1, 40)
+    run = simulate(ctl, capacity=lambda _: 512, until=100.0)
+    assert max(n for _, n in run.limits) == 40
+
+
+def test_errors_back_off_and_say_why() -> None:
+    """A window with many failures multiplies the limit down and records why."""
+    ctl = CongestionController(1, 100, initial=50)
+    for i in range(50):
+        ctl.on_sample(10.0 + i, 1.0, ok=i % 2 == 0)
+    assert ctl.limit == 35
+    assert "errors" in ctl.reason
+    assert ctl.history[-1][1] == 35
+
+
+def test_does_not_grow_when_the_limit_is_not_reached() -> None:
+    """A window that never filled the limit (the input was slow) raises nothing."""
+    ctl = CongestionController(1, 100, initial=20)
+    for i in range(40):
+        ctl.on_sample(float(i + 1), 1.0, in_flight=2)
+    assert ctl.limit == 20
+
+
+def test_rejects_bad_bounds() -> None:
+    """min/max are whole numbers, max >= min."""
+    with pytest.raises(ConfigError):
+        CongestionController(0, 10)
+    with pytest.raises(ConfigError):
+        CongestionController(10, 5)
+
+
+async def test_engine_runs_auto_and_reports_the_limit() -> None:
+    """``concurrency="auto"`` through the engine: the limit grows from the
+    start while latency stays flat, and the report says how it moved."""
+    import asyncio
+
+    import conveyor
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    seen: list[conveyor.ProgressSnapshot] = []
+    report = await conveyor.arun(
+        range(400),
+        fn,
+        concurrency="auto",
+        concurrency_max=64,
+        on_progress=seen.append,
+        progress_interval=0.05,
+    )
+    assert report.counts["ok"] == 400
+    auto = report.extra["concurrency_auto"]
+    assert auto["final"] > 4
+    assert auto["history"][0][2] == "start"
+    assert seen[-1].concurrency_reason is not None
+
+
+def test_options_auto_validation() -> None:
+    """Bounds only with "auto"; "auto" not with waves; other strings refused."""
+    from conveyor._core._options import build_options
+
+    opts = build_options(concurrency="auto", concurrency_min=2, concurrency_max=50)
+    assert opts.auto == (2, 50)
+    assert opts.concurrency == 50
+    assert build_options(concurrency=100).auto is None
+    for bad in (
+        {"concurrency": "fast"},
+        {"concurrency": 8, "concurrency_max": 10},
+        {"concurrency": "auto", "concurrency_min": 10, "concurrency_max": 5},
+        {"concurrency": "auto", "waves": True},
+    ):
+        with pytest.raises(ConfigError):
+            build_options(**bad)  # type: ignore[arg-type]
