@@ -165,3 +165,40 @@ def test_waiting_out_a_retry_holds_no_slot() -> None:
     assert report.counts["ok"] == 5
     assert running["max"] == 1
     assert seen.index(1) < seen.index(0, 1)  # item 1 ran while item 0 waited
+
+
+def test_shared_limiter_gets_no_refund_when_refunds_are_off() -> None:
+    """With refund_unused=False (conveyor run: the server counts max_tokens),
+    the cluster's limiter is not refunded below the estimate either."""
+    from conveyor._core._options import build_options
+
+    class Shared:
+        def __init__(self) -> None:
+            self.settled: list[tuple[float, float]] = []
+
+        async def acquire(self, weight: float) -> None:
+            return None
+
+        def settle(self, estimated: float, actual: float) -> None:
+            self.settled.append((estimated, actual))
+
+        def pause(self, seconds: float) -> None:
+            return None
+
+    import asyncio
+
+    from conveyor._base._types import Usage
+    from conveyor._core._admission import Admission
+    from conveyor._core._attempt import Attempt
+
+    async def go(refund: bool) -> list[tuple[float, float]]:
+        shared = Shared()
+        opts = build_options(cost=lambda i: 100, shared_limiter=shared, refund_unused=refund)
+        adm = Admission(opts, lambda: False)
+        ticket = await adm.admit(100.0)
+        attempt = Attempt(0, "k", 1, usage=Usage(10, 5))
+        adm.settle(attempt, ticket)
+        return shared.settled
+
+    assert asyncio.run(go(True)) == [(100.0, 15.0)]
+    assert asyncio.run(go(False)) == [(100.0, 100.0)]

@@ -351,7 +351,10 @@ class Admission:
         if tokens is not None:
             tokens.settle(ticket.at, weight, actual)
         if self.shared is not None:
-            self.shared.settle(weight, actual)
+            # The cluster's budget keeps the same rule as ours: no refund
+            # below the estimate where the server counts the reservation.
+            charged = actual if self._opts.refund_unused else max(actual, weight)
+            self.shared.settle(weight, charged)
 
     def _learn(self, hint: RateLimitHint, ticket: Ticket) -> None:
         forward = getattr(self.shared, "observe", None)
