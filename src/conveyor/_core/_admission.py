@@ -46,6 +46,8 @@ _RECENT = 50
 _FREQUENT_SHARE = 0.2
 _FREQUENT_MIN = 3
 _FREQUENT_FLOOR = 20
+# Answers over which the quickest admission-to-answer time is taken.
+_ANSWER_WINDOW = 256
 
 
 class Refused(Exception):
@@ -118,7 +120,9 @@ class Admission:
         self.answered_locally = 0
         self._told_about: set[str] = set()
         self._recent: deque[bool] = deque(maxlen=_RECENT)  # True: a rate refusal
-        self._answer_times: deque[float] = deque(maxlen=256)  # admission to answer, s
+        self._answer_times: deque[float] = deque(maxlen=_ANSWER_WINDOW)  # admission to answer, s
+        self._quickest = 0.0
+        self._learned = 0
         # One request first, the rest after its answer: the server's headers
         # (or a rejected key) are known before a whole window of requests is
         # spent on a budget or a key we know nothing of.
@@ -369,8 +373,16 @@ class Admission:
         # (or a slow network) sends later than admission, and counting the
         # refill from admission would overstate what the server holds.
         took = now - ticket.at
-        self._answer_times.append(took)
-        quickest = min(self._answer_times)
+        times = self._answer_times
+        times.append(took)
+        # The minimum over the recent answers, recomputed once per window of
+        # them rather than on every answer (this runs for every response).
+        if took < self._quickest or len(times) == 1:
+            self._quickest = took
+        elif self._learned % _ANSWER_WINDOW == 0:
+            self._quickest = min(times)
+        self._learned += 1
+        quickest = self._quickest
         taken_at = max(ticket.at, now - quickest)
         for scope in _SCOPES:
             limit = getattr(hint, f"{scope}_limit", None)

@@ -30,7 +30,7 @@ from .._base._exceptions import (
     HTTPRetryable,
 )
 from .._core._attempt import report_limits, report_usage
-from .._core._refusals import classify
+from .._core._refusals import classify, parse_wait
 from ._limit_headers import read_limit_headers
 
 __all__ = [
@@ -90,27 +90,9 @@ class Answer:
     request_id: str | None
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
 def parse_duration(text: str | None) -> float | None:
     """`"1s"`, `"250ms"`, `"6m0s"`, `"1h2m3.5s"` or plain seconds -> seconds."""
-    if not text:
-        return None
-    text = text.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total = 0.0
-    pos = 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            return None
-        pos = m.end()
-        n = float(m.group(1))
-        total += {"ms": n / 1000, "s": n, "m": n * 60, "h": n * 3600}[m.group(2)]
-    return total if pos == len(text) and pos > 0 else None
+    return parse_wait(text)
 
 
 def _retry_after(headers: Any) -> float | None:
