@@ -24,6 +24,7 @@ PUBLIC = {
     "AggregateExecutionError", "AsyncExecutor", "AsyncStream", "Attempt", "BatchInfo",
     "BatchReport", "Breaker", "Clock", "ConfigError", "ConveyorError", "ErrorInfo", "FakeClock",
     "FatalError", "InputError", "Interrupted", "JournalError", "JournalLocked", "JournalMismatch",
+    "Memo", "MemoStats", "Monitor", "ResourceLimitExceeded",
     "ProgressCallback", "ProgressSnapshot", "QuotaExceeded", "RateLimitHint", "Result",
     "RetryPolicy", "ConfigurationError", "ExecutionContext", "IsolationLevel",
     "ParallelTaskExecutor", "PreflightFailed", "TaskProgressCallback", "TaskResult",

@@ -22,8 +22,8 @@ PACKAGE = Path(conveyor.__file__).parent
 # `conveyor` (`conveyor._core._engine` is in `_core`); "conveyor" is the top
 # `__init__.py`. Layers, bottom up:
 #   _base < _core < _journal < _render;  ray (a backend of the engine) on _core;
-#   _pipeline (one journaled run) on _journal; _api (run/stream front end) and
-#   executors over the engine;
+#   _pipeline (one journaled run) on _journal; _monitor (resource probes) on _core;
+#   _api (run/stream front end) and executors over the engine;
 #   openai, commands, mock;  cli on top of everything.
 ALLOWED: dict[str, frozenset[str]] = {
     "_base": frozenset(),
@@ -32,7 +32,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_render": frozenset({"_base", "_core", "_journal"}),
     "ray": frozenset({"_base", "_core"}),
     "_pipeline": frozenset({"_base", "_core", "_journal"}),
-    "_api": frozenset({"_base", "_core", "_journal", "_pipeline", "ray"}),
+    "_monitor": frozenset({"_base", "_core"}),
+    "_api": frozenset({"_base", "_core", "_journal", "_pipeline", "_monitor", "ray"}),
     "executors": frozenset({"_base", "_core", "_api"}),
     "openai": frozenset({"_base", "_core", "_journal", "_pipeline", "_render", "_api", "ray"}),
     "commands": frozenset({"_base", "_core", "_journal", "_pipeline", "_api"}),
@@ -44,6 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "_journal",
             "_pipeline",
             "_render",
+            "_monitor",
             "ray",
             "_api",
             "openai",
@@ -51,7 +53,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "mock",
         }
     ),
-    "conveyor": frozenset({"_base", "_core", "_api", "executors"}),
+    "conveyor": frozenset({"_base", "_core", "_monitor", "_api", "executors"}),
     "__main__": frozenset({"cli"}),
 }
 

@@ -16,6 +16,7 @@ Everything public is here; modules whose names start with `_` are private.
 #                output stream, progress snapshot, report model (imports _base)
 #   _journal/    SQLite journal and the exactly-once output sink
 #   _render/     report text, HTML, SVG charts, timeline, pricing, formatting
+#   _monitor/    resource probes (psutil, nvidia-smi, your gauges) for monitor=
 #   ray/         the Ray backend: driver, worker actors, the cluster-wide limiter
 #   _pipeline.py one journaled run: plan (the resume rule) -> run stream -> journal
 #   _api.py      run / arun / stream / astream, the front end over the engine
@@ -39,6 +40,7 @@ from ._base._exceptions import (
     JournalMismatch,
     PreflightFailed,
     QuotaExceeded,
+    ResourceLimitExceeded,
     RetryableError,
 )
 from ._base._types import ErrorInfo, Result, Status, Usage
@@ -52,10 +54,12 @@ from ._core._attempt import (
     report_usage,
 )
 from ._core._callbacks import BatchInfo, ProgressCallback
+from ._core._memo import Memo, MemoStats
 from ._core._options import Breaker
 from ._core._progress import ProgressSnapshot
 from ._core._report import BatchReport
 from ._core._retry import RetryPolicy, default_retryable
+from ._monitor import Monitor
 from .executors import (
     AsyncExecutor,
     ConfigurationError,
@@ -91,12 +95,16 @@ __all__ = [
     "JournalError",
     "JournalLocked",
     "JournalMismatch",
+    "Memo",
+    "MemoStats",
+    "Monitor",
     "ParallelTaskExecutor",
     "PreflightFailed",
     "ProgressCallback",
     "ProgressSnapshot",
     "QuotaExceeded",
     "RateLimitHint",
+    "ResourceLimitExceeded",
     "Result",
     "RetryPolicy",
     "RetryableError",

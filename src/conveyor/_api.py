@@ -19,6 +19,7 @@ from ._core._portal import Portal
 if TYPE_CHECKING:
     from ._core._report import BatchReport
 from ._core._stream import RunStream
+from ._monitor import Monitor
 from ._pipeline import JournaledStream, collect
 
 __all__ = ["AsyncStream", "Stream", "arun", "astream", "run", "stream"]
@@ -34,13 +35,26 @@ _INTERNAL = ("previous", "shared_limiter")
 
 def _backend(options: dict[str, Any]) -> str:
     """Pops `backend` ("local" or "ray"; Ray options such as `address`,
-    `actors` then go to `conveyor.ray.run_ray`)."""
+    `actors` then go to `conveyor.ray.run_ray`); `monitor=True` becomes the
+    default `Monitor()`."""
     for name in _INTERNAL:
         if name in options:
             raise ConfigError(name, options[name], "no such option (it is conveyor's own plumbing)")
     backend = options.pop("backend", "local")
     if backend not in ("local", "ray"):
         raise ConfigError("backend", backend, "'local' (this process) or 'ray' (Ray actors)")
+    monitor = options.get("monitor")
+    if monitor is True:
+        options["monitor"] = Monitor()
+    elif monitor is False:
+        options["monitor"] = None
+    if backend == "ray":
+        for name, why in (
+            ("memo", "a Memo lives in one process; on Ray each actor would keep its own"),
+            ("monitor", "the monitor samples this process, not the Ray actors"),
+        ):
+            if options.get(name) is not None:
+                raise ConfigError(name, options[name], f"only with the local backend ({why})")
     return str(backend)
 
 
@@ -133,7 +147,10 @@ def _journaled(
         return AsyncStream(items, invoker, {**kw, "previous": previous})
 
     return JournaledStream(
-        lambda: Journal.open(path, identity=identity, force=force), make, rerun=again
+        lambda: Journal.open(path, identity=identity, force=force),
+        make,
+        rerun=again,
+        memo=opts_kw.get("memo"),
     )
 
 
@@ -225,6 +242,19 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     runs again the items whose stored result failed, timed out or was
     cancelled, and reports the ok ones from the journal (seed 002's partial
     re-run); a list of statuses picks others.
+
+    `memo=conveyor.Memo()`: a memo the items share (`memo.call(key, fn)`,
+    `await memo.acall(key, fn)`, `memo.wrap(fn)`): identical sub-calls in
+    flight at once are made once, later ones are answered from it; the
+    report's `extra["memo"]` says the calls and tokens it saved. With
+    `journal=` its entries are kept in the journal, so a resumed run reuses
+    them.
+
+    `monitor=conveyor.Monitor(gauges=..., limits=...)` (or `True`): memory,
+    CPU, GPU (nvidia-smi, when present) and your gauges sampled while the
+    run goes on, in every `ProgressSnapshot.resources` and in the report's
+    `extra["resources"]`; a limit exceeded stops the run with
+    `ResourceLimitExceeded` (in-flight items cancelled, resumable).
 
     Sync functions run on exactly `concurrency` worker threads;
     `worker_init` is called once in each (open a connection into a

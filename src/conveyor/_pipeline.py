@@ -26,11 +26,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._base._types import Result, Status
+from ._journal._memo import JournalMemoStore
+from ._journal._resources import add_resource_session
 from ._journal._sink import OutputSink
 
 if TYPE_CHECKING:
     import os
 
+    from ._core._memo import Memo
     from ._core._report import BatchReport
     from ._core._stream import RunStream
     from ._journal._journal import Journal
@@ -99,6 +102,7 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         overwrite: bool = False,
         rerun: frozenset[Status] = frozenset(),
         close_journal: bool = True,
+        memo: Memo | None = None,
     ) -> None:
         self._open_journal = open_journal
         self._make_stream = make_stream
@@ -107,6 +111,8 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         self._overwrite = overwrite
         self._rerun = rerun
         self._close_journal = close_journal
+        self._memo = memo
+        self._memo_store: JournalMemoStore | None = None
         self._journal: Journal | None = None
         self._plan: Plan | None = None
         self._sink: OutputSink | None = None
@@ -136,12 +142,17 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
             journal = self._open_journal()
             self._journal = journal
             try:
+                if self._memo is not None:
+                    # The memo's entries live in the journal: a resumed run reuses them.
+                    self._memo_store = JournalMemoStore(journal.path)
+                    self._memo.attach(self._memo_store)
                 self._plan = Plan(journal, rerun=self._rerun)
                 self._sink = OutputSink(
                     journal, self._output, self._format, overwrite=self._overwrite
                 )
                 self._stream = self._make_stream(self._plan.previous)
             except BaseException:
+                self._close_memo()
                 if self._close_journal:
                     journal.close()
                 raise
@@ -200,8 +211,25 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
                 if self._sink is not None:
                     await self._sink.close()
             finally:
+                self._close_memo()
+                self._save_resources()
                 if self._journal is not None and self._close_journal:
                     self._journal.close()
+
+    def _save_resources(self) -> None:
+        """This session's resource samples, kept in the journal for `conveyor report`."""
+        report = None if self._stream is None else self._stream.report
+        section = None if report is None else report.extra.get("resources")
+        if self._journal is None or report is None or not section:
+            return
+        add_resource_session(self._journal, report.started_at, section)
+
+    def _close_memo(self) -> None:
+        store, self._memo_store = self._memo_store, None
+        if store is not None:
+            assert self._memo is not None
+            self._memo.detach()
+            store.close()
 
     async def __aenter__(self) -> JournaledStream:
         return self

@@ -7,7 +7,8 @@ ConveyorError
 ├── FatalError               stops the whole run (a rejected API key, a full disk)
 │   ├── AuthError            401/403 from the endpoint: the key was rejected
 │   ├── QuotaExceeded        the endpoint's quota or billing cap is spent (resumable)
-│   └── WorkersLost          every Ray worker died and none could be restarted
+│   ├── WorkersLost          every Ray worker died and none could be restarted
+│   └── ResourceLimitExceeded  a monitored resource went past the limit set (resumable)
 ├── Interrupted              Ctrl+C / SIGTERM stopped the run (carries the report)
 ├── RetryableError           raised by a user function: "try this item again"
 │   └── HTTPRetryable        429, 5xx, timeout, connection error (carries Retry-After)
@@ -74,6 +75,7 @@ __all__ = [
     "RayConnectError",
     "QuotaExceeded",
     "RayNotInstalled",
+    "ResourceLimitExceeded",
     "RetryableError",
     "WorkersLost",
 ]
@@ -158,6 +160,24 @@ class EndpointDown(FatalError):
         super().__init__(
             f"every request failed for {_human(seconds)} (last error: {last}) -- "
             "nothing was lost; run the same command again once the endpoint is back"
+        )
+
+
+class ResourceLimitExceeded(FatalError):
+    """A resource sampled while the run went on (memory, CPU, GPU, a gauge of
+    yours) stayed above the limit you set: the run stops at once.
+
+    Items in flight are cancelled, not failed, so running the same thing
+    again (with `journal=`) sends them once the resource is back under it.
+    """
+
+    def __init__(self, metric: str, value: float, limit: float, message: str) -> None:
+        self.metric = metric
+        self.value = value
+        self.limit = limit
+        super().__init__(
+            f"{message} -- items in flight were cancelled and nothing was lost; free the "
+            f"resource or raise the limit on {metric}, then run again to resume"
         )
 
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded
+from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded, ResourceLimitExceeded
 from .._base._types import ErrorInfo, Result, Status
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
@@ -31,6 +31,7 @@ from ._callbacks import BatchInfo, Dispatcher
 from ._outcome import Ending, log_failure
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._report import BatchReport, ReportBuilder
+from ._sampler import SamplerPolicy
 from ._threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -147,6 +148,9 @@ class Engine:
         self._t0 = self._clock.now()
         self._meter = RateMeter()
         self._ticker: asyncio.Task[None] | None = None
+        self._memo_start = options.memo.stats() if options.memo is not None else None
+        self._sampler: SamplerPolicy | None = None
+        self._sampling: asyncio.Task[None] | None = None
         self._progress_failed = False
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
@@ -158,6 +162,12 @@ class Engine:
         self._producer = self._loop.create_task(self._produce(items), name="conveyor-producer")
         if self.opts.on_progress is not None:
             self._ticker = self._loop.create_task(self._tick(), name="conveyor-progress")
+        mon = self.opts.monitor
+        if mon is not None:
+            self._sampler = SamplerPolicy(
+                interval=mon.interval, limits=mon.limits, patience=mon.patience, started=self._t0
+            )
+            self._sampling = self._loop.create_task(self._sample(), name="conveyor-monitor")
 
     def snapshot(self) -> ProgressSnapshot:
         """The live figures of this run (cheap; call as often as you like)."""
@@ -174,6 +184,7 @@ class Engine:
             concurrency_limit=self.concurrency_limit,
             finished=self._finished.is_set(),
             limits=self._admission.figures(now),
+            resources=None if self._sampler is None else self._sampler.latest,
         )
 
     def _emit_progress(self) -> None:
@@ -194,6 +205,35 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._finished.wait(), interval)
         self._emit_progress()  # the final figures
+
+    async def _sample(self) -> None:
+        """The monitor's driver: probe when the policy says, stop on a breach."""
+        mon, policy = self.opts.monitor, self._sampler
+        assert policy is not None
+        failed = False
+        while True:
+            finished = self._finished.is_set()  # then one last sample, for the report
+            if finished or policy.due(self._clock.now()):
+                try:
+                    values = await asyncio.to_thread(mon.sample)
+                except Exception as exc:
+                    values = {}
+                    if not failed:
+                        failed = True
+                        log.warning("monitor: sampling raised %s: %s", type(exc).__name__, exc)
+                breach = policy.record(self._clock.now(), values)
+                if breach is not None and not finished:
+                    self._stop_fatal(
+                        ResourceLimitExceeded(
+                            breach.metric, breach.value, breach.limit, breach.message()
+                        )
+                    )
+            if finished:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._finished.wait(), max(0.01, policy.wait(self._clock.now()))
+                )
 
     @property
     def stopping(self) -> bool:
@@ -262,7 +302,11 @@ class Engine:
                 self._producer.cancel()
         if self._ticker is not None and not self._finished.is_set():
             self._ticker.cancel()
-        tasks = [t for t in (self._producer, self._ticker, *self._tasks) if t is not None]
+        if self._sampling is not None and not self._finished.is_set():
+            self._sampling.cancel()
+        tasks = [
+            t for t in (self._producer, self._ticker, self._sampling, *self._tasks) if t is not None
+        ]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._shutdown()
@@ -274,6 +318,13 @@ class Engine:
         rep.extra.update(self._admission.report_extra())
         if self._dispatch.failures:
             rep.extra["callback_errors"] = self._dispatch.failures
+        memo = self.opts.memo
+        if memo is not None and self._memo_start is not None:
+            rep.extra["memo"] = (memo.stats() - self._memo_start).to_dict()
+        if self._sampler is not None:
+            section = self._sampler.to_dict()
+            section["unavailable"] = dict(getattr(self.opts.monitor, "unavailable", {}))
+            rep.extra["resources"] = section
         return rep
 
     def outcome(self, report: BatchReport) -> BaseException | None:

@@ -10,6 +10,7 @@ from typing import Any
 from .._base._clock import Clock, SystemClock
 from .._base._exceptions import ConfigError
 from ._callbacks import FunctionCallbacks
+from ._memo import Memo
 from ._retry import RetryPolicy
 
 __all__ = ["Breaker", "Options", "build_options"]
@@ -79,6 +80,11 @@ class Options:
     previous: Callable[[str], Any] | None
     worker_init: Callable[[], Any] | None = None
     worker_teardown: Callable[[], Any] | None = None
+    memo: Memo | None = None
+    """A `Memo` the items share; the report carries what it saved."""
+    monitor: Any = None
+    """A `conveyor.Monitor` (its `sample()`, `interval`, `limits`, `patience`,
+    `unavailable`): resources sampled while the run goes on."""
     auto: tuple[int, int] | None = None
     """``(min, max)`` when ``concurrency="auto"``: the limit is found by
     `_congestion.CongestionController`, and `concurrency` is the max."""
@@ -142,6 +148,8 @@ def build_options(
     previous: Callable[[str], Any] | None = None,
     worker_init: Callable[[], Any] | None = None,
     worker_teardown: Callable[[], Any] | None = None,
+    memo: Memo | None = None,
+    monitor: Any = None,
 ) -> Options:
     auto: tuple[int, int] | None = None
     if concurrency == "auto":
@@ -214,6 +222,15 @@ def build_options(
             raise ConfigError(
                 hook_name, hook, "a function taking no arguments, called in each worker thread"
             )
+    if memo is not None and not isinstance(memo, Memo):
+        raise ConfigError("memo", memo, "a conveyor.Memo() shared by the items (or None)")
+    if monitor is not None and not (
+        callable(getattr(monitor, "sample", None))
+        and isinstance(getattr(monitor, "limits", None), dict)
+    ):
+        raise ConfigError(
+            "monitor", monitor, "a conveyor.Monitor(...) (or True for the default one)"
+        )
     targets: list[Any] = []
     if callbacks is not None:
         if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
@@ -253,5 +270,7 @@ def build_options(
         previous=previous,
         worker_init=worker_init,
         worker_teardown=worker_teardown,
+        memo=memo,
+        monitor=monitor,
         auto=auto,
     )

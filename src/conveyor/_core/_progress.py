@@ -50,6 +50,9 @@ class ProgressSnapshot:
     """With ``concurrency="auto"``: why the limit last moved."""
     concurrency_history: tuple[tuple[float, int, str], ...] = ()
     """With ``concurrency="auto"``: ``(clock time, limit, reason)`` per move."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """With ``monitor=``: the latest sample (``process_rss_mb``, ``gpu_memory_percent``,
+    your gauges...)."""
 
     @property
     def ok(self) -> int:
@@ -94,6 +97,7 @@ class ProgressSnapshot:
             "breaker": self.breaker,
             "budgets": dict(self.budgets),
             "concurrency_reason": self.concurrency_reason,
+            "resources": {k: round(v, 3) for k, v in self.resources.items()},
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "finished": self.finished,
         }
@@ -145,6 +149,7 @@ def measure(
     finished: bool,
     limits: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> ProgressSnapshot:
     """A snapshot from a run's counters (the engine's and the Ray driver's)."""
     rps, tin, tout, done_rate = meter.update(
@@ -166,4 +171,5 @@ def measure(
         **{**_NO_LIMITS, **(limits or {})},
         finished=finished,
         extra={"done_per_second": done_rate, **(extra or {})},
+        resources=dict(resources or {}),
     )

@@ -27,7 +27,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +35,7 @@ import aiohttp
 import orjson
 
 from .._base._checks import Check, CheckStatus, user_check_outcome
+from .._monitor._gpu import GPU_QUERY, Gpu, parse_nvidia_smi
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MIN_FREE_MEMORY_MB",
     "DEFAULT_GPU_MEMORY_WARN",
     "Check",
+    "Gpu",
     "CheckStatus",
     "format_checks",
     "has_failures",
@@ -60,10 +61,6 @@ DEFAULT_MIN_FREE_DISK_MB = 200  # room for a journal and an output file of a lar
 DEFAULT_GPU_MEMORY_WARN = 0.95  # seed 003: "GPU memory >95% before starting"
 _MODELS_SHOWN = 8
 _KEY_FIX = "check the key in {env} (or pass --api-key-env NAME to read another variable)"
-_GPU_QUERY = (
-    "--query-gpu=index,name,utilization.gpu,memory.used,memory.total",
-    "--format=csv,noheader,nounits",
-)
 
 
 def has_failures(checks: Sequence[Check]) -> bool:
@@ -323,31 +320,6 @@ def _memory_check(min_free_mb: float) -> Check:
     return Check("memory", "ok", detail)
 
 
-@dataclass(frozen=True)
-class Gpu:
-    index: str
-    name: str
-    utilization: float
-    used_mb: float
-    total_mb: float
-
-
-def parse_nvidia_smi(text: str) -> list[Gpu]:
-    """GPUs from `nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total
-    --format=csv,noheader,nounits` output; unparseable lines are skipped."""
-    gpus: list[Gpu] = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) != 5:
-            continue
-        try:
-            util, used, total = (float(c) for c in cells[2:])
-        except ValueError:  # "[N/A]" on some boards
-            continue
-        gpus.append(Gpu(cells[0], cells[1], util, used, total))
-    return gpus
-
-
 async def _gpu_checks(
     nvidia_smi: str,
     warn_at: float,
@@ -361,7 +333,7 @@ async def _gpu_checks(
     try:
         proc = await asyncio.create_subprocess_exec(
             exe,
-            *_GPU_QUERY,
+            *GPU_QUERY,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
