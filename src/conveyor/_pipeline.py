@@ -113,6 +113,7 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         self._close_journal = close_journal
         self._memo = memo
         self._memo_store: JournalMemoStore | None = None
+        self._memo_restored = 0
         self._journal: Journal | None = None
         self._plan: Plan | None = None
         self._sink: OutputSink | None = None
@@ -135,6 +136,8 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         if report is not None and self._journal is not None:
             report.extra["journal"] = self._journal.path
             report.extra["resumed"] = self.resumed
+            if isinstance(report.extra.get("memo"), dict):
+                report.extra["memo"]["restored"] = self._memo_restored
         return report
 
     def _ensure(self) -> RunStream:
@@ -145,7 +148,7 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
                 if self._memo is not None:
                     # The memo's entries live in the journal: a resumed run reuses them.
                     self._memo_store = JournalMemoStore(journal.path)
-                    self._memo.attach(self._memo_store)
+                    self._memo_restored = self._memo.attach(self._memo_store)
                 self._plan = Plan(journal, rerun=self._rerun)
                 self._sink = OutputSink(
                     journal, self._output, self._format, overwrite=self._overwrite

@@ -320,7 +320,9 @@ class Engine:
             rep.extra["callback_errors"] = self._dispatch.failures
         memo = self.opts.memo
         if memo is not None and self._memo_start is not None:
-            rep.extra["memo"] = (memo.stats() - self._memo_start).to_dict()
+            rep.extra["memo"] = (memo.stats() - self._memo_start).to_dict(
+                run_tokens=rep.input_tokens + rep.output_tokens
+            )
         if self._sampler is not None:
             section = self._sampler.to_dict()
             section["unavailable"] = dict(getattr(self.opts.monitor, "unavailable", {}))

@@ -91,9 +91,14 @@ class MemoStats:
             **{k: getattr(self, k) - getattr(other, k) for k in self.__dataclass_fields__}
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        spent = self.input_tokens_spent + self.output_tokens_spent
+    def to_dict(self, *, run_tokens: int | None = None) -> dict[str, Any]:
+        """JSON-ready. `tokens_saved_share` is saved / (spent + saved): of the
+        memoized calls' tokens, or of the whole run's when `run_tokens` (all it
+        spent) is given -- "N% fewer tokens" than without the memo."""
         saved = self.input_tokens_saved + self.output_tokens_saved
+        spent = (
+            self.input_tokens_spent + self.output_tokens_spent if run_tokens is None else run_tokens
+        )
         asked = self.calls + self.calls_saved
         return {
             "calls": self.calls,
@@ -199,6 +204,7 @@ class Memo:
         self._store: MemoStore | None = None
         self._unstorable = False
         self._stats = MemoStats()
+        self._waiting = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -206,6 +212,18 @@ class Memo:
 
     def __repr__(self) -> str:
         return f"Memo({len(self)} entries)"
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running now."""
+        with self._lock:
+            return len(self._inflight)
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting now for an identical call in flight."""
+        with self._lock:
+            return self._waiting
 
     def stats(self) -> MemoStats:
         """Totals since this memo was made (a run's report holds its own share)."""
@@ -258,7 +276,11 @@ class Memo:
             try:
                 entry = fut.result()
             except concurrent.futures.CancelledError:
+                self._left()
                 continue  # the caller making it gave up: make it ourselves
+            except BaseException:
+                self._left()
+                raise
             self._joined(entry)
             return entry.value  # type: ignore[no-any-return]
 
@@ -275,9 +297,13 @@ class Memo:
                 # shield: a cancelled waiter must not cancel the shared call.
                 entry = await asyncio.shield(asyncio.wrap_future(fut))
             except asyncio.CancelledError:
+                self._left()
                 task = asyncio.current_task()
                 if fut.cancelled() and task is not None and not task.cancelling():
                     continue  # the caller making it was cancelled, not us
+                raise
+            except BaseException:
+                self._left()
                 raise
             self._joined(entry)
             return entry.value  # type: ignore[no-any-return]
@@ -322,12 +348,18 @@ class Memo:
                 return entry, None
             fut = self._inflight.get(k)
             if fut is not None:
+                self._waiting += 1  # until _joined / _left
                 return None, fut
             self._inflight[k] = concurrent.futures.Future()
             return None, None
 
+    def _left(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
     def _joined(self, entry: _Entry) -> None:
         with self._lock:
+            self._waiting -= 1
             self._count(
                 joined=1,
                 input_tokens_saved=entry.input_tokens,

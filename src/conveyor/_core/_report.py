@@ -175,7 +175,58 @@ class BatchReport:
         if self.errors:
             top = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
             lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
+        lines += _memo_lines(self.extra.get("memo")) + _resource_lines(self.extra.get("resources"))
         return "\n".join(lines)
+
+
+def _memo_lines(memo: Any) -> list[str]:
+    if not isinstance(memo, dict) or not (memo.get("calls") or memo.get("calls_saved")):
+        return []
+    saved = memo["tokens_saved"]
+    return [
+        f"  memo {memo['calls']} calls made, {memo['calls_saved']} saved "
+        f"({memo['hits']} reused, {memo['joined']} joined in flight)",
+        f"  memo tokens saved in {saved['input']} out {saved['output']} "
+        f"({memo['tokens_saved_share']:.0%} fewer)",
+    ]
+
+
+def _resource_lines(res: Any) -> list[str]:
+    """Peaks of the sampled resources, and a breach or what could not be read."""
+    if not isinstance(res, dict):
+        return []
+    from ._sampler import format_metric  # noqa: PLC0415 - only when monitored
+
+    metrics = res.get("metrics") or {}
+    shown = [m for m in _SHOWN if m in metrics] + sorted(
+        m for m in metrics if not m.startswith(("process_", "system_", "children_", "gpu"))
+    )
+    lines = []
+    if shown:
+        lines.append(
+            "  resources (peak) "
+            + "  ".join(f"{m} {format_metric(m, metrics[m]['max'])}" for m in shown)
+        )
+    breach = res.get("breach")
+    if breach:
+        lines.append(
+            f"  resource limit hit: {breach['metric']} "
+            f"{format_metric(breach['metric'], breach['value'])} > "
+            f"{format_metric(breach['metric'], breach['limit'])} at {breach['at']:.1f}s"
+        )
+    for what, why in sorted((res.get("unavailable") or {}).items()):
+        lines.append(f"  not sampled ({what}): {why}")
+    return lines
+
+
+_SHOWN = (
+    "process_rss_mb",
+    "process_cpu_percent",
+    "children_rss_mb",
+    "system_memory_percent",
+    "gpu_utilization_percent",
+    "gpu_memory_percent",
+)
 
 
 class ReportBuilder:
