@@ -195,7 +195,7 @@ def _resource_lines(res: Any) -> list[str]:
     """Peaks of the sampled resources, and a breach or what could not be read."""
     if not isinstance(res, dict):
         return []
-    from ._sampler import format_metric  # noqa: PLC0415 - only when monitored
+    from ._sampler import format_metric
 
     metrics = res.get("metrics") or {}
     shown = [m for m in _SHOWN if m in metrics] + sorted(
