@@ -2,7 +2,8 @@
 
 Nothing is fetched (no CDN, no script, no font): the file works offline and
 can be mailed or attached to a CI run. Charts: throughput over time, items
-in flight over time, the latency histogram, and errors over time by type.
+in flight over time, the latency histogram, errors over time by type, and,
+when the run was monitored, memory, utilisation and gauges over time.
 Every string from the run (keys, error types, model names) is escaped.
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._base._types import Status
 from .._base._version import __version__
 from ._format import format_duration
+from ._resources import resource_charts, resource_rows
 from ._svg import PALETTE, Series, bar_chart, line_chart
 from ._timeline import nice_time_step
 
@@ -312,6 +314,13 @@ def render_html(report: BatchReport, timeline: Timeline) -> str:
         "<h2>Over time</h2>",
         _charts(timeline),
     ]
+    resources = report.extra.get("resources")
+    if resources:
+        parts += [
+            "<h2>Resources</h2>",
+            resource_charts(resources, _elapsed(1.0)),
+            _table(["", ""], [[k, v] for k, v in resource_rows(resources)]),
+        ]
     if report.errors:
         parts += [
             "<h2>Error distribution</h2>",

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from .._base._types import Status
 from .._core._report import ReportBuilder
 from .._journal._journal import Journal
+from .._journal._resources import resource_sessions
 from ._extras import DEFAULT_SLOWEST, ExtrasBuilder, RunFacts
+from ._resources import merge_sessions
 from ._timeline import Timeline, TimelineBuilder
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ def load_journal_report(
                 first_end = _min(first_end, r.ended_at)
                 last_end = r.ended_at if last_end is None else max(last_end, r.ended_at)
         pending = journal.status_counts().get("pending", 0)
+        sessions = resource_sessions(journal)
     report = builder.build()
     start = first_start if first_start is not None else first_end
     duration = 0.0
@@ -96,6 +99,9 @@ def load_journal_report(
     )
     extra: dict[str, Any] = dict(extras.sections(report, facts, prices))
     extra["pending"] = pending
+    resources = merge_sessions(sessions, report.started_at)
+    if resources is not None:
+        extra["resources"] = resources
     report = dataclasses.replace(report, extra=extra)
     return JournalReport(report=report, timeline=timeline.build(), facts=facts, pending=pending)
 

@@ -33,6 +33,15 @@ class Series:
     name: str
     values: Sequence[float]
     color: str = PALETTE[0]
+    xs: Sequence[float] | None = None
+    """The x of each value when it is not the chart's shared `xs`."""
+
+    def xs_of(self, shared: Sequence[float]) -> list[float] | None:
+        """x of each finite value (None when every value is finite: the shared xs)."""
+        if all(math.isfinite(v) for v in self.values):
+            return None if self.xs is None else list(self.xs)
+        own = self.xs if self.xs is not None else shared
+        return [x for x, v in zip(own, self.values, strict=False) if math.isfinite(v)]
 
 
 def _num(v: float) -> str:
@@ -124,6 +133,11 @@ def line_chart(
     `x_format(x, tick_step)` labels an x value (the step says how precise);
     `x_step(raw)` rounds a tick step up to one a reader counts in.
     """
+    # A value that is not finite (NaN: not sampled then) leaves a gap in its line.
+    series = [
+        Series(s.name, [v for v in s.values if math.isfinite(v)], s.color, s.xs_of(xs))
+        for s in series
+    ]
     if not xs or not series or not any(s.values for s in series):
         return _empty(chart_id, title, x_label, y_label)
     top = max((max(s.values) for s in series if s.values), default=0.0)
@@ -147,10 +161,13 @@ def line_chart(
             f'text-anchor="middle">{escape(x_format(x, step))}</text>'
         )
     for i, s in enumerate(series):
-        pts = " ".join(f"{_num(px(x))},{_num(py(v))}" for x, v in zip(xs, s.values, strict=False))
+        sx = s.xs if s.xs is not None else xs
+        if not s.values:
+            continue
+        pts = " ".join(f"{_num(px(x))},{_num(py(v))}" for x, v in zip(sx, s.values, strict=False))
         if fill and i == 0:
-            base = f"{_num(px(xs[0]))},{_num(py(0))}"
-            end = f"{_num(px(xs[min(len(xs), len(s.values)) - 1]))},{_num(py(0))}"
+            base = f"{_num(px(sx[0]))},{_num(py(0))}"
+            end = f"{_num(px(sx[min(len(sx), len(s.values)) - 1]))},{_num(py(0))}"
             out.append(
                 f'<polygon class="area" fill="{s.color}" fill-opacity="0.15" '
                 f'points="{base} {pts} {end}"/>'
@@ -159,7 +176,7 @@ def line_chart(
             f'<polyline class="series" data-series="{escape(s.name)}" fill="none" '
             f'stroke="{s.color}" stroke-width="2" points="{pts}"/>'
         )
-        for x, v in zip(xs, s.values, strict=False):
+        for x, v in zip(sx, s.values, strict=False):
             out.append(
                 f'<circle class="point" cx="{_num(px(x))}" cy="{_num(py(v))}" r="2" '
                 f'fill="{s.color}"><title>{escape(x_format(x, 0.0))}: '

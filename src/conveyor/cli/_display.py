@@ -18,6 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol, TextIO
 
+from .._core._sampler import format_metric
 from .._render._format import format_count, format_duration
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "format_count",
     "format_duration",
     "format_line",
+    "format_resources",
     "make_display",
     "snapshot_rows",
 ]
@@ -79,6 +81,33 @@ def _alerts(s: ProgressSnapshot) -> list[str]:
     return out
 
 
+# The monitor's metrics the live views show, with short labels; gauges follow by name.
+_RESOURCES = (
+    ("process_rss_mb", "rss"),
+    ("children_rss_mb", "jobs rss"),
+    ("process_cpu_percent", "cpu"),
+    ("system_memory_percent", "sys mem"),
+    ("system_cpu_percent", "sys cpu"),
+    ("gpu_utilization_percent", "gpu"),
+    ("gpu_memory_percent", "gpu mem"),
+)
+_SYSTEM_PREFIXES = ("process_", "children_", "system_", "gpu")
+
+
+def format_resources(s: ProgressSnapshot) -> str:
+    """The latest sample (`monitor=`): memory, CPU, GPU, then the user's gauges."""
+    res = s.resources
+    parts = [
+        f"{label} {format_metric(name, res[name])}" for name, label in _RESOURCES if name in res
+    ]
+    parts += [
+        f"{name} {format_metric(name, v)}"
+        for name, v in sorted(res.items())
+        if not name.startswith(_SYSTEM_PREFIXES)
+    ]
+    return "  ".join(parts)
+
+
 def format_line(s: ProgressSnapshot) -> str:
     """Every live figure on one plain line (no escape codes), for logs and CI."""
     parts = [
@@ -90,6 +119,7 @@ def format_line(s: ProgressSnapshot) -> str:
         f"limits rpm {_limit(s.rpm_limit, s.rpm_in_window)} "
         f"tpm {_limit(s.tpm_limit, s.tpm_in_window)} conc {s.concurrency_limit}",
         f"429s {s.rate_limited}",
+        *([format_resources(s)] if s.resources else []),
         *_alerts(s),
         f"eta {_eta(s)}",
     ]
@@ -118,6 +148,7 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
         ),
         ("429s", str(s.rate_limited)),
         *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),
+        *([("resources", format_resources(s))] if s.resources else []),
         ("time", f"elapsed {format_duration(s.elapsed)}  eta {_eta(s)}"),
     ]
     alerts = _alerts(s)
