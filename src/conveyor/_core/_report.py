@@ -23,7 +23,7 @@ from .._base._types import Result, Status
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["BatchReport", "ReportBuilder", "percentile"]
+__all__ = ["BatchReport", "ReportBuilder", "memo_lines", "percentile", "resource_lines"]
 
 _KEEP = 65_536
 
@@ -175,11 +175,11 @@ class BatchReport:
         if self.errors:
             top = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
             lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
-        lines += _memo_lines(self.extra.get("memo")) + _resource_lines(self.extra.get("resources"))
+        lines += memo_lines(self.extra.get("memo")) + resource_lines(self.extra.get("resources"))
         return "\n".join(lines)
 
 
-def _memo_lines(memo: Any) -> list[str]:
+def memo_lines(memo: Any) -> list[str]:
     if not isinstance(memo, dict) or not (memo.get("calls") or memo.get("calls_saved")):
         return []
     saved = memo["tokens_saved"]
@@ -191,7 +191,7 @@ def _memo_lines(memo: Any) -> list[str]:
     ]
 
 
-def _resource_lines(res: Any) -> list[str]:
+def resource_lines(res: Any) -> list[str]:
     """Peaks of the sampled resources, and a breach or what could not be read."""
     if not isinstance(res, dict):
         return []

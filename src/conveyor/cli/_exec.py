@@ -16,9 +16,11 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from .._base._exceptions import InputError, Interrupted
+from .._core._report import resource_lines
 from ..commands._batch import plan_commands, run_commands
 from ..commands._expand import highest_position
 from ._common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
+from ._monitor_opts import build_monitor, monitor_options
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -346,6 +348,7 @@ Exit codes:
     show_default=True,
     help="Seconds between SIGTERM and SIGKILL when a job is killed.",
 )
+@monitor_options
 @click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr (and the summary).")
 @click.option("--log-json", is_flag=True, help="Log lines as JSON.")
@@ -371,6 +374,11 @@ def exec_cmd(
     dry_run: bool,
     grace: float,
     kill_grace: float,
+    monitor: bool,
+    monitor_interval: float,
+    gauges: tuple[str, ...],
+    resource_limits: tuple[str, ...],
+    limit_samples: int,
     verbose: int,
     quiet: bool,
     log_json: bool,
@@ -417,10 +425,19 @@ def exec_cmd(
             kill_grace=kill_grace,
             grace=grace,
             keep_results=False,
+            monitor=build_monitor(
+                monitor=monitor,
+                monitor_interval=monitor_interval,
+                gauges=gauges,
+                resource_limits=resource_limits,
+                limit_samples=limit_samples,
+            ),
         )
     except Interrupted as exc:
         if exc.report is not None and "joblog" in exc.report.extra:
             click.echo(summary_line(exc.report), err=True)
         raise
     click.echo(summary_line(report), err=True)
+    for line in resource_lines(report.extra.get("resources")):
+        click.echo(line.strip(), err=True)
     sys.exit(exit_code(report))

@@ -417,21 +417,21 @@ async def run_user_check(fn: UserCheck) -> Check:
     return user_check_outcome(fn, out)
 
 
-def load_check(spec: str) -> UserCheck:
-    """`module:function` (as for `--check`) -> the function."""
+def load_check(spec: str, flag: str = "--check") -> UserCheck:
+    """`module:function` (as for `--check`, `--gauge`) -> the function."""
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
-        raise ValueError(f"--check {spec!r}: give MODULE:FUNCTION, e.g. mychecks:db_reachable")
+        raise ValueError(f"{flag} {spec!r}: give MODULE:FUNCTION, e.g. mychecks:db_reachable")
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise ValueError(
-            f"--check {spec!r}: cannot load it ({exc}); is the module on PYTHONPATH?"
+            f"{flag} {spec!r}: cannot load it ({exc}); is the module on PYTHONPATH?"
         ) from exc
     if not callable(obj):
-        raise ValueError(f"--check {spec!r}: {attr} is not a function")
+        raise ValueError(f"{flag} {spec!r}: {attr} is not a function")
     return cast("UserCheck", obj)
 
 

@@ -19,6 +19,7 @@ from ._common import (
     cli_errors,
     setup_logging,
 )
+from ._monitor_opts import build_monitor, monitor_options
 from ._observe import threshold_options
 
 _RUN_EPILOG = """\b
@@ -44,6 +45,13 @@ Running the same command again sends only what has no result yet. Ctrl+C
 stops admitting, lets in-flight requests finish, and says how to resume.
 `conveyor status JOURNAL` shows progress; `conveyor retry JOURNAL` re-runs
 failures.
+
+\b
+Monitoring: --monitor samples memory, CPU, GPU (nvidia-smi) and --gauge
+functions into the live panel and the report (`conveyor report --html`
+draws them); --limit METRIC=MAX, and with --monitor also --max-gpu-memory
+and --max-gpu-utilization, stop the run live (exit 3; run the same command
+again to resume).
 
 \b
 Endpoint: --base-url, else OPENAI_BASE_URL, else https://api.openai.com/v1;
@@ -228,6 +236,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--no-preflight", is_flag=True, help="Skip the endpoint/key/model/disk checks.")
 @threshold_options
+@monitor_options
 @click.option(
     "--prices",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -277,6 +286,17 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         fail_fast=o["fail_fast"],
         ray=o["ray_target"],
         actors=o["actors"],
+        monitor=build_monitor(
+            monitor=o["monitor"],
+            monitor_interval=o["monitor_interval"],
+            gauges=o["gauges"],
+            resource_limits=o["resource_limits"],
+            limit_samples=o["limit_samples"],
+            also_limits={
+                "gpu_memory_percent": o["max_gpu_memory"],
+                "gpu_utilization_percent": o["max_gpu_utilization"],
+            },
+        ),
     )
     if o["ray_target"] is not None:
         from ..ray import check_ray_available

@@ -43,6 +43,7 @@ from .._core._engine import invoker_for
 from .._core._portal import Control, Portal
 from .._core._retry import RetryPolicy
 from .._journal._journal import Journal, JournalError, JournalMismatch
+from .._journal._resources import add_resource_session
 from .._journal._sink import OutputSink, export
 from .._pipeline import Plan, is_finished
 from ._joblog import JobLog, JobLogEntry
@@ -295,6 +296,8 @@ async def _execute(
         "adaptive": False,
         "key": lambda job: job.key,
     }
+    if spec.monitor is not None:
+        options["monitor"] = spec.monitor
     relay = _StopRelay(control)
     if isinstance(jobs, AsyncIterable):
         jobs = _until(aiter(jobs), relay.stopped)
@@ -327,6 +330,9 @@ async def _execute(
             await stream.aclose()
             await deliver.drain()
             await sink.close()
+            ran = stream.report
+            if ran is not None and ran.extra.get("resources"):
+                add_resource_session(journal, ran.started_at, ran.extra["resources"])
     export(journal, spec.artifacts / RESULTS_NAME, adopt=False)
     report = stream.report
     assert report is not None
@@ -392,6 +398,7 @@ def run_commands(
     kill_grace: float = 5.0,
     grace: float = 10.0,
     keep_results: bool = True,
+    monitor: Any = None,
 ) -> BatchReport:
     """Run `command` once per input, `jobs` at a time; returns the `BatchReport`.
 
@@ -403,6 +410,11 @@ def run_commands(
     worker thread. `report.results` (unless `keep_results=False`) are in input
     order: `value` is the `CommandResult` of a job that succeeded and
     `meta["command"]` its dict for every job a process ran for.
+
+    `monitor=conveyor.Monitor(...)` samples memory (the jobs' too), CPU, GPU
+    and gauges while the jobs run, into `report.extra["resources"]` and the
+    journal (for `conveyor report --html`); its limits stop the run
+    (`ResourceLimitExceeded`, resumable).
 
     Ctrl+C: running jobs get `grace` seconds, a second Ctrl+C kills them;
     `Interrupted` is raised. Raises `JournalMismatch` when the journal was

@@ -54,6 +54,7 @@ class _Spec:
     force: bool = False
     on_job: Callable[[JobOutcome], Any] | None = None
     keep_results: bool = True
+    monitor: Any = None  # a conveyor.Monitor: resources sampled while the jobs run
 
     def settings(self) -> str:
         """What `retry_commands` needs to run the same jobs again (no env: secrets)."""
@@ -124,6 +125,7 @@ _DEFAULTS: dict[str, Any] = {
     "kill_grace": 5.0,
     "grace": 10.0,
     "keep_results": True,
+    "monitor": None,
 }
 
 
@@ -171,6 +173,7 @@ def _spec(command: Template, options: Mapping[str, Any]) -> _Spec:
         force=bool(o["force"]),
         on_job=o["on_job"],
         keep_results=bool(o["keep_results"]),
+        monitor=o["monitor"],
     )
 
 

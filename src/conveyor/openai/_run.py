@@ -172,6 +172,7 @@ class RunSettings:
     progress_interval: float = 1.0
     ray: str | None = None  # a Ray address ("local", "auto", host:port): run on actors
     actors: int = 2
+    monitor: Any = None  # a conveyor.Monitor: resources sampled while it runs
 
 
 def _check(s: RunSettings) -> None:
@@ -409,6 +410,12 @@ async def arun_file(
                 "on_progress": s.on_progress,
                 "progress_interval": s.progress_interval,
             }
+            if s.monitor is not None:
+                if s.ray is not None:
+                    raise ConfigError(
+                        "monitor", s.monitor, "only on this machine (it samples this process)"
+                    )
+                engine_options["monitor"] = s.monitor
             todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
 
             def make(previous: Callable[[str], Any]) -> RunStream:
