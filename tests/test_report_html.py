@@ -35,6 +35,8 @@ from conveyor._render._pricing import (
     load_prices,
     lookup_price,
 )
+from conveyor._render._resources import RESOURCE_CHART_IDS
+from conveyor._render._svg import Series, line_chart
 from conveyor._render._timeline import OTHER_ERRORS, TimelineBuilder, nice_step
 
 T0 = 1_700_000_000.0
@@ -528,3 +530,56 @@ def test_page_renders_its_charts_in_headless_chromium(tmp_path: Path) -> None:
     assert count_color(colors, (0x25, 0x63, 0xEB)) > 5000  # throughput line + latency bars
     assert count_color(colors, (0x16, 0xA3, 0x4A)) > 800  # in-flight line
     assert count_color(colors, (0xDC, 0x26, 0x26)) > 2000  # error bars / failed card
+
+
+# -- resources over time (monitor=) -------------------------------------------------------
+
+
+def test_a_monitored_run_draws_resources_over_time_from_its_journal(tmp_path: Path) -> None:
+    """A run with monitor= keeps its samples in the journal; `conveyor report --html`
+    draws memory, utilisation and gauges over time, lists the peaks and says what
+    could not be sampled; a resumed run adds its own session on the same axis."""
+    path = tmp_path / "j.db"
+    in_use = {"n": 0}
+
+    def job(i: int) -> int:
+        in_use["n"] = i % 4
+        return i
+
+    monitor = conveyor.Monitor(interval=0.02, gauges={"db_in_use": lambda: in_use["n"]},
+                               nvidia_smi="/nonexistent/nvidia-smi")  # fmt: skip
+    conveyor.run(range(20), job, concurrency=2, journal=path, monitor=monitor, key=str)
+    conveyor.run(range(30), job, concurrency=2, journal=path, monitor=monitor, key=str)
+    loaded = load_journal_report(path)
+    res_ = loaded.report.extra["resources"]
+    assert res_["sessions"] == 2
+    assert len(res_["series"]["t"]) == len(res_["series"]["values"]["process_rss_mb"])
+    page = render_html(loaded.report, loaded.timeline)
+    for cid in RESOURCE_CHART_IDS:
+        assert re.search(rf'<svg id="{cid}"[^>]*>', page), cid
+    assert 'data-series="process_rss_mb"' in page and 'data-series="db_in_use"' in page
+    assert "not sampled: gpu" in page and "/nonexistent/nvidia-smi not found" in page
+    assert "process_rss_mb (min / mean / max)" in page
+    assert '"resources"' in loaded.report.to_json(include_results=False)
+
+
+def test_a_run_without_monitor_has_no_resources_section(tmp_path: Path) -> None:
+    """Nothing sampled, nothing drawn: the page has no Resources heading."""
+    loaded = load_journal_report(journal_with(tmp_path / "j.db", sample_results()))
+    page = render_html(loaded.report, loaded.timeline)
+    assert "<h2>Resources</h2>" not in page and "chart-memory" not in page
+
+
+def test_a_gap_in_a_series_is_left_out_of_the_line() -> None:
+    """Points not sampled (NaN) are not drawn; the others keep their own times."""
+    svg = line_chart(
+        chart_id="c",
+        title="t",
+        x_label="x",
+        y_label="y",
+        xs=[0.0, 1.0, 2.0],
+        series=[Series("g", [1.0, float("nan"), 3.0])],
+        x_range=(0.0, 2.0),
+        x_format=lambda x, step: f"{x:g}",
+    )
+    assert svg.count('class="point"') == 2 and "nan" not in svg

@@ -85,6 +85,8 @@ class SamplerPolicy:
         self._times: list[float] = []
         self._series: dict[str, list[float]] = {}  # aligned with _times (nan: not sampled)
         self._weights: list[int] = []  # samples merged into each point
+        self._stride = 1  # samples per point now (doubles each time the history halves)
+        self._pending: tuple[float, dict[str, tuple[float, int]], int] | None = None
         self._stats: dict[str, tuple[float, float, float, int]] = {}  # min, max, sum, n
         self._latest: dict[str, float] = {}
         self.samples = 0
@@ -103,7 +105,7 @@ class SamplerPolicy:
 
     def record(self, now: float, values: Mapping[str, float]) -> Breach | None:
         """Take one sample; the first `Breach` (once) when a limit is exceeded."""
-        self._next = max(self._next + self.interval, now)
+        self._next = now + self.interval  # late: the next one an interval on, no burst
         clean = {k: float(v) for k, v in values.items() if _finite(v)}
         self.samples += 1
         self._latest = clean
@@ -125,16 +127,33 @@ class SamplerPolicy:
         return None
 
     def _append(self, t: float, values: Mapping[str, float]) -> None:
-        n = len(self._times)
-        for name in values:
+        """Add a sample to the point being filled; a full point joins the history."""
+        if self._pending is None:
+            self._pending = (0.0, {}, 0)
+        t_sum, sums, n = self._pending
+        for name, v in values.items():
+            total, k = sums.get(name, (0.0, 0))
+            sums[name] = (total + v, k + 1)
+        self._pending = (t_sum + t, sums, n + 1)
+        if n + 1 >= self._stride:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self._pending is not None
+        t_sum, sums, n = self._pending
+        self._pending = None
+        count = len(self._times)
+        for name in sums:
             if name not in self._series:
-                self._series[name] = [math.nan] * n
-        self._times.append(t)
-        self._weights.append(1)
+                self._series[name] = [math.nan] * count
+        self._times.append(t_sum / n)
+        self._weights.append(n)
         for name, series in self._series.items():
-            series.append(values.get(name, math.nan))
+            total, k = sums.get(name, (0.0, 0))
+            series.append(total / k if k else math.nan)
         if len(self._times) > self._keep:
             self._halve()
+            self._stride *= 2
 
     def _halve(self) -> None:
         """Merge neighbouring points pairwise (weighted means); an odd last one stays."""
@@ -157,8 +176,18 @@ class SamplerPolicy:
 
     def series(self) -> tuple[list[float], dict[str, list[float | None]]]:
         """(seconds since the start, metric -> values with None where not sampled)."""
-        return list(self._times), {
-            k: [None if math.isnan(v) else round(v, 3) for v in s] for k, s in self._series.items()
+        times = list(self._times)
+        cols = {k: list(v) for k, v in self._series.items()}
+        if self._pending is not None:  # the point still filling, as it stands
+            t_sum, sums, n = self._pending
+            times.append(t_sum / n)
+            for name in sums:
+                cols.setdefault(name, [math.nan] * len(self._times))
+            for name, col in cols.items():
+                total, k = sums.get(name, (0.0, 0))
+                col.append(total / k if k else math.nan)
+        return times, {
+            k: [None if math.isnan(v) else round(v, 3) for v in col] for k, col in cols.items()
         }
 
     def to_dict(self) -> dict[str, Any]:
