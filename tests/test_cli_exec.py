@@ -358,3 +358,25 @@ def test_ctrl_c_ends_a_run_whose_stdin_is_still_open(tmp_path: Path) -> None:
         os.close(write_end)
     assert proc.returncode == 130
     assert b"Rerun the same command to resume" in err
+
+
+def test_exec_monitor_samples_the_jobs_and_the_report_draws_them(tmp_path: Path) -> None:
+    """`conveyor exec --monitor`: the summary gives the peaks (the jobs' memory
+    too), and `conveyor report JOURNAL --html` draws memory over time."""
+    journal = tmp_path / "j.db"
+    src = str(Path(__file__).resolve().parent.parent / "src")  # this checkout's conveyor
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=tmp_path,
+                              env=env, capture_output=True, timeout=60, check=False)  # fmt: skip
+
+    r = cli("exec", "--monitor", "--monitor-interval", "0.05", "--journal", str(journal),
+            "--", "sh", "-c", "sleep 0.3; echo {}", ":::", "a", "b")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert "resources (peak) process_rss_mb" in err and "children_rss_mb" in err
+    page = tmp_path / "r.html"
+    rep = cli("report", str(journal), "--html", str(page))
+    assert rep.returncode == 0, rep.stderr
+    assert '<svg id="chart-memory"' in page.read_text()

@@ -557,3 +557,32 @@ def test_concurrency_auto_against_a_saturating_server(
     assert auto["history"][0][2] == "start"
     bad = conveyor("run", "x.jsonl", "-o", "y", "--concurrency", "fast")
     assert bad.returncode == 2 and "auto" in bad.stderr
+
+
+def test_monitor_gauges_and_a_live_limit_on_the_command_line(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--monitor --gauge NAME=MODULE:FUNC` puts memory, CPU and the gauge in the report
+    JSON (and the summary says the GPU was not sampled here); `--limit NAME=MAX`
+    over it stops the run (exit 3, says which limit); the same command without the
+    limit resumes and every custom_id is written once."""
+    srv, url = mock_server
+    (tmp_path / "mygauges.py").write_text("def pool_in_use():\n    return 9\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    make_input(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    rj = tmp_path / "report.json"
+    base = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--no-preflight", "-q", "--gauge", "pool=mygauges:pool_in_use"]  # fmt: skip
+    stopped = conveyor(*base, "--limit", "pool=8", env=env)
+    assert stopped.returncode == 3, stopped.stderr
+    assert "resource limit exceeded: pool = 9 > 8" in stopped.stderr
+    again = conveyor(*base, "--monitor-interval", "0.1", "--report-json", str(rj), env=env)
+    assert again.returncode == 0, again.stderr
+    assert sorted(read_ids(out)) == sorted(f"id-{i}" for i in range(40))
+    res = json.loads(rj.read_text())["extra"]["resources"]
+    assert res["metrics"]["pool"]["max"] == 9
+    assert res["metrics"]["process_rss_mb"]["max"] > 1
+    assert "not sampled (gpu)" in again.stderr
+    bad = conveyor(*base, "--limit", "pool", env=env)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
