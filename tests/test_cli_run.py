@@ -566,7 +566,7 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     JSON (and the summary says the GPU was not sampled here); `--limit NAME=MAX`
     over it stops the run (exit 3, says which limit); the same command without the
     limit resumes and every custom_id is written once."""
-    srv, url = mock_server
+    _srv, url = mock_server
     (tmp_path / "mygauges.py").write_text("def pool_in_use():\n    return 9\n")
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     make_input(tmp_path / "in.jsonl", 40)
