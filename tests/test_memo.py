@@ -7,27 +7,19 @@ over loopback with the official openai SDK as client, a real journal file.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from openai import AsyncOpenAI
 
 import conveyor
+from _procs import eventually
 from conveyor._core._memo import memo_key, usage_of
 from conveyor.mock import MockConfig, MockServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-
-def _until(cond: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def test_identical_sub_calls_in_flight_at_once_are_one_call() -> None:
@@ -38,7 +30,7 @@ def test_identical_sub_calls_in_flight_at_once_are_one_call() -> None:
 
     def week_context() -> dict[str, Any]:
         made.append(1)
-        _until(lambda: memo.waiting == 7)  # everyone is asking before the answer comes
+        assert eventually(lambda: memo.waiting == 7, 20)  # all ask before the answer comes
         return {
             "text": "week of 2025-12-23",
             "usage": {"prompt_tokens": 50, "completion_tokens": 5},

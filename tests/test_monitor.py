@@ -11,11 +11,12 @@ import logging
 import shutil
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 import conveyor
+from _procs import eventually
 from conveyor._core._sampler import SamplerPolicy
 from conveyor._monitor._gpu import parse_nvidia_smi, read_gpus
 from conveyor.cli._display import format_line, snapshot_rows
@@ -24,14 +25,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 MB = 2**20
-
-
-def _until(cond: Any, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # ---- the policy, on a fake clock ----------------------------------------------------
@@ -111,9 +104,9 @@ def test_the_process_memory_a_task_holds_shows_in_the_samples() -> None:
     def hold(_: int) -> int:
         block = b"x" * (80 * MB)  # written bytes: resident, not just reserved
         sampled.clear()
-        _until(sampled.is_set)  # a sample taken while we hold it
+        assert eventually(sampled.is_set, 20)  # a sample taken while we hold it
         sampled.clear()
-        _until(sampled.is_set)
+        assert eventually(sampled.is_set, 20)
         return len(block)
 
     monitor = conveyor.Monitor(interval=0.05, gauges={"probe": probe})
@@ -136,7 +129,8 @@ def test_a_busy_task_shows_in_the_process_cpu() -> None:
     def spin(_: int) -> int:
         start = count
         n = 0
-        while count < start + 4:
+        deadline = time.monotonic() + 20  # bounded even if sampling stopped
+        while count < start + 4 and time.monotonic() < deadline:
             n += 1
         return n
 
@@ -237,7 +231,7 @@ def test_snapshots_carry_the_latest_sample_and_the_live_views_show_it() -> None:
     gate = threading.Event()
 
     def job(i: int) -> int:
-        _until(lambda: any(s.resources for s in snaps))
+        assert eventually(lambda: any(s.resources for s in snaps), 20)
         gate.set()
         return i
 
