@@ -584,5 +584,8 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     assert res["metrics"]["pool"]["max"] == 9
     assert res["metrics"]["process_rss_mb"]["max"] > 1
     assert "not sampled (gpu)" in again.stderr
+    fresh = [*base[:3], str(tmp_path / "out2.jsonl"), *base[4:]]
+    floor = conveyor(*fresh, "--floor", "pool=10", env=env)
+    assert floor.returncode == 3 and "pool = 9 < 10" in floor.stderr
     bad = conveyor(*base, "--limit", "pool", env=env)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

@@ -64,6 +64,17 @@ def test_a_limit_breaches_after_patience_samples_in_a_row_and_once() -> None:
     assert "db = 10 > 8 for 3 samples in a row" in breach.message()
 
 
+def test_a_floor_breaches_below_it() -> None:
+    """seed 003's "system memory < 4 GB available": a floor breaches when the value
+    drops under it, and its message says so with `<`."""
+    policy = SamplerPolicy(interval=1.0, floors={"system_memory_available_mb": 4096})
+    assert policy.record(0.0, {"system_memory_available_mb": 8000}) is None
+    breach = policy.record(1.0, {"system_memory_available_mb": 3000})
+    assert breach is not None and breach.floor
+    assert "system_memory_available_mb = 3,000 MB < 4,096 MB" in breach.message()
+    assert policy.to_dict()["floors"] == {"system_memory_available_mb": 4096}
+
+
 def test_a_seed_003_gpu_reading_above_the_limit_breaches() -> None:
     """The seed's GPU line (4949/6144 MB = 80.6%) under a 95% limit is fine, and
     at 5900 MB (96%) it breaches on gpu_memory_percent."""

@@ -165,7 +165,11 @@ class Engine:
         mon = self.opts.monitor
         if mon is not None:
             self._sampler = SamplerPolicy(
-                interval=mon.interval, limits=mon.limits, patience=mon.patience, started=self._t0
+                interval=mon.interval,
+                limits=mon.limits,
+                floors=getattr(mon, "floors", None),
+                patience=mon.patience,
+                started=self._t0,
             )
             self._sampling = self._loop.create_task(self._sample(), name="conveyor-monitor")
 

@@ -211,7 +211,8 @@ def resource_lines(res: Any) -> list[str]:
     if breach:
         lines.append(
             f"  resource limit hit: {breach['metric']} "
-            f"{format_metric(breach['metric'], breach['value'])} > "
+            f"{format_metric(breach['metric'], breach['value'])} "
+            f"{'<' if breach.get('floor') else '>'} "
             f"{format_metric(breach['metric'], breach['limit'])} at {breach['at']:.1f}s"
         )
     for what, why in sorted((res.get("unavailable") or {}).items()):

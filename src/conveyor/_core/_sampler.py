@@ -26,19 +26,25 @@ __all__ = ["Breach", "SamplerPolicy", "format_metric"]
 
 @dataclass(frozen=True)
 class Breach:
-    """A limit exceeded: `metric` was `value` (> `limit`) for `samples` samples."""
+    """A limit exceeded: `metric` was `value` (> `limit`, or < it for a floor)
+    for `samples` samples in a row, `at` seconds into the run."""
 
     metric: str
     value: float
     limit: float
     samples: int
     at: float
+    floor: bool = False
+
+    @property
+    def sign(self) -> str:
+        return "<" if self.floor else ">"
 
     def message(self) -> str:
         times = "" if self.samples == 1 else f" for {self.samples} samples in a row"
         return (
             f"resource limit exceeded: {self.metric} = {format_metric(self.metric, self.value)}"
-            f" > {format_metric(self.metric, self.limit)}{times}"
+            f" {self.sign} {format_metric(self.metric, self.limit)}{times}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -46,6 +52,7 @@ class Breach:
             "metric": self.metric,
             "value": self.value,
             "limit": self.limit,
+            "floor": self.floor,
             "samples": self.samples,
             "at": round(self.at, 3),
         }
@@ -62,13 +69,15 @@ def format_metric(name: str, value: float) -> str:
 
 class SamplerPolicy:
     """Sampling every `interval` seconds of the run's clock, `limits` (metric ->
-    maximum), `patience` consecutive samples over a limit before it breaches."""
+    maximum), `floors` (metric -> minimum, e.g. memory available), `patience`
+    consecutive samples past one before it breaches."""
 
     def __init__(
         self,
         *,
         interval: float,
         limits: Mapping[str, float] | None = None,
+        floors: Mapping[str, float] | None = None,
         patience: int = 1,
         keep: int = 512,
         started: float = 0.0,
@@ -77,6 +86,7 @@ class SamplerPolicy:
             raise ValueError("interval must be > 0")
         self.interval = float(interval)
         self.limits = dict(limits or {})
+        self.floors = dict(floors or {})
         self.patience = max(1, int(patience))
         self._keep = max(4, int(keep))
         self._t0 = started
@@ -115,15 +125,20 @@ class SamplerPolicy:
             self._stats[name] = (min(lo, v), max(hi, v), total + v, n + 1)
         if self.breach is not None:
             return None
-        for metric, limit in self.limits.items():
+        bounds = [(m, v, False) for m, v in self.limits.items()]
+        bounds += [(m, v, True) for m, v in self.floors.items()]
+        for metric, bound, floor in bounds:
             got = clean.get(metric)
-            if got is not None and got > limit:
-                self._over[metric] = self._over.get(metric, 0) + 1
-                if self._over[metric] >= self.patience:
-                    self.breach = Breach(metric, got, limit, self._over[metric], now - self._t0)
+            key = ("min " if floor else "max ") + metric
+            if got is not None and (got < bound if floor else got > bound):
+                self._over[key] = self._over.get(key, 0) + 1
+                if self._over[key] >= self.patience:
+                    self.breach = Breach(
+                        metric, got, bound, self._over[key], now - self._t0, floor=floor
+                    )
                     return self.breach
             else:
-                self._over[metric] = 0
+                self._over[key] = 0
         return None
 
     def _append(self, t: float, values: Mapping[str, float]) -> None:
@@ -209,6 +224,7 @@ class SamplerPolicy:
                 for name, (lo, hi, total, n) in sorted(self._stats.items())
             },
             "limits": dict(self.limits),
+            "floors": dict(self.floors),
             "breach": None if self.breach is None else self.breach.to_dict(),
             "series": {"t": [round(t, 3) for t in times], "values": series},
         }

@@ -62,7 +62,9 @@ class Monitor:
 
     `gauges`: name -> function returning a number (or a dict of them).
     `limits`: metric -> maximum; a sample above it for `patience` samples in
-    a row stops the run (`ResourceLimitExceeded`, resumable). `system` and
+    a row stops the run (`ResourceLimitExceeded`, resumable). `floors`:
+    metric -> minimum, the same below it (`system_memory_available_mb`:
+    seed 003's "do not go on under 4 GB available"). `system` and
     `gpu` turn those probes off; `gpu=None` (default) samples GPUs when
     `nvidia_smi` is found.
     """
@@ -73,6 +75,7 @@ class Monitor:
         interval: float = 1.0,
         gauges: Mapping[str, Callable[[], Any]] | None = None,
         limits: Mapping[str, float] | None = None,
+        floors: Mapping[str, float] | None = None,
         patience: int = 1,
         system: bool = True,
         gpu: bool | None = None,
@@ -97,6 +100,10 @@ class Monitor:
             str(k): _number(f"limits[{k!r}]", v, "a number (the metric's maximum)")
             for k, v in (limits or {}).items()
         }
+        self.floors = {
+            str(k): _number(f"floors[{k!r}]", v, "a number (the metric's minimum)")
+            for k, v in (floors or {}).items()
+        }
         self.system = bool(system)
         self.gpu = gpu
         self.nvidia_smi = nvidia_smi
@@ -110,7 +117,7 @@ class Monitor:
     def __repr__(self) -> str:
         return (
             f"Monitor(interval={self.interval:g}, gauges={sorted(self.gauges)}, "
-            f"limits={self.limits})"
+            f"limits={self.limits}, floors={self.floors})"
         )
 
     def known_metrics(self) -> set[str]:
@@ -142,11 +149,11 @@ class Monitor:
             found = read_gpus(self.nvidia_smi)
             if isinstance(found, str):
                 self.unavailable["gpu"] = found
-        for metric in self.limits:
+        for metric in [*self.limits, *self.floors]:
             if metric not in self.known_metrics() and not metric.startswith(("gpu", *self.gauges)):
                 log.warning("monitor: no probe reports %r; its limit cannot stop the run", metric)
         if "gpu" in self.unavailable:
-            gpu_limits = [m for m in self.limits if m.startswith("gpu")]
+            gpu_limits = [m for m in [*self.limits, *self.floors] if m.startswith("gpu")]
             if gpu_limits:
                 log.warning(
                     "monitor: %s; the limits on %s cannot be enforced",

@@ -39,6 +39,7 @@ def merge_sessions(sessions: Sequence[dict[str, Any]], start: float) -> dict[str
     unavailable: dict[str, str] = {}
     breach = None
     limits: dict[str, float] = {}
+    floors: dict[str, float] = {}
     for s in sessions:
         series = s.get("series") or {}
         ts = series.get("t") or []
@@ -54,11 +55,13 @@ def merge_sessions(sessions: Sequence[dict[str, Any]], start: float) -> dict[str
             metrics[name] = dict(m) if have is None else _combine(have, m)
         unavailable.update(s.get("unavailable") or {})
         limits.update(s.get("limits") or {})
+        floors.update(s.get("floors") or {})
         breach = s.get("breach") or breach
     return {
         "sessions": len(sessions),
         "metrics": metrics,
         "limits": limits,
+        "floors": floors,
         "breach": breach,
         "unavailable": unavailable,
         "series": {"t": times, "values": values},
@@ -90,12 +93,15 @@ def resource_rows(res: dict[str, Any] | None) -> list[tuple[str, str]]:
         )
     for metric, limit in sorted((res.get("limits") or {}).items()):
         rows.append((f"limit on {metric}", format_metric(metric, limit)))
+    for metric, floor in sorted((res.get("floors") or {}).items()):
+        rows.append((f"floor on {metric}", format_metric(metric, floor)))
     breach = res.get("breach")
     if breach:
         rows.append(
             (
                 "stopped by a resource limit",
-                f"{breach['metric']} = {format_metric(breach['metric'], breach['value'])} > "
+                f"{breach['metric']} = {format_metric(breach['metric'], breach['value'])} "
+                f"{'<' if breach.get('floor') else '>'} "
                 f"{format_metric(breach['metric'], breach['limit'])} at {breach['at']:.1f} s",
             )
         )

@@ -378,6 +378,7 @@ def exec_cmd(
     monitor_interval: float,
     gauges: tuple[str, ...],
     resource_limits: tuple[str, ...],
+    resource_floors: tuple[str, ...],
     limit_samples: int,
     verbose: int,
     quiet: bool,
@@ -430,6 +431,7 @@ def exec_cmd(
                 monitor_interval=monitor_interval,
                 gauges=gauges,
                 resource_limits=resource_limits,
+                resource_floors=resource_floors,
                 limit_samples=limit_samples,
             ),
         )

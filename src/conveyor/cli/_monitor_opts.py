@@ -56,12 +56,20 @@ def monitor_options(fn: F) -> F:
                 "Repeatable; implies --monitor.",
             ),
             click.option(
+                "--floor",
+                "resource_floors",
+                multiple=True,
+                metavar="METRIC=MIN",
+                help="Stop the run when METRIC goes below MIN (system_memory_available_mb=4096, "
+                "or a --gauge name). Repeatable; implies --monitor.",
+            ),
+            click.option(
                 "--limit-samples",
                 type=click.IntRange(min=1),
                 default=1,
                 show_default=True,
                 metavar="N",
-                help="A --limit stops the run only after N samples in a row above it.",
+                help="A --limit or --floor stops the run only after N samples in a row past it.",
             ),
         ]
     ):
@@ -88,13 +96,16 @@ def build_monitor(
     gauges: Sequence[str],
     resource_limits: Sequence[str],
     limit_samples: int,
+    resource_floors: Sequence[str] = (),
     also_limits: dict[str, float | None] | None = None,
+    also_floors: dict[str, float | None] | None = None,
 ) -> Monitor | None:
-    """The `Monitor` the flags ask for, or None. `also_limits` (the preflight's
-    --max-gpu-memory...) are enforced live too once monitoring is on."""
+    """The `Monitor` the flags ask for, or None. `also_limits`/`also_floors` (the
+    preflight's --max-gpu-memory, --min-free-memory) are enforced live too once
+    monitoring is on."""
     from ._preflight import load_check
 
-    if not (monitor or gauges or resource_limits):
+    if not (monitor or gauges or resource_limits or resource_floors):
         return None
     fns: dict[str, Callable[[], Any]] = {}
     for text in gauges:
@@ -103,13 +114,27 @@ def build_monitor(
             fns[name] = load_check(spec, "--gauge")
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--gauge") from None
-    limits: dict[str, float] = {k: v for k, v in (also_limits or {}).items() if v is not None}
-    for text in resource_limits:
-        name, value = _pair("--limit", text)
+    limits = _bounds("--limit", "MAX", resource_limits, also_limits)
+    floors = _bounds("--floor", "MIN", resource_floors, also_floors)
+    return Monitor(
+        interval=monitor_interval,
+        gauges=fns,
+        limits=limits,
+        floors=floors,
+        patience=limit_samples,
+    )
+
+
+def _bounds(
+    flag: str, what: str, texts: Sequence[str], also: dict[str, float | None] | None
+) -> dict[str, float]:
+    out = {k: v for k, v in (also or {}).items() if v is not None}
+    for text in texts:
+        name, value = _pair(flag, text)
         try:
-            limits[name] = float(value)
+            out[name] = float(value)
         except ValueError:
             raise click.BadParameter(
-                f"{text!r}: MAX must be a number", param_hint="--limit"
+                f"{text!r}: {what} must be a number", param_hint=flag
             ) from None
-    return Monitor(interval=monitor_interval, gauges=fns, limits=limits, patience=limit_samples)
+    return out

@@ -49,9 +49,10 @@ failures.
 \b
 Monitoring: --monitor samples memory, CPU, GPU (nvidia-smi) and --gauge
 functions into the live panel and the report (`conveyor report --html`
-draws them); --limit METRIC=MAX, and with --monitor also --max-gpu-memory
-and --max-gpu-utilization, stop the run live (exit 3; run the same command
-again to resume).
+draws them); --limit METRIC=MAX, --floor METRIC=MIN and, with --monitor,
+the preflight's --max-gpu-memory, --max-gpu-utilization and
+--min-free-memory stop the run live (exit 3; run the same command again
+to resume).
 
 \b
 Endpoint: --base-url, else OPENAI_BASE_URL, else https://api.openai.com/v1;
@@ -291,11 +292,13 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
             monitor_interval=o["monitor_interval"],
             gauges=o["gauges"],
             resource_limits=o["resource_limits"],
+            resource_floors=o["resource_floors"],
             limit_samples=o["limit_samples"],
             also_limits={
                 "gpu_memory_percent": o["max_gpu_memory"],
                 "gpu_utilization_percent": o["max_gpu_utilization"],
             },
+            also_floors={"system_memory_available_mb": o["min_free_memory_mb"]},
         ),
     )
     if o["ray_target"] is not None:
