@@ -22,6 +22,7 @@ exactly once per key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -225,7 +226,12 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         section = None if report is None else report.extra.get("resources")
         if self._journal is None or report is None or not section:
             return
-        add_resource_session(self._journal, report.started_at, section)
+        try:
+            add_resource_session(self._journal, report.started_at, section)
+        except Exception as exc:  # the results are committed; only the chart data is lost
+            logging.getLogger("conveyor").warning(
+                "could not keep the resource samples in %s: %s", self._journal.path, exc
+            )
 
     def _close_memo(self) -> None:
         store, self._memo_store = self._memo_store, None

@@ -376,7 +376,9 @@ class Memo:
 
     async def _alead(self, k: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            value = await fn()
+            value = fn()
+            if inspect.isawaitable(value):  # a plain function's value is taken as it is
+                value = await value
         except BaseException as exc:
             self._failed(k, exc)
             raise
