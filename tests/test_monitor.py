@@ -278,3 +278,14 @@ def test_monitor_options_are_checked() -> None:
         conveyor.run([1], str, backend="ray", monitor=True)
     report = conveyor.run([1], str, monitor=True)
     assert report.extra["resources"]["samples"] >= 1
+
+
+def test_without_the_system_probe_the_process_is_still_read_from_the_os() -> None:
+    """system=False (as without psutil): RSS from /proc and CPU time from os.times(),
+    no system_ or children_ figure, nothing claimed unavailable that was not asked."""
+    monitor = conveyor.Monitor(system=False, gpu=False)
+    first = monitor.sample()
+    second = monitor.sample()
+    assert first["process_rss_mb"] > 1 and "process_cpu_percent" in second
+    assert not any(k.startswith(("system_", "children_", "gpu")) for k in second)
+    assert monitor.unavailable == {}
