@@ -15,6 +15,7 @@ from openai import AsyncOpenAI
 import conveyor
 from _procs import eventually
 from conveyor._core._memo import memo_key, usage_of
+from conveyor.cli._display import snapshot_rows
 from conveyor.mock import MockConfig, MockServer
 
 if TYPE_CHECKING:
@@ -49,6 +50,17 @@ def test_identical_sub_calls_in_flight_at_once_are_one_call() -> None:
     assert m["tokens_spent"] == {"input": 50, "output": 5}
     assert m["tokens_saved"] == {"input": 350, "output": 35}
     assert (report.input_tokens, report.output_tokens) == (50, 5)  # spent once, by the leader
+
+
+def test_progress_snapshots_and_the_live_panel_show_the_memo() -> None:
+    """on_progress snapshots carry the memo's figures so far; the panel has a memo row."""
+    memo = conveyor.Memo()
+    snaps: list[conveyor.ProgressSnapshot] = []
+    conveyor.run(range(6), lambda i: memo.call("k", lambda: 7), concurrency=1, memo=memo,
+                 on_progress=snaps.append)  # fmt: skip
+    last = snaps[-1].extra["memo"]
+    assert (last["calls"], last["hits"]) == (1, 5)
+    assert dict(snapshot_rows(snaps[-1]))["memo"].startswith("1 calls made, 5 saved")
 
 
 def test_later_runs_hit_the_memo_and_each_report_has_its_own_share() -> None:

@@ -189,7 +189,14 @@ class Engine:
             finished=self._finished.is_set(),
             limits=self._admission.figures(now),
             resources=None if self._sampler is None else self._sampler.latest,
+            extra=None if self._memo_start is None else {"memo": self._memo_figures()},
         )
+
+    def _memo_figures(self) -> dict[str, Any]:
+        memo, start = self.opts.memo, self._memo_start
+        assert memo is not None
+        assert start is not None
+        return (memo.stats() - start).to_dict()
 
     def _emit_progress(self) -> None:
         fn = self.opts.on_progress
@@ -326,7 +333,7 @@ class Engine:
         if memo is not None and self._memo_start is not None:
             rep.extra["memo"] = (memo.stats() - self._memo_start).to_dict(
                 run_tokens=rep.input_tokens + rep.output_tokens
-            )
+            )  # the saving against what the whole run spent
         if self._sampler is not None:
             section = self._sampler.to_dict()
             section["unavailable"] = dict(getattr(self.opts.monitor, "unavailable", {}))

@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from .._core._sampler import format_metric
 from .._render._format import format_count, format_duration
@@ -38,6 +38,7 @@ __all__ = [
     "format_count",
     "format_duration",
     "format_line",
+    "format_memo",
     "format_resources",
     "make_display",
     "snapshot_rows",
@@ -108,6 +109,16 @@ def format_resources(s: ProgressSnapshot) -> str:
     return "  ".join(parts)
 
 
+def format_memo(memo: dict[str, Any]) -> str:
+    """What the run's `Memo` saved so far (`memo=`)."""
+    saved = memo["tokens_saved"]
+    return (
+        f"{memo['calls']} calls made, {memo['calls_saved']} saved "
+        f"({memo['joined']} joined in flight)  tokens saved "
+        f"{format_count(saved['input'] + saved['output'])}"
+    )
+
+
 def format_line(s: ProgressSnapshot) -> str:
     """Every live figure on one plain line (no escape codes), for logs and CI."""
     parts = [
@@ -149,6 +160,7 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
         ("429s", str(s.rate_limited)),
         *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),
         *([("resources", format_resources(s))] if s.resources else []),
+        *([("memo", format_memo(s.extra["memo"]))] if s.extra.get("memo") else []),
         ("time", f"elapsed {format_duration(s.elapsed)}  eta {_eta(s)}"),
     ]
     alerts = _alerts(s)
