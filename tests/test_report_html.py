@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from collections import Counter
 from html.parser import HTMLParser
@@ -583,3 +584,32 @@ def test_a_gap_in_a_series_is_left_out_of_the_line() -> None:
         x_format=lambda x, step: f"{x:g}",
     )
     assert svg.count('class="point"') == 2 and "nan" not in svg
+
+
+@needs_chromium
+@pytest.mark.timeout(180)
+def test_resource_charts_render_in_headless_chromium(tmp_path: Path) -> None:
+    """A monitored run's page, loaded in a real browser: the memory, utilisation and
+    gauge charts are in the rendered DOM, and the fifth gauge's line is painted in
+    its own colour (purple, used by nothing else on the page)."""
+    path = tmp_path / "j.db"
+    gauges = {name: (lambda v=v: v) for v, name in enumerate(("a", "b", "c", "d", "e"), 1)}
+    monitor = conveyor.Monitor(interval=0.02, gauges=gauges)
+
+    def job(i: int) -> int:
+        time.sleep(0.01)
+        return i
+
+    conveyor.run(range(30), job, concurrency=2, journal=path, monitor=monitor, key=str)
+    loaded = load_journal_report(path)
+    page = write_html(tmp_path / "report.html", loaded.report, loaded.timeline)
+    url = page.resolve().as_uri()
+    dom = chromium(tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for cid in RESOURCE_CHART_IDS:
+        assert re.search(rf'<svg id="{cid}"[^>]*>', dom.stdout), cid
+    shot = tmp_path / "report.png"
+    run = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,3200", url)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    colors = color_histogram(decode_png(shot.read_bytes()))
+    assert count_color(colors, (0x7C, 0x3A, 0xED)) > 300  # gauge "e": line and legend
