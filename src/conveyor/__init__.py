@@ -35,6 +35,7 @@ from ._base._exceptions import (
     FatalError,
     InputError,
     Interrupted,
+    InvalidAnswer,
     JournalError,
     JournalLocked,
     JournalMismatch,
@@ -42,6 +43,7 @@ from ._base._exceptions import (
     QuotaExceeded,
     ResourceLimitExceeded,
     RetryableError,
+    SchemaInvalid,
 )
 from ._base._types import ErrorInfo, Result, Status, Usage
 from ._base._version import __version__
@@ -59,6 +61,7 @@ from ._core._options import Breaker
 from ._core._progress import ProgressSnapshot
 from ._core._report import BatchReport
 from ._core._retry import RetryPolicy, default_retryable
+from ._core._validation import Issue, Reask
 from ._monitor import Monitor
 from .executors import (
     AsyncExecutor,
@@ -91,7 +94,9 @@ __all__ = [
     "FatalError",
     "InputError",
     "Interrupted",
+    "InvalidAnswer",
     "IsolationLevel",
+    "Issue",
     "JournalError",
     "JournalLocked",
     "JournalMismatch",
@@ -104,10 +109,12 @@ __all__ = [
     "ProgressSnapshot",
     "QuotaExceeded",
     "RateLimitHint",
+    "Reask",
     "ResourceLimitExceeded",
     "Result",
     "RetryPolicy",
     "RetryableError",
+    "SchemaInvalid",
     "SequentialExecutor",
     "Status",
     "Stream",

@@ -30,7 +30,7 @@ Items = Iterable[Any] | AsyncIterable[Any]
 
 
 # Engine options the pipeline and the Ray workers set; not options of run().
-_INTERNAL = ("previous", "shared_limiter")
+_INTERNAL = ("previous", "shared_limiter", "validate_item")
 
 
 def _backend(options: dict[str, Any]) -> str:
@@ -261,6 +261,15 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     `threading.local`), `worker_teardown` once in each when the run ends. A
     thread stuck past `timeout` is replaced, and its replacement is
     initialised too.
+
+    `validate=check`: `check(value)` returns the value to keep (parsed,
+    typed) or raises when the value is not acceptable (`InvalidAnswer`, a
+    Pydantic `ValidationError`, any exception). An invalid value is asked
+    again: the item gets another attempt, under the same limits, up to
+    `reask` times (default 2); `fn` sees why in
+    `conveyor.current_attempt().reask` (the previous value, the error and
+    its issues) and may change its request. After the last try the item
+    fails with the validation errors; `report.validation` counts it all.
 
     `preflight=[db_reachable, ...]`: functions (sync or async, no argument)
     run before any item; each passes by returning None or True and blocks

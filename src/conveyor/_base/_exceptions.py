@@ -3,6 +3,7 @@
 ```
 ConveyorError
 ├── ConfigError              an option or config value is not allowed (names it)
+│   └── SchemaInvalid        a JSON Schema to validate answers with is not valid (names where)
 ├── AggregateExecutionError  an executor ran tasks and every one of them failed
 ├── FatalError               stops the whole run (a rejected API key, a full disk)
 │   ├── AuthError            401/403 from the endpoint: the key was rejected
@@ -14,6 +15,7 @@ ConveyorError
 │   └── HTTPRetryable        429, 5xx, timeout, connection error (carries Retry-After)
 ├── InputError               an input line or record could not be read (names file, line)
 ├── HTTPClientError          the endpoint refused this request (400, 404, 422...)
+├── InvalidAnswer            an answer failed validation (its issues; re-asked, then failed)
 ├── JournalError             the journal cannot be used (names the path)
 │   ├── JournalCorrupt       not a conveyor journal, or damaged
 │   ├── JournalFull          the disk is full; committed results are kept
@@ -64,6 +66,7 @@ __all__ = [
     "HTTPRetryable",
     "InputError",
     "Interrupted",
+    "InvalidAnswer",
     "IsolationError",
     "JournalCorrupt",
     "JournalError",
@@ -77,6 +80,7 @@ __all__ = [
     "RayNotInstalled",
     "ResourceLimitExceeded",
     "RetryableError",
+    "SchemaInvalid",
     "WorkersLost",
 ]
 
@@ -101,6 +105,28 @@ class ConfigError(ConveyorError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid {option}={value!r}: {allowed}")
+
+
+class SchemaInvalid(ConfigError):
+    """A JSON Schema given to validate answers with is not a valid schema.
+
+    Raised before anything is sent. `source` says where the schema came from
+    (a file, an input line's custom_id, an argument), `location` where in the
+    schema the problem is (a JSON path such as ``$.properties.score.type``).
+    """
+
+    def __init__(self, source: str, location: str, message: str) -> None:
+        self.source = source
+        self.location = location
+        self.detail = message
+        ConveyorError.__init__(
+            self,
+            f"{source}: not a valid JSON Schema at {location}: {message}. Nothing was sent; "
+            "fix the schema (https://json-schema.org/understanding-json-schema/) and run again.",
+        )
+        self.option = "schema"
+        self.value = source
+        self.allowed = "a valid JSON Schema"
 
 
 class AggregateExecutionError(ConveyorError):
@@ -248,6 +274,23 @@ class InputError(ConveyorError):
         elif line is not None:
             where = f"line {line}: "
         super().__init__(where + message)
+
+
+class InvalidAnswer(ConveyorError):
+    """An answer failed validation: `issues` lists what is wrong (each with the
+    path in the answer, a short kind such as ``type`` or ``required``, and a
+    message), `raw` is the answer as received.
+
+    Raise it (or any exception) from a `validate=` function; conveyor asks
+    again up to `reask` times, then the item fails with it.
+    """
+
+    def __init__(self, issues: Sequence[Any], raw: Any = None) -> None:
+        self.issues = list(issues)
+        self.raw = raw
+        shown = "; ".join(str(i) for i in self.issues[:5])
+        more = f" (+{len(self.issues) - 5} more)" if len(self.issues) > 5 else ""
+        super().__init__(f"the answer failed validation: {shown or 'invalid'}{more}")
 
 
 # -- raised by _journal/ -------------------------------------------------------

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .._base._types import Usage
+
+if TYPE_CHECKING:
+    from ._validation import Reask
 
 __all__ = [
     "Attempt",
@@ -54,7 +58,11 @@ class RateLimitHint:
 
 @dataclass(slots=True)
 class Attempt:
-    """The attempt in progress: which item, which try, what it consumed."""
+    """The attempt in progress: which item, which try, what it consumed.
+
+    `reask` is set when this attempt asks again after an answer failed
+    `validate=`: the previous answer and its validation errors.
+    """
 
     index: int
     key: str
@@ -63,6 +71,7 @@ class Attempt:
     limits: RateLimitHint | None = None
     cached: bool = False
     meta: dict[str, object] = field(default_factory=dict)
+    reask: Reask | None = None
 
 
 _current: ContextVar[Attempt | None] = ContextVar("conveyor_attempt", default=None)

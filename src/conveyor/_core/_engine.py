@@ -24,7 +24,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded, ResourceLimitExceeded
-from .._base._types import ErrorInfo, Result, Status
+from .._base._types import ErrorInfo, Result, Status, Usage
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo, Dispatcher
@@ -33,6 +33,7 @@ from ._progress import ProgressSnapshot, RateMeter, measure
 from ._report import BatchReport, ReportBuilder
 from ._sampler import SamplerPolicy
 from ._threads import ThreadRunner
+from ._validation import Checker, Reask
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -70,6 +71,15 @@ def invoker_for(fn: Callable[[Any], Any]) -> Invoker:
         return engine.run_in_thread(fn, item)
 
     return call_sync
+
+
+def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
+    """Tokens over every attempt of an item: each one is billed."""
+    if more is None:
+        return total
+    if total is None:
+        return Usage(more.input_tokens, more.output_tokens)
+    return Usage(total.input_tokens + more.input_tokens, total.output_tokens + more.output_tokens)
 
 
 class FatalItem(Exception):
@@ -533,7 +543,9 @@ class Engine:
         wall0 = time.time()
         attempts = 0
         error: ErrorInfo | None = None
-        usage = None
+        usage: Usage | None = None
+        checker = Checker(self.opts.reask) if self.opts.validate is not None else None
+        reask: Reask | None = None
         try:
             self._dispatch.start(index, key, item)
             weight = 0.0
@@ -562,7 +574,7 @@ class Engine:
                 ticket = await self._admission.admit(weight, split)
                 attempts += 1
                 self._attempts += 1
-                attempt = Attempt(index, key, attempts)
+                attempt = Attempt(index, key, attempts, reask=reask)
                 st.attempt_running = True
                 sent = clock.now()
                 try:
@@ -588,9 +600,12 @@ class Engine:
                     raise
                 except Exception as exc:
                     st.attempt_running = False
-                    usage = attempt.usage or usage
+                    usage = _add_usage(usage, attempt.usage)
                     self._admission.settle(attempt, ticket)
-                    delay, refused = self._on_failure(exc, attempts - refusals, ticket, refusals)
+                    reasked = checker.reasks if checker is not None else 0
+                    delay, refused = self._on_failure(
+                        exc, attempts - refusals - reasked, ticket, refusals
+                    )
                     if refused != "rate" and self.opts.retry.is_retryable(exc):
                         # Timeouts, 5xx, capacity refusals: signs of overload.
                         self._admission.observe(
@@ -647,13 +662,27 @@ class Engine:
                         self._retrying -= 1
                     continue
                 st.attempt_running = False
-                usage = attempt.usage
+                usage = _add_usage(usage, attempt.usage)
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
                 if not attempt.cached:
                     self._admission.observe(clock.now() - sent, ok=True, in_flight=len(self._tasks))
-                r = self._result(index, key, item, Status.OK, None, attempts, wall0, t0, usage)
-                r.value = value
+                verdict = None
+                if checker is not None and self.opts.validate is not None:
+                    verdict = checker.judge(self.opts.validate, item, value, attempt)
+                    if verdict.reask is not None:  # invalid: ask again (same limits)
+                        reask = verdict.reask
+                        log.debug("item %s: invalid answer, re-ask %d", key, reask.number)
+                        continue
+                    value = verdict.value
+                bad = verdict.error if verdict is not None else None
+                status = Status.OK if bad is None else Status.FAILED
+                info = None if bad is None else ErrorInfo.from_exception(bad)
+                r = self._result(index, key, item, status, info, attempts, wall0, t0, usage)
+                if bad is None:
+                    r.value = value
+                if verdict is not None and verdict.meta is not None:
+                    r.meta["validation"] = verdict.meta
                 if attempt.cached:
                     r.meta["cached"] = True  # answered locally: tokens saved, not spent
                 self._emit(r)

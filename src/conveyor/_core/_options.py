@@ -88,6 +88,9 @@ class Options:
     auto: tuple[int, int] | None = None
     """``(min, max)`` when ``concurrency="auto"``: the limit is found by
     `_congestion.CongestionController`, and `concurrency` is the max."""
+    validate: Callable[[Any, Any], Any] | None = None
+    """``validate(item, value) -> value``: raises when an answer is invalid (`_validation`)."""
+    reask: int = 2
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -150,6 +153,9 @@ def build_options(
     worker_teardown: Callable[[], Any] | None = None,
     memo: Memo | None = None,
     monitor: Any = None,
+    validate: Callable[[Any], Any] | None = None,
+    validate_item: Callable[[Any, Any], Any] | None = None,
+    reask: int = 2,
 ) -> Options:
     auto: tuple[int, int] | None = None
     if concurrency == "auto":
@@ -231,6 +237,15 @@ def build_options(
         raise ConfigError(
             "monitor", monitor, "a conveyor.Monitor(...) (or True for the default one)"
         )
+    if validate is not None and not callable(validate):
+        raise ConfigError(
+            "validate", validate, "a function value -> parsed value that raises when invalid"
+        )
+    _whole("reask", reask, 0, 100)
+    check = validate_item
+    if validate is not None:
+        user = validate
+        check = (lambda item, value: user(value)) if check is None else check
     targets: list[Any] = []
     if callbacks is not None:
         if isinstance(callbacks, Sequence) and not isinstance(callbacks, str | bytes):
@@ -273,4 +288,6 @@ def build_options(
         memo=memo,
         monitor=monitor,
         auto=auto,
+        validate=check,
+        reask=reask,
     )

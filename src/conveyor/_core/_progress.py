@@ -53,6 +53,8 @@ class ProgressSnapshot:
     resources: dict[str, float] = field(default_factory=dict)
     """With ``monitor=``: the latest sample (``process_rss_mb``, ``gpu_memory_percent``,
     your gauges...)."""
+    reasks: int = 0
+    """Re-asks of invalid answers (`validate=`, a schema), over the items done so far."""
 
     @property
     def ok(self) -> int:
@@ -100,6 +102,7 @@ class ProgressSnapshot:
             "resources": {k: round(v, 3) for k, v in self.resources.items()},
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "finished": self.finished,
+            "reasks": self.reasks,
         }
 
 
@@ -172,4 +175,5 @@ def measure(
         finished=finished,
         extra={"done_per_second": done_rate, **(extra or {})},
         resources=dict(resources or {}),
+        reasks=report.validation.reasks,
     )

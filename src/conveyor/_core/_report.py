@@ -19,11 +19,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._base._types import Result, Status
+from ._validation import ValidationTally
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["BatchReport", "ReportBuilder", "memo_lines", "percentile", "resource_lines"]
+__all__ = [
+    "BatchReport",
+    "ReportBuilder",
+    "memo_lines",
+    "percentile",
+    "resource_lines",
+    "validation_lines",
+]
 
 _KEEP = 65_536
 
@@ -53,6 +61,11 @@ class BatchReport:
     `results` are in input order (empty for `stream()` reports, which do
     not keep them). Durations are seconds. `first_result_seconds` is the
     time from the start of the run to its first terminal result.
+
+    `validation` is set when answers were validated (`validate=`, a schema):
+    how many were valid at the first try and after re-asks, the re-asks and
+    their tokens, and the most common validation errors. `retries` does not
+    count re-asks (`validation["reasks"]` does).
     """
 
     batch_id: str
@@ -77,6 +90,7 @@ class BatchReport:
     stop_reason: str | None = None
     results: list[Result[Any]] = field(default_factory=list, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
 
     @property
     def successful(self) -> int:
@@ -136,6 +150,8 @@ class BatchReport:
             "interrupted": self.interrupted,
             "stop_reason": self.stop_reason,
         }
+        if self.validation is not None:
+            d["validation"] = self.validation
         if self.extra:
             d["extra"] = self.extra
         if include_results:
@@ -176,6 +192,7 @@ class BatchReport:
             top = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
             lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
         lines += memo_lines(self.extra.get("memo")) + resource_lines(self.extra.get("resources"))
+        lines.extend(validation_lines(self.validation))
         return "\n".join(lines)
 
 
@@ -230,6 +247,26 @@ _SHOWN = (
 )
 
 
+def validation_lines(v: dict[str, Any] | None) -> list[str]:
+    """The summary lines of a report's `validation` section."""
+    if not v:
+        return []
+    tok = v["reask_tokens"]
+    lines = [
+        f"  valid {v['valid_rate_first_try']:.1%} at first try, {v['valid_rate_final']:.1%} "
+        f"after re-asks ({v['valid_first_try']}+{v['valid_after_reask']} of {v['checked']}, "
+        f"{v['invalid']} invalid)",
+        f"  re-asks {v['reasks']}  tokens in {tok['input']}  out {tok['output']}",
+    ]
+    if v["top_errors"]:
+        lines.append("  validation errors:")
+        lines.extend(
+            f"    {e['count']:>7}  {e['error']}  e.g. {e['example'][:80]}"
+            for e in v["top_errors"][:5]
+        )
+    return lines
+
+
 class ReportBuilder:
     """Accumulates results into a `BatchReport`.
 
@@ -259,6 +296,7 @@ class ReportBuilder:
         self.tokens_out = 0
         self.results: list[Result[Any]] = []
         self.total = 0
+        self.validation = ValidationTally()
 
     def add(self, r: Result[Any]) -> None:
         if self._first is None:
@@ -268,8 +306,13 @@ class ReportBuilder:
         if r.status is not Status.SKIPPED and r.attempts:
             self._add_latency(r.duration)
         self._attempts += r.attempts
-        if r.attempts > 1:
-            self._retries += r.attempts - 1
+        reasks = 0
+        if r.meta:
+            before = self.validation.reasks
+            self.validation.add(r.meta)
+            reasks = self.validation.reasks - before
+        if r.attempts > 1 + reasks:
+            self._retries += r.attempts - 1 - reasks
         if r.error is not None and r.status is not Status.OK:
             self.errors[r.error.type] += 1
         if r.usage is not None:
@@ -319,4 +362,5 @@ class ReportBuilder:
             interrupted=interrupted,
             stop_reason=stop_reason,
             results=self.results,
+            validation=self.validation.section(),
         )

@@ -115,6 +115,12 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, bytes | bytearray):
         return bytes(obj).decode("utf-8", "replace")
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):  # a Pydantic model (a typed `validate=` value): its JSON form
+        try:
+            return dump(mode="json")
+        except Exception:
+            pass
     return str(obj)
 
 

@@ -156,7 +156,16 @@ class ExtrasBuilder:
             "output": round(estimate_cost(price, 0, paid_out), 6),
             "total": round(estimate_cost(price, paid_in, paid_out), 6),
             "saved_by_cache": round(estimate_cost(price, self.cached_in, self.cached_out), 6),
+            "reasks": _reask_cost(report, price),
         }
+
+
+def _reask_cost(report: BatchReport, price: Price) -> float | None:
+    """What the re-asks of invalid answers cost (their tokens are in the totals)."""
+    tok = (report.validation or {}).get("reask_tokens")
+    if not tok:
+        return None
+    return round(estimate_cost(price, int(tok["input"]), int(tok["output"])), 6)
 
 
 def _slow_entry(r: Result[Any]) -> dict[str, Any]:
@@ -244,6 +253,8 @@ def render_text(report: BatchReport) -> str:
             text = f"  est. cost {_fmt_money(cost['total'])} ({cost['model']})"
             if cost.get("saved_by_cache"):
                 text += f", cache saved {_fmt_money(cost['saved_by_cache'])}"
+            if cost.get("reasks"):
+                text += f", re-asks {_fmt_money(cost['reasks'])} of it"
             lines.append(text)
         elif cost.get("model"):
             lines.append(f"  est. cost - ({cost['note']})")

@@ -326,6 +326,22 @@ def render_html(report: BatchReport, timeline: Timeline) -> str:
             "<h2>Error distribution</h2>",
             _table(["error type", "items", "share"], _error_rows(report), {1, 2}),
         ]
+    v = report.validation
+    if v:
+        tok = v["reask_tokens"]
+        rows = [
+            ["answers checked", str(v["checked"])],
+            ["valid at first try", f"{v['valid_first_try']} ({v['valid_rate_first_try']:.1%})"],
+            ["valid after re-asks", f"{v['valid_after_reask']}"],
+            ["valid in the end", f"{v['valid_rate_final']:.1%}"],
+            ["invalid after the last try", str(v["invalid"])],
+            ["re-asks", str(v["reasks"])],
+            ["re-ask tokens", f"{tok['input']} in, {tok['output']} out"],
+        ]
+        parts += ["<h2>Validation</h2>", _table(["", ""], rows)]
+        if v["top_errors"]:
+            errs = [[e["error"], str(e["count"]), e["example"]] for e in v["top_errors"]]
+            parts.append(_table(["most common errors", "answers", "example"], errs, {1}))
     slowest = report.extra.get("slowest") or []
     if slowest:
         parts += [

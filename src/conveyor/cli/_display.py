@@ -79,6 +79,8 @@ def _alerts(s: ProgressSnapshot) -> list[str]:
         out.append(f"paused {s.paused_for:.0f}s")
     if s.breaker not in ("closed", "off"):
         out.append(f"breaker {s.breaker}")
+    if s.reasks:
+        out.append(f"re-asks {s.reasks}")
     return out
 
 
