@@ -712,3 +712,49 @@ async def test_astream_with_a_journal_on_ray(ray_cluster: Any, tmp_path: Path) -
         again = [r async for r in s]
     assert sorted(r.value for r in again) == [0, 10, 20, 30]
     assert all(r.meta.get("resumed") for r in again)
+
+
+def _half_invalid(x: int) -> int:
+    attempt = conveyor.current_attempt()
+    return x if attempt is not None and (attempt.reask is not None or x % 2) else -1
+
+
+def _non_negative(v: int) -> int:
+    if v < 0:
+        raise ValueError("negative")
+    return v
+
+
+def test_validate_and_reask_on_ray(ray_cluster: Any) -> None:
+    """validate= works on the Ray backend: invalid values are re-asked on the
+    actors, and the driver's report counts it."""
+    report = conveyor.run(range(20), _half_invalid, backend="ray", actors=2, concurrency=4,
+                          validate=_non_negative)  # fmt: skip
+    assert report.values() == list(range(20))
+    assert report.validation is not None
+    assert (report.validation["valid_first_try"], report.validation["reasks"]) == (10, 10)
+
+
+def test_run_file_with_a_schema_on_ray(
+    ray_cluster: Any, server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """`conveyor run --ray --schema`: answers validated and re-asked on the
+    actors, parsed values in the driver's output."""
+    from conveyor.openai import read_output, run_file
+
+    srv, url = server
+    srv.config = MockConfig(latency=0.02, invalid_json_rate=0.2, seed=4)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    (tmp_path / "s.json").write_bytes(orjson.dumps(schema))
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)}
+        for i in range(60)
+    ]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    out = tmp_path / "out.jsonl"
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key="k", ray="local",
+                      actors=2, concurrency=10, schema=tmp_path / "s.json")  # fmt: skip
+    assert all(ln["parsed"] == {"n": 0} for ln in read_output(out))
+    assert report.validation is not None
+    bad = srv.stats.structured["first:invalid_json"]
+    assert bad > 0 and report.validation["reasks"] == bad == srv.stats.structured["reask:valid"]

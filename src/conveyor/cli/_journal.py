@@ -188,6 +188,9 @@ def _retry_file(
         endpoint=saved.get("endpoint") or "/v1/chat/completions",
         limit_window=float(saved.get("limit_window") or 60.0),
         burst=float(saved.get("burst") or 1.0),
+        # A schema file validates the retried answers as it did the first ones.
+        schema=Path(saved["schema"]) if isinstance(saved.get("schema"), str) else None,
+        reask=int(saved.get("reask", 2)),
     )
     try:
         return execute(Path(saved["input"]), settings, quiet=quiet)

@@ -214,6 +214,22 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Endpoint for template requests.",
 )
+@click.option(
+    "--schema",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="JSON Schema file every answer must match (parsed, validated, re-asked when "
+    'invalid; the parsed value is added to each output line as "parsed"). Requests '
+    "asking for no format get it as response_format / text.format. Without it, requests "
+    "carrying a json_schema format or function tools are validated against their own.",
+)
+@click.option(
+    "--reask",
+    type=click.IntRange(0, 100),
+    default=2,
+    show_default=True,
+    help="Times an answer that fails validation is asked again (with the errors) before "
+    "its line becomes an invalid_answer error line.",
+)
 @click.option("--no-dedupe", is_flag=True, help="Send identical requests every time.")
 @click.option(
     "--cache",
@@ -300,13 +316,18 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
             },
             also_floors={"system_memory_available_mb": o["min_free_memory_mb"]},
         ),
+        schema=o["schema"],
+        reask=o["reask"],
     )
+    from ..openai._structured import resolve_schema
+
+    rule = resolve_schema(settings.schema)  # a bad schema is refused before anything is sent
     if o["ray_target"] is not None:
         from ..ray import check_ray_available
 
         check_ray_available()  # the install hint, before anything else
     if o["dry_run"]:
-        _dry_run(input_path, settings, o)
+        _dry_run(input_path, settings, o, rule)
         return
     assert output is not None
     journal = o["journal"] or default_journal_path(output)
@@ -316,7 +337,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     sys.exit(code)
 
 
-def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
+def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> None:
     from .._render._pricing import load_prices
     from ..openai._cache import request_key
     from ..openai._plan import make_plan
@@ -326,7 +347,7 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
     if not input_path.is_file():
         raise click.BadParameter(f"{input_path}: no such file", param_hint="INPUT")
     plan = make_plan(
-        _items(input_path, settings),
+        _items(input_path, settings, rule),
         input_path,
         journal_path=jpath,
         key_of=item_key,
@@ -627,6 +648,26 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     type=click.FloatRange(min=0),
     help="Answer 503 to a request that waited this many seconds in the queue.",
 )
+@click.option(
+    "--invalid-json-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of structured first answers (json_schema format, tools) that are "
+    "prose around cut-off JSON.",
+)
+@click.option(
+    "--schema-violation-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of structured first answers that are JSON breaking the schema "
+    "(a required property missing, a wrong type).",
+)
+@click.option(
+    "--reask-invalid-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of re-asks (requests carrying an earlier answer) answered invalid JSON.",
+)
 @click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
 @click.option("--model", "models", multiple=True, help="Models served (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -641,7 +682,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
              "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
-             "service_time", "scale_by_tokens", "degrade_after", "queue_timeout")  # fmt: skip
+             "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",
+             "invalid_json_rate", "schema_violation_rate", "reask_invalid_rate")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["limit_window"] = o["window"]
     kwargs["headers"] = o["header_style"]

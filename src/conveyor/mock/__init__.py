@@ -17,6 +17,10 @@ How one request is handled, in order:
 5. ``latency + uniform(0, jitter)`` seconds pass, then the answer is sent.
 
 Steps 1, 2 and 4 answer at once; injected faults wait the latency first.
+Structured requests (json_schema formats, function tools) get JSON fitting
+their schema, or at configured rates invalid JSON / schema violations
+(`mock._structured`; counted in `MockStats.structured`).
+
 Only 200 answers are charged to the limits and logged in `MockStats.admissions`.
 
 Limits are metered the way real servers document it (`mock._meters`): by
@@ -29,13 +33,16 @@ carries the true state in OpenAI's `x-ratelimit-*` headers, Anthropic's
 from ._config import MockConfig, MockStats
 from ._content import count_prompt_tokens, expected_content, expected_embeddings
 from ._server import MockServer, serve
+from ._structured import conversation_key, minimal_instance
 
 __all__ = [
     "MockConfig",
     "MockServer",
     "MockStats",
+    "conversation_key",
     "count_prompt_tokens",
     "expected_content",
     "expected_embeddings",
+    "minimal_instance",
     "serve",
 ]

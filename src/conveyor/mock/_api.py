@@ -5,7 +5,7 @@ Pure functions: a body goes in, an `ApiError` or a response dict comes out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -14,6 +14,9 @@ from ._content import (
     expected_embeddings,
     float32_base64,
 )
+
+if TYPE_CHECKING:
+    from ._structured import StructuredReply
 
 __all__ = [
     "ApiError",
@@ -108,6 +111,52 @@ def _is_prompt(value: Any) -> bool:
     return all(isinstance(v, list) and v and all(isinstance(t, int) for t in v) for v in value)
 
 
+def _check_tool_answers(messages: list[Any]) -> None:
+    """An assistant message with `tool_calls` must be followed by a `tool`
+    message for each call id, as the Chat Completions API requires (it answers
+    400 otherwise: https://platform.openai.com/docs/guides/function-calling)."""
+    for i, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if message.get("role") != "assistant" or not isinstance(calls, list):
+            continue
+        answered = {
+            m.get("tool_call_id")
+            for m in messages[i + 1 :]
+            if isinstance(m, dict) and m.get("role") == "tool"
+        }
+        for call in calls:
+            cid = call.get("id") if isinstance(call, dict) else None
+            if cid not in answered:
+                raise ApiError(
+                    400,
+                    "An assistant message with 'tool_calls' must be followed by tool messages "
+                    f"responding to each 'tool_call_id'. The following tool_call_ids did not "
+                    f"have response messages: {cid}",
+                    param=f"messages.[{i}].role",
+                )
+
+
+def _check_call_outputs(items: list[Any]) -> None:
+    """A `function_call` input item needs a `function_call_output` with its
+    `call_id` (the Responses API answers 400 "No tool output found")."""
+    outputs = {
+        i.get("call_id")
+        for i in items
+        if isinstance(i, dict) and i.get("type") == "function_call_output"
+    }
+    for item in items:
+        if (
+            isinstance(item, dict)
+            and item.get("type") == "function_call"
+            and item.get("call_id") not in outputs
+        ):
+            raise ApiError(
+                400,
+                f"No tool output found for function call {item.get('call_id')}.",
+                param="input",
+            )
+
+
 def validate(kind: str, body: dict[str, Any]) -> None:
     """Raise `ApiError` (400) when `body` is not a valid request for endpoint `kind`."""
     model = body.get("model")
@@ -131,6 +180,7 @@ def validate(kind: str, body: dict[str, Any]) -> None:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise _invalid_type(f"messages[{i}]", "an object with a string 'role'")
+        _check_tool_answers(messages)
         _positive_int(body, "max_tokens")
         _positive_int(body, "max_completion_tokens")
         _positive_int(body, "n", _MAX_N)
@@ -161,6 +211,8 @@ def validate(kind: str, body: dict[str, Any]) -> None:
             raise _missing("input")
         if not isinstance(items, str | list):
             raise _invalid_type("input", "a string or an array of input items")
+        if isinstance(items, list):
+            _check_call_outputs(items)
         _positive_int(body, "max_output_tokens")
 
 
@@ -183,18 +235,29 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 def build_chat(
-    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+    rid: str,
+    created: int,
+    body: dict[str, Any],
+    prompt: int,
+    each: int,
+    finish: str,
+    reply: StructuredReply | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` with `n` identical choices of `each` tokens."""
-    text = expected_content(body)
+    """A ``chat.completion`` with `n` identical choices of `each` tokens; with a
+    structured `reply`, its JSON text or its function call
+    (https://platform.openai.com/docs/api-reference/chat/object)."""
+    text: str | None = expected_content(body)
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if reply is not None and reply.name is not None:
+        call = {"id": f"call_{rid}", "type": "function",
+                "function": {"name": reply.name, "arguments": reply.arguments}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
+        finish = "tool_calls" if finish == "stop" else finish
+    elif reply is not None:
+        message["content"] = reply.text
     n = body.get("n") or 1
     choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
+        {"index": i, "message": dict(message), "logprobs": None, "finish_reason": finish}
         for i in range(n)
     ]
     return {
@@ -209,7 +272,13 @@ def build_chat(
 
 
 def build_completion(
-    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+    rid: str,
+    created: int,
+    body: dict[str, Any],
+    prompt: int,
+    each: int,
+    finish: str,
+    reply: StructuredReply | None = None,
 ) -> dict[str, Any]:
     """A ``text_completion`` with `n` identical choices of `each` tokens."""
     text = expected_content(body)
@@ -247,10 +316,33 @@ def build_embeddings(body: dict[str, Any], prompt: int) -> dict[str, Any]:
 
 
 def build_response(
-    rid: str, created: int, body: dict[str, Any], prompt: int, each: int, finish: str
+    rid: str,
+    created: int,
+    body: dict[str, Any],
+    prompt: int,
+    each: int,
+    finish: str,
+    reply: StructuredReply | None = None,
 ) -> dict[str, Any]:
-    """A Responses API ``response`` with one assistant message."""
+    """A Responses API ``response`` with one assistant message, or with a
+    structured `reply`'s JSON text or ``function_call`` item
+    (https://platform.openai.com/docs/api-reference/responses/object)."""
     capped = finish == "length"
+    status = "incomplete" if capped else "completed"
+    text = expected_content(body) if reply is None or reply.text is None else reply.text
+    output: list[dict[str, Any]] = [
+        {
+            "type": "message",
+            "id": f"msg_{rid}",
+            "status": status,
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+    ]
+    if reply is not None and reply.name is not None:
+        output = [{"type": "function_call", "id": f"fc_{rid}", "call_id": f"call_{rid}",
+                   "name": reply.name, "arguments": reply.arguments,
+                   "status": status}]  # fmt: skip
     return {
         "id": f"resp_{rid}",
         "object": "response",
@@ -261,17 +353,7 @@ def build_response(
         "model": body["model"],
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
-        "output": [
-            {
-                "type": "message",
-                "id": f"msg_{rid}",
-                "status": "incomplete" if capped else "completed",
-                "role": "assistant",
-                "content": [
-                    {"type": "output_text", "text": expected_content(body), "annotations": []}
-                ],
-            }
-        ],
+        "output": output,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],

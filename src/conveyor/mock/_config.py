@@ -60,6 +60,13 @@ class MockConfig:
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
     Unavailable", not a rate limit).
+
+    Structured requests (a json_schema `response_format`/`text.format`, or
+    function tools) are answered with JSON that fits the schema, except at
+    `invalid_json_rate` (prose around cut-off JSON) and
+    `schema_violation_rate` (a required property missing, a wrong type) for
+    first answers and `reask_invalid_rate` for re-asks (`mock._structured`);
+    each request's draw is a hash of `seed` and its body.
     """
 
     latency: float = 0.0
@@ -102,6 +109,9 @@ class MockConfig:
     scale_by_tokens: bool = False
     degrade_after: int | None = None
     queue_timeout: float | None = None
+    invalid_json_rate: float = 0.0
+    schema_violation_rate: float = 0.0
+    reask_invalid_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _check_count("capacity", self.capacity, optional=True)
@@ -132,6 +142,14 @@ class MockConfig:
         total = sum(getattr(self, name) for name in rates)
         if total > 1.0 + 1e-9:
             raise ConfigError("rate_*", round(total, 6), "fault rates must add up to at most 1")
+        for name in ("invalid_json_rate", "schema_violation_rate", "reask_invalid_rate"):
+            _check_number(name, getattr(self, name), upper=1.0)
+        if self.invalid_json_rate + self.schema_violation_rate > 1.0 + 1e-9:
+            raise ConfigError(
+                "invalid_json_rate + schema_violation_rate",
+                self.invalid_json_rate + self.schema_violation_rate,
+                "the two rates must add up to at most 1",
+            )
         if self.hang_seconds is not None:
             _check_number("hang_seconds", self.hang_seconds)
         _check_number("limit_window", self.limit_window)
@@ -196,6 +214,10 @@ class MockStats:
     `faults` counts injected faults by name: "429", "500", "503", "reset", "hang",
     "529", "498", "429_capacity". `refused` counts the limits' own refusals
     by class: "rate" (a limit was spent) and "quota" (`quota_after` reached).
+    `structured` counts structured answers served as "first:<outcome>" or
+    "reask:<outcome>" (outcome "valid", "invalid_json", "schema_violation");
+    `structured_log` holds ``(conversation_key(body), is_reask, outcome)`` per
+    answer, in order (`mock.conversation_key` of an input line's body names it).
     """
 
     requests: int = 0
@@ -208,6 +230,10 @@ class MockStats:
     admitted: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
+    structured: Counter[str] = field(default_factory=Counter)
+    structured_log: deque[tuple[str, bool, str]] = field(
+        default_factory=lambda: deque(maxlen=ADMISSION_LOG_LIMIT), repr=False
+    )
 
     @property
     def resets(self) -> int:

@@ -37,6 +37,7 @@ from ._content import count_prompt_tokens
 from ._limiter import ServerLimits, capacity_reply, charge_of
 from ._meters import format_seconds
 from ._saturation import Saturation
+from ._structured import conversation_key, plan_reply
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -331,7 +332,18 @@ class MockServer:
             payload = build_embeddings(body, prompt)
         else:
             rid = headers["x-request-id"][4:]
-            payload = _BUILDERS[kind](rid, int(time.time()), body, prompt, each, finish)
+            cfg = self._config
+            reply = plan_reply(
+                kind, body, seed=cfg.seed, invalid_json=cfg.invalid_json_rate,
+                violation=cfg.schema_violation_rate, reask_invalid=cfg.reask_invalid_rate,
+            )  # fmt: skip
+            if reply is not None:
+                stage = "reask" if reply.reask else "first"
+                self.stats.structured[f"{stage}:{reply.outcome}"] += 1
+                self.stats.structured_log.append(
+                    (conversation_key(body), reply.reask, reply.outcome)
+                )
+            payload = _BUILDERS[kind](rid, int(time.time()), body, prompt, each, finish, reply)
         return self._reply(200, orjson.dumps(payload), headers)
 
     async def _saturate(self, cfg: MockConfig, scale: float) -> bool:

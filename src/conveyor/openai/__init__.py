@@ -3,6 +3,10 @@
     from conveyor.openai import run_file
     report = run_file("requests.jsonl", output="results.jsonl", rpm=500, tpm=200_000)
 
+Structured outputs: `run_file(..., schema=MyModel)` (a Pydantic model or a JSON
+Schema) validates every answer and re-asks invalid ones; `read_parsed(output,
+MyModel)` then yields typed results.
+
 Works with OpenAI, vLLM, Ollama, llama.cpp and LiteLLM proxies
 (`base_url=` or `OPENAI_BASE_URL`; key from `OPENAI_API_KEY` or `api_key_env=`).
 """
@@ -19,6 +23,7 @@ from ._batchfile import (
 )
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._run import RunSettings, arun_file, default_journal_path, run_file
+from ._structured import ParsedLine, read_parsed
 from ._template import PromptTemplate, Record, build_requests, read_records
 from ._tokens import estimate_prompt_tokens, estimate_request_tokens, tokenizer_name
 
@@ -31,6 +36,7 @@ __all__ = [
     "HTTPClientError",
     "HTTPRetryable",
     "OpenAIClient",
+    "ParsedLine",
     "PromptTemplate",
     "Record",
     "RequestLine",
@@ -43,6 +49,7 @@ __all__ = [
     "format_error",
     "format_response",
     "read_output",
+    "read_parsed",
     "read_records",
     "read_requests",
     "run_file",

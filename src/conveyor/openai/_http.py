@@ -83,11 +83,17 @@ class Endpoint:
 
 @dataclass(slots=True)
 class Answer:
-    """A response the server gave (2xx)."""
+    """A response the server gave (2xx).
+
+    `parsed` is the answer validated against its schema (the JSON value; for
+    function tools a list of ``{"name", "arguments"}``) when `checked`.
+    """
 
     status: int
     body: Any
     request_id: str | None
+    parsed: Any = None
+    checked: bool = False
 
 
 def parse_duration(text: str | None) -> float | None:

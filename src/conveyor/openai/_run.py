@@ -23,7 +23,7 @@ import orjson
 from .._api import AsyncStream
 from .._base._exceptions import ConfigError, FatalError, InputError
 from .._base._types import Result, Status
-from .._core._attempt import report_cached
+from .._core._attempt import current_attempt, report_cached
 from .._core._options import AUTO_MAX, Breaker
 from .._core._portal import Portal
 from .._core._report import new_batch_id
@@ -41,6 +41,15 @@ from ._batchfile import (
 )
 from ._cache import InflightDedupe, ResponseCache, request_key
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
+from ._structured import (
+    Validator,
+    format_invalid,
+    parsed_of,
+    prepare,
+    reask_request,
+    resolve_schema,
+    schema_problems,
+)
 from ._template import PromptTemplate, build_requests, read_records
 from ._tokens import estimate_prompt_tokens, estimate_request_tokens
 
@@ -109,7 +118,10 @@ def format_line(result: Result[Any]) -> bytes:
     custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
     if result.status is Status.OK and isinstance(result.value, Answer):
         a = result.value
-        return format_response(custom_id, a.status, a.body, a.request_id)
+        return parsed_of(format_response(custom_id, a.status, a.body, a.request_id), a)
+    invalid = format_invalid(custom_id, result)
+    if invalid is not None:
+        return invalid
     meta = result.meta
     code_seen = meta.get("status_code")
     answered_2xx = code_seen is not None and 200 <= int(code_seen) < 300
@@ -173,6 +185,9 @@ class RunSettings:
     ray: str | None = None  # a Ray address ("local", "auto", host:port): run on actors
     actors: int = 2
     monitor: Any = None  # a conveyor.Monitor: resources sampled while it runs
+    # A JSON Schema (path or dict) or a Pydantic model every answer must match.
+    schema: Any = None
+    reask: int = 2  # times an invalid answer is asked again
 
 
 def _check(s: RunSettings) -> None:
@@ -180,17 +195,27 @@ def _check(s: RunSettings) -> None:
         raise ConfigError("limit", s.limit, "a whole number >= 1")
     if s.journal is True and s.output is None:
         raise ConfigError("journal", True, "needs an output path, or journal=None")
+    if isinstance(s.reask, bool) or not isinstance(s.reask, int) or not 0 <= s.reask <= 100:
+        raise ConfigError("reask", s.reask, "a whole number 0..100")
 
 
-def _items(input_path: Path, s: RunSettings) -> Iterator[Item]:
+def _rule(s: RunSettings) -> Any:
+    # Checked (and a bad schema refused) before anything else happens.
+    return resolve_schema(s.schema)
+
+
+def _items(input_path: Path, s: RunSettings, rule: Any = None) -> Iterator[Item]:
+    """The input's requests, each line's answer schema checked (`_structured.prepare`)."""
     if s.template is not None:
         tpl = PromptTemplate.load(s.template)
-        return build_requests(
+        items: Iterator[Item] = build_requests(
             read_records(input_path), tpl, model=s.model, id_column=s.id_column, endpoint=s.endpoint
         )
-    if s.model is not None:
+    elif s.model is not None:
         raise ConfigError("model", s.model, "only with a template (records input)")
-    return read_requests(input_path)
+    else:
+        items = read_requests(input_path)
+    return prepare(items, input_path, rule)
 
 
 def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str, str]:
@@ -207,13 +232,13 @@ def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str,
     return ident
 
 
-def _strict_check(input_path: Path, s: RunSettings) -> None:
+def _strict_check(input_path: Path, s: RunSettings, rule: Any = None) -> None:
     if s.template is not None:
-        bad = [x for x in _items(input_path, s) if isinstance(x, BadLine)]
+        bad = [x for x in _items(input_path, s, rule) if isinstance(x, BadLine)]
         problems = [f"{input_path}:{b.line}: {b.reason}" for b in bad]
     else:
         check = validate_file(input_path)
-        problems = check.problems()
+        problems = check.problems() + schema_problems(read_requests(input_path), input_path, rule)
     if problems:
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
@@ -266,6 +291,7 @@ class _Caller:
     async def __call__(self, req: Item) -> Answer:
         if isinstance(req, BadLine):  # rejected by cost() before any attempt
             raise InputError(req.reason, line=req.line)
+        req = reask_request(req, current_attempt())  # the same request, or its re-ask
         if self._cache is None:
             return await self._post(req)
         key = request_key(req.url, req.body)
@@ -327,8 +353,9 @@ async def arun_file(
     if not path.is_file():  # noqa: ASYNC240 - one stat before the run starts
         raise InputError("no such file (or it is a directory)", path=str(path))
     _refuse_overwriting_input(path, s)
+    rule = _rule(s)
     if s.strict:
-        _strict_check(path, s)
+        _strict_check(path, s, rule)
     endpoint = Endpoint.resolve(
         s.base_url, api_key=s.api_key, api_key_env=s.api_key_env, headers=s.headers
     )
@@ -349,7 +376,7 @@ async def arun_file(
     models: Counter[str] = Counter()
     sink: _PlainOutput | None = None
     try:
-        items = _items(path, s)
+        items = _items(path, s, rule)
 
         # The resume rule is the pipeline's: finished lines are counted, not sent.
         finished: Callable[[str], Any] = lambda key: None  # noqa: E731 - set by make()
@@ -409,6 +436,9 @@ async def arun_file(
                 "batch_id": s.batch_id,
                 "on_progress": s.on_progress,
                 "progress_interval": s.progress_interval,
+                # Answers are validated (and re-asked) where they arrive: here or on the actors.
+                "validate_item": Validator(rule),
+                "reask": s.reask,
             }
             if s.monitor is not None:
                 if s.ray is not None:
@@ -575,6 +605,10 @@ def _settings_json(path: Path, s: RunSettings) -> str:
         d[name] = str(v) if isinstance(v, Path) else v
     d["output"] = None if s.output is None else str(Path(s.output).resolve())
     d["base_url"] = s.base_url
+    d["reask"] = s.reask
+    # A schema file is kept by path (a dict or a model cannot be rebuilt by `conveyor retry`).
+    if isinstance(s.schema, str | os.PathLike):
+        d["schema"] = str(Path(s.schema).resolve())
     return orjson.dumps(d).decode()
 
 

@@ -141,6 +141,8 @@ def _prepare(
             adaptive=opts.adaptive,
             grace=opts.grace,
             cost=opts.cost,
+            validate=opts.validate,
+            reask=opts.reask,
         )
 
     def make() -> ClusterRun:

@@ -51,6 +51,18 @@ class WorkerSettings:
     adaptive: bool
     grace: float
     cost: Callable[[Any], float | tuple[float, float]] | None
+    validate: Callable[[Any, Any], Any] | None = None  # `validate(item, value)`: re-asks here
+    reask: int = 2
+
+
+def _on_item(
+    validate: Callable[[Any, Any], Any] | None,
+) -> Callable[[Any, Any], Any] | None:
+    """The validator over the worker's `(index, key, item)` entries."""
+    if validate is None:
+        return None
+    check = validate
+    return lambda entry, value: check(entry[2], value)
 
 
 class WorkerActor:
@@ -103,6 +115,8 @@ class WorkerActor:
                 key=_entry_key,
                 cost=(lambda e: cost(e[2])) if cost is not None else None,
                 shared_limiter=self._client,
+                validate_item=_on_item(s.validate),
+                reask=s.reask,
             )
             engine = Engine(invoke, opts, keep_results=False, deliver=True)
             engine.start(self._source())
