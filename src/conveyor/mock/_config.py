@@ -56,7 +56,11 @@ class MockConfig:
     rounded to thousands) or "none". `retry_after_header=False` leaves the
     wait only in a 429's message, as OpenAI sometimes does. After
     `quota_after` admitted requests every request is refused as
-    `insufficient_quota` (waiting does not help). The capacity faults are
+    `insufficient_quota` (waiting does not help). The `batch_*` fields shape the Batch
+    API (`mock._batches`): lines per second (None: no pacing), the rate of lines that
+    fail (the same ``custom_id``s every time), seconds after which a new batch expires,
+    a batch stuck in "validating" or "in_progress", the line, byte and enqueued-token
+    (per model) limits, and the seconds a cancel stays "cancelling". The capacity faults are
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
     Unavailable", not a rate limit).
@@ -102,8 +106,17 @@ class MockConfig:
     scale_by_tokens: bool = False
     degrade_after: int | None = None
     queue_timeout: float | None = None
+    batch_speed: float | None = 1000.0
+    batch_error_rate: float = 0.0
+    batch_expire_after: float | None = None
+    batch_stuck: str | None = None
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_enqueued_tokens: int | None = None
+    batch_cancel_delay: float = 0.0
 
     def __post_init__(self) -> None:
+        self._check_batches()
         _check_count("capacity", self.capacity, optional=True)
         _check_number("service_time", self.service_time)
         _check_count("degrade_after", self.degrade_after, optional=True)
@@ -164,6 +177,27 @@ class MockConfig:
             raise ConfigError("models", models, "name at least one model")
         object.__setattr__(self, "models", tuple(models))
 
+    def _check_batches(self) -> None:
+        if self.batch_speed is not None:
+            _check_number("batch_speed", self.batch_speed)
+            if self.batch_speed <= 0:
+                raise ConfigError(
+                    "batch_speed",
+                    self.batch_speed,
+                    "use lines per second > 0, or None for no pacing",
+                )
+        _check_number("batch_error_rate", self.batch_error_rate, upper=1.0)
+        if self.batch_expire_after is not None:
+            _check_number("batch_expire_after", self.batch_expire_after)
+        if self.batch_stuck not in (None, "validating", "in_progress"):
+            raise ConfigError(
+                "batch_stuck", self.batch_stuck, "use 'validating', 'in_progress' or None"
+            )
+        for name in ("batch_max_lines", "batch_max_bytes"):
+            _check_count(name, getattr(self, name))
+        _check_count("batch_enqueued_tokens", self.batch_enqueued_tokens, optional=True)
+        _check_number("batch_cancel_delay", self.batch_cancel_delay)
+
     @property
     def fault_rates(self) -> tuple[tuple[str, float], ...]:
         """``(fault, rate)`` pairs in draw order."""
@@ -207,6 +241,7 @@ class MockStats:
     tokens: int = 0
     admitted: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    batch_lines: int = 0
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
 
     @property
