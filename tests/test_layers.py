@@ -41,6 +41,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "commands": frozenset({"_base", "_core", "_journal", "_pipeline", "_api"}),
     "_batchapi": frozenset({"_base"}),
     "mock": frozenset({"_base", "_batchapi"}),
+    # `conveyor serve`: the Batch API (_batchapi) over `conveyor run` (openai) and one
+    # in-process upstream limiter (ray._limiter); the cli only parses its flags.
+    "serve": frozenset(
+        {"_base", "_core", "_journal", "_pipeline", "_api", "openai", "ray", "_batchapi"}
+    ),
     "cli": frozenset(
         {
             "_base",
@@ -55,6 +60,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "commands",
             "mock",
             "_batchapi",
+            "serve",
         }
     ),
     "conveyor": frozenset({"_base", "_core", "_monitor", "_api", "executors"}),

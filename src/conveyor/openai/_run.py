@@ -173,6 +173,9 @@ class RunSettings:
     ray: str | None = None  # a Ray address ("local", "auto", host:port): run on actors
     actors: int = 2
     monitor: Any = None  # a conveyor.Monitor: resources sampled while it runs
+    # A limiter shared with other runs in this process (`conveyor serve`: one budget per
+    # upstream for all its batches): the engine's `shared_limiter`.
+    shared_limiter: Any = field(default=None, repr=False)
 
 
 def _check(s: RunSettings) -> None:
@@ -416,6 +419,8 @@ async def arun_file(
                         "monitor", s.monitor, "only on this machine (it samples this process)"
                     )
                 engine_options["monitor"] = s.monitor
+            if s.shared_limiter is not None:
+                engine_options["shared_limiter"] = s.shared_limiter
             todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
 
             def make(previous: Callable[[str], Any]) -> RunStream:
