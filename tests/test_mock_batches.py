@@ -6,7 +6,6 @@ passes proves the shapes are the ones the SDK expects from the real API.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import subprocess
@@ -20,6 +19,8 @@ import orjson
 import pytest
 from openai.types import Batch, FileObject
 
+from _batches import FINAL, lines_of, wait_for
+from _procs import stop
 from conveyor._base._exceptions import ConfigError
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
 from conveyor.mock._batches import fails_in_batch
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 KEY = "sk-test"
 DEADLINE = 20.0  # seconds any batch in these tests may take to reach a final state
-FINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 def request(
@@ -65,17 +65,6 @@ async def submit(client: openai.AsyncOpenAI, data: bytes) -> Batch:
     )
 
 
-async def wait_for(client: openai.AsyncOpenAI, batch_id: str, states: set[str] = FINAL) -> Batch:
-    """Poll until the batch reaches one of `states`, within DEADLINE."""
-    end = time.monotonic() + DEADLINE
-    while True:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in states:
-            return batch
-        assert time.monotonic() < end, f"batch still {batch.status} after {DEADLINE}s"
-        await asyncio.sleep(0.02)
-
-
 def wait_sync(client: openai.OpenAI, file_id: str) -> Batch:
     """Create a batch over `file_id` with the sync client and poll it to a final state."""
     batch = client.batches.create(
@@ -87,17 +76,6 @@ def wait_sync(client: openai.OpenAI, file_id: str) -> Batch:
         time.sleep(0.02)
         batch = client.batches.retrieve(batch.id)
     return batch
-
-
-async def lines_of(client: openai.AsyncOpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
-    """The output/error file's lines by custom_id (each custom_id at most once)."""
-    if file_id is None:
-        return {}
-    content = await client.files.content(file_id)
-    rows = [orjson.loads(raw) for raw in content.content.splitlines()]
-    by_id = {row["custom_id"]: row for row in rows}
-    assert len(by_id) == len(rows), "a custom_id appears twice"
-    return by_id
 
 
 async def test_a_batch_goes_through_its_lifecycle_and_answers_like_online(
@@ -393,11 +371,7 @@ def test_cli_flags_reach_the_batch_api() -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop(proc)
     too_many, failing = results
     assert too_many.status == "failed"
     assert too_many.errors is not None and too_many.errors.data

@@ -22,6 +22,9 @@ import orjson
 import pytest
 from openai.types import Batch
 
+from _batches import FINAL, lines_of
+from _batches import wait_for as wait_batch
+from _procs import stop
 from conveyor.mock import MockConfig, MockServer
 from conveyor.openai import RunSettings, arun_file
 from conveyor.serve import BatchServer, ServeSettings
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
 KEY = "serve-key"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 DEADLINE = 60.0
-FINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 def request(i: int) -> dict[str, Any]:
@@ -82,22 +84,7 @@ async def submit(client: openai.AsyncOpenAI, data: bytes, window: str = "24h") -
 
 
 async def wait_for(client: openai.AsyncOpenAI, batch_id: str, states: set[str] = FINAL) -> Batch:
-    end = time.monotonic() + DEADLINE
-    while True:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in states:
-            return batch
-        assert time.monotonic() < end, f"batch still {batch.status} after {DEADLINE}s"
-        await asyncio.sleep(0.05)
-
-
-async def lines_of(client: openai.AsyncOpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
-    if file_id is None:
-        return {}
-    rows = [orjson.loads(x) for x in (await client.files.content(file_id)).content.splitlines()]
-    by_id = {row["custom_id"]: row for row in rows}
-    assert len(by_id) == len(rows), "a custom_id appears twice"
-    return by_id
+    return await wait_batch(client, batch_id, states, within=DEADLINE)
 
 
 def answer(row: dict[str, Any]) -> tuple[int, str, dict[str, int]]:
@@ -362,11 +349,7 @@ def kill_and_resume(tmp_path: Path, *, lines: int, kills: int) -> None:
             client.close()
         finally:
             for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                p.wait(timeout=10)
-                if p.stderr is not None:
-                    p.stderr.close()
+                stop(p)
     ids = [orjson.loads(row)["custom_id"] for row in rows]
     assert len(ids) == len(set(ids)) == lines
     sent = mock.stats.by_path["/v1/chat/completions"]

@@ -29,6 +29,7 @@ from .._batchapi import (
     is_batch_path,
     json_object,
 )
+from .._batchapi._hosting import run_until_interrupted
 from ._api import build_answer, build_models, model_entry, shape_answer, validate
 from ._batches import MockBatches, batch_limits
 from ._config import MockConfig, MockStats
@@ -441,14 +442,4 @@ def serve(
     """
     server = MockServer(config, host=host, port=port, allow_remote=allow_remote)
     announce = _announce if on_ready is None else on_ready
-
-    async def main() -> None:
-        url = await server.start()
-        try:
-            announce(url)
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_until_interrupted(server, announce)

@@ -14,7 +14,6 @@ environment, sent only to the upstream, and never written to a response, file or
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import itertools
@@ -29,6 +28,7 @@ from aiohttp import web
 
 from .._base._exceptions import ConfigError
 from .._batchapi import ApiError, BatchService, Limits, Store, dispatch, is_batch_path
+from .._batchapi._hosting import run_until_interrupted
 from ._page import render_page
 from ._processor import UpstreamBatches
 
@@ -226,14 +226,4 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[str], None] | None = N
     """Run in the foreground until Ctrl+C (``conveyor serve``)."""
     server = BatchServer(settings)
     announce = _announce if on_ready is None else on_ready
-
-    async def main() -> None:
-        url = await server.start()
-        try:
-            announce(url)
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_until_interrupted(server, announce)
