@@ -368,3 +368,20 @@ def test_kill_9_once_and_resume(tmp_path: Path) -> None:
 def test_kill_9_five_times_during_20000_lines(tmp_path: Path) -> None:
     """Issue 15's measure: 5 kills -9 during a 20,000-line batch, restarting each time."""
     kill_and_resume(tmp_path, lines=20_000, kills=5)
+
+
+def test_cli_needs_a_key_or_no_auth_and_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`conveyor serve` will not start without its own key unless --no-auth is given, and
+    not on a non-loopback host without --allow-remote; the message says what to do."""
+    from click.testing import CliRunner
+
+    from conveyor.cli._main import main
+
+    monkeypatch.delenv("CONVEYOR_SERVE_API_KEY", raising=False)
+    res = CliRunner().invoke(main, ["serve", "--upstream", "http://127.0.0.1:9/v1"])
+    assert res.exit_code != 0
+    assert "CONVEYOR_SERVE_API_KEY" in res.output and "--no-auth" in res.output
+    res = CliRunner().invoke(
+        main, ["serve", "--upstream", "http://127.0.0.1:9/v1", "--no-auth", "--host", "0.0.0.0"]
+    )
+    assert res.exit_code != 0 and "allow_remote" in res.output

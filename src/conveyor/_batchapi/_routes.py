@@ -200,7 +200,8 @@ async def dispatch(
             _method(request, "GET", "POST")
             if request.method == "POST":
                 return _json(await _upload(request, service), headers)
-            files = sorted(store.files.values(), key=lambda f: f.created_at)
+            # A copy: a batch being finalized (in a worker thread) may add files meanwhile.
+            files = sorted(store.files.copy().values(), key=lambda f: f.created_at)
             if request.query.get("order", "desc") != "asc":
                 files.reverse()
             if (purpose := request.query.get("purpose")) is not None:
@@ -229,7 +230,7 @@ async def dispatch(
         _method(request, "GET", "POST")
         if request.method == "POST":
             return _json(await _create_batch(request, service), headers)
-        batches = list(reversed(store.batches.values()))
+        batches = list(reversed(store.batches.copy().values()))
         return _json(_page(batches, request, default=20, upper=100, kind="Batch"), headers)
     if action == "cancel":
         _method(request, "POST")

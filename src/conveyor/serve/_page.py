@@ -72,7 +72,7 @@ def _rate(service: BatchService, batch: BatchRecord) -> float | None:
 
 
 def render_page(service: BatchService, upstream: str) -> bytes:
-    batches = list(reversed(service.store.batches.values()))
+    batches = list(reversed(service.store.batches.copy().values()))
     rows = "".join(_row(b, _rate(service, b)) for b in batches) or (
         '<tr><td colspan="8">No batches yet.</td></tr>'
     )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .._base._exceptions import ConfigError
 from .._batchapi import ApiError, BatchService, Limits, Store, dispatch, is_batch_path
@@ -78,6 +79,8 @@ class BatchServer:
             raise ConfigError("host", s.host, "pass allow_remote=True to listen beyond loopback")
         self.settings = s
         self._upstream = s.upstream.rstrip("/")
+        # For the page: without any user:password a URL may carry.
+        self._shown_upstream = str(URL(self._upstream).with_user(None))
         self._upstream_key = os.environ.get(s.upstream_key_env)  # never logged or echoed
         processor = UpstreamBatches(
             upstream=self._upstream,
@@ -156,7 +159,7 @@ class BatchServer:
                 peer = request.remote or ""
                 if not (self._authorized(request) or peer in _LOOPBACK):
                     raise _unauthorized(request)
-                page = render_page(self.service, self._upstream)
+                page = render_page(self.service, self._shown_upstream)
                 return web.Response(body=page, headers=headers, content_type="text/html")
             if not path.startswith("/v1/"):
                 raise ApiError(404, f"Invalid URL ({request.method} {path})")
