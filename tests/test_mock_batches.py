@@ -316,8 +316,9 @@ async def test_lists_delete_and_pages(
     served: tuple[MockServer, openai.AsyncOpenAI],
 ) -> None:
     """batches.list pages newest first with limit/after (has_more, the SDK's
-    auto-paging sees each once); files.list filters by purpose; delete removes a file."""
-    _server, client = served
+    auto-paging sees each once); files.list filters by purpose; delete removes a file;
+    each poll of a batch is logged; an upload past max_upload_bytes is a 413."""
+    server, client = served
     ids = [(await submit(client, jsonl([request(i)]))).id for i in range(5)]
     page = await client.batches.list(limit=2)
     assert [b.id for b in page.data] == ids[::-1][:2] and page.has_more
@@ -331,6 +332,11 @@ async def test_lists_delete_and_pages(
         await client.files.retrieve(gone.id)
     for batch_id in ids:
         await wait_for(client, batch_id)
+    assert all(len(server.stats.batch_polls[b]) >= 1 for b in ids)
+    server.config = replace(server.config, max_upload_bytes=100)
+    with pytest.raises(openai.APIStatusError) as big:
+        await upload(client, jsonl([request(i) for i in range(5)]))
+    assert big.value.status_code == 413
 
 
 def test_sync_sdk_against_the_thread_variant() -> None:

@@ -678,6 +678,13 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     show_default=True,
     help="Batch API: seconds a cancelled batch stays 'cancelling'.",
 )
+@click.option(
+    "--max-upload-bytes",
+    type=click.IntRange(min=1),
+    default=512 * 1024 * 1024,
+    show_default=True,
+    help="Files API: largest upload (larger ones get a 413).",
+)
 @click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
 @click.option("--model", "models", multiple=True, help="Models served (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -695,7 +702,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",
              "batch_error_rate", "batch_expire_after", "batch_stuck", "batch_max_lines",
-             "batch_max_bytes", "batch_enqueued_tokens", "batch_cancel_delay")  # fmt: skip
+             "batch_max_bytes", "batch_enqueued_tokens", "batch_cancel_delay",
+             "max_upload_bytes")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["batch_speed"] = o["batch_speed"] or None
     kwargs["limit_window"] = o["window"]

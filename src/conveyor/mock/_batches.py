@@ -46,6 +46,7 @@ def batch_limits(cfg: MockConfig) -> Limits:
         max_lines=cfg.batch_max_lines,
         max_bytes=cfg.batch_max_bytes,
         enqueued_tokens=cfg.batch_enqueued_tokens,
+        max_upload_bytes=cfg.max_upload_bytes,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,7 +60,8 @@ class MockConfig:
     API (`mock._batches`): lines per second (None: no pacing), the rate of lines that
     fail (the same ``custom_id``s every time), seconds after which a new batch expires,
     a batch stuck in "validating" or "in_progress", the line, byte and enqueued-token
-    (per model) limits, and the seconds a cancel stays "cancelling". The capacity faults are
+    (per model) limits, and the seconds a cancel stays "cancelling"; an upload past
+    `max_upload_bytes` (OpenAI: 512 MB) is a 413. The capacity faults are
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
     Unavailable", not a rate limit).
@@ -114,6 +115,7 @@ class MockConfig:
     batch_max_bytes: int = 200 * 1024 * 1024
     batch_enqueued_tokens: int | None = None
     batch_cancel_delay: float = 0.0
+    max_upload_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         self._check_batches()
@@ -197,6 +199,7 @@ class MockConfig:
             _check_count(name, getattr(self, name))
         _check_count("batch_enqueued_tokens", self.batch_enqueued_tokens, optional=True)
         _check_number("batch_cancel_delay", self.batch_cancel_delay)
+        _check_count("max_upload_bytes", self.max_upload_bytes)
 
     @property
     def fault_rates(self) -> tuple[tuple[str, float], ...]:
@@ -230,6 +233,8 @@ class MockStats:
     `faults` counts injected faults by name: "429", "500", "503", "reset", "hang",
     "529", "498", "429_capacity". `refused` counts the limits' own refusals
     by class: "rate" (a limit was spent) and "quota" (`quota_after` reached).
+    `batch_lines` counts the Batch API lines answered; `batch_polls` holds, per batch
+    id, the `time.monotonic()` of each ``GET /v1/batches/{id}``.
     """
 
     requests: int = 0
@@ -242,6 +247,7 @@ class MockStats:
     admitted: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     batch_lines: int = 0
+    batch_polls: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
 
     @property

@@ -55,6 +55,7 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/v1/models": ("GET", "models"),
 }
 _MODEL_PREFIX = "/v1/models/"
+_BATCH_PREFIX = "/v1/batches/"
 _INJECTED = "(injected by the conveyor mock server)"
 
 
@@ -236,6 +237,10 @@ class MockServer:
         path = request.path
         if is_batch_path(path):
             self._authorize(cfg, request)
+            if request.method == "GET" and path.startswith(_BATCH_PREFIX):
+                batch_id = path[len(_BATCH_PREFIX) :]
+                if "/" not in batch_id:
+                    self.stats.batch_polls[batch_id].append(time.monotonic())
             response = await dispatch(request, self.batches, headers)
             self.stats.statuses[response.status] += 1
             return response
