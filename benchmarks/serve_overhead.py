@@ -60,7 +60,7 @@ async def through_serve(
     return batch.id, time.perf_counter() - start
 
 
-async def main(lines: int, latency: float) -> None:
+async def main(lines: int, latency: float, window: float) -> None:
     os.environ["BENCH_UPSTREAM_KEY"] = "x"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -88,8 +88,10 @@ async def main(lines: int, latency: float) -> None:
         print(f"  conveyor serve: {served:6.2f}s  ideal/actual {ideal / served:.2f}")
         print(f"  serve / run wall time: {served / direct:.2f}")
 
-        limit = 200  # requests per second, exact (a sliding log)
-        cfg = MockConfig(latency=0.01, rpm=limit, limit_window=1.0, limit_model="sliding")
+        limit = 200  # requests per second, exact (a sliding log over `window` seconds)
+        cfg = MockConfig(
+            latency=0.01, rpm=int(limit * window), limit_window=window, limit_model="sliding"
+        )
         half = lines // 2
         async with MockServer(cfg) as mock:
             settings = ServeSettings(
@@ -107,7 +109,7 @@ async def main(lines: int, latency: float) -> None:
                 await client.close()
             refused = mock.stats.refused["rate"]
         ideal = 2 * half / limit
-        print(f"two batches of {half} at once, upstream limit {limit}/s:")
+        print(f"two batches of {half} at once, upstream limit {limit}/s over {window:g}s:")
         print(f"  {a:.2f}s and {b:.2f}s (ratio {min(a, b) / max(a, b):.2f}); "
               f"ideal/actual {ideal / both:.2f}; 429s {refused}")  # fmt: skip
 
@@ -116,6 +118,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=5000)
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--window", type=float, default=1.0, help="the limit's window, s")
     args = parser.parse_args()
-    asyncio.run(main(args.lines, args.latency))
+    asyncio.run(main(args.lines, args.latency, args.window))
     sys.exit(0)
