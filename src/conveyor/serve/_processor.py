@@ -139,7 +139,7 @@ class UpstreamBatches:
                 journal=True,
                 batch_id=job.batch.id,
                 on_progress=progress,
-                progress_interval=0.5,
+                progress_interval=0.2,
                 shared_limiter=lease,
             )
             try:
