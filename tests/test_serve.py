@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -396,3 +397,19 @@ def test_cli_needs_a_key_or_no_auth_and_loopback(monkeypatch: pytest.MonkeyPatch
         main, ["serve", "--upstream", "http://127.0.0.1:9/v1", "--no-auth", "--host", "0.0.0.0"]
     )
     assert res.exit_code != 0 and "allow_remote" in res.output
+
+
+async def test_file_ids_never_reach_the_disk_as_paths(stack: Stack) -> None:
+    """Raw requests with traversal in the id (encoded or not) get the API's 404 body and
+    nothing outside --data is read; ids are looked up, never joined into a path."""
+    root = stack.server.base_url
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as session:
+        for raw in ("..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e", "file-..", "batch_..%2f"):
+            for url in (f"{root}/files/{raw}/content", f"{root}/files/{raw}"):
+                async with session.get(url, headers=auth) as resp:
+                    body = await resp.read()
+                    assert resp.status == 404, (url, resp.status)
+                    assert b"root:" not in body
+                    error = orjson.loads(body)["error"]
+                    assert error["type"] == "invalid_request_error"
