@@ -81,8 +81,8 @@ def wait_sync(client: openai.OpenAI, file_id: str) -> Batch:
 async def test_a_batch_goes_through_its_lifecycle_and_answers_like_online(
     served: tuple[MockServer, openai.AsyncOpenAI],
 ) -> None:
-    """Upload, create, poll to completed: counts right, each line's body is the answer
-    the same request gets from /v1/chat/completions, in the Batch output format."""
+    """Upload, create, poll to completed: counts and usage right, each line's body is the
+    answer the same request gets from /v1/chat/completions, in the Batch output format."""
     server, client = served
     requests = [request(i) for i in range(30)]
     file = await upload(client, jsonl(requests))
@@ -117,6 +117,10 @@ async def test_a_batch_goes_through_its_lifecycle_and_answers_like_online(
     output = await client.files.retrieve(done.output_file_id or "")
     assert output.purpose == "batch_output"
     assert server.stats.batch_lines == 30
+    assert done.usage is not None
+    assert done.usage.input_tokens == sum(count_prompt_tokens(r["body"]) for r in requests)
+    assert done.usage.output_tokens == 30 * server.config.completion_tokens
+    assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
 
 
 async def test_injected_line_errors_go_to_the_error_file(

@@ -92,6 +92,20 @@ class LineError:
         return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
 
 
+def _usage(usage: dict[str, int] | None) -> dict[str, Any] | None:
+    """The batch's ``usage`` (openai-python `types/batch_usage.py`), or None before the end."""
+    if usage is None:
+        return None
+    given, taken = usage.get("input", 0), usage.get("output", 0)
+    return {
+        "input_tokens": given,
+        "input_tokens_details": {"cached_tokens": usage.get("cached", 0)},
+        "output_tokens": taken,
+        "output_tokens_details": {"reasoning_tokens": usage.get("reasoning", 0)},
+        "total_tokens": given + taken,
+    }
+
+
 @dataclass(slots=True)
 class BatchRecord:
     """One batch and where it is in its lifecycle."""
@@ -120,6 +134,8 @@ class BatchRecord:
     errors: list[LineError] = field(default_factory=list)
     # Prompt tokens per model, counted at validation (the enqueued-token limit's charge).
     tokens: dict[str, int] = field(default_factory=dict)
+    # input, cached, output, reasoning tokens of the answered lines (set when it ends).
+    usage: dict[str, int] | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -152,6 +168,7 @@ class BatchRecord:
                 "failed": self.failed,
             },
             "metadata": self.metadata,
+            "usage": _usage(self.usage),
         }
 
     def to_dict(self) -> dict[str, Any]:

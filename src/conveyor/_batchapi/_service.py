@@ -150,6 +150,20 @@ def _succeeded(line: dict[str, Any]) -> bool:
     return isinstance(status, int) and 200 <= status < 300
 
 
+def _add_usage(total: Counter[str], line: dict[str, Any]) -> None:
+    """Add a line's token usage (Chat Completions or Responses names) to `total`."""
+    body = (line.get("response") or {}).get("body")
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return
+    total["input"] += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+    total["output"] += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+    given = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    taken = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    total["cached"] += int(given.get("cached_tokens") or 0) if isinstance(given, dict) else 0
+    total["reasoning"] += int(taken.get("reasoning_tokens") or 0) if isinstance(taken, dict) else 0
+
+
 def _expired_line(custom_id: str) -> bytes:
     # https://platform.openai.com/docs/guides/batch, "Batch expiration".
     error = {
@@ -381,6 +395,7 @@ class BatchService:
         err = store.new_file(filename=f"{batch.id}_error.jsonl", purpose="batch_output")
         seen: set[str] = set()
         completed = failed = 0
+        usage: Counter[str] = Counter()
         for raw in self.processor.finished(job):
             line = orjson.loads(raw)
             custom_id = line.get("custom_id")
@@ -389,12 +404,14 @@ class BatchService:
             seen.add(custom_id)
             ok = _succeeded(line)
             completed, failed = completed + ok, failed + (not ok)
+            _add_usage(usage, line)
             (out if ok else err).write(orjson.dumps(line) + b"\n")
         if outcome == "expired":
             for request in job.requests():
                 if request["custom_id"] not in seen:
                     err.write(_expired_line(request["custom_id"]))
         batch.completed, batch.failed = completed, failed
+        batch.usage = {k: usage[k] for k in ("input", "cached", "output", "reasoning")}
         batch.output_file_id = _keep(out)
         batch.error_file_id = _keep(err)
         now = int(time.time())
