@@ -214,7 +214,7 @@ async def test_two_batches_at_once_share_the_upstream_and_both_progress(stack: S
     stack.mock.config = replace(
         stack.mock.config, rpm=120, limit_window=1.0, limit_model="sliding", latency=0.01
     )
-    first, second = await submit(client, jsonl(300)), await submit(client, jsonl(300, 1000))
+    first, second = await submit(client, jsonl(200)), await submit(client, jsonl(200, 1000))
     end = time.monotonic() + DEADLINE
     both = False
     while not both:
@@ -236,11 +236,11 @@ async def test_two_batches_at_once_share_the_upstream_and_both_progress(stack: S
         await asyncio.sleep(0.05)
     other = b if a.status == "completed" else a
     assert other.request_counts is not None
-    assert other.status == "completed" or other.request_counts.completed >= 240
+    assert other.status == "completed" or other.request_counts.completed >= 160
     for batch in (first, second):
         done = await wait_for(client, batch.id)
         assert done.status == "completed" and done.request_counts is not None
-        assert done.request_counts.completed == 300
+        assert done.request_counts.completed == 200
     # One budget for the upstream: a rare 429 while it is learned (1 measured here; with a
     # budget per batch, 17: each spends what the other already has).
     assert stack.mock.stats.refused["rate"] <= 6
