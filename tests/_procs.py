@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,3 +31,12 @@ def eventually(predicate: Callable[[], object], within: float = 5.0) -> bool:
 def pids(path: Path) -> list[int]:
     """The pids a test job wrote to `path`, one per line."""
     return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill `proc` if it still runs, reap it, close its stderr pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    if proc.stderr is not None:
+        proc.stderr.close()

@@ -25,6 +25,8 @@ PACKAGE = Path(conveyor.__file__).parent
 #   _pipeline (one journaled run) on _journal; _monitor (resource probes) on _core;
 #   _api (run/stream front end) and executors over the engine;
 #   openai, commands, mock;  cli on top of everything.
+#   _batchapi (the Files + Batch API objects, store and routes) on _base only, so the
+#   mock and `conveyor serve` share it.
 ALLOWED: dict[str, frozenset[str]] = {
     "_base": frozenset(),
     "_core": frozenset({"_base"}),
@@ -37,7 +39,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "executors": frozenset({"_base", "_core", "_api"}),
     "openai": frozenset({"_base", "_core", "_journal", "_pipeline", "_render", "_api", "ray"}),
     "commands": frozenset({"_base", "_core", "_journal", "_pipeline", "_api"}),
-    "mock": frozenset({"_base"}),
+    "_batchapi": frozenset({"_base"}),
+    "mock": frozenset({"_base", "_batchapi"}),
+    # `conveyor serve`: the Batch API (_batchapi) over `conveyor run` (openai) and one
+    # in-process upstream limiter (ray._limiter); the cli only parses its flags.
+    "serve": frozenset(
+        {"_base", "_core", "_journal", "_pipeline", "_api", "openai", "ray", "_batchapi"}
+    ),
     "cli": frozenset(
         {
             "_base",
@@ -51,6 +59,8 @@ ALLOWED: dict[str, frozenset[str]] = {
             "openai",
             "commands",
             "mock",
+            "_batchapi",
+            "serve",
         }
     ),
     "conveyor": frozenset({"_base", "_core", "_monitor", "_api", "executors"}),

@@ -668,6 +668,64 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     default=0.0,
     help="Fraction of re-asks (requests carrying an earlier answer) answered invalid JSON.",
 )
+@click.option(
+    "--batch-speed",
+    type=click.FloatRange(min=0),
+    default=1000.0,
+    show_default=True,
+    help="Batch API: lines answered per second per batch (0 = as fast as possible).",
+)
+@click.option(
+    "--batch-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Batch API: fraction of lines answered 500 (the same custom_ids every time).",
+)
+@click.option(
+    "--batch-expire-after",
+    type=click.FloatRange(min=0),
+    help="Batch API: seconds after which a new batch expires (keeping finished lines).",
+)
+@click.option(
+    "--batch-stuck",
+    type=click.Choice(["validating", "in_progress"]),
+    help="Batch API: new batches stay in this state until cancelled or expired.",
+)
+@click.option(
+    "--batch-max-lines",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="Batch API: requests per input file (more fails the batch).",
+)
+@click.option(
+    "--batch-max-bytes",
+    type=click.IntRange(min=1),
+    default=200 * 1024 * 1024,
+    show_default=True,
+    help="Batch API: bytes per input file (more fails the batch).",
+)
+@click.option(
+    "--batch-enqueued-tokens",
+    type=click.IntRange(min=1),
+    help="Batch API: prompt tokens per model in unfinished batches; a batch past it "
+    "fails with token_limit_exceeded.",
+)
+@click.option(
+    "--batch-cancel-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Batch API: seconds a cancelled batch stays 'cancelling'.",
+)
+@click.option(
+    "--max-upload-bytes",
+    type=click.IntRange(min=1),
+    default=512 * 1024 * 1024,
+    show_default=True,
+    help="Files API: largest upload (larger ones get a 413).",
+)
 @click.option("--api-key", envvar="CONVEYOR_MOCK_API_KEY", help="Require this bearer key.")
 @click.option("--model", "models", multiple=True, help="Models served (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -675,7 +733,8 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @cli_errors
 def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], **o: Any) -> None:
     """Serve a simulated OpenAI-compatible endpoint (chat, completions,
-    embeddings, responses, models) with latency, faults and rate limits."""
+    embeddings, responses, models, and the Files + Batch API) with latency,
+    faults and rate limits."""
     from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
@@ -683,8 +742,12 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",
-             "invalid_json_rate", "schema_violation_rate", "reask_invalid_rate")  # fmt: skip
+             "invalid_json_rate", "schema_violation_rate", "reask_invalid_rate",
+             "batch_error_rate", "batch_expire_after", "batch_stuck", "batch_max_lines",
+             "batch_max_bytes", "batch_enqueued_tokens", "batch_cancel_delay",
+             "max_upload_bytes")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
+    kwargs["batch_speed"] = o["batch_speed"] or None
     kwargs["limit_window"] = o["window"]
     kwargs["headers"] = o["header_style"]
     kwargs["retry_after_header"] = not o["no_retry_after_header"]

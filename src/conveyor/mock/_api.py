@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from .._batchapi import ApiError, error_body
 from ._content import (
     expected_content,
     expected_embeddings,
@@ -20,47 +19,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApiError",
+    "build_answer",
     "build_chat",
     "build_completion",
     "build_embeddings",
     "build_models",
     "build_response",
+    "error_body",
+    "shape_answer",
     "token_cap",
     "validate",
 ]
 
 _MAX_N = 128
 _MAX_DIMENSIONS = 4096
-
-
-class ApiError(Exception):
-    """An error the server answers with an OpenAI error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",  # OpenAI's field name
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def body(self) -> bytes:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
-    """``{"error": {"message", "type", "param", "code"}}`` as JSON bytes."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
 
 
 def _missing(param: str) -> ApiError:
@@ -224,6 +196,37 @@ def token_cap(kind: str, body: dict[str, Any]) -> int | None:
     if kind == "responses":
         return body.get("max_output_tokens")
     return body.get("max_tokens")
+
+
+def shape_answer(
+    kind: str, body: dict[str, Any], completion_tokens: int
+) -> tuple[int, int, str, int]:
+    """``(tokens per choice, choices, finish_reason, tokens asked)`` of a valid request:
+    the request's own cap, else the server's `completion_tokens`, caps the answer."""
+    if kind == "embeddings":
+        return 0, 1, "stop", 0
+    cap = token_cap(kind, body)
+    each = completion_tokens if cap is None else min(cap, completion_tokens)
+    finish = "length" if each < completion_tokens else "stop"
+    n = 1 if kind == "responses" else (body.get("n") or 1)
+    return each, n, finish, completion_tokens if cap is None else cap
+
+
+def build_answer(
+    kind: str,
+    rid: str,
+    created: int,
+    body: dict[str, Any],
+    prompt: int,
+    each: int,
+    finish: str,
+    reply: StructuredReply | None = None,
+) -> dict[str, Any]:
+    """The 200 body for endpoint `kind` (a structured `reply` shapes its content)."""
+    if kind == "embeddings":
+        return build_embeddings(body, prompt)
+    builder = {"chat": build_chat, "completions": build_completion, "responses": build_response}
+    return builder[kind](rid, created, body, prompt, each, finish, reply)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,7 +56,12 @@ class MockConfig:
     rounded to thousands) or "none". `retry_after_header=False` leaves the
     wait only in a 429's message, as OpenAI sometimes does. After
     `quota_after` admitted requests every request is refused as
-    `insufficient_quota` (waiting does not help). The capacity faults are
+    `insufficient_quota` (waiting does not help). The `batch_*` fields shape the Batch
+    API (`mock._batches`): lines per second (None: no pacing), the rate of lines that
+    fail (the same ``custom_id``s every time), seconds after which a new batch expires,
+    a batch stuck in "validating" or "in_progress", the line, byte and enqueued-token
+    (per model) limits, and the seconds a cancel stays "cancelling"; an upload past
+    `max_upload_bytes` (OpenAI: 512 MB) is a 413. The capacity faults are
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
     Unavailable", not a rate limit).
@@ -112,8 +117,18 @@ class MockConfig:
     invalid_json_rate: float = 0.0
     schema_violation_rate: float = 0.0
     reask_invalid_rate: float = 0.0
+    batch_speed: float | None = 1000.0
+    batch_error_rate: float = 0.0
+    batch_expire_after: float | None = None
+    batch_stuck: str | None = None
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_enqueued_tokens: int | None = None
+    batch_cancel_delay: float = 0.0
+    max_upload_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        self._check_batches()
         _check_count("capacity", self.capacity, optional=True)
         _check_number("service_time", self.service_time)
         _check_count("degrade_after", self.degrade_after, optional=True)
@@ -182,6 +197,28 @@ class MockConfig:
             raise ConfigError("models", models, "name at least one model")
         object.__setattr__(self, "models", tuple(models))
 
+    def _check_batches(self) -> None:
+        if self.batch_speed is not None:
+            _check_number("batch_speed", self.batch_speed)
+            if self.batch_speed <= 0:
+                raise ConfigError(
+                    "batch_speed",
+                    self.batch_speed,
+                    "use lines per second > 0, or None for no pacing",
+                )
+        _check_number("batch_error_rate", self.batch_error_rate, upper=1.0)
+        if self.batch_expire_after is not None:
+            _check_number("batch_expire_after", self.batch_expire_after)
+        if self.batch_stuck not in (None, "validating", "in_progress"):
+            raise ConfigError(
+                "batch_stuck", self.batch_stuck, "use 'validating', 'in_progress' or None"
+            )
+        for name in ("batch_max_lines", "batch_max_bytes"):
+            _check_count(name, getattr(self, name))
+        _check_count("batch_enqueued_tokens", self.batch_enqueued_tokens, optional=True)
+        _check_number("batch_cancel_delay", self.batch_cancel_delay)
+        _check_count("max_upload_bytes", self.max_upload_bytes)
+
     @property
     def fault_rates(self) -> tuple[tuple[str, float], ...]:
         """``(fault, rate)`` pairs in draw order."""
@@ -218,6 +255,8 @@ class MockStats:
     "reask:<outcome>" (outcome "valid", "invalid_json", "schema_violation");
     `structured_log` holds ``(conversation_key(body), is_reask, outcome)`` per
     answer, in order (`mock.conversation_key` of an input line's body names it).
+    `batch_lines` counts the Batch API lines answered; `batch_polls` holds, per batch
+    id, the `time.monotonic()` of each ``GET /v1/batches/{id}``.
     """
 
     requests: int = 0
@@ -229,6 +268,8 @@ class MockStats:
     tokens: int = 0
     admitted: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+    batch_lines: int = 0
+    batch_polls: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
     structured: Counter[str] = field(default_factory=Counter)
     structured_log: deque[tuple[str, bool, str]] = field(

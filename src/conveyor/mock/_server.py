@@ -20,24 +20,24 @@ import orjson
 from aiohttp import web
 
 from .._base._exceptions import ConfigError
-from ._api import (
+from .._batchapi import (
     ApiError,
-    build_chat,
-    build_completion,
-    build_embeddings,
-    build_models,
-    build_response,
+    BatchService,
+    Store,
+    dispatch,
     error_body,
-    model_entry,
-    token_cap,
-    validate,
+    is_batch_path,
+    json_object,
 )
+from .._batchapi._hosting import run_until_interrupted
+from ._api import build_answer, build_models, model_entry, shape_answer, validate
+from ._batches import MockBatches, batch_limits
 from ._config import MockConfig, MockStats
 from ._content import count_prompt_tokens
 from ._limiter import ServerLimits, capacity_reply, charge_of
 from ._meters import format_seconds
 from ._saturation import Saturation
-from ._structured import conversation_key, plan_reply
+from ._structured import plan_and_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -56,7 +56,7 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/v1/models": ("GET", "models"),
 }
 _MODEL_PREFIX = "/v1/models/"
-_BUILDERS = {"chat": build_chat, "completions": build_completion, "responses": build_response}
+_BATCH_PREFIX = "/v1/batches/"
 _INJECTED = "(injected by the conveyor mock server)"
 
 
@@ -100,6 +100,12 @@ class MockServer:
         self._stopping: asyncio.Event | None = None
         self._base_url: str | None = None
         self.stats = MockStats()
+        processor = MockBatches(lambda: self._config, self._count_batch_line, self.stats)
+        self.batches = BatchService(Store(), processor, batch_limits(self._config))
+        """The Files and Batch API's state (`conveyor._batchapi`): files, batches, jobs."""
+
+    def _count_batch_line(self) -> None:
+        self.stats.batch_lines += 1
 
     @property
     def config(self) -> MockConfig:
@@ -119,6 +125,7 @@ class MockServer:
         else:
             self._limits.cfg = value
         self._config = value
+        self.batches.limits = batch_limits(value)
 
     @property
     def base_url(self) -> str:
@@ -164,6 +171,7 @@ class MockServer:
             return
         if self._stopping is not None:
             self._stopping.set()
+        await self.batches.close()
         await runner.cleanup()
         self._base_url = None
 
@@ -228,6 +236,15 @@ class MockServer:
         self, request: web.BaseRequest, cfg: MockConfig, headers: dict[str, str]
     ) -> web.StreamResponse:
         path = request.path
+        if is_batch_path(path):
+            self._authorize(cfg, request)
+            if request.method == "GET" and path.startswith(_BATCH_PREFIX):
+                batch_id = path[len(_BATCH_PREFIX) :]
+                if "/" not in batch_id:
+                    self.stats.batch_polls[batch_id].append(time.monotonic())
+            response = await dispatch(request, self.batches, headers)
+            self.stats.statuses[response.status] += 1
+            return response
         route = _ROUTES.get(path)
         if route is None:
             if request.method == "GET" and path.startswith(_MODEL_PREFIX):
@@ -244,16 +261,7 @@ class MockServer:
         if kind == "models":
             return self._reply(200, orjson.dumps(build_models(cfg.models)), headers)
 
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            raise ApiError(
-                400,
-                "We could not parse the JSON body of your request: send one JSON object "
-                "with Content-Type: application/json.",
-            )
+        body = json_object(await request.read())
         validate(kind, body)
         if body["model"] not in cfg.models:
             raise _model_not_found(body["model"])
@@ -280,20 +288,13 @@ class MockServer:
         delay: float,
     ) -> web.StreamResponse:
         prompt = count_prompt_tokens(body)
-        each, n, finish = 0, 1, "stop"
-        cap: int | None = None
-        if kind != "embeddings":
-            cap = token_cap(kind, body)
-            each = cfg.completion_tokens if cap is None else min(cap, cfg.completion_tokens)
-            finish = "length" if each < cfg.completion_tokens else "stop"
-            if kind != "responses":
-                n = body.get("n") or 1
+        each, n, finish, asked = shape_answer(kind, body, cfg.completion_tokens)
         # Charged at admission as OpenAI counts it: prompt + the completion cap.
-        asked = cfg.completion_tokens if cap is None else cap
-        charge = charge_of(prompt, asked if kind != "embeddings" else 0, n)
+        charge = charge_of(prompt, asked, n)
         charged = int(charge["tokens"])
         if cfg.capacity is not None:
-            scale = asked / cfg.completion_tokens if cfg.scale_by_tokens else 1.0
+            scaled = asked if kind != "embeddings" else cfg.completion_tokens
+            scale = scaled / cfg.completion_tokens if cfg.scale_by_tokens else 1.0
             if not await self._saturate(cfg, scale):
                 message = f"The server is overloaded: the request waited too long {_INJECTED}."
                 return self._reply(503, error_body(message, "server_error", None, None), headers)
@@ -328,22 +329,9 @@ class MockServer:
         each: int,
         finish: str,
     ) -> web.StreamResponse:
-        if kind == "embeddings":
-            payload = build_embeddings(body, prompt)
-        else:
-            rid = headers["x-request-id"][4:]
-            cfg = self._config
-            reply = plan_reply(
-                kind, body, seed=cfg.seed, invalid_json=cfg.invalid_json_rate,
-                violation=cfg.schema_violation_rate, reask_invalid=cfg.reask_invalid_rate,
-            )  # fmt: skip
-            if reply is not None:
-                stage = "reask" if reply.reask else "first"
-                self.stats.structured[f"{stage}:{reply.outcome}"] += 1
-                self.stats.structured_log.append(
-                    (conversation_key(body), reply.reask, reply.outcome)
-                )
-            payload = _BUILDERS[kind](rid, int(time.time()), body, prompt, each, finish, reply)
+        rid = headers["x-request-id"][4:]
+        reply = plan_and_count(self._config, self.stats, kind, body)
+        payload = build_answer(kind, rid, int(time.time()), body, prompt, each, finish, reply)
         return self._reply(200, orjson.dumps(payload), headers)
 
     async def _saturate(self, cfg: MockConfig, scale: float) -> bool:
@@ -461,14 +449,4 @@ def serve(
     """
     server = MockServer(config, host=host, port=port, allow_remote=allow_remote)
     announce = _announce if on_ready is None else on_ready
-
-    async def main() -> None:
-        url = await server.start()
-        try:
-            announce(url)
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    run_until_interrupted(server, announce)

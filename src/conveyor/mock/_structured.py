@@ -31,11 +31,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-__all__ = ["StructuredReply", "conversation_key", "minimal_instance", "plan_reply"]
+if TYPE_CHECKING:
+    from ._config import MockConfig, MockStats
+
+__all__ = [
+    "StructuredReply",
+    "conversation_key",
+    "minimal_instance",
+    "plan_and_count",
+    "plan_reply",
+]
 
 _MAX_DEPTH = 24
 _FORMATS = {
@@ -354,3 +363,18 @@ def plan_reply(
     if tool is not None:
         return StructuredReply(outcome, reask, None, tool[0], text)
     return StructuredReply(outcome, reask, text)
+
+
+def plan_and_count(
+    cfg: MockConfig, stats: MockStats, kind: str, body: dict[str, Any]
+) -> StructuredReply | None:
+    """`plan_reply` under `cfg`'s rates, counted in `stats` (online and Batch API lines)."""
+    reply = plan_reply(
+        kind, body, seed=cfg.seed, invalid_json=cfg.invalid_json_rate,
+        violation=cfg.schema_violation_rate, reask_invalid=cfg.reask_invalid_rate,
+    )  # fmt: skip
+    if reply is not None:
+        stage = "reask" if reply.reask else "first"
+        stats.structured[f"{stage}:{reply.outcome}"] += 1
+        stats.structured_log.append((conversation_key(body), reply.reask, reply.outcome))
+    return reply

@@ -188,6 +188,9 @@ class RunSettings:
     # A JSON Schema (path or dict) or a Pydantic model every answer must match.
     schema: Any = None
     reask: int = 2  # times an invalid answer is asked again
+    # A limiter shared with other runs in this process (`conveyor serve`: one budget per
+    # upstream for all its batches): the engine's `shared_limiter`.
+    shared_limiter: Any = field(default=None, repr=False)
 
 
 def _check(s: RunSettings) -> None:
@@ -446,6 +449,8 @@ async def arun_file(
                         "monitor", s.monitor, "only on this machine (it samples this process)"
                     )
                 engine_options["monitor"] = s.monitor
+            if s.shared_limiter is not None:
+                engine_options["shared_limiter"] = s.shared_limiter
             todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
 
             def make(previous: Callable[[str], Any]) -> RunStream:
