@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import inspect
-import os
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import orjson
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from ._base._checks import user_check_outcome
 from ._base._exceptions import ConfigError, PreflightFailed
-from ._base._types import Result, Status
+from ._base._types import Result
 from ._core._engine import Engine, Invoker, invoker_for
-from ._core._options import build_options
 from ._core._portal import Portal
+from ._core._settings import RunOptions, RunSettings, check_items, length_hint, parse_settings
 
 if TYPE_CHECKING:
     from ._core._report import BatchReport
@@ -29,136 +27,63 @@ T = TypeVar("T")
 Items = Iterable[Any] | AsyncIterable[Any]
 
 
-# Engine options the pipeline and the Ray workers set; not options of run().
-_INTERNAL = ("previous", "shared_limiter", "validate_item")
-
-
-def _backend(options: dict[str, Any]) -> str:
-    """Pops `backend` ("local" or "ray"; Ray options such as `address`,
-    `actors` then go to `conveyor.ray.run_ray`); `monitor=True` becomes the
-    default `Monitor()`."""
-    for name in _INTERNAL:
-        if name in options:
-            raise ConfigError(name, options[name], "no such option (it is conveyor's own plumbing)")
-    backend = options.pop("backend", "local")
-    if backend not in ("local", "ray"):
-        raise ConfigError("backend", backend, "'local' (this process) or 'ray' (Ray actors)")
-    monitor = options.get("monitor")
-    if monitor is True:
-        options["monitor"] = Monitor()
-    elif monitor is False:
-        options["monitor"] = None
-    if backend == "ray":
-        for name, why in (
-            ("memo", "a Memo lives in one process; on Ray each actor would keep its own"),
-            ("monitor", "the monitor samples this process, not the Ray actors"),
-        ):
-            if options.get(name) is not None:
-                raise ConfigError(name, options[name], f"only with the local backend ({why})")
-    return str(backend)
-
-
 def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def _length_hint(items: Any) -> int | None:
-    try:
-        return len(items)
-    except TypeError:
-        return None
+_LOCAL_ONLY = (
+    ("memo", "a Memo lives in one process; on Ray each actor would keep its own"),
+    ("monitor", "the monitor samples this process, not the Ray actors"),
+)
 
 
-_PRIVATE_KEYS = ("journal", "journal_force", "rerun", "preflight", "_fn_name")
-
-# rerun="failed": every stored result that is not ok runs again.
-_RERUN_FAILED = frozenset({Status.FAILED, Status.TIMED_OUT, Status.CANCELLED})
-_RERUNNABLE = {s.value: s for s in (Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.OK)}
-
-
-def _rerun_statuses(rerun: Any) -> frozenset[Status]:
-    """The stored statuses `rerun=` runs again: "failed" or a list of status names."""
-    if rerun is None:
-        return frozenset()
-    if rerun == "failed":
-        return _RERUN_FAILED
-    names = [rerun] if isinstance(rerun, str) else rerun
-    try:
-        return frozenset(_RERUNNABLE[str(getattr(n, "value", n))] for n in names)
-    except (KeyError, TypeError):
-        raise ConfigError(
-            "rerun",
-            rerun,
-            "'failed' (failed, timed_out and cancelled items run again) or a list of "
-            f"statuses from {sorted(_RERUNNABLE)}",
-        ) from None
+def _settings(items: Any, fn: Any, options: Mapping[str, object]) -> RunSettings:
+    """Check the call before anything starts (Ray checks its engine options itself);
+    `monitor=True` becomes the default `Monitor()`."""
+    check_items(items, fn)
+    settings = parse_settings(_with_monitor(options), fn_name=_name(fn))
+    if settings.backend == "ray":
+        for name, why in _LOCAL_ONLY:
+            if settings.engine.get(name) is not None:
+                raise ConfigError(
+                    name, settings.engine[name], f"only with the local backend ({why})"
+                )
+    return settings
 
 
-def _engine_options(opts_kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in opts_kw.items() if k not in _PRIVATE_KEYS}
-
-
-def _validate(opts_kw: dict[str, Any]) -> None:
-    build_options(**_engine_options(opts_kw))
-    _validate_journal(opts_kw)
-
-
-def _validate_journal(opts_kw: dict[str, Any]) -> None:
-    j = opts_kw.get("journal")
-    if j is not None and not isinstance(j, str | os.PathLike):
-        raise ConfigError("journal", j, "a path to a journal file (created if missing)")
-    checks = opts_kw.get("preflight")
-    if checks is not None and (
-        not isinstance(checks, list | tuple) or not all(callable(c) for c in checks)
-    ):
-        raise ConfigError(
-            "preflight", checks, "a list of functions taking nothing (None/True passes)"
-        )
-    rerun = opts_kw.get("rerun")
-    _rerun_statuses(rerun)
-    if rerun is not None and j is None:
-        raise ConfigError(
-            "rerun", rerun, "only with journal=PATH (the journal holds what failed last time)"
-        )
-
-
-def _line(result: Result[Any]) -> bytes:
-    return orjson.dumps(result.to_dict(), option=orjson.OPT_NON_STR_KEYS, default=repr)
+def _with_monitor(options: Mapping[str, object]) -> Mapping[str, object]:
+    monitor = options.get("monitor")
+    if monitor is True:
+        return {**options, "monitor": Monitor()}
+    if monitor is False:
+        return {**options, "monitor": None}
+    return options
 
 
 def _journaled(
-    items: Items, invoker: Invoker | None, fn: Any, opts_kw: dict[str, Any], backend: str
+    items: Items, invoker: Invoker | None, fn: Any, settings: RunSettings
 ) -> JournaledStream:
     """The journaled pipeline over the local engine or Ray (see `_pipeline`)."""
     from ._journal._journal import Journal
 
-    kw = _engine_options(opts_kw)
-    path = opts_kw["journal"]
-    identity = {"kind": "python", "fn": str(opts_kw.get("_fn_name", ""))}
-    force = bool(opts_kw.get("journal_force"))
-    again = _rerun_statuses(opts_kw.get("rerun"))
+    path = settings.journal
+    assert path is not None
+    identity = {"kind": "python", "fn": settings.fn_name}
 
     def make(previous: Callable[[str], Any]) -> RunStream:
-        if backend == "ray":
-            from .ray import stream_ray
+        if settings.backend == "ray":
+            from .ray._run import cluster_stream
 
-            return stream_ray(items, fn, previous=previous, **kw)
+            return cluster_stream(items, fn, settings, previous=previous)
         assert invoker is not None
-        return AsyncStream(items, invoker, {**kw, "previous": previous})
+        return AsyncStream(items, invoker, settings, previous=previous)
 
     return JournaledStream(
-        lambda: Journal.open(path, identity=identity, force=force),
+        lambda: Journal.open(path, identity=identity, force=settings.journal_force),
         make,
-        rerun=again,
-        memo=opts_kw.get("memo"),
+        rerun=settings.rerun,
+        memo=settings.engine.get("memo"),
     )
-
-
-def _check(items: Any, fn: Any) -> None:
-    if not isinstance(items, Iterable | AsyncIterable):
-        raise ConfigError("items", type(items).__name__, "an iterable or async iterable of items")
-    if not callable(fn):
-        raise ConfigError("fn", fn, "a function (sync or async) taking one item")
 
 
 async def _preflight(checks: Any) -> None:
@@ -179,15 +104,16 @@ async def _preflight(checks: Any) -> None:
         raise PreflightFailed(results, skip_hint="preflight=None")
 
 
-async def _arun(
-    items: Items, invoker: Invoker, opts_kw: dict[str, Any], control: Any
-) -> BatchReport:
-    await _preflight(opts_kw.get("preflight"))
-    if opts_kw.get("journal") is not None:
-        return await collect(_journaled(items, invoker, None, opts_kw, "local"), control)
-    opts = build_options(**_engine_options(opts_kw))
+async def _arun(items: Items, invoker: Invoker, settings: RunSettings, control: Any) -> BatchReport:
+    await _preflight(settings.preflight)
+    if settings.journal is not None:
+        return await collect(_journaled(items, invoker, None, settings), control)
     engine = Engine(
-        invoker, opts, keep_results=True, deliver=False, length_hint=_length_hint(items)
+        invoker,
+        settings.options(),
+        keep_results=True,
+        deliver=False,
+        length_hint=length_hint(items),
     )
     if control is not None:
         control.attach(engine)
@@ -203,26 +129,25 @@ async def _arun(
     return report
 
 
-async def arun(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
+async def arun(
+    items: Items, fn: Callable[[Any], Any], **options: Unpack[RunOptions]
+) -> BatchReport:
     """Run `fn` over every item concurrently; the report holds results in input order.
 
     `fn` may be async (awaited on this loop) or sync (run on threads). Errors
     are captured as results, never raised one by one. See `run()` for options.
     """
-    _check(items, fn)
-    if _backend(options) == "ray":
-        if options.get("journal") is not None:
-            _validate_journal(options)
-            opts = {**options, "_fn_name": _name(fn)}
-            return await collect(_journaled(items, None, fn, opts, "ray"))
-        from .ray import arun_ray
+    settings = _settings(items, fn, options)
+    if settings.backend == "ray":
+        if settings.journal is not None:
+            return await collect(_journaled(items, None, fn, settings))
+        from .ray._run import cluster_arun
 
-        return await arun_ray(items, fn, **options)
-    _validate(options)  # before anything starts
-    return await _arun(items, invoker_for(fn), {**options, "_fn_name": _name(fn)}, None)
+        return await cluster_arun(items, fn, settings)
+    return await _arun(items, invoker_for(fn), settings, None)
 
 
-def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
+def run(items: Items, fn: Callable[[Any], Any], **options: Unpack[RunOptions]) -> BatchReport:
     """Run `fn` over every item concurrently and return a `BatchReport`.
 
     Works with or without an event loop already running in this thread (in
@@ -240,8 +165,8 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     `journal=PATH` makes the run resumable: a key the journal already holds
     is reported from it, not run again. `rerun="failed"` (with `journal=`)
     runs again the items whose stored result failed, timed out or was
-    cancelled, and reports the ok ones from the journal (seed 002's partial
-    re-run); a list of statuses picks others.
+    cancelled, and reports the ok ones from the journal (a partial re-run);
+    a list of statuses picks others.
 
     `memo=conveyor.Memo()`: a memo the items share (`memo.call(key, fn)`,
     `await memo.acall(key, fn)`, `memo.wrap(fn)`): identical sub-calls in
@@ -275,31 +200,35 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Any) -> BatchReport:
     run before any item; each passes by returning None or True and blocks
     the run by returning False or a reason, or by raising:
     `PreflightFailed` is raised then, listing each failed check.
+
+    `backend="ray"` runs on Ray actors (with the options of
+    `conveyor.ray.run_ray`: `address`, `actors`, ...).
     """
-    _check(items, fn)
-    if _backend(options) == "ray":
-        if options.get("journal") is not None:
-            _validate_journal(options)
-            ray_opts = {**options, "_fn_name": _name(fn)}
+    settings = _settings(items, fn, options)
+    if settings.backend == "ray":
+        if settings.journal is not None:
             with Portal() as portal:
                 return portal.call(
-                    lambda control: collect(_journaled(items, None, fn, ray_opts, "ray"), control)
+                    lambda control: collect(_journaled(items, None, fn, settings), control)
                 )
-        from .ray import run_ray
+        from .ray._run import cluster_run
 
-        return run_ray(items, fn, **options)
-    _validate(options)
+        return cluster_run(items, fn, settings)
     invoker = invoker_for(fn)
-    opts = {**options, "_fn_name": _name(fn)}
     with Portal() as portal:
-        return portal.call(lambda control: _arun(items, invoker, opts, control))
+        return portal.call(lambda control: _arun(items, invoker, settings, control))
 
 
 def run_with_invoker(items: Items, invoker: Invoker, **options: Any) -> BatchReport:
-    """`run()` for callers that bring their own invoker (the executors)."""
-    _validate(options)
+    """`run()` for callers that bring their own invoker (the executors); they may
+    set the engine's internal hooks (`shared_limiter=`)."""
+    internal = {k: options.pop(k) for k in ("shared_limiter",) if k in options}
+    settings = parse_settings(options)
+    if internal:
+        settings = replace(settings, engine={**settings.engine, **internal})
+        settings.options()
     with Portal() as portal:
-        return portal.call(lambda control: _arun(items, invoker, options, control))
+        return portal.call(lambda control: _arun(items, invoker, settings, control))
 
 
 class AsyncStream(RunStream):
@@ -309,16 +238,25 @@ class AsyncStream(RunStream):
     work is cancelled and awaited.
     """
 
-    def __init__(self, items: Items, invoker: Invoker, options: dict[str, Any]) -> None:
-        build_options(**options)  # refuse bad options now, not at the first result
+    def __init__(
+        self,
+        items: Items,
+        invoker: Invoker,
+        options: RunSettings | Mapping[str, Any],
+        *,
+        previous: Callable[[str], Any] | None = None,
+    ) -> None:
+        settings = options if isinstance(options, RunSettings) else RunSettings(dict(options))
+        internal: dict[str, Any] = {} if previous is None else {"previous": previous}
+        settings.options(**internal)  # refuse bad options now, not at the first result
 
         def make() -> Engine:
             engine = Engine(
                 invoker,
-                build_options(**options),
+                settings.options(**internal),
                 keep_results=False,
                 deliver=True,
-                length_hint=_length_hint(items),
+                length_hint=length_hint(items),
             )
             engine.start(items)
             return engine
@@ -327,7 +265,7 @@ class AsyncStream(RunStream):
 
 
 def astream(
-    items: Items, fn: Callable[[Any], Any], **options: Any
+    items: Items, fn: Callable[[Any], Any], **options: Unpack[RunOptions]
 ) -> AsyncStream | JournaledStream | RunStream:
     """Results as they complete (each with its index and key); bounded memory.
 
@@ -335,19 +273,14 @@ def astream(
     run (the resume rule of `conveyor._pipeline`) and every new result is
     committed as it is handed out; `backend="ray"` runs on Ray actors.
     """
-    _check(items, fn)
-    backend = _backend(options)
-    if options.get("journal") is not None:
-        if backend == "local":
-            _validate(options)
-        else:
-            _validate_journal(options)
-        return _journaled(items, invoker_for(fn), fn, {**options, "_fn_name": _name(fn)}, backend)
-    if backend == "ray":
-        from .ray import stream_ray
+    settings = _settings(items, fn, options)
+    if settings.journal is not None:
+        return _journaled(items, invoker_for(fn), fn, settings)
+    if settings.backend == "ray":
+        from .ray._run import cluster_stream
 
-        return stream_ray(items, fn, **options)
-    return AsyncStream(items, invoker_for(fn), options)
+        return cluster_stream(items, fn, settings)
+    return AsyncStream(items, invoker_for(fn), settings)
 
 
 class Stream(Iterator[Result[Any]]):
@@ -414,6 +347,6 @@ class Stream(Iterator[Result[Any]]):
             self.close()
 
 
-def stream(items: Items, fn: Callable[[Any], Any], **options: Any) -> Stream:
+def stream(items: Items, fn: Callable[[Any], Any], **options: Unpack[RunOptions]) -> Stream:
     """Results in completion order as a plain iterator; `.report` at the end."""
     return Stream(astream(items, fn, **options))

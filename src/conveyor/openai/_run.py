@@ -457,7 +457,8 @@ async def arun_file(
                 nonlocal finished
                 finished = previous
                 if s.ray is not None:
-                    from ..ray import stream_ray
+                    from .._core._settings import RunSettings as Settings
+                    from ..ray._run import cluster_stream
 
                     if not isinstance(s.concurrency, int):
                         raise ConfigError(
@@ -466,9 +467,10 @@ async def arun_file(
                     # Each actor opens its own session; the key comes from its environment.
                     remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers,
                                            s.api_key, pool)  # fmt: skip
-                    return stream_ray(
-                        todo, remote, address=s.ray, actors=s.actors, **engine_options
-                    )
+                    # Our own options (validate_item=) go in as settings, not as run_ray's.
+                    cluster = {"address": s.ray, "actors": s.actors}
+                    on_ray = Settings(engine=dict(engine_options), backend="ray", cluster=cluster)
+                    return cluster_stream(todo, remote, on_ray)
                 return AsyncStream(todo, _invoke(_Caller(client, cache)), engine_options)
 
             stream: JournaledStream | RunStream

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .._base._exceptions import ConfigError
-from .._core._options import build_options
 from .._core._portal import Portal
+from .._core._settings import RayOptions, RunSettings, check_items, length_hint, parse_settings
 from .._core._stream import RunStream
 from ._driver import ClusterRun, ClusterSettings, split_concurrency
 from ._pool import RayPool, import_ray
@@ -30,6 +30,8 @@ _NOT_ON_RAY = {
     "on_batch": "there are no waves on Ray; use on_result",
     "shared_limiter": "the Ray backend brings its own global limiter",
     "clock": "workers run on their own clocks",
+    "memo": "a Memo lives in one process; on Ray each actor would keep its own",
+    "monitor": "the monitor samples this process, not the Ray actors",
 }
 
 
@@ -62,13 +64,6 @@ class ClusterStream(RunStream):
         return run.workers if isinstance(run, ClusterRun) else []
 
 
-def _length_hint(items: Any) -> int | None:
-    try:
-        return len(items)
-    except TypeError:
-        return None
-
-
 def _whole(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(name, value, f"a whole number {lo}..{hi}")
@@ -78,49 +73,43 @@ def _whole(name: str, value: Any, lo: int, hi: int) -> int:
 def _prepare(
     items: Items,
     fn: Callable[[Any], Any],
+    settings: RunSettings,
     *,
     keep_results: bool,
     deliver: bool,
-    address: str,
-    actors: int,
-    concurrency: int | None,
-    rpm: float | None,
-    tpm: float | None,
-    cost: Callable[[Any], float | tuple[float, float]] | None,
-    limit_window: float,
-    chunk_size: int | None,
-    max_restarts: int | None,
-    actor_options: dict[str, Any] | None,
-    ray_init: dict[str, Any] | None,
-    options: dict[str, Any],
+    previous: Callable[[str], Any] | None = None,
 ) -> Callable[[], ClusterRun]:
     """Validate everything now (before Ray starts); return the run's constructor."""
-    if not isinstance(items, Iterable | AsyncIterable):
-        raise ConfigError("items", type(items).__name__, "an iterable or async iterable of items")
-    if not callable(fn):
-        raise ConfigError("fn", fn, "a function (sync or async) taking one item")
+    check_items(items, fn)
+    engine = settings.engine
     for name, why in _NOT_ON_RAY.items():
-        if options.get(name) not in (None, False):
-            raise ConfigError(name, options[name], f"not available with the Ray backend: {why}")
+        if engine.get(name) not in (None, False):
+            raise ConfigError(name, engine[name], f"not available with the Ray backend: {why}")
+    cluster = settings.cluster
+    address = cluster.get("address", "local")
+    actors = cluster.get("actors", 2)
+    chunk_size = cluster.get("chunk_size")
+    max_restarts = cluster.get("max_restarts")
+    actor_options = cluster.get("actor_options")
+    ray_init = cluster.get("ray_init")
     if not isinstance(address, str) or not address:
         raise ConfigError("address", address, "'local', 'auto' or a Ray cluster address")
     _whole("actors", actors, 1, 10_000)
+    concurrency = engine.get("concurrency")
     total = DEFAULT_PER_ACTOR * actors if concurrency is None else concurrency
-    opts = build_options(
-        concurrency=total, rpm=rpm, tpm=tpm, cost=cost, limit_window=limit_window, **options
-    )
+    opts = settings.options(concurrency=total, previous=previous)
     shares = split_concurrency(opts.concurrency, actors)
     size = _whole("chunk_size", chunk_size, 1, 100_000) if chunk_size is not None else None
     if size is None:
         size = max(1, min(max(shares), _MAX_CHUNK))
-        hint = _length_hint(items)
+        hint = length_hint(items)
         if hint is not None:  # a short input still reaches every actor
             size = max(1, min(size, -(-hint // (2 * actors))))
     lanes = max(2, -(-2 * max(shares) // size))  # enough chunks to keep each share busy
     restarts = (
         2 * actors if max_restarts is None else _whole("max_restarts", max_restarts, 0, 10**6)
     )
-    settings = ClusterSettings(
+    cluster_settings = ClusterSettings(
         workers=actors,
         concurrency=opts.concurrency,
         chunk_size=size,
@@ -150,8 +139,8 @@ def _prepare(
             fn,
             worker_settings,
             address=address,
-            rpm=rpm,
-            tpm=tpm,
+            rpm=opts.rpm,
+            tpm=opts.tpm,
             limit_window=opts.limit_window,
             actor_options=actor_options,
             init_options=ray_init,
@@ -160,32 +149,56 @@ def _prepare(
         return ClusterRun(
             pool,
             items,
-            settings,
+            cluster_settings,
             opts,
             keep_results=keep_results,
             deliver=deliver,
-            length_hint=_length_hint(items),
+            length_hint=length_hint(items),
         )
 
     return make
 
 
+def _ray_settings(options: Mapping[str, object]) -> RunSettings:
+    check_ray_available()  # before anything else: the install hint comes first
+    return parse_settings(options, backend="ray", pipeline=False, check_engine=False)
+
+
+def cluster_stream(
+    items: Items,
+    fn: Callable[[Any], Any],
+    settings: RunSettings,
+    *,
+    previous: Callable[[str], Any] | None = None,
+) -> ClusterStream:
+    """`stream_ray` over parsed settings (`conveyor.stream(backend="ray")` and the
+    journaled pipeline, which adds its `previous` lookup)."""
+    check_ray_available()
+    make = _prepare(items, fn, settings, keep_results=False, deliver=True, previous=previous)
+    return ClusterStream(make)
+
+
+async def cluster_arun(
+    items: Items, fn: Callable[[Any], Any], settings: RunSettings
+) -> BatchReport:
+    """`arun_ray` over parsed settings."""
+    check_ray_available()
+    make = _prepare(items, fn, settings, keep_results=True, deliver=False)
+    return await _collect(make, None)
+
+
+def cluster_run(items: Items, fn: Callable[[Any], Any], settings: RunSettings) -> BatchReport:
+    """`run_ray` over parsed settings."""
+    check_ray_available()
+    make = _prepare(items, fn, settings, keep_results=True, deliver=False)
+    with Portal() as portal:
+        return portal.call(lambda control: _collect(make, control))
+
+
 def stream_ray(
     items: Items,
     fn: Callable[[Any], Any],
-    *,
-    address: str = "local",
-    actors: int = 2,
-    concurrency: int | None = None,
-    rpm: float | None = None,
-    tpm: float | None = None,
-    cost: Callable[[Any], float | tuple[float, float]] | None = None,
-    limit_window: float = 60.0,
-    chunk_size: int | None = None,
-    max_restarts: int | None = None,
-    actor_options: dict[str, Any] | None = None,
-    ray_init: dict[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[RayOptions],
 ) -> ClusterStream:
     """Results of `fn` over `items` on Ray, in completion order (an async iterator).
 
@@ -208,26 +221,7 @@ def stream_ray(
     `on_error`, `fail_fast`, `batch_id`, `on_progress` (on the driver).
     Waves are not available on Ray.
     """
-    check_ray_available()
-    make = _prepare(
-        items,
-        fn,
-        keep_results=False,
-        deliver=True,
-        address=address,
-        actors=actors,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        cost=cost,
-        limit_window=limit_window,
-        chunk_size=chunk_size,
-        max_restarts=max_restarts,
-        actor_options=actor_options,
-        ray_init=ray_init,
-        options=options,
-    )
-    return ClusterStream(make)
+    return cluster_stream(items, fn, _ray_settings(options))
 
 
 async def _collect(make: Callable[[], ClusterRun], control: Any) -> BatchReport:
@@ -249,59 +243,16 @@ async def _collect(make: Callable[[], ClusterRun], control: Any) -> BatchReport:
 async def arun_ray(
     items: Items,
     fn: Callable[[Any], Any],
-    *,
-    address: str = "local",
-    actors: int = 2,
-    concurrency: int | None = None,
-    rpm: float | None = None,
-    tpm: float | None = None,
-    cost: Callable[[Any], float | tuple[float, float]] | None = None,
-    limit_window: float = 60.0,
-    chunk_size: int | None = None,
-    max_restarts: int | None = None,
-    actor_options: dict[str, Any] | None = None,
-    ray_init: dict[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[RayOptions],
 ) -> BatchReport:
     """`run_ray` for async code: await the report (results in input order)."""
-    check_ray_available()
-    make = _prepare(
-        items,
-        fn,
-        keep_results=True,
-        deliver=False,
-        address=address,
-        actors=actors,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        cost=cost,
-        limit_window=limit_window,
-        chunk_size=chunk_size,
-        max_restarts=max_restarts,
-        actor_options=actor_options,
-        ray_init=ray_init,
-        options=options,
-    )
-    return await _collect(make, None)
+    return await cluster_arun(items, fn, _ray_settings(options))
 
 
 def run_ray(
     items: Items,
     fn: Callable[[Any], Any],
-    *,
-    address: str = "local",
-    actors: int = 2,
-    concurrency: int | None = None,
-    rpm: float | None = None,
-    tpm: float | None = None,
-    cost: Callable[[Any], float | tuple[float, float]] | None = None,
-    limit_window: float = 60.0,
-    chunk_size: int | None = None,
-    max_restarts: int | None = None,
-    actor_options: dict[str, Any] | None = None,
-    ray_init: dict[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[RayOptions],
 ) -> BatchReport:
     """Run `fn` over every item on Ray actors; the report holds results in input order.
 
@@ -311,24 +262,4 @@ def run_ray(
     be restarted, and like `conveyor.run` `Interrupted` on Ctrl+C and a
     `FatalError` raised by `fn`, each carrying the report.
     """
-    check_ray_available()
-    make = _prepare(
-        items,
-        fn,
-        keep_results=True,
-        deliver=False,
-        address=address,
-        actors=actors,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        cost=cost,
-        limit_window=limit_window,
-        chunk_size=chunk_size,
-        max_restarts=max_restarts,
-        actor_options=actor_options,
-        ray_init=ray_init,
-        options=options,
-    )
-    with Portal() as portal:
-        return portal.call(lambda control: _collect(make, control))
+    return cluster_run(items, fn, _ray_settings(options))
