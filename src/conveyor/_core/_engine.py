@@ -19,7 +19,6 @@ import inspect
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +26,16 @@ from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded, Resourc
 from .._base._types import ErrorInfo, Result, Status, Usage
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
-from ._callbacks import BatchInfo, Dispatcher
-from ._outcome import Ending, log_failure
+from ._callbacks import BatchInfo
+from ._output import Output
 from ._progress import ProgressSnapshot, RateMeter, measure
-from ._report import BatchReport, ReportBuilder
 from ._sampler import SamplerPolicy
 from ._threads import ThreadRunner
 from ._validation import Checker, Reask
 
 if TYPE_CHECKING:
     from ._options import Options
+    from ._report import BatchReport
 
 __all__ = ["Engine", "Invoker", "invoker_for"]
 
@@ -125,8 +124,11 @@ class Engine:
         self.opts = options
         self._clock = options.clock
         self._deliver = deliver
-        self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
-        self._dispatch = Dispatcher(options.callbacks)
+        self._out = Output(
+            options, keep_results=keep_results, deliver=deliver, stop_now=self._stop_now
+        )
+        self._report = self._out.report
+        self._dispatch = self._out.dispatch
         self._loop = asyncio.get_running_loop()
         self._dispatch.on_interrupt = lambda: self._loop.call_soon(self.stop, "interrupt")
         self._threads: ThreadRunner | None = None
@@ -137,20 +139,16 @@ class Engine:
         self._give_up = options.breaker.give_up if options.breaker is not None else None
 
         self._tasks: dict[asyncio.Task[None], _ItemState] = {}
-        self._buffer: deque[Result[Any]] = deque()
-        self._buffer_max = max(1024, 2 * options.concurrency)
-        self._capacity = asyncio.Event()
-        self._readable = asyncio.Event()
+        self._buffer = self._out.buffer
+        self._buffer_max = self._out.buffer_max
+        self._capacity = self._out.capacity
         self._idle = asyncio.Event()
         self._idle.set()
-        self._finished = asyncio.Event()
+        self._finished = self._out.finished
         self._producer: asyncio.Task[None] | None = None
         self._reading = False
         self._grace_handle: asyncio.TimerHandle | None = None
 
-        self._stop_kind: str | None = None  # fail_fast | fatal | interrupt | abort | source
-        self._fatal: FatalError | None = None
-        self._source_error: BaseException | None = None
         self._wave: list[Result[Any]] | None = [] if options.waves else None
         self._completed = 0
         self._attempts = 0
@@ -161,7 +159,6 @@ class Engine:
         self._memo_start = options.memo.stats() if options.memo is not None else None
         self._sampler: SamplerPolicy | None = None
         self._sampling: asyncio.Task[None] | None = None
-        self._progress_failed = False
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
         self.max_in_flight = 0
@@ -171,7 +168,9 @@ class Engine:
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         self._producer = self._loop.create_task(self._produce(items), name="conveyor-producer")
         if self.opts.on_progress is not None:
-            self._ticker = self._loop.create_task(self._tick(), name="conveyor-progress")
+            self._ticker = self._loop.create_task(
+                self._out.tick(self.snapshot), name="conveyor-progress"
+            )
         mon = self.opts.monitor
         if mon is not None:
             self._sampler = SamplerPolicy(
@@ -208,24 +207,10 @@ class Engine:
         assert start is not None
         return (memo.stats() - start).to_dict()
 
-    def _emit_progress(self) -> None:
-        fn = self.opts.on_progress
-        if fn is None:
-            return
-        try:
-            fn(self.snapshot())
-        except Exception as exc:
-            if not self._progress_failed:
-                self._progress_failed = True
-                log.warning("on_progress raised %s: %s (ignored)", type(exc).__name__, exc)
-
-    async def _tick(self) -> None:
-        interval = self.opts.progress_interval
-        while not self._finished.is_set():
-            self._emit_progress()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._finished.wait(), interval)
-        self._emit_progress()  # the final figures
+    @property
+    def _stop_kind(self) -> str | None:
+        """Why admission stopped (see `Output.stop_kind`), None while it runs."""
+        return self._out.stop_kind
 
     async def _sample(self) -> None:
         """The monitor's driver: probe when the policy says, stop on a breach."""
@@ -270,17 +255,7 @@ class Engine:
 
     async def next_batch(self, max_items: int = 512) -> list[Result[Any]]:
         """Results in completion order; an empty list means the run is over."""
-        while not self._buffer:
-            if self._finished.is_set():
-                return []
-            self._readable.clear()
-            await self._readable.wait()  # set by each result and by the end of the run
-        out: list[Result[Any]] = []
-        buf = self._buffer
-        while buf and len(out) < max_items:
-            out.append(buf.popleft())
-        self._capacity.set()
-        return out
+        return await self._out.next_batch(max_items)
 
     async def wait(self) -> None:
         await self._finished.wait()
@@ -291,12 +266,10 @@ class Engine:
         `interrupt`: items not yet attempting are cancelled now, attempts in
         progress get `grace` seconds to finish. `abort`: cancel everything now.
         """
-        if kind == "interrupt" and self._stop_kind == "interrupt":
-            kind = "abort"  # a second Ctrl+C
-        if self._stop_kind is not None and kind != "abort":
+        pressed = self._out.press(kind)
+        if pressed is None:
             return
-        first = self._stop_kind is None
-        self._stop_kind = kind if first else self._stop_kind
+        kind = pressed
         self._capacity.set()
         if self._reading and self._producer is not None:
             self._producer.cancel()
@@ -333,12 +306,9 @@ class Engine:
         self._shutdown()
 
     def report(self) -> BatchReport:
-        end = self._ending()
-        rep = self._report.build(interrupted=end.interrupted, stop_reason=end.reason())
-        rep.extra["max_in_flight"] = self.max_in_flight
-        rep.extra.update(self._admission.report_extra())
-        if self._dispatch.failures:
-            rep.extra["callback_errors"] = self._dispatch.failures
+        rep = self._out.build_report(
+            {"max_in_flight": self.max_in_flight, **self._admission.report_extra()}
+        )
         memo = self.opts.memo
         if memo is not None and self._memo_start is not None:
             rep.extra["memo"] = (memo.stats() - self._memo_start).to_dict(
@@ -352,10 +322,7 @@ class Engine:
 
     def outcome(self, report: BatchReport) -> BaseException | None:
         """The error the run ends with, if any, carrying the report."""
-        return self._ending().error(report)
-
-    def _ending(self) -> Ending:
-        return Ending(self._stop_kind, self._fatal, self._source_error)
+        return self._out.outcome(report)
 
     def run_in_thread(self, fn: Callable[[Any], Any], item: Any) -> asyncio.Future[Any]:
         if self._threads is None:
@@ -400,10 +367,8 @@ class Engine:
             raise
         except Exception as exc:
             # A broken input iterator stops admission; what ran is still reported.
-            self._source_error = exc
             log.error("the items iterable raised %s: %s", type(exc).__name__, exc)
-            if self._stop_kind is None:
-                self._stop_kind = "source"
+            self._out.source_failed(exc)
         finally:
             await self._idle.wait()
             self._finish()
@@ -516,8 +481,7 @@ class Engine:
     def _finish(self) -> None:
         if self._grace_handle is not None:
             self._grace_handle.cancel()
-        self._finished.set()
-        self._readable.set()
+        self._out.finish()
 
     def _cancel_all(self) -> None:
         me = asyncio.current_task()
@@ -786,20 +750,16 @@ class Engine:
         return self.opts.retry.decide(attempts, exc, self._rng), kind
 
     def _stop_fatal(self, exc: FatalError) -> None:
-        if self._stop_kind is None:
-            self._fatal = exc
-            log.error("stopping the run: %s", exc)
+        if self._out.fatal_stop(exc):
             self._stop_now("fatal")
 
     def _refusing(self) -> bool:
         # A broken input iterator ends admission of new items, but items
         # already admitted still run to their result.
-        return self._stop_kind is not None and self._stop_kind != "source"
+        return self._out.halted
 
     def _stop_now(self, kind: str) -> None:
-        if self._stop_kind is None:
-            self._stop_kind = kind
-            self._capacity.set()
+        if self._out.halt(kind):
             self._cancel_all()
 
     # ---- results out ------------------------------------------------------------------
@@ -835,27 +795,10 @@ class Engine:
             key = str(index) if self.opts.key is None else str(self.opts.key(item))
         except Exception:
             key = str(index)
-        self._emit(
-            self._result(
-                index,
-                key,
-                item,
-                Status.SKIPPED,
-                ErrorInfo("Skipped", f"not run: the run stopped ({self._stop_kind})"),
-            )
-        )
+        self._emit(self._out.skipped(index, key, item))
 
     def _emit(self, r: Result[Any]) -> None:
-        self._report.add(r)
         self._completed += 1
         if self._wave is not None and r.status is not Status.SKIPPED:
             self._wave.append(r)
-        if r.status is Status.FAILED or r.status is Status.TIMED_OUT:
-            log_failure(r, self._report.batch_id)
-            if self.opts.fail_fast and self._stop_kind is None:
-                log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
-                self._stop_now("fail_fast")
-        self._dispatch.result(r)
-        if self._deliver:
-            self._buffer.append(r)
-            self._readable.set()
+        self._out.emit(r)

@@ -18,16 +18,13 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._base._exceptions import ConveyorError, FatalError, WorkersLost
 from .._base._types import ErrorInfo, Result, Status
-from .._core._callbacks import Dispatcher
-from .._core._outcome import Ending, log_failure
+from .._core._output import Output
 from .._core._progress import ProgressSnapshot, RateMeter, measure
-from .._core._report import BatchReport, ReportBuilder
 from ._source import Entry, EntrySource
 from ._wire import WireBatch, WireEntry, decode_fatal, decode_result
 
@@ -35,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
     from .._core._options import Options
+    from .._core._report import BatchReport
 
 __all__ = ["ClusterRun", "ClusterSettings", "WorkerPool", "WorkersLost"]
 
@@ -117,8 +115,11 @@ class ClusterRun:
         self.opts = options
         self._deliver = deliver
         self._length_hint = length_hint
-        self._report = ReportBuilder(batch_id=options.batch_id, keep_results=keep_results)
-        self._dispatch = Dispatcher(options.callbacks)
+        self._out = Output(
+            options, keep_results=keep_results, deliver=deliver, stop_now=self._stop_now
+        )
+        self._report = self._out.report
+        self._dispatch = self._out.dispatch
         self._loop = asyncio.get_running_loop()
         self._source = EntrySource(items, options.key, self._emit, previous=options.previous)
         self._changed = asyncio.Event()
@@ -128,18 +129,12 @@ class ClusterRun:
         self._aux: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._buffer: deque[Result[Any]] = deque()
-        self._buffer_max = max(1024, 2 * settings.concurrency)
-        self._readable = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._finished = asyncio.Event()
+        self._capacity = self._out.capacity
+        self._finished = self._out.finished
         self._chunks_out = 0
         self._in_flight = 0
         self.max_in_flight = 0
         self._attempts = 0
-        self._stop_kind: str | None = None
-        self._fatal: FatalError | None = None
-        self._source_error: BaseException | None = None
         self._crash: BaseException | None = None
         self._lost = 0
         self._restarts = 0
@@ -152,17 +147,23 @@ class ClusterRun:
     def start(self) -> None:
         self._main = self._loop.create_task(self._run(), name="conveyor-cluster-driver")
         if self.opts.on_progress is not None:
-            self._ticker = self._loop.create_task(self._tick(), name="conveyor-cluster-progress")
+            self._ticker = self._loop.create_task(
+                self._out.tick(self.snapshot), name="conveyor-cluster-progress"
+            )
 
     @property
     def stopping(self) -> bool:
         return self._stop_kind is not None
 
     @property
+    def _stop_kind(self) -> str | None:
+        return self._out.stop_kind
+
+    @property
     def _halted(self) -> bool:
         # A broken input only ends reading: items already read (or given back by a
         # lost worker) still run to their result, as on one machine.
-        return self._stop_kind is not None and self._stop_kind != "source"
+        return self._out.halted
 
     @property
     def workers(self) -> list[Any]:
@@ -171,35 +172,24 @@ class ClusterRun:
 
     async def next_batch(self, max_items: int = 512) -> list[Result[Any]]:
         """Results in completion order; an empty list means the run is over."""
-        while not self._buffer:
-            if self._finished.is_set():
-                return []
-            self._readable.clear()
-            await self._readable.wait()
-        out: list[Result[Any]] = []
-        while self._buffer and len(out) < max_items:
-            out.append(self._buffer.popleft())
-        self._capacity.set()
-        return out
+        return await self._out.next_batch(max_items)
 
     async def wait(self) -> None:
         await self._finished.wait()
 
     def stop(self, kind: str = "interrupt") -> None:
         """Stop dispatching. `interrupt` gives attempts in progress the grace; `abort` not."""
-        if kind == "interrupt" and self._stop_kind == "interrupt":
-            kind = "abort"  # a second Ctrl+C
-        if self._halted and kind != "abort":
+        pressed = self._out.press(kind)
+        if pressed is None:
             return
-        if not self._halted:
-            self._stop_kind = kind
-            if kind == "interrupt":
-                log.warning(
-                    "stopping: no new items; %d in flight on the workers get %.0fs to finish "
-                    "(press Ctrl+C again to abort now)",
-                    self._in_flight,
-                    self.opts.grace,
-                )
+        kind = pressed
+        if kind == "interrupt":
+            log.warning(
+                "stopping: no new items; %d in flight on the workers get %.0fs to finish "
+                "(press Ctrl+C again to abort now)",
+                self._in_flight,
+                self.opts.grace,
+            )
         self._wake_all()
         self._stop_workers("interrupt" if kind == "interrupt" else "abort")
 
@@ -220,20 +210,16 @@ class ClusterRun:
                 await self._ticker
 
     def report(self) -> BatchReport:
-        end = self._ending()
-        rep = self._report.build(interrupted=end.interrupted, stop_reason=end.reason())
-        rep.extra.update(
-            backend=self._set.backend,
-            workers=self._set.workers,
-            workers_lost=self._lost,
-            worker_restarts=self._restarts,
-            max_in_flight=self.max_in_flight,
-        )
+        extra: dict[str, Any] = {
+            "backend": self._set.backend,
+            "workers": self._set.workers,
+            "workers_lost": self._lost,
+            "worker_restarts": self._restarts,
+            "max_in_flight": self.max_in_flight,
+        }
         if self._pool_stats:
-            rep.extra["cluster"] = self._pool_stats
-        if self._dispatch.failures:
-            rep.extra["callback_errors"] = self._dispatch.failures
-        return rep
+            extra["cluster"] = self._pool_stats
+        return self._out.build_report(extra)
 
     def outcome(self, report: BatchReport) -> BaseException | None:
         """The error the run ends with, if any, carrying the report."""
@@ -241,10 +227,7 @@ class ClusterRun:
             if isinstance(self._crash, ConveyorError):
                 self._crash.report = report
             return self._crash
-        return self._ending().error(report)
-
-    def _ending(self) -> Ending:
-        return Ending(self._stop_kind, self._fatal, self._source_error)
+        return self._out.outcome(report)
 
     def snapshot(self) -> ProgressSnapshot:
         """The live figures, as seen from the driver."""
@@ -288,7 +271,8 @@ class ClusterRun:
             raise
         except Exception as exc:
             self._crash = exc
-            self._stop_kind = self._stop_kind or "abort"
+            if self._out.stop_kind is None:
+                self._out.stop_kind = "abort"
         finally:
             await self._wind_down()
 
@@ -305,8 +289,7 @@ class ClusterRun:
             self._pool_stats = await self._pool.close([w.handle for w in self._workers if w.alive])
         except Exception as exc:
             log.warning("closing the cluster workers failed: %s: %s", type(exc).__name__, exc)
-        self._finished.set()
-        self._readable.set()
+        self._out.finish()
 
     def _new_id(self) -> int:
         self._worker_ids += 1
@@ -336,14 +319,12 @@ class ClusterRun:
         while True:
             if self._halted or not w.alive:
                 return None
-            if self._deliver and len(self._buffer) >= self._buffer_max:
-                self._capacity.clear()
-                await self._capacity.wait()  # the consumer is behind: hold back
+            if self._deliver and self._out.backlogged:
+                await self._out.wait_for_room()  # the consumer is behind: hold back
                 continue
             out = await source.take(self._set.chunk_size)
             if source.error is not None and self._stop_kind is None:
-                self._source_error = source.error
-                self._stop_kind = "source"  # no new items; those read still run
+                self._out.source_failed(source.error)  # no new items; those read still run
             if out and not self._halted and w.alive:
                 self._chunks_out += 1
                 return out
@@ -363,9 +344,8 @@ class ClusterRun:
         while not source.done:
             for entry in await source.take(self._set.chunk_size):
                 self._emit_skipped(entry)
-            while self._deliver and len(self._buffer) >= self._buffer_max:
-                self._capacity.clear()
-                await self._capacity.wait()
+            while self._deliver and self._out.backlogged:
+                await self._out.wait_for_room()
 
     # ---- running chunks ----------------------------------------------------------------
 
@@ -466,15 +446,11 @@ class ClusterRun:
     # ---- results out -------------------------------------------------------------------
 
     def _fatal_stop(self, err: FatalError) -> None:
-        if self._halted:
-            return
-        self._fatal = err
-        log.error("stopping the run: %s", err)
-        self._stop_now("fatal")
+        if self._out.fatal_stop(err):
+            self._stop_now("fatal")
 
     def _stop_now(self, kind: str) -> None:
-        if not self._halted:
-            self._stop_kind = kind
+        if self._out.halt(kind):
             self._wake_all()
             self._stop_workers("abort")
 
@@ -493,45 +469,11 @@ class ClusterRun:
                 log.warning("could not stop worker %d: %s", w.id, exc)
 
     def _emit_skipped(self, e: Entry) -> None:
-        self._emit(
-            Result(
-                index=e.index,
-                key=e.key,
-                status=Status.SKIPPED,
-                item=e.item,
-                error=ErrorInfo("Skipped", f"not run: the run stopped ({self._stop_kind})"),
-            )
-        )
+        self._emit(self._out.skipped(e.index, e.key, e.item))
 
     def _emit(self, r: Result[Any]) -> None:
-        self._report.add(r)
         self._attempts += r.attempts
-        if r.status is Status.FAILED or r.status is Status.TIMED_OUT:
-            log_failure(r, self._report.batch_id)
-            if self.opts.fail_fast and not self._halted:
-                log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
-                self._stop_now("fail_fast")
-        self._dispatch.result(r)
-        if self._deliver:
-            self._buffer.append(r)
-            self._readable.set()
-
-    async def _tick(self) -> None:
-        fn = self.opts.on_progress
-        assert fn is not None
-        failed = False
-        while True:
-            try:
-                fn(self.snapshot())
-            except Exception as exc:
-                if not failed:
-                    failed = True
-                    log.warning("on_progress raised %s: %s (ignored)", type(exc).__name__, exc)
-            if self._finished.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.opts.progress_interval):
-                    await self._finished.wait()
+        self._out.emit(r)
 
 
 def _last_line(exc: BaseException) -> str:
