@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._base._types import Result, Status
+from ._core._outcome import StopKind
 from ._journal._memo import JournalMemoStore
 from ._journal._resources import add_resource_session
 from ._journal._sink import OutputSink
@@ -170,7 +171,7 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
     def attach_control(self, control: Any) -> None:
         self._ensure().attach_control(control)
 
-    def stop(self, kind: str = "interrupt") -> None:
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None:
         self._ensure().stop(kind)
 
     async def next_batch(self) -> list[Result[Any]]:

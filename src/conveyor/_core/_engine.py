@@ -27,6 +27,7 @@ from .._base._types import ErrorInfo, Result, Status, Usage
 from ._admission import Admission, Refused, Ticket
 from ._attempt import Attempt, _current
 from ._callbacks import BatchInfo
+from ._outcome import StopKind
 from ._output import Output
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._sampler import SamplerPolicy
@@ -130,7 +131,7 @@ class Engine:
         self._report = self._out.report
         self._dispatch = self._out.dispatch
         self._loop = asyncio.get_running_loop()
-        self._dispatch.on_interrupt = lambda: self._loop.call_soon(self.stop, "interrupt")
+        self._dispatch.on_interrupt = lambda: self._loop.call_soon(self.stop, StopKind.INTERRUPT)
         self._threads: ThreadRunner | None = None
         self._rng = random.Random()
         self._length_hint = length_hint
@@ -208,7 +209,7 @@ class Engine:
         return (memo.stats() - start).to_dict()
 
     @property
-    def _stop_kind(self) -> str | None:
+    def _stop_kind(self) -> StopKind | None:
         """Why admission stopped (see `Output.stop_kind`), None while it runs."""
         return self._out.stop_kind
 
@@ -260,7 +261,7 @@ class Engine:
     async def wait(self) -> None:
         await self._finished.wait()
 
-    def stop(self, kind: str = "interrupt") -> None:
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None:
         """Stop admitting work.
 
         `interrupt`: items not yet attempting are cancelled now, attempts in
@@ -273,7 +274,7 @@ class Engine:
         self._capacity.set()
         if self._reading and self._producer is not None:
             self._producer.cancel()
-        if kind == "interrupt":
+        if kind is StopKind.INTERRUPT:
             for task, st in list(self._tasks.items()):
                 if not st.attempt_running:
                     task.cancel()
@@ -291,7 +292,7 @@ class Engine:
     async def aclose(self) -> None:
         """End the run now if it is still going, and wait for every task."""
         if not self._finished.is_set():
-            self.stop("abort")
+            self.stop(StopKind.ABORT)
             if self._producer is not None:
                 self._producer.cancel()
         if self._ticker is not None and not self._finished.is_set():
@@ -362,7 +363,7 @@ class Engine:
             if self._wave is not None:
                 await self._end_wave()
         except asyncio.CancelledError:
-            if self._stop_kind in ("interrupt", "abort"):
+            if self._stop_kind is not None and self._stop_kind.interrupted:
                 return  # stopped while waiting on the source: not an error
             raise
         except Exception as exc:
@@ -374,7 +375,7 @@ class Engine:
             self._finish()
 
     def _drain_stopped(self, index: int, item: Any) -> bool:
-        if self._stop_kind in ("fail_fast", "fatal"):
+        if self._stop_kind is not None and self._stop_kind.skips_rest:
             self._emit_skipped(index, item)
             return True  # keep draining: every input item gets a result
         return False
@@ -550,7 +551,7 @@ class Engine:
                         st.attempt_running = False
                         self._admission.settle(attempt, ticket)
                         log.warning("the task function raised KeyboardInterrupt/SystemExit")
-                        self.stop("interrupt")
+                        self.stop(StopKind.INTERRUPT)
                         raise asyncio.CancelledError from None
                     except asyncio.CancelledError:
                         raise
@@ -751,14 +752,14 @@ class Engine:
 
     def _stop_fatal(self, exc: FatalError) -> None:
         if self._out.fatal_stop(exc):
-            self._stop_now("fatal")
+            self._stop_now(StopKind.FATAL)
 
     def _refusing(self) -> bool:
         # A broken input iterator ends admission of new items, but items
         # already admitted still run to their result.
         return self._out.halted
 
-    def _stop_now(self, kind: str) -> None:
+    def _stop_now(self, kind: StopKind) -> None:
         if self._out.halt(kind):
             self._cancel_all()
 

@@ -3,6 +3,7 @@ backend (the local engine and the Ray driver)."""
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from .._base._types import Result
     from ._report import BatchReport
 
-__all__ = ["Ending", "log_failure"]
+__all__ = ["Ending", "StopKind", "log_failure"]
 
 log = logging.getLogger("conveyor")
 
@@ -38,39 +39,62 @@ def log_failure(r: Result[Any], batch_id: str) -> None:
     )
 
 
+class StopKind(enum.StrEnum):
+    """Why a run stopped admitting items (None while it runs, or when it ran out)."""
+
+    INTERRUPT = "interrupt"
+    """Ctrl+C or `stop()`: attempts in progress get the grace period."""
+    ABORT = "abort"
+    """A second Ctrl+C, `aclose()` or a crash: everything is cancelled now."""
+    FAIL_FAST = "fail_fast"
+    """An item failed with `fail_fast` set; the items not run are skipped."""
+    FATAL = "fatal"
+    """A fatal error (401, exhausted quota, endpoint down); the items not run are skipped."""
+    SOURCE = "source"
+    """The items iterable raised: no new items, but those read still run."""
+
+    @property
+    def interrupted(self) -> bool:
+        return self in (StopKind.INTERRUPT, StopKind.ABORT)
+
+    @property
+    def skips_rest(self) -> bool:
+        """Items not run are reported skipped (every input still gets a result)."""
+        return self in (StopKind.FAIL_FAST, StopKind.FATAL)
+
+
 @dataclass
 class Ending:
-    """Why admission stopped: `kind` is None (it ran out of items),
-    fail_fast, fatal, interrupt, abort or source (the items iterable raised)."""
+    """Why admission stopped: `kind` is None when it ran out of items."""
 
-    kind: str | None = None
+    kind: StopKind | None = None
     fatal: FatalError | None = None
     source_error: BaseException | None = None
 
     @property
     def interrupted(self) -> bool:
-        return self.kind in ("interrupt", "abort")
+        return self.kind is not None and self.kind.interrupted
 
     def reason(self) -> str | None:
         """For `BatchReport.stop_reason`."""
-        if self.kind == "fail_fast":
+        if self.kind is StopKind.FAIL_FAST:
             return "fail_fast: an item failed"
-        if self.kind == "fatal" and self.fatal is not None:
+        if self.kind is StopKind.FATAL and self.fatal is not None:
             return f"fatal: {self.fatal}"
         if self.interrupted:
             return "interrupted"
-        if self.kind == "source":
+        if self.kind is StopKind.SOURCE:
             return f"the items iterable raised {type(self.source_error).__name__}"
         return None
 
     def error(self, report: BatchReport) -> BaseException | None:
         """The error the run ends with, if any, carrying the report."""
-        if self.kind == "fatal" and self.fatal is not None:
+        if self.kind is StopKind.FATAL and self.fatal is not None:
             self.fatal.report = report
             return self.fatal
         if self.interrupted:
             return Interrupted(report)
-        if self.kind == "source" and self.source_error is not None:
+        if self.kind is StopKind.SOURCE and self.source_error is not None:
             err = ConveyorError(
                 f"the items iterable raised {type(self.source_error).__name__}: "
                 f"{self.source_error} after {report.total} items; their results are in .report"

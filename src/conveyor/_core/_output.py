@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._base._types import ErrorInfo, Result, Status
 from ._callbacks import Dispatcher
-from ._outcome import Ending, log_failure
+from ._outcome import Ending, StopKind, log_failure
 from ._report import ReportBuilder
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Output:
         *,
         keep_results: bool,
         deliver: bool,
-        stop_now: Callable[[str], None],
+        stop_now: Callable[[StopKind], None],
     ) -> None:
         self.opts = options
         self.deliver = deliver
@@ -60,7 +60,7 @@ class Output:
         self.readable = asyncio.Event()
         self.capacity = asyncio.Event()  # set when the consumer took results (or on a stop)
         self.finished = asyncio.Event()
-        self.stop_kind: str | None = None  # fail_fast | fatal | interrupt | abort | source
+        self.stop_kind: StopKind | None = None
         self.fatal: FatalError | None = None
         self.source_error: BaseException | None = None
         self._stop_now = stop_now
@@ -71,21 +71,22 @@ class Output:
     @property
     def halted(self) -> bool:
         """Admission has stopped. A broken input only ends reading: items already
-        read still run to their result, so "source" does not halt."""
-        return self.stop_kind is not None and self.stop_kind != "source"
+        read still run to their result, so `SOURCE` does not halt."""
+        return self.stop_kind is not None and self.stop_kind is not StopKind.SOURCE
 
-    def press(self, kind: str) -> str | None:
+    def press(self, kind: StopKind | str) -> StopKind | None:
         """A stop asked from outside (Ctrl+C, `stop()`): the kind to carry out, or
         None when there is nothing more to do. A second `interrupt` is an `abort`."""
-        if kind == "interrupt" and self.stop_kind == "interrupt":
-            kind = "abort"  # a second Ctrl+C
-        if self.halted and kind != "abort":
+        kind = StopKind(kind)
+        if kind is StopKind.INTERRUPT and self.stop_kind is StopKind.INTERRUPT:
+            kind = StopKind.ABORT  # a second Ctrl+C
+        if self.halted and kind is not StopKind.ABORT:
             return None
         if not self.halted:
             self.stop_kind = kind
         return kind
 
-    def halt(self, kind: str) -> bool:
+    def halt(self, kind: StopKind) -> bool:
         """Stop admission for `kind` unless already stopped; True if this stopped it."""
         if self.halted:
             return False
@@ -95,7 +96,7 @@ class Output:
 
     def fatal_stop(self, err: FatalError) -> bool:
         """Record the fatal error that stops the run (the first one counts); True if
-        the run should now stop at once (`stop_now("fatal")`)."""
+        the run should now stop at once (`stop_now(StopKind.FATAL)`)."""
         if self.halted:
             return False
         self.fatal = err
@@ -106,7 +107,7 @@ class Output:
         """The items iterable raised: no new items; those read still run."""
         self.source_error = exc
         if self.stop_kind is None:
-            self.stop_kind = "source"
+            self.stop_kind = StopKind.SOURCE
 
     # ---- results out -------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class Output:
             log_failure(r, self.report.batch_id)
             if self.opts.fail_fast and not self.halted:
                 log.error("fail_fast: stopping after item %s %s", r.key, r.status.value)
-                self._stop_now("fail_fast")
+                self._stop_now(StopKind.FAIL_FAST)
         self.dispatch.result(r)
         if self.deliver:
             self.buffer.append(r)

@@ -15,6 +15,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._outcome import StopKind
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
@@ -36,12 +38,12 @@ class Control:
     def attach(self, engine: Any) -> None:
         self._engine = engine
         for _ in range(self.presses):
-            engine.stop("interrupt")
+            engine.stop(StopKind.INTERRUPT)
 
     def interrupt(self) -> None:
         self.presses += 1
         if self._engine is not None:
-            self._engine.stop("interrupt")
+            self._engine.stop(StopKind.INTERRUPT)
 
 
 class Portal:

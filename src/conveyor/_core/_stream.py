@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._outcome import StopKind
+
 if TYPE_CHECKING:
     from .._base._types import Result
     from ._report import BatchReport
@@ -25,7 +27,7 @@ class Run(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def stop(self, kind: str = "interrupt") -> None: ...
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None: ...
 
     def report(self) -> BatchReport: ...
 
@@ -56,7 +58,7 @@ class RunStream(AsyncIterator["Result[Any]"]):
     def attach_control(self, control: Any) -> None:
         control.attach(self._ensure())
 
-    def stop(self, kind: str = "interrupt") -> None:
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None:
         """Stop admitting: `interrupt` lets attempts finish within `grace`, `abort` not."""
         self._ensure().stop(kind)
 

@@ -40,6 +40,7 @@ import orjson
 from .._api import AsyncStream
 from .._base._exceptions import Interrupted
 from .._core._engine import invoker_for
+from .._core._outcome import StopKind
 from .._core._portal import Control, Portal
 from .._core._retry import RetryPolicy
 from .._journal._journal import Journal, JournalError, JournalMismatch
@@ -221,7 +222,7 @@ class _StopRelay:
         if self._control is not None:
             self._control.attach(self)  # presses so far are replayed as stop() calls
 
-    def stop(self, kind: str = "interrupt") -> None:
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None:
         self.stopped.set()
         self._engine.stop(kind)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._base._exceptions import ConveyorError, FatalError, WorkersLost
 from .._base._types import ErrorInfo, Result, Status
+from .._core._outcome import StopKind
 from .._core._output import Output
 from .._core._progress import ProgressSnapshot, RateMeter, measure
 from ._source import Entry, EntrySource
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["ClusterRun", "ClusterSettings", "WorkerPool", "WorkersLost"]
 
 log = logging.getLogger("conveyor")
-
-_SKIP_KINDS = ("fail_fast", "fatal")  # stops whose unrun items are reported as skipped
 
 
 class WorkerPool(Protocol):
@@ -60,7 +59,7 @@ class WorkerPool(Protocol):
         """True when a lost worker died while starting (its function does not load):
         starting another would fail the same way."""
 
-    async def stop_worker(self, worker: Any, kind: str) -> None:
+    async def stop_worker(self, worker: Any, kind: StopKind) -> None:
         """Ask a worker to stop admitting work (`interrupt` or `abort`)."""
 
     async def discard_worker(self, worker: Any) -> None:
@@ -156,7 +155,7 @@ class ClusterRun:
         return self._stop_kind is not None
 
     @property
-    def _stop_kind(self) -> str | None:
+    def _stop_kind(self) -> StopKind | None:
         return self._out.stop_kind
 
     @property
@@ -177,13 +176,13 @@ class ClusterRun:
     async def wait(self) -> None:
         await self._finished.wait()
 
-    def stop(self, kind: str = "interrupt") -> None:
+    def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None:
         """Stop dispatching. `interrupt` gives attempts in progress the grace; `abort` not."""
         pressed = self._out.press(kind)
         if pressed is None:
             return
         kind = pressed
-        if kind == "interrupt":
+        if kind is StopKind.INTERRUPT:
             log.warning(
                 "stopping: no new items; %d in flight on the workers get %.0fs to finish "
                 "(press Ctrl+C again to abort now)",
@@ -191,12 +190,12 @@ class ClusterRun:
                 self.opts.grace,
             )
         self._wake_all()
-        self._stop_workers("interrupt" if kind == "interrupt" else "abort")
+        self._stop_workers(StopKind.INTERRUPT if kind is StopKind.INTERRUPT else StopKind.ABORT)
 
     async def aclose(self) -> None:
         """End the run now if it is still going, and wait for it to wind down."""
         if self._main is not None and not self._finished.is_set():
-            self.stop("abort")
+            self.stop(StopKind.ABORT)
             try:
                 async with asyncio.timeout(self.opts.grace + 30.0):
                     await asyncio.shield(self._main)
@@ -265,14 +264,14 @@ class ClusterRun:
                     self._lanes.discard(task)
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
-            if self._stop_kind in _SKIP_KINDS:
+            if self._stop_kind is not None and self._stop_kind.skips_rest:
                 await self._skip_rest()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._crash = exc
             if self._out.stop_kind is None:
-                self._out.stop_kind = "abort"
+                self._out.stop_kind = StopKind.ABORT
         finally:
             await self._wind_down()
 
@@ -398,7 +397,7 @@ class ClusterRun:
         if not self._halted:
             self._source.give_back(entries)  # first in line, in input order
             self._changed.set()
-        elif self._stop_kind in _SKIP_KINDS:
+        elif self._stop_kind is not None and self._stop_kind.skips_rest:
             for e in entries:
                 self._emit_skipped(e)
         # interrupted: items that never ran have no result, as on one machine
@@ -447,21 +446,21 @@ class ClusterRun:
 
     def _fatal_stop(self, err: FatalError) -> None:
         if self._out.fatal_stop(err):
-            self._stop_now("fatal")
+            self._stop_now(StopKind.FATAL)
 
-    def _stop_now(self, kind: str) -> None:
+    def _stop_now(self, kind: StopKind) -> None:
         if self._out.halt(kind):
             self._wake_all()
-            self._stop_workers("abort")
+            self._stop_workers(StopKind.ABORT)
 
-    def _stop_workers(self, kind: str) -> None:
+    def _stop_workers(self, kind: StopKind) -> None:
         for w in self._workers:
             if w.alive:
                 task = self._loop.create_task(self._stop_one(w, kind))
                 self._aux.add(task)
                 task.add_done_callback(self._aux.discard)
 
-    async def _stop_one(self, w: _Worker, kind: str) -> None:
+    async def _stop_one(self, w: _Worker, kind: StopKind) -> None:
         try:
             await self._pool.stop_worker(w.handle, kind)
         except Exception as exc:

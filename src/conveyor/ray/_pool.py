@@ -189,7 +189,7 @@ class RayPool:
         return bool(getattr(exc, "actor_init_failed", False))
 
     async def stop_worker(self, worker: Any, kind: str) -> None:
-        await worker.stop.remote(kind)
+        await worker.stop.remote(str(kind))  # plain text over the wire
 
     async def discard_worker(self, worker: Any) -> None:
         self._ray.kill(worker, no_restart=True)

@@ -25,6 +25,7 @@ from .._base._exceptions import FatalError
 from .._core._attempt import current_attempt
 from .._core._engine import Engine, invoker_for
 from .._core._options import build_options
+from .._core._outcome import StopKind
 from ._limiter import LeaseClient
 from ._wire import Control, WireBatch, WireEntry, WireResult, encode_fatal, encode_result
 
@@ -208,7 +209,7 @@ class WorkerActor:
         """Stop admitting work: `interrupt` lets attempts finish within the grace, `abort` not."""
         engine = self._engine
         if engine is not None:
-            engine.stop("interrupt" if kind == "interrupt" else "abort")
+            engine.stop(StopKind.INTERRUPT if kind == StopKind.INTERRUPT else StopKind.ABORT)
 
     async def close(self) -> dict[str, Any]:
         """Finish the engine, give back unspent leases, call the function's `aclose()`."""
