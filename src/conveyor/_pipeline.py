@@ -92,6 +92,11 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
     journal are handed out too, marked `meta["resumed"]`. The journal is
     closed when the stream ends or is closed; `.report` then carries
     `extra["journal"]` and `extra["resumed"]`.
+
+    `commit` are the statuses stored (`conveyor exec` stores cancelled and
+    skipped jobs too, for its listing; the plan runs them again all the
+    same); `store(result)` is the journal's copy of a result (default: the
+    result itself); `flush_every` the sink's group-commit size.
     """
 
     def __init__(
@@ -105,6 +110,9 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         rerun: frozenset[Status] = frozenset(),
         close_journal: bool = True,
         memo: Memo | None = None,
+        commit: frozenset[Status] = FINISHED,
+        store: Callable[[Result[Any]], Result[Any]] | None = None,
+        flush_every: int = 500,
     ) -> None:
         self._open_journal = open_journal
         self._make_stream = make_stream
@@ -116,6 +124,9 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         self._memo = memo
         self._memo_store: JournalMemoStore | None = None
         self._memo_restored = 0
+        self._commit = commit
+        self._store = store
+        self._flush_every = flush_every
         self._journal: Journal | None = None
         self._plan: Plan | None = None
         self._sink: OutputSink | None = None
@@ -153,7 +164,11 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
                     self._memo_restored = self._memo.attach(self._memo_store)
                 self._plan = Plan(journal, rerun=self._rerun)
                 self._sink = OutputSink(
-                    journal, self._output, self._format, overwrite=self._overwrite
+                    journal,
+                    self._output,
+                    self._format,
+                    overwrite=self._overwrite,
+                    flush_every=self._flush_every,
                 )
                 self._stream = self._make_stream(self._plan.previous)
             except BaseException:
@@ -183,9 +198,10 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         assert sink is not None
         try:
             batch = await stream.next_batch()
+            store = self._store
             for r in batch:
-                if r.status in FINISHED and not r.meta.get("resumed"):
-                    await sink.add(r)
+                if r.status in self._commit and not r.meta.get("resumed"):
+                    await sink.add(r if store is None else store(r))
         except BaseException:
             await self.aclose()
             raise

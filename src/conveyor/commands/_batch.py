@@ -30,7 +30,7 @@ import contextlib
 import shlex
 import signal
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,22 +39,22 @@ import orjson
 
 from .._api import AsyncStream
 from .._base._exceptions import Interrupted
+from .._base._types import Status
 from .._core._engine import invoker_for
 from .._core._outcome import StopKind
 from .._core._portal import Control, Portal
 from .._core._retry import RetryPolicy
 from .._journal._journal import Journal, JournalError, JournalMismatch
-from .._journal._resources import add_resource_session
-from .._journal._sink import OutputSink, export
-from .._pipeline import Plan, is_finished
+from .._journal._sink import export
+from .._pipeline import JournaledStream, is_finished
 from ._joblog import JobLog, JobLogEntry
 from ._types import CommandFailed, CommandNotFound, CommandResult
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterator
 
-    from .._base._types import Result, Status
+    from .._base._types import Result
     from .._core._report import BatchReport
     from ._isolation import Isolation
 from ._jobs import (
@@ -280,14 +280,19 @@ def _stop_signals(control: Control | None) -> Iterator[None]:
                 signal.signal(sig, previous)
 
 
+Jobs = Iterable[ExecJob] | AsyncIterable[ExecJob]
+
+
 async def _execute(
     spec: _Spec,
-    jobs: Iterable[ExecJob] | AsyncIterable[ExecJob],
+    jobs_for: Callable[[Callable[[str], Any]], Jobs],
     journal: Journal,
     control: Control | None,
-    already_done: Callable[[], int],
     resume_hint: str,
 ) -> BatchReport:
+    """The journaled pipeline (`conveyor._pipeline`) over the jobs `jobs_for(previous)`
+    yields, `previous` being the plan's resume rule; each result also goes to the job
+    log and to `on_job`."""
     runner = _Runner(spec.template, spec.ctx)
     options: dict[str, Any] = {
         "concurrency": spec.jobs,
@@ -300,26 +305,46 @@ async def _execute(
     if spec.monitor is not None:
         options["monitor"] = spec.monitor
     relay = _StopRelay(control)
-    if isinstance(jobs, AsyncIterable):
-        jobs = _until(aiter(jobs), relay.stopped)
-    stream = AsyncStream(jobs, invoker_for(runner), options)
-    stream.attach_control(relay)
+    made: list[Jobs] = []
+
+    def make(previous: Callable[[str], Any]) -> AsyncStream:
+        jobs = jobs_for(previous)
+        made.append(jobs)
+        if isinstance(jobs, AsyncIterable):
+            jobs = _until(aiter(jobs), relay.stopped)
+        return AsyncStream(jobs, invoker_for(runner), options)
+
+    outcomes: dict[int, JobOutcome] = {}
+
+    def store(r: Result[Any]) -> Result[Any]:
+        outcome = outcomes[r.index] = runner.outcome(r)
+        stored = _stored(outcome)
+        r.meta.update(stored.meta)
+        return stored
+
+    every = frozenset(Status)  # cancelled and skipped jobs are listed too
+    stream = JournaledStream(
+        lambda: journal,
+        make,
+        format_line=_line,  # the line `results.jsonl` is exported from
+        close_journal=False,
+        commit=every,
+        store=store,
+        flush_every=16,
+    )
     deliver = _Deliver(spec.on_job, spec.keep_order)
     kept: list[Result[Any]] = []
     stopped: Interrupted | None = None
     with _stop_signals(control), JobLog(spec.joblog) as joblog:
-        sink = OutputSink(journal, None, _line, flush_every=16, flush_interval=0.2)
         try:
+            stream.attach_control(relay)
             while batch := await stream.next_batch():
                 for r in batch:
-                    outcome = runner.outcome(r)
+                    outcome = outcomes.pop(r.index)
                     if outcome.command is not None:
                         entry = JobLogEntry.from_result(outcome.job.seq, outcome.command)
                         # JobLog writes strict UTF-8; raw bytes would stop the run.
                         joblog.write(replace(entry, command=_readable(entry.command)))
-                    stored = _stored(outcome)
-                    await sink.add(stored)
-                    r.meta.update(stored.meta)
                     position = r.index
                     r.index = outcome.job.seq - 1
                     if spec.keep_results:
@@ -328,19 +353,24 @@ async def _execute(
         except Interrupted as exc:
             stopped = exc
         finally:
-            await stream.aclose()
-            await deliver.drain()
-            await sink.close()
-            ran = stream.report
-            if ran is not None and ran.extra.get("resources"):
-                add_resource_session(journal, ran.started_at, ran.extra["resources"])
+            # The pipeline keeps this session's resource samples in the journal.
+            try:
+                await stream.aclose()
+            finally:
+                try:
+                    await deliver.drain()
+                finally:
+                    for jobs in made:
+                        if isinstance(jobs, AsyncGenerator):
+                            await jobs.aclose()
     export(journal, spec.artifacts / RESULTS_NAME, adopt=False)
     report = stream.report
     assert report is not None
     kept.sort(key=lambda r: r.index)
     report.results = kept
+    report.extra.pop("resumed", None)  # counted as already_done: never run, not reported
     report.extra.update(
-        already_done=already_done(),
+        already_done=stream.resumed,
         artifacts=str(spec.artifacts),
         joblog=str(spec.joblog),
         journal=str(spec.journal),
@@ -353,27 +383,22 @@ async def _execute(
 
 async def _run(spec: _Spec, inputs: Iterable[Any] | AsyncIterable[Any], control: Any) -> Any:
     journal = _open_journal(spec)
-    rule = Plan(journal)  # the pipeline's resume rule; `conveyor retry` re-runs failures
-    done = 0
 
-    async def plan() -> AsyncGenerator[ExecJob, None]:
-        nonlocal done
+    async def plan(previous: Callable[[str], Any]) -> AsyncGenerator[ExecJob, None]:
+        # `previous` is the pipeline's resume rule; `conveyor retry` re-runs failures.
         keyer = _Keyer()
         seq = 0
         async with contextlib.aclosing(_values(inputs)) as values:
             async for value, args in values:
                 seq += 1
                 key = keyer.key(value)
-                if rule.previous(key) is not None:  # finished: reported by `already_done`
-                    done += 1
+                if previous(key) is not None:  # finished: counted in `already_done`
                     continue
                 yield ExecJob(seq, value, key, args)
 
-    jobs = plan()
     try:
-        return await _execute(spec, jobs, journal, control, lambda: done, _RESUME_HINT)
+        return await _execute(spec, plan, journal, control, _RESUME_HINT)
     finally:
-        await jobs.aclose()
         journal.close()
 
 
@@ -530,7 +555,8 @@ async def _retry(
             todo.append(ExecJob.from_item(r.item))
         journal.reset(j.key for j in todo)
         hint = "Retry again to run the rest: jobs that succeeded are skipped"
-        return await _execute(spec, todo, journal, control, lambda: 0, hint)
+        # The failed jobs were reset to pending: nothing to look up in the plan.
+        return await _execute(spec, lambda previous: todo, journal, control, hint)
     finally:
         journal.close()
 
