@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import orjson
 
 from .._base._exceptions import InputError
-from ._tokens import estimate_prompt_tokens, max_output_tokens, request_multiplier
+from ._tokens import request_estimate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -314,6 +314,26 @@ class FileCheck:
         """Bad lines counted but not kept in ``bad_lines``."""
         return self.bad - len(self.bad_lines)
 
+    def add(
+        self, item: RequestLine | BadLine, *, estimate: bool = False, max_bad: int = _MAX_BAD_KEPT
+    ) -> RequestLine | None:
+        """Count one parsed line (the one scan step of `validate_file` and `--dry-run`);
+        returns the request when the line is valid."""
+        if isinstance(item, BadLine):
+            self.bad += 1
+            if len(self.bad_lines) < max_bad:
+                self.bad_lines.append(item)
+            return None
+        self.valid += 1
+        self.endpoints[item.endpoint] += 1
+        model = item.body.get("model")
+        self.models[model if isinstance(model, str) else "(none)"] += 1
+        if estimate:
+            prompt, output = request_estimate(item.body, item.endpoint)
+            self.prompt_tokens += prompt
+            self.max_output_tokens += output
+        return item
+
     def problems(self) -> list[str]:
         """One ``path:line: reason`` text per kept bad line, then a count of the rest."""
         out = [f"{self.path}:{b.line}: {b.reason}" for b in self.bad_lines]
@@ -343,19 +363,7 @@ def validate_file(
             check.blank += 1
             continue
         item = _too_long(lineno, max_line_bytes) if raw is None else parser.parse(lineno, raw)
-        if isinstance(item, BadLine):
-            check.bad += 1
-            if len(check.bad_lines) < max_bad:
-                check.bad_lines.append(item)
-            continue
-        check.valid += 1
-        check.endpoints[item.endpoint] += 1
-        model = item.body.get("model")
-        check.models[model if isinstance(model, str) else "(none)"] += 1
-        if estimate:
-            times = request_multiplier(item.body, item.endpoint)
-            check.prompt_tokens += estimate_prompt_tokens(item.body, item.endpoint)
-            check.max_output_tokens += max_output_tokens(item.body, item.endpoint) * times
+        check.add(item, estimate=estimate, max_bad=max_bad)
     return check
 
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._journal._journal import Journal
 from .._render._pricing import Price, estimate_cost, lookup_price
-from ._batchfile import BadLine, RequestLine
-from ._tokens import estimate_prompt_tokens, max_output_tokens, tokenizer_name
+from ._batchfile import BadLine, FileCheck
+from ._tokens import request_estimate, tokenizer_name
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,16 +113,13 @@ def make_plan(
     if journal_path is not None and journal_path.exists():
         journal = Journal.open_readonly(journal_path)
     seen: set[str] = set()
+    check = FileCheck(path=str(input_path))  # the same scan step as validate_file
     try:
-        for item in items:
+        for parsed in items:
             plan.lines += 1
-            if isinstance(item, BadLine):
-                plan.bad_count += 1
-                if len(plan.bad) < 1000:
-                    plan.bad.append(item)
+            item = check.add(parsed)
+            if item is None:
                 continue
-            assert isinstance(item, RequestLine)
-            plan.valid += 1
             if journal is not None and journal.is_terminal(key_of(item)):
                 plan.done_in_journal += 1
                 continue
@@ -135,11 +132,13 @@ def make_plan(
                 seen.add(rk)
             model = str(item.body.get("model", "?"))
             plan.models[model] += 1
-            plan.prompt_tokens[model] += estimate_prompt_tokens(item.body, item.endpoint)
-            plan.output_tokens[model] += max_output_tokens(item.body, item.endpoint)
+            prompt, output = request_estimate(item.body, item.endpoint)
+            plan.prompt_tokens[model] += prompt
+            plan.output_tokens[model] += output  # n/best_of included, as the run reserves
     finally:
         if journal is not None:
             journal.close()
+    plan.valid, plan.bad_count, plan.bad = check.valid, check.bad, check.bad_lines
     plan.tokenizer = tokenizer_name(next(iter(plan.models), None))
     total_cost = 0.0
     priced = False

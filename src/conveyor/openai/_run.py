@@ -51,7 +51,7 @@ from ._structured import (
     schema_problems,
 )
 from ._template import PromptTemplate, build_requests, read_records
-from ._tokens import estimate_prompt_tokens, estimate_request_tokens
+from ._tokens import request_estimate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -323,9 +323,8 @@ def _cost(item: Item) -> tuple[float, float]:
     (Anthropic's input and output tokens) take each, a total budget the sum."""
     if isinstance(item, BadLine):
         raise InputError(item.reason, line=item.line)
-    prompt = estimate_prompt_tokens(item.body, item.endpoint)
-    total = estimate_request_tokens(item.body, item.endpoint)
-    return float(prompt), float(total - prompt)
+    prompt, output = request_estimate(item.body, item.endpoint)
+    return float(prompt), float(output)
 
 
 def _refuse_overwriting_input(path: Path, s: RunSettings) -> None:

@@ -355,9 +355,19 @@ def request_multiplier(body: Any, endpoint: str) -> int:
     return n
 
 
+def request_estimate(
+    body: Any, endpoint: str, *, counter: TokenCounter | None = None
+) -> tuple[int, int]:
+    """(prompt, output) tokens one request reserves: the estimated prompt, and the
+    max output times the completions it asks for (`n`, `best_of`, prompts). The one
+    estimate behind the rate limiter's cost, `validate_file` and `--dry-run`."""
+    prompt = estimate_prompt_tokens(body, endpoint, counter=counter)
+    return prompt, max_output_tokens(body, endpoint) * request_multiplier(body, endpoint)
+
+
 def estimate_request_tokens(
     body: Any, endpoint: str, *, counter: TokenCounter | None = None
 ) -> int:
     """Tokens to reserve for one request: prompt + max output x completions asked for."""
-    prompt = estimate_prompt_tokens(body, endpoint, counter=counter)
-    return prompt + max_output_tokens(body, endpoint) * request_multiplier(body, endpoint)
+    prompt, output = request_estimate(body, endpoint, counter=counter)
+    return prompt + output
