@@ -1,9 +1,15 @@
 """Journal errors, the translation of sqlite3/OS errors into them, and the
-guard that keeps secrets out of a journal's identity."""
+guard that keeps secrets out of a journal's identity.
+
+`classify` is the one reading of a sqlite3 or OS error (one set of SQLite
+codes and errnos) for every file conveyor keeps: the journal, the output
+file and the response cache each word the `ConveyorError` they raise from it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import re
 import sqlite3
@@ -22,12 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "FileProblem",
     "JournalCorrupt",
     "JournalError",
     "JournalFull",
     "JournalLocked",
     "JournalMismatch",
     "check_identity",
+    "classify",
     "translate_error",
 ]
 
@@ -48,35 +56,81 @@ _SECRET_NAME = re.compile(
 _CORRUPT_HINT = "move it away to start over; the output file is unaffected"
 
 
+class FileProblem(enum.Enum):
+    """What a sqlite3 or OS error says about the file it was met on."""
+
+    CORRUPT = "not a database of ours, or damaged"
+    FULL = "the disk (or a quota) is full"
+    UNWRITABLE = "cannot be created or written here (read-only, permissions, missing dir)"
+    BUSY = "another process holds it"
+    MISUSE = "a programming error, not the disk"
+    OTHER = "another I/O failure"
+
+
+_SQLITE_CODES = {
+    sqlite3.SQLITE_NOTADB: FileProblem.CORRUPT,
+    sqlite3.SQLITE_CORRUPT: FileProblem.CORRUPT,
+    sqlite3.SQLITE_FULL: FileProblem.FULL,
+    sqlite3.SQLITE_READONLY: FileProblem.UNWRITABLE,
+    sqlite3.SQLITE_CANTOPEN: FileProblem.UNWRITABLE,
+    sqlite3.SQLITE_PERM: FileProblem.UNWRITABLE,
+    sqlite3.SQLITE_BUSY: FileProblem.BUSY,
+    sqlite3.SQLITE_LOCKED: FileProblem.BUSY,
+}
+_ERRNOS = {
+    errno.ENOSPC: FileProblem.FULL,
+    errno.EDQUOT: FileProblem.FULL,
+    errno.EFBIG: FileProblem.FULL,  # past the file size limit (ulimit -f)
+    errno.EROFS: FileProblem.UNWRITABLE,
+    errno.EACCES: FileProblem.UNWRITABLE,
+    errno.EPERM: FileProblem.UNWRITABLE,
+    errno.ENOENT: FileProblem.UNWRITABLE,
+    errno.ENOTDIR: FileProblem.UNWRITABLE,
+    errno.EISDIR: FileProblem.UNWRITABLE,
+}
+
+
+def classify(exc: BaseException) -> FileProblem:
+    """The one reading of a sqlite3 or OS error, for the journal, output and cache."""
+    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return FileProblem.MISUSE
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        return _SQLITE_CODES.get(code, FileProblem.OTHER)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _ERRNOS.get(exc.errno, FileProblem.OTHER)
+    return FileProblem.OTHER
+
+
+def _detail(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
 def translate_error(exc: BaseException, path: str, *, writing: bool = True) -> JournalError:
     """Map a sqlite3 or OS error met on `path` to the `JournalError` that explains it."""
     if isinstance(exc, JournalError):
         return exc
-    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError):
-        return JournalError(f"journal {path}: {exc}", path=path)  # a misuse, not the disk
-    if isinstance(exc, sqlite3.Error):
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-            return JournalCorrupt(
-                f"{path} is not a conveyor journal or is damaged ({exc}): {_CORRUPT_HINT}",
-                path=path,
-            )
-        if code == sqlite3.SQLITE_FULL:
-            return _full(path, str(exc))
-        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
-            return _unwritable(path, str(exc), writing=writing)
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return JournalError(
-                f"journal {path} stayed busy for {BUSY_TIMEOUT_S:.0f} s ({exc}): another "
-                "process holds it; wait for it to finish and retry",
-                path=path,
-            )
-        return JournalError(f"journal {path}: {exc}; check the disk and retry", path=path)
-    if isinstance(exc, OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return _full(path, exc.strerror or str(exc))
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
-            return _unwritable(path, exc.strerror or str(exc), writing=writing)
+    problem = classify(exc)
+    if problem is FileProblem.MISUSE:
+        return JournalError(f"journal {path}: {exc}", path=path)
+    if problem is FileProblem.CORRUPT:
+        return JournalCorrupt(
+            f"{path} is not a conveyor journal or is damaged ({exc}): {_CORRUPT_HINT}",
+            path=path,
+        )
+    if problem is FileProblem.FULL:
+        return _full(path, _detail(exc))
+    if problem is FileProblem.UNWRITABLE:
+        return _unwritable(path, _detail(exc), writing=writing)
+    if problem is FileProblem.BUSY:
+        return JournalError(
+            f"journal {path} stayed busy for {BUSY_TIMEOUT_S:.0f} s ({exc}): another "
+            "process holds it; wait for it to finish and retry",
+            path=path,
+        )
+    if isinstance(exc, sqlite3.Error | OSError):
         return JournalError(f"journal {path}: {exc}; check the disk and retry", path=path)
     return JournalError(f"journal {path}: {exc}", path=path)
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import logging
 import os
 import stat
 from typing import TYPE_CHECKING, Any
 
 from .._base._exceptions import ConfigError, OutputMismatch
+from ._errors import FileProblem, classify
 from ._journal import Journal, JournalError, translate_error
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def _output_guard(path: str) -> Iterator[None]:
         yield
     except OSError as exc:
         err = translate_error(exc, path)
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if classify(exc) is not FileProblem.FULL:
             err = OutputMismatch(
                 f"cannot write output {path} ({exc.strerror or exc}): check the path and "
                 "permissions, or choose another output file",

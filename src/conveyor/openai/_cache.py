@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import orjson
 
 from .._base._exceptions import CacheError
+from .._journal._errors import FileProblem, classify
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -82,19 +82,18 @@ def _guard(path: str) -> Iterator[None]:
         raise _translate(exc, path) from exc
 
 
+_WHY = {
+    FileProblem.CORRUPT: "is not a conveyor response cache or is damaged: delete it "
+    "(it only saves calls)",
+    FileProblem.FULL: "cannot grow, the disk is full: free space, or run without the cache",
+    FileProblem.UNWRITABLE: "cannot be written here: choose a writable cache path",
+    FileProblem.BUSY: "stayed busy (another process holds it): wait, or use another cache path",
+}
+
+
 def _translate(exc: sqlite3.Error | OSError, path: str) -> CacheError:
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    oserr = getattr(exc, "errno", None)
-    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
-        why = "is not a conveyor response cache or is damaged: delete it (it only saves calls)"
-    elif code == sqlite3.SQLITE_FULL or oserr in (errno.ENOSPC, errno.EDQUOT):
-        why = "cannot grow, the disk is full: free space, or run without the cache"
-    elif code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM) or (
-        oserr in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
-    ):
-        why = "cannot be written here: choose a writable cache path"
-    else:
-        why = "failed: check the disk, or run without the cache"
+    """The cache's wording of the journal's one reading of the error (`classify`)."""
+    why = _WHY.get(classify(exc), "failed: check the disk, or run without the cache")
     return CacheError(f"response cache {path} {why} ({exc})")
 
 
