@@ -2,13 +2,14 @@
 
 Each check answers ok / warn / fail / skip with a detail and, when it did not
 pass, what to do. The checks: the endpoint answers `GET /models`, the key is
-accepted, the model is listed, the journal's directory is writable, free
-disk and memory are above their floors, and GPU memory (through `nvidia-smi`,
-skipped cleanly when absent) is below its warning level.
+accepted, the model is listed (the HTTP probe is `conveyor.openai._probe`),
+the journal's directory is writable, free disk and memory are above their
+floors, and GPU memory (through `nvidia-smi`, skipped cleanly when absent) is
+below its warning level.
 
-The defaults follow seed 003's go/no-go list: do not start with under 4 GB of
-memory available; warn when a GPU's memory is more than 95% used. Each one is
-a parameter.
+The defaults are a go/no-go list: do not start with under 4 GB of memory
+available; warn when a GPU's memory is more than 95% used. Each one is a
+parameter.
 
 The API key is only ever sent in the `Authorization` header: no detail, fix
 or exception text includes it, and URLs are shown without credentials.
@@ -23,19 +24,14 @@ import inspect
 import os
 import re
 import shutil
-import socket
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
-import orjson
 
 from .._base._checks import Check, CheckStatus, user_check_outcome
 from .._monitor._gpu import GPU_QUERY, Gpu, parse_nvidia_smi
+from ..openai._probe import ProbeAdvice, endpoint_checks, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,173 +52,17 @@ __all__ = [
 ]
 
 
-DEFAULT_MIN_FREE_MEMORY_MB = 4096  # seed 003: "System memory <4GB available" -> do not start
+DEFAULT_MIN_FREE_MEMORY_MB = 4096  # under 4 GB of memory available: do not start
 DEFAULT_MIN_FREE_DISK_MB = 200  # room for a journal and an output file of a large batch
-DEFAULT_GPU_MEMORY_WARN = 0.95  # seed 003: "GPU memory >95% before starting"
-_MODELS_SHOWN = 8
-_KEY_FIX = "check the key in {env} (or pass --api-key-env NAME to read another variable)"
+DEFAULT_GPU_MEMORY_WARN = 0.95  # warn when a GPU's memory is over 95% used before starting
+# How the endpoint probe's advice names the settings: this command's flags.
+_ADVICE = ProbeAdvice(
+    base_url="--base-url", model="--model", timeout="--timeout", key_env="--api-key-env NAME"
+)
 
 
 def has_failures(checks: Sequence[Check]) -> bool:
     return any(c.status == "fail" for c in checks)
-
-
-def models_url(base_url: str) -> str:
-    """`{base_url}/models`, keeping any query string at the end where it belongs."""
-    try:
-        parts = urlsplit(base_url)
-    except ValueError:
-        return base_url.rstrip("/") + "/models"
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/models"))
-
-
-def redact_url(url: str) -> str:
-    """`url` without user:password and query string (either may hold a secret)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-# -- endpoint, key, model -----------------------------------------------------------
-
-
-async def _get_models(
-    base_url: str, api_key: str | None, wait_s: float
-) -> tuple[int, bytes] | Check:
-    url = models_url(base_url)
-    shown = redact_url(url)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
-            session.get(url, headers=headers, allow_redirects=True) as resp,
-        ):
-            return resp.status, await resp.read()
-    except TimeoutError:
-        return Check(
-            "endpoint",
-            "fail",
-            f"GET {shown} got no answer within {wait_s:g} s",
-            "is the server up and not overloaded? check --base-url / OPENAI_BASE_URL, "
-            "or raise --timeout",
-        )
-    except (aiohttp.InvalidURL, ValueError) as exc:
-        why = str(exc).replace(url, shown).replace(base_url, shown)
-        return Check(
-            "endpoint",
-            "fail",
-            f"cannot request {shown}: {why}",
-            "pass --base-url like https://api.openai.com/v1 or http://localhost:8000/v1",
-        )
-    except aiohttp.ClientError as exc:
-        # aiohttp's text names host and port, never the request headers.
-        return Check(
-            "endpoint",
-            "fail",
-            f"cannot reach {shown}: {_reason(exc).replace(url, shown)}",
-            "is the server running? check --base-url / OPENAI_BASE_URL",
-        )
-
-
-def _reason(exc: BaseException) -> str:
-    os_err = getattr(exc, "os_error", None)
-    if isinstance(os_err, OSError):
-        # asyncio words a refusal "Connect call failed (...)"; the errno says it plainly.
-        if not isinstance(os_err, socket.gaierror) and os_err.errno and os_err.errno > 0:
-            return os.strerror(os_err.errno)
-        if os_err.strerror:
-            return os_err.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _model_ids(body: bytes) -> list[str] | None:
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    items = data.get("data") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        return None
-    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m]
-
-
-async def _endpoint_checks(
-    base_url: str, api_key: str | None, key_env: str, model: str | None, wait_s: float
-) -> list[Check]:
-    shown = redact_url(models_url(base_url))
-    t0 = time.monotonic()
-    got = await _get_models(base_url, api_key, wait_s)
-    if isinstance(got, Check):
-        skip = "skipped: the endpoint did not answer"
-        return [got, Check("api key", "skip", skip), Check("model", "skip", skip)]
-    status, body = got
-    ms = (time.monotonic() - t0) * 1000
-    reached = Check("endpoint", "ok", f"GET {shown} answered HTTP {status} in {ms:.0f} ms")
-    key_fix = _KEY_FIX.format(env=key_env)
-    if status in (401, 403):
-        if api_key:
-            key = Check("api key", "fail", f"the endpoint refused the key (HTTP {status})", key_fix)
-        else:
-            key = Check(
-                "api key",
-                "fail",
-                f"no key set and the endpoint requires one (HTTP {status})",
-                f"export {key_env}=... (or pass --api-key-env NAME)",
-            )
-        return [reached, key, Check("model", "skip", "skipped: the key was refused")]
-    if status == 404:
-        reached = Check(
-            "endpoint",
-            "warn",
-            f"GET {shown} answered 404: this server lists no models there",
-            "OpenAI-compatible servers serve /v1/models: does --base-url end in /v1?",
-        )
-        return [
-            reached,
-            Check("api key", "skip", "skipped: cannot tell without /models"),
-            Check("model", "skip", "skipped: the server lists no models"),
-        ]
-    if status >= 400:
-        reached = Check(
-            "endpoint",
-            "fail" if status >= 500 else "warn",
-            f"GET {shown} answered HTTP {status}",
-            "the server is up but failing: check its logs, or retry in a moment",
-        )
-        return [
-            reached,
-            Check("api key", "skip", f"skipped: HTTP {status}"),
-            Check("model", "skip", f"skipped: HTTP {status}"),
-        ]
-    key = (
-        Check("api key", "ok", f"accepted (from {key_env})")
-        if api_key
-        else Check("api key", "skip", f"{key_env} is not set; the endpoint needs no key")
-    )
-    return [reached, key, _model_check(model, _model_ids(body))]
-
-
-def _model_check(model: str | None, ids: list[str] | None) -> Check:
-    if ids is None:
-        return Check("model", "warn", "the /models answer is not a model list", "")
-    if model is None:
-        few = ", ".join(ids[:_MODELS_SHOWN]) + (" ..." if len(ids) > _MODELS_SHOWN else "")
-        return Check("model", "skip", f"no --model given; {len(ids)} served: {few}")
-    if model in ids:
-        return Check("model", "ok", f"{model} is served")
-    few = ", ".join(ids[:_MODELS_SHOWN])
-    more = f" (+{len(ids) - _MODELS_SHOWN} more)" if len(ids) > _MODELS_SHOWN else ""
-    return Check(
-        "model",
-        "fail",
-        f"{model} is not among the {len(ids)} models this endpoint lists: {few}{more}",
-        "pass one of the listed models with --model (or in the requests' body)",
-    )
 
 
 # -- local resources ----------------------------------------------------------------
@@ -464,7 +304,7 @@ async def preflight(
     names where the key came from, for the advice.
     """
     remote, gpus, own = await asyncio.gather(
-        _endpoint_checks(base_url, api_key, api_key_env, model, timeout),
+        endpoint_checks(base_url, api_key, api_key_env, model, timeout, advice=_ADVICE),
         _gpu_checks(nvidia_smi, gpu_memory_warn, timeout, max_gpu_memory, max_gpu_utilization),
         asyncio.gather(*(run_user_check(fn) for fn in checks)),
     )
