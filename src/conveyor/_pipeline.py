@@ -23,17 +23,18 @@ exactly once per key.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._base._types import Result, Status
 from ._core._outcome import StopKind
+from ._core._stream import BatchIterator
 from ._journal._memo import JournalMemoStore
 from ._journal._resources import add_resource_session
 from ._journal._sink import OutputSink
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Callable
 
     from ._core._memo import Memo
     from ._core._report import BatchReport
@@ -82,7 +83,7 @@ def _line(result: Result[Any]) -> bytes:
     return orjson.dumps(result.to_dict(), option=orjson.OPT_NON_STR_KEYS, default=repr)
 
 
-class JournaledStream(AsyncIterator["Result[Any]"]):
+class JournaledStream(BatchIterator):
     """A run stream (local engine or Ray) with the journal on both ends.
 
     `open_journal()` is called on first use (on the loop that runs the
@@ -208,16 +209,6 @@ class JournaledStream(AsyncIterator["Result[Any]"]):
         if not batch:
             await self.aclose()
         return batch
-
-    async def __anext__(self) -> Result[Any]:
-        if self._pos >= len(self._batch):
-            self._batch = await self.next_batch()
-            self._pos = 0
-            if not self._batch:
-                raise StopAsyncIteration
-        r = self._batch[self._pos]
-        self._pos += 1
-        return r
 
     async def aclose(self) -> None:
         """Stop the run (if still going), flush the sink, close the journal."""

@@ -1,6 +1,6 @@
 """Executors: run a list of zero-argument tasks, results in input order.
 
-The seed 004 contract (`TaskExecutor.execute(tasks, progress)`, `mode`,
+The task-executor contract (`TaskExecutor.execute(tasks, progress)`, `mode`,
 `shutdown(timeout)`, construction from a config mapping) on top of the one
 engine: an executor is a preset of `conveyor.run` options, not a second
 implementation.
@@ -64,7 +64,7 @@ def _task_invoker(task: Any, engine: Engine) -> Awaitable[Any]:
     return engine.run_in_thread(_call_task, task)
 
 
-class _Seed004Progress:
+class _TaskProgressAdapter:
     """Adapts `on_task_start(task)`/`on_task_complete(result)`/`on_task_error(task, exc)`."""
 
     def __init__(self, target: Any) -> None:
@@ -162,7 +162,7 @@ class TaskExecutor:
                     raise ConfigError(f"tasks[{i}]", t, "a callable taking no arguments")
             callbacks = []
             if progress is not None:
-                callbacks.append(_Seed004Progress(progress))
+                callbacks.append(_TaskProgressAdapter(progress))
                 callbacks.append(progress)
             try:
                 report = run_with_invoker(
@@ -264,13 +264,13 @@ class AsyncExecutor(TaskExecutor):
         return ex
 
 
-# ---- seed 004's own interface: execute_tasks / TaskResult / ExecutionContext -------------
+# ---- the task-list interface: execute_tasks / TaskResult / ExecutionContext --------------
 
 _log = logging.getLogger("conveyor")
 
 
 class ConfigurationError(ConfigError):
-    """A bad executor setting (seed 004's name; a `ConfigError`)."""
+    """A bad executor setting (the executors' name for a `ConfigError`)."""
 
 
 class IsolationLevel(enum.StrEnum):
@@ -327,7 +327,7 @@ _BRANCHED = (IsolationLevel.BRANCH, IsolationLevel.FULL)
 
 @dataclass
 class TaskResult:
-    """One task's outcome, in seed 004's shape. `success` is `exit_code == 0`.
+    """One task's outcome: exit code, output, timing. `success` is `exit_code == 0`.
 
     For a `CommandTask`, `exit_code`, `stdout`, `stderr` and `artifacts_path`
     are the command's (124 on timeout); for a Python callable, `exit_code` is
@@ -372,7 +372,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 class TaskProgressCallback(Protocol):
-    """Seed 004's progress protocol; every method is optional, and an exception
+    """Progress of a task list; every method is optional, and an exception
     in any of them is logged and ignored (each one, not only the first)."""
 
     def on_task_start(self, task: Any) -> None: ...
@@ -389,7 +389,7 @@ DEFAULT_TASK_TIMEOUT = 3600.0
 
 
 class ParallelTaskExecutor:
-    """Seed 004's executor: `execute_tasks(tasks, context, progress_callback)`.
+    """Runs a task list: `execute_tasks(tasks, context, progress_callback)`.
 
         executor = ParallelTaskExecutor.from_config({"max_workers": 4, "timeout": 3600})
         results = executor.execute_tasks(tasks, ExecutionContext(working_directory=repo))

@@ -23,7 +23,7 @@ _EVENTS = ("on_start", "on_result", "on_error", "on_batch")
 
 @dataclass
 class BatchInfo:
-    """One finished wave in `waves` mode (seed 000's batch of 5).
+    """One finished wave in `waves` mode (a fixed batch of `batch_size` items).
 
     `number` is 1-based; `total` is the number of waves when the input has a
     length, else None; `completed` counts items finished in all waves so far.

@@ -122,7 +122,7 @@ class BatchReport:
         return [r for r in self.results if not r.ok]
 
     def to_dict(self, *, include_results: bool = True) -> dict[str, Any]:
-        """JSON-ready, in the shape of a batch response (seed 002) where it applies."""
+        """JSON-ready, in the shape of a batch response where it applies."""
         d: dict[str, Any] = {
             "batch_id": self.batch_id,
             "total_items": self.total,

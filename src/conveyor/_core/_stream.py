@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .._base._types import Result
     from ._report import BatchReport
 
-__all__ = ["Run", "RunStream"]
+__all__ = ["BatchIterator", "Run", "RunStream"]
 
 
 class Run(Protocol):
@@ -34,7 +34,28 @@ class Run(Protocol):
     def outcome(self, report: BatchReport) -> BaseException | None: ...
 
 
-class RunStream(AsyncIterator["Result[Any]"]):
+class BatchIterator(AsyncIterator["Result[Any]"]):
+    """An async iterator of results over `next_batch()` (every result ready now;
+    empty at the end): one result at a time, one batch in hand."""
+
+    _batch: list[Result[Any]]
+    _pos: int
+
+    async def next_batch(self) -> list[Result[Any]]:
+        raise NotImplementedError
+
+    async def __anext__(self) -> Result[Any]:
+        if self._pos >= len(self._batch):
+            self._batch = await self.next_batch()
+            self._pos = 0
+            if not self._batch:
+                raise StopAsyncIteration
+        r = self._batch[self._pos]
+        self._pos += 1
+        return r
+
+
+class RunStream(BatchIterator):
     """Results in completion order; `.report` is set once iteration ends.
 
     Use `async with` (or `aclose()`) when you may stop early, so in-flight
@@ -71,16 +92,6 @@ class RunStream(AsyncIterator["Result[Any]"]):
         if not batch:
             await self._finish()
         return batch
-
-    async def __anext__(self) -> Result[Any]:
-        if self._pos >= len(self._batch):
-            self._batch = await self.next_batch()
-            self._pos = 0
-            if not self._batch:
-                raise StopAsyncIteration
-        r = self._batch[self._pos]
-        self._pos += 1
-        return r
 
     async def _finish(self) -> None:
         self._done = True

@@ -26,8 +26,10 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "api_key_env_option",
     "cli_errors",
     "cli_message",
+    "log_options",
     "setup_logging",
 ]
 
@@ -119,3 +121,39 @@ def cli_errors(fn: F) -> F:
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- options several commands share ---------------------------------------------------
+
+
+def log_options(
+    *, quiet: str | None = None, log_json: bool = True, verbose: bool = True
+) -> Callable[[F], F]:
+    """`-v/--verbose`, `-q/--quiet` (when the command has it: `quiet` is its help) and
+    `--log-json`, the same on every command."""
+
+    def add(fn: F) -> F:
+        if log_json:
+            fn = click.option(
+                "--log-json", is_flag=True, help="Log lines as JSON objects on stderr."
+            )(fn)
+        if quiet is not None:
+            fn = click.option("-q", "--quiet", is_flag=True, help=quiet)(fn)
+        if verbose:
+            fn = click.option(
+                "-v", "--verbose", count=True, help="More log output (-vv for debug)."
+            )(fn)
+        return fn
+
+    return add
+
+
+def api_key_env_option(fn: F) -> F:
+    """`--api-key-env NAME`: where the key is read from (it is never taken as a flag)."""
+    return click.option(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        show_default=True,
+        metavar="NAME",
+        help="Environment variable holding the API key (its value is never printed).",
+    )(fn)

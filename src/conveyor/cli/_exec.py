@@ -19,7 +19,7 @@ from .._base._exceptions import InputError, Interrupted
 from .._core._report import resource_lines
 from ..commands._batch import plan_commands, run_commands
 from ..commands._expand import highest_position
-from ._common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, setup_logging
+from ._common import EXIT_FAILED_ITEMS, EXIT_OK, cli_errors, log_options, setup_logging
 from ._monitor_opts import build_monitor, monitor_options
 
 if TYPE_CHECKING:
@@ -349,9 +349,7 @@ Exit codes:
     help="Seconds between SIGTERM and SIGKILL when a job is killed.",
 )
 @monitor_options
-@click.option("-v", "--verbose", count=True, help="More log lines (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr (and the summary).")
-@click.option("--log-json", is_flag=True, help="Log lines as JSON.")
+@log_options(quiet="Only errors on stderr (and the summary).")
 @click.argument(
     "command", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]... [::: INPUT...]"
 )

@@ -12,7 +12,7 @@ import orjson
 
 from .._base._exceptions import ConveyorError
 from .._journal._journal import Journal
-from ._common import cli_errors, setup_logging
+from ._common import cli_errors, log_options, setup_logging
 
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
 
@@ -106,15 +106,14 @@ def status_cmd(journal: Path, as_json: bool, watch: float | None) -> None:
     help="Override the original concurrency.",
 )
 @click.option("--base-url", help="Override the original base URL.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-@click.option("-v", "--verbose", count=True)
+@log_options(quiet="No progress display.", log_json=False)
 @cli_errors
 def retry_cmd(
     journal: Path, statuses: str, concurrency: int | None, base_url: str | None,
     quiet: bool, verbose: int,
 ) -> None:  # fmt: skip
-    """Re-run the items of JOURNAL with the given statuses (seed 002's partial
-    re-run), then rewrite the output so each key appears exactly once."""
+    """Re-run the items of JOURNAL with the given statuses (a partial re-run),
+    then rewrite the output so each key appears exactly once."""
     setup_logging(verbose=verbose, quiet=quiet)
     wanted = [s.strip() for s in statuses.split(",") if s.strip()]
     bad = [s for s in wanted if s not in ("failed", "timed_out", "cancelled", "skipped", "ok")]

@@ -12,7 +12,14 @@ import click
 import orjson
 
 from .._base._exceptions import ConveyorError, PreflightFailed
-from ._common import EXIT_OK, EXIT_USAGE, cli_errors, setup_logging
+from ._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    api_key_env_option,
+    cli_errors,
+    log_options,
+    setup_logging,
+)
 from ._preflight import (
     DEFAULT_GPU_MEMORY_WARN,
     DEFAULT_MIN_FREE_DISK_MB,
@@ -155,12 +162,6 @@ def load_checks(specs: Sequence[str]) -> list[Any]:
         raise click.UsageError(str(exc)) from None
 
 
-def _logging_options(fn: F) -> F:
-    fn = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(fn)
-    fn = click.option("--log-json", is_flag=True, help="Log one JSON object per line.")(fn)
-    return fn
-
-
 @click.command("report")
 @click.argument("journal", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
@@ -185,7 +186,7 @@ def _logging_options(fn: F) -> F:
     show_default=True,
     help="How many of the slowest items to list.",
 )
-@_logging_options
+@log_options()
 @cli_errors
 def report_cmd(
     journal: Path,
@@ -234,13 +235,7 @@ def report_cmd(
     metavar="URL",
     help=f"OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL}).",
 )
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    metavar="NAME",
-    help="Environment variable holding the API key (its value is never printed).",
-)
+@api_key_env_option
 @click.option("--model", help="Check that this model is listed by GET /models.")
 @click.option(
     "--journal",
@@ -257,7 +252,7 @@ def report_cmd(
     help="Seconds each network or nvidia-smi probe may take.",
 )
 @threshold_options
-@_logging_options
+@log_options()
 @cli_errors
 def doctor_cmd(
     base_url: str | None,

@@ -16,7 +16,9 @@ from ._common import (
     EXIT_FAILED_ITEMS,
     EXIT_OK,
     EXIT_USAGE,
+    api_key_env_option,
     cli_errors,
+    log_options,
     setup_logging,
 )
 from ._monitor_opts import build_monitor, monitor_options
@@ -109,12 +111,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     show_envvar=True,
     help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.",
 )
-@click.option(
-    "--api-key-env",
-    default="OPENAI_API_KEY",
-    show_default=True,
-    help="Name of the environment variable holding the API key.",
-)
+@api_key_env_option
 @click.option(
     "-H",
     "--header",
@@ -264,9 +261,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the run report as JSON.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("--log-json", is_flag=True, help="Log lines as JSON objects on stderr.")
+@log_options(quiet="No progress display.")
 @cli_errors
 def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     """Send every request of INPUT to an OpenAI-compatible endpoint, as fast
@@ -492,7 +487,7 @@ def _quote(a: str) -> str:
     show_default=True,
     help="The simulated server's limit, also told to the client.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@log_options(quiet="No progress display.", log_json=False, verbose=False)
 @cli_errors
 def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, quiet: bool) -> None:
     """Start a simulated OpenAI-compatible endpoint on 127.0.0.1, send it sample
