@@ -1,10 +1,16 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from conveyor.mock import MockConfig, MockServer
 
 # CI runs the same examples every time (a fresh machine has no example
 # database): a failure there is reproducible, not a one-off draw. Locally,
@@ -14,3 +20,19 @@ settings.register_profile(
 )
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def mock_server() -> Iterator[Callable[..., MockServer]]:
+    """The one way tests start the simulated server (`conveyor.mock`): call it with
+    `MockConfig` fields; it serves on 127.0.0.1 from its own thread and loop (so sync
+    and async tests, subprocesses and Ray actors can all reach it at `.base_url`) and
+    is stopped when the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**config: Any) -> MockServer:
+            server = MockServer(MockConfig(**config))
+            stack.enter_context(server.running_in_thread())
+            return server
+
+        yield start

@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,10 +184,9 @@ def test_report_errors_exit_2_with_what_to_do(tmp_path: Path, args: list[str], w
 
 
 @pytest.fixture
-def mock_url() -> Iterator[tuple[str, str]]:
+def mock_url(mock_server: Callable[..., MockServer]) -> tuple[str, str]:
     key = "sk-test-" + secrets.token_hex(16)
-    with MockServer(MockConfig(api_key=key)).running_in_thread() as url:
-        yield url, key
+    return mock_server(api_key=key).base_url, key
 
 
 def test_doctor_ok_exits_0(mock_url: tuple[str, str], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,23 +132,24 @@ async def test_capacity_errors_keep_the_limits(tmp_path: Path) -> None:
     assert "budgets" not in report.extra
 
 
-def test_quota_stops_with_exit_3_and_resumes_exactly_once(tmp_path: Path) -> None:
+def test_quota_stops_with_exit_3_and_resumes_exactly_once(
+    tmp_path: Path, mock_server: Callable[..., MockServer]
+) -> None:
     """insufficient_quota: one line, exit 3, the refused lines are not stored
     as done; the same command after the quota is raised finishes each once."""
     ids = write_requests(tmp_path / "in.jsonl", 40)
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": "k"}
-    server = MockServer(MockConfig(quota_after=15, latency=0.01))
-    with server.running_in_thread() as url:
-        args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
-                "-c", "4", "--no-preflight"]  # fmt: skip
-        first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-        assert first.returncode == 3, first.stderr
-        assert "quota" in first.stderr.lower()
-        assert server.stats.refused["quota"] <= 4  # in flight when it hit, not every line
-        server.config = MockConfig(latency=0.01)
-        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-        assert again.returncode == 0, again.stderr
+    server = mock_server(quota_after=15, latency=0.01)
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
+            server.base_url, "-c", "4", "--no-preflight"]  # fmt: skip
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 3, first.stderr
+    assert "quota" in first.stderr.lower()
+    assert server.stats.refused["quota"] <= 4  # in flight when it hit, not every line
+    server.config = MockConfig(latency=0.01)
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
     assert sorted(output_ids(out)) == sorted(ids)
 
 

@@ -3,13 +3,14 @@ advice names the caller's settings, keyword names unless the CLI passes its flag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from conveyor.mock import MockConfig, MockServer
+from conveyor.mock import MockServer
 from conveyor.openai._probe import ProbeAdvice, endpoint_checks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 import pytest
 
@@ -17,9 +18,8 @@ KEY = "sk-test-probe-0123456789abcdef"
 
 
 @pytest.fixture
-def url() -> Iterator[str]:
-    with MockServer(MockConfig(api_key=KEY, models=("mock-gpt",))).running_in_thread() as u:
-        yield u
+def url(mock_server: Callable[..., MockServer]) -> str:
+    return mock_server(api_key=KEY, models=("mock-gpt",)).base_url
 
 
 async def test_library_advice_names_keywords_not_flags() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,8 @@ def write_requests(path: Path, n: int, *, extra: list[bytes] | None = None, mode
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer(MockConfig(api_key=KEY, seed=1)) as srv:
-        yield srv
+def server(mock_server: Callable[..., MockServer]) -> MockServer:
+    return mock_server(api_key=KEY, seed=1)
 
 
 def settings(srv: MockServer, out: Path | None, **kw: Any) -> RunSettings:

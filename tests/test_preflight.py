@@ -9,6 +9,7 @@ import inspect
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,10 +25,9 @@ from conveyor.cli._preflight import (
     preflight,
     redact_url,
 )
-from conveyor.mock import MockConfig, MockServer
+from conveyor.mock import MockServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
 KEY = "sk-test-preflight-0123456789abcdef"
@@ -45,9 +45,8 @@ def assert_key_absent(checks: list[Check]) -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer(MockConfig(api_key=KEY, models=("mock-gpt", "gpt-4o-mini"))) as srv:
-        yield srv
+def server(mock_server: Callable[..., MockServer]) -> MockServer:
+    return mock_server(api_key=KEY, models=("mock-gpt", "gpt-4o-mini"))
 
 
 async def check(base_url: str, **kw: object) -> list[Check]:
@@ -103,10 +102,10 @@ async def test_missing_key_when_the_server_needs_one(server: MockServer) -> None
     assert c["api key"].fix.startswith("export OPENAI_API_KEY=")
 
 
-async def test_no_key_needed_by_a_local_server() -> None:
+async def test_no_key_needed_by_a_local_server(mock_server: Callable[..., MockServer]) -> None:
     """A local server (vLLM, Ollama) without auth: the key check is skipped, not failed."""
-    async with MockServer(MockConfig(api_key=None)) as srv:
-        checks = await check(srv.base_url, api_key=None, model="gpt-4o")
+    srv = mock_server(api_key=None)
+    checks = await check(srv.base_url, api_key=None, model="gpt-4o")
     c = by_name(checks)
     assert c["api key"].status == "skip" and c["model"].status == "ok"
     assert not has_failures(checks)
@@ -330,13 +329,15 @@ def test_a_very_short_key_is_redacted_as_a_whole_token_only() -> None:
     assert redact_secret(f"url?key={KEY}&a=1", KEY) == "url?key=***&a=1"
 
 
-async def test_doctor_with_a_one_letter_key_keeps_model_and_paths(tmp_path: Path) -> None:
-    async with MockServer(MockConfig(api_key="x", models=("text-embedding-3-small",))) as srv:
-        journal = tmp_path / "exp" / "j.db"
-        journal.parent.mkdir()
-        checks = await check(
-            srv.base_url, api_key="x", model="text-embedding-3-small", journal_path=journal
-        )
+async def test_doctor_with_a_one_letter_key_keeps_model_and_paths(
+    tmp_path: Path, mock_server: Callable[..., MockServer]
+) -> None:
+    srv = mock_server(api_key="x", models=("text-embedding-3-small",))
+    journal = tmp_path / "exp" / "j.db"
+    journal.parent.mkdir()
+    checks = await check(
+        srv.base_url, api_key="x", model="text-embedding-3-small", journal_path=journal
+    )
     out = format_checks(checks)
     assert "text-embedding-3-small" in out
     assert str(journal.parent) in out or "exp" in out

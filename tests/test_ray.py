@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -277,10 +278,9 @@ def ray_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[MockServer, str]]:
-    srv = MockServer(MockConfig(latency=0.02))
-    with srv.running_in_thread() as url:
-        yield srv, url
+def server(mock_server: Callable[..., MockServer]) -> tuple[MockServer, str]:
+    srv = mock_server(latency=0.02)
+    return srv, srv.base_url
 
 
 class ChatCaller:
@@ -406,16 +406,17 @@ class HeaderReadingCaller(ChatCaller):
         return os.getpid(), data["choices"][0]["message"]["content"]
 
 
-def test_actors_told_nothing_keep_together_to_the_servers_bucket(ray_cluster: Any) -> None:
+def test_actors_told_nothing_keep_together_to_the_servers_bucket(
+    ray_cluster: Any, mock_server: Callable[..., MockServer]
+) -> None:
     """Two actors told no limit learn the server's 1-second bucket from its headers
     through the one limiter actor: every item ok, no stall, and 429s only in the
     first round, before any headers arrived."""
-    srv = MockServer(MockConfig(rpm=120, limit_window=1.0, burst=0.25, latency=0.01))
+    srv = mock_server(rpm=120, limit_window=1.0, burst=0.25, latency=0.01)
     n = 360
-    with srv.running_in_thread() as url:
-        report = conveyor.ray.run_ray(
-            range(n), HeaderReadingCaller(url), actors=2, concurrency=32, limit_window=1.0
-        )
+    report = conveyor.ray.run_ray(
+        range(n), HeaderReadingCaller(srv.base_url), actors=2, concurrency=32, limit_window=1.0
+    )
     assert report.counts["ok"] == n
     refused = srv.stats.statuses[429]
     assert refused <= 32, refused  # a first round at most
