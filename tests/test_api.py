@@ -419,6 +419,20 @@ def test_preflight_checks_block_the_run_before_any_item() -> None:
         conveyor.run([1], str, preflight=["not a function"])
 
 
+@pytest.mark.parametrize("journaled", [False, True])
+async def test_preflight_blocks_a_ray_run_too(tmp_path: Path, journaled: bool) -> None:
+    """preflight= with backend="ray" runs before Ray starts (it was silently ignored)."""
+    calls: list[int] = []
+    journal = {"journal": tmp_path / "j.db"} if journaled else {}
+    with pytest.raises(conveyor.PreflightFailed, match="db is down"):
+        await conveyor.arun(
+            [1], calls.append, backend="ray", preflight=[lambda: "db is down"], **journal
+        )
+    with pytest.raises(conveyor.PreflightFailed, match="db is down"):
+        conveyor.run([1], calls.append, backend="ray", preflight=[lambda: "db is down"], **journal)
+    assert calls == []
+
+
 class _NotAnException(BaseException):
     """Like pytest's fail()/skip() outcomes or gevent's GreenletExit."""
 

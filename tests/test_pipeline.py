@@ -125,7 +125,9 @@ def test_retry_is_what_reruns_failures(tmp_path: Path) -> None:
     go(["a", "b"])
     assert go(["a", "b"]) == []
     retry_commands(go.journal)  # type: ignore[attr-defined]
-    assert (tmp_path / "runs").read_text().split() == ["a", "b", "b"]
+    runs = (tmp_path / "runs").read_text().split()
+    assert sorted(runs[:2]) == ["a", "b"]  # the first run's two jobs, in either order
+    assert runs[2:] == ["b"]
 
 
 def test_the_rule_per_status(tmp_path: Path) -> None:

@@ -139,6 +139,7 @@ async def arun(
     """
     settings = _settings(items, fn, options)
     if settings.backend == "ray":
+        await _preflight(settings.preflight)  # before Ray starts, as on this machine
         if settings.journal is not None:
             return await collect(_journaled(items, None, fn, settings))
         from .ray._run import cluster_arun
@@ -206,6 +207,9 @@ def run(items: Items, fn: Callable[[Any], Any], **options: Unpack[RunOptions]) -
     """
     settings = _settings(items, fn, options)
     if settings.backend == "ray":
+        if settings.preflight:
+            with Portal() as portal:  # before Ray starts, as on this machine
+                portal.call(lambda control: _preflight(settings.preflight))
         if settings.journal is not None:
             with Portal() as portal:
                 return portal.call(

@@ -1,44 +1,12 @@
-"""Formatting helpers (`conveyor._render._format`) and the SVG charts (`_render._svg`):
-durations and counts as the display and the reports show them; charts are well-formed
-SVG with one mark per value."""
+"""The SVG charts of the reports (`conveyor._render._svg`): well-formed SVG, one bar per
+category, and an empty chart instead of an error. (`_render._format` is pinned in
+test_display.py, next to the display that uses it.)"""
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from conveyor._render._format import format_count, format_duration
 from conveyor._render._svg import Series, bar_chart, line_chart
-
-
-def test_durations() -> None:
-    """MM:SS under an hour, H:MM:SS above, --:-- when unknown."""
-    assert format_duration(0) == "00:00"
-    assert format_duration(61.4) == "01:01"
-    assert format_duration(3600) == "1:00:00"
-    assert format_duration(None) == "--:--"
-    assert format_duration(math.inf) == "--:--"
-    assert format_duration(-1) == "--:--"
-
-
-def test_counts() -> None:
-    """950, 52k, 1.2M: never 1000k."""
-    assert format_count(950) == "950"
-    assert format_count(52_300) == "52k"
-    assert format_count(1_234_567) == "1.2M"
-    assert format_count(999_600) == "1.0M"
-    assert format_count(math.nan) == "-"
-
-
-@given(st.floats(min_value=0, max_value=1e12, allow_nan=False))
-def test_count_is_short_and_never_1000_of_a_unit(value: float) -> None:
-    """Any count fits in a few characters and never reads 1000k or 1000M."""
-    text = format_count(value)
-    assert len(text) <= 5
-    assert not text.startswith("1000")
 
 
 def _svg(text: str) -> ET.Element:
