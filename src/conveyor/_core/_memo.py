@@ -1,8 +1,8 @@
 """A memo shared by the items of a run: identical sub-calls run once.
 
-Seed 002's "shared context caching reduces redundant calls": every creator's
-pipeline asks for the same week context and caption-pool analysis; with a
-`Memo` the first item to ask makes the call, items asking while it is in
+Shared context without redundant calls: when every item's pipeline asks for
+the same context (the same analysis of the same inputs), with a `Memo` the
+first item to ask makes the call, items asking while it is in
 flight wait for that same call (single-flight), and items asking later get
 the stored answer. It works from sync functions (the run's worker threads)
 and async ones (the event loop) alike, and both may share one memo.

@@ -1,4 +1,4 @@
-"""`conveyor.Monitor`: the probes a run samples while it goes on (seed 003).
+"""`conveyor.Monitor`: the probes a run samples while it goes on.
 
     monitor = conveyor.Monitor(
         gauges={"db_connections": lambda: pool.in_use},
@@ -64,7 +64,7 @@ class Monitor:
     `limits`: metric -> maximum; a sample above it for `patience` samples in
     a row stops the run (`ResourceLimitExceeded`, resumable). `floors`:
     metric -> minimum, the same below it (`system_memory_available_mb`:
-    seed 003's "do not go on under 4 GB available"). `system` and
+    e.g. do not go on under 4 GB available). `system` and
     `gpu` turn those probes off; `gpu=None` (default) samples GPUs when
     `nvidia_smi` is found.
     """
