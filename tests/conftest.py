@@ -23,7 +23,7 @@ if os.environ.get("CI"):
 
 
 @pytest.fixture
-def mock_server() -> Iterator[Callable[..., MockServer]]:
+def start_mock() -> Iterator[Callable[..., MockServer]]:
     """The one way tests start the simulated server (`conveyor.mock`): call it with
     `MockConfig` fields; it serves on 127.0.0.1 from its own thread and loop (so sync
     and async tests, subprocesses and Ray actors can all reach it at `.base_url`) and

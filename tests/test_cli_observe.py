@@ -184,9 +184,9 @@ def test_report_errors_exit_2_with_what_to_do(tmp_path: Path, args: list[str], w
 
 
 @pytest.fixture
-def mock_url(mock_server: Callable[..., MockServer]) -> tuple[str, str]:
+def mock_url(start_mock: Callable[..., MockServer]) -> tuple[str, str]:
     key = "sk-test-" + secrets.token_hex(16)
-    return mock_server(api_key=key).base_url, key
+    return start_mock(api_key=key).base_url, key
 
 
 def test_doctor_ok_exits_0(mock_url: tuple[str, str], tmp_path: Path) -> None:

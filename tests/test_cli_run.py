@@ -29,8 +29,8 @@ def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60
 
 
 @pytest.fixture
-def served(mock_server: Callable[..., MockServer]) -> tuple[MockServer, str]:
-    srv = mock_server(api_key=KEY, latency=0.02, seed=11)
+def mock_server(start_mock: Callable[..., MockServer]) -> tuple[MockServer, str]:
+    srv = start_mock(api_key=KEY, latency=0.02, seed=11)
     return srv, srv.base_url
 
 
@@ -63,11 +63,11 @@ def read_ids(out: Path) -> list[str]:
 
 
 def test_kill_9_at_random_moments_then_resume_exactly_once(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Ten kill -9s at random moments, then a resume: every custom_id is in
     the output exactly once, with the right answer."""
-    srv, url = served
+    srv, url = mock_server
     # ~5 s of work in all (2000 x 50 ms / 20 in flight): every kill lands mid-run.
     srv.config = MockConfig(api_key=KEY, latency=0.05, seed=11)
     bodies = make_input(tmp_path / "in.jsonl", 2000)
@@ -100,11 +100,11 @@ def test_kill_9_at_random_moments_then_resume_exactly_once(
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_flushes_and_says_how_to_resume(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, sig: int
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
     """SIGINT or SIGTERM: exit 130, the resume command printed, the output
     consistent with the journal; running the same command again finishes."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
     make_input(tmp_path / "in.jsonl", 1500)
     out = tmp_path / "out.jsonl"
@@ -130,11 +130,11 @@ def test_ctrl_c_flushes_and_says_how_to_resume(
 
 
 def test_dry_run_sends_nothing_and_estimates(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """--dry-run: counts, invalid lines with numbers, tokens, cost, duration;
     not one request."""
-    srv, url = served
+    srv, url = mock_server
     make_input(tmp_path / "in.jsonl", 100)
     with (tmp_path / "in.jsonl").open("ab") as f:
         f.write(b"not json\n")
@@ -149,10 +149,10 @@ def test_dry_run_sends_nothing_and_estimates(
 
 
 def test_wrong_key_exit_3_one_clear_line(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """A rejected key: exit 3, a line naming the variable, not the key."""
-    _, url = served
+    _, url = mock_server
     make_input(tmp_path / "in.jsonl", 500)
     env["OPENAI_API_KEY"] = "sk-bad-one"
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
@@ -163,10 +163,10 @@ def test_wrong_key_exit_3_one_clear_line(
 
 
 def test_strict_exit_2_lists_bad_lines(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """--strict with bad lines: exit 2, each bad line listed, nothing sent."""
-    srv, url = served
+    srv, url = mock_server
     make_input(tmp_path / "in.jsonl", 5)
     with (tmp_path / "in.jsonl").open("ab") as f:
         f.write(b"{bad\n")
@@ -178,11 +178,11 @@ def test_strict_exit_2_lists_bad_lines(
 
 
 def test_failures_exit_1_then_retry_completes(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Some requests fail for good (exit 1); `conveyor retry` re-runs only
     those and leaves each custom_id once in the output."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, rate_500=0.3, seed=13)
     make_input(tmp_path / "in.jsonl", 200)
     out = tmp_path / "out.jsonl"
@@ -229,11 +229,11 @@ def test_bad_flag_is_a_usage_error() -> None:
 
 
 def test_export_rebuilds_a_lost_output(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """`conveyor export JOURNAL OUTPUT` rewrites the output from the journal,
     each custom_id once, in input order."""
-    _, url = served
+    _, url = mock_server
     make_input(tmp_path / "in.jsonl", 50)
     out = tmp_path / "out.jsonl"
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
@@ -248,12 +248,12 @@ def test_export_rebuilds_a_lost_output(
 
 
 def test_endpoint_failing_every_request_stops_then_resumes(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Every POST answered 500: the run ends (exit 3, a clear fatal line, the
     breaker's opening logged) in bounded time, and a rerun against a healthy
     server completes every id once."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, rate_500=1.0, seed=3)
     make_input(tmp_path / "in.jsonl", 40)
     out = tmp_path / "out.jsonl"
@@ -274,11 +274,11 @@ def test_endpoint_failing_every_request_stops_then_resumes(
 
 
 def test_kill_9_during_retry_then_retry_again_exactly_once(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """`kill -9` of `conveyor retry` mid-run: the next `retry` picks up what
     the killed one left pending, and the output holds each id exactly once."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, rate_500=0.5, seed=13)
     make_input(tmp_path / "in.jsonl", 200)
     out = tmp_path / "out.jsonl"
@@ -316,12 +316,12 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("cause", ["401", "unreachable"])
 def test_fatal_stop_then_rerun_completes_every_item(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, cause: str
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, cause: str
 ) -> None:
     """A 401 or an unreachable endpoint stops the run (exit 3); the item that
     triggered it is not stored as failed, so the same command run again
     completes every item and exits 0, each id once and ok."""
-    _, url = served
+    _, url = mock_server
     make_input(tmp_path / "in.jsonl", 30)
     out = tmp_path / "out.jsonl"
     bad_env = dict(env)
@@ -351,10 +351,10 @@ def test_fatal_stop_then_rerun_completes_every_item(
 
 
 def test_rejected_key_costs_one_request(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """At -c 500 a rejected key is found by the probe: one request, not 500."""
-    srv, url = served
+    srv, url = mock_server
     make_input(tmp_path / "in.jsonl", 1000)
     env["OPENAI_API_KEY"] = "sk-bad-one"
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
@@ -434,11 +434,11 @@ def test_a_200_that_is_not_a_result_is_a_failure(
 
 @pytest.mark.parametrize("force", [False, True])
 def test_output_equal_to_input_is_refused(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, force: bool
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, force: bool
 ) -> None:
     """`-o` naming the input file (even via another path, even with --force)
     is refused with exit 2; the input is untouched and nothing is sent."""
-    srv, url = served
+    srv, url = mock_server
     inp = tmp_path / "a.jsonl"
     make_input(inp, 5)
     before = inp.read_bytes()
@@ -454,10 +454,10 @@ def test_output_equal_to_input_is_refused(
 
 
 def test_custom_id_like_a_bad_line_key_does_not_collide(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """A valid custom_id `line:2` and a bad line 2 each get their own result."""
-    _, url = served
+    _, url = mock_server
     inp = tmp_path / "in.jsonl"
     good = {
         "custom_id": "line:2",
@@ -478,11 +478,11 @@ def test_custom_id_like_a_bad_line_key_does_not_collide(
 
 
 def test_rerun_of_a_finished_run_with_failures_exits_1(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Running a finished run again sends nothing, but its output still holds
     failed lines: exit 1 and a hint to `conveyor retry`, not 0."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, rate_500=0.3, seed=13)
     make_input(tmp_path / "in.jsonl", 50)
     out = tmp_path / "out.jsonl"
@@ -497,11 +497,11 @@ def test_rerun_of_a_finished_run_with_failures_exits_1(
 
 
 def test_disk_full_is_a_stop_exit_3(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """Disk full (writes to /dev/full fail with ENOSPC) exits 3, not 2 (which
     means "nothing sent"), with a line saying how to resume."""
-    _, url = served
+    _, url = mock_server
     make_input(tmp_path / "in.jsonl", 3)
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", "/dev/full", "--journal",
                  str(tmp_path / "j.db"), "--base-url", url, "--no-preflight", "-q",
@@ -511,10 +511,10 @@ def test_disk_full_is_a_stop_exit_3(
 
 
 def test_resume_hint_hides_header_values(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """The Ctrl+C resume hint never prints a -H header's value (a key)."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
     make_input(tmp_path / "in.jsonl", 1500)
     out = tmp_path / "out.jsonl"
@@ -536,11 +536,11 @@ def test_resume_hint_hides_header_values(
 
 
 def test_concurrency_auto_against_a_saturating_server(
-    served: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """`--concurrency auto` on a server serving 8 at once: every item done,
     the limit bounded by --concurrency-max, and the report says how it moved."""
-    srv, url = served
+    srv, url = mock_server
     srv.config = MockConfig(api_key=KEY, capacity=8, service_time=0.02, seed=3)
     make_input(tmp_path / "in.jsonl", 300)
     out = tmp_path / "out.jsonl"

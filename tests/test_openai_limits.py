@@ -133,14 +133,14 @@ async def test_capacity_errors_keep_the_limits(tmp_path: Path) -> None:
 
 
 def test_quota_stops_with_exit_3_and_resumes_exactly_once(
-    tmp_path: Path, mock_server: Callable[..., MockServer]
+    tmp_path: Path, start_mock: Callable[..., MockServer]
 ) -> None:
     """insufficient_quota: one line, exit 3, the refused lines are not stored
     as done; the same command after the quota is raised finishes each once."""
     ids = write_requests(tmp_path / "in.jsonl", 40)
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": "k"}
-    server = mock_server(quota_after=15, latency=0.01)
+    server = start_mock(quota_after=15, latency=0.01)
     args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url",
             server.base_url, "-c", "4", "--no-preflight"]  # fmt: skip
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)

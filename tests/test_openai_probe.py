@@ -18,8 +18,8 @@ KEY = "sk-test-probe-0123456789abcdef"
 
 
 @pytest.fixture
-def url(mock_server: Callable[..., MockServer]) -> str:
-    return mock_server(api_key=KEY, models=("mock-gpt",)).base_url
+def url(start_mock: Callable[..., MockServer]) -> str:
+    return start_mock(api_key=KEY, models=("mock-gpt",)).base_url
 
 
 async def test_library_advice_names_keywords_not_flags() -> None:

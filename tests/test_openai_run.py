@@ -35,8 +35,8 @@ def write_requests(path: Path, n: int, *, extra: list[bytes] | None = None, mode
 
 
 @pytest.fixture
-def server(mock_server: Callable[..., MockServer]) -> MockServer:
-    return mock_server(api_key=KEY, seed=1)
+def server(start_mock: Callable[..., MockServer]) -> MockServer:
+    return start_mock(api_key=KEY, seed=1)
 
 
 def settings(srv: MockServer, out: Path | None, **kw: Any) -> RunSettings:

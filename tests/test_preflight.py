@@ -45,8 +45,8 @@ def assert_key_absent(checks: list[Check]) -> None:
 
 
 @pytest.fixture
-def server(mock_server: Callable[..., MockServer]) -> MockServer:
-    return mock_server(api_key=KEY, models=("mock-gpt", "gpt-4o-mini"))
+def server(start_mock: Callable[..., MockServer]) -> MockServer:
+    return start_mock(api_key=KEY, models=("mock-gpt", "gpt-4o-mini"))
 
 
 async def check(base_url: str, **kw: object) -> list[Check]:
@@ -102,9 +102,9 @@ async def test_missing_key_when_the_server_needs_one(server: MockServer) -> None
     assert c["api key"].fix.startswith("export OPENAI_API_KEY=")
 
 
-async def test_no_key_needed_by_a_local_server(mock_server: Callable[..., MockServer]) -> None:
+async def test_no_key_needed_by_a_local_server(start_mock: Callable[..., MockServer]) -> None:
     """A local server (vLLM, Ollama) without auth: the key check is skipped, not failed."""
-    srv = mock_server(api_key=None)
+    srv = start_mock(api_key=None)
     checks = await check(srv.base_url, api_key=None, model="gpt-4o")
     c = by_name(checks)
     assert c["api key"].status == "skip" and c["model"].status == "ok"
@@ -330,9 +330,9 @@ def test_a_very_short_key_is_redacted_as_a_whole_token_only() -> None:
 
 
 async def test_doctor_with_a_one_letter_key_keeps_model_and_paths(
-    tmp_path: Path, mock_server: Callable[..., MockServer]
+    tmp_path: Path, start_mock: Callable[..., MockServer]
 ) -> None:
-    srv = mock_server(api_key="x", models=("text-embedding-3-small",))
+    srv = start_mock(api_key="x", models=("text-embedding-3-small",))
     journal = tmp_path / "exp" / "j.db"
     journal.parent.mkdir()
     checks = await check(

@@ -278,8 +278,8 @@ def ray_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(mock_server: Callable[..., MockServer]) -> tuple[MockServer, str]:
-    srv = mock_server(latency=0.02)
+def server(start_mock: Callable[..., MockServer]) -> tuple[MockServer, str]:
+    srv = start_mock(latency=0.02)
     return srv, srv.base_url
 
 
@@ -407,12 +407,12 @@ class HeaderReadingCaller(ChatCaller):
 
 
 def test_actors_told_nothing_keep_together_to_the_servers_bucket(
-    ray_cluster: Any, mock_server: Callable[..., MockServer]
+    ray_cluster: Any, start_mock: Callable[..., MockServer]
 ) -> None:
     """Two actors told no limit learn the server's 1-second bucket from its headers
     through the one limiter actor: every item ok, no stall, and 429s only in the
     first round, before any headers arrived."""
-    srv = mock_server(rpm=120, limit_window=1.0, burst=0.25, latency=0.01)
+    srv = start_mock(rpm=120, limit_window=1.0, burst=0.25, latency=0.01)
     n = 360
     report = conveyor.ray.run_ray(
         range(n), HeaderReadingCaller(srv.base_url), actors=2, concurrency=32, limit_window=1.0
