@@ -162,7 +162,9 @@ class SlidingMeter:
         for at, charged in self._log:
             freed += charged
             if freed >= need - _EPS:
-                return at + self.window - now
+                # Never 0 while `at` is still inside: in floating point `at + window - now`
+                # can round to 0 a hair before `_evict` lets `at` go.
+                return max(at + self.window - now, _EPS)
         return self.window
 
     def take(self, now: float, amount: float) -> None:
