@@ -4,37 +4,49 @@ For servers that queue instead of refusing (vLLM, SGLang, Ollama, TGI: no
 429, no rate-limit headers), the number in flight that gives the most
 throughput is the server's own capacity K: below it the GPU idles, above it
 requests only wait (latency grows, throughput does not). The controller finds
-it from latency, in the family of TCP Vegas and the gradient limiters of
-Netflix's concurrency-limits:
+it from latency, in the family of TCP's slow start, TCP Vegas and the
+gradient limiters of Netflix's concurrency-limits:
 
 - it is told each finished attempt: ``on_sample(now, latency, ok=, work=)``.
-  `work` is the attempt's size when the caller knows it (tokens of
-  `max_tokens`): latency is compared per unit of work, like with like;
-- samples are gathered in windows, each holding only attempts *started*
-  after the last change of the limit (so a window measures one limit), and a
-  whole cohort of them (as many as the limit: the first answers are the
-  fastest); clear queueing is acted on after a quarter of one. The
-  window's mean latency per unit of work (which Little's law ties to the
-  queue) is compared with the unloaded latency, the lowest window figure
-  seen. Without the work, a wide spread of output lengths makes that lowest
-  figure a lucky window of short outputs, and the limit is held too low: pass
-  `work` where it is known;
-- ``ratio = median / unloaded``: below ``1 + ALPHA`` the queue is empty and
-  the limit grows (doubling until the first sign of queueing, as TCP's slow
-  start; then +10% a window); above ``1 + BETA`` requests queue, and the limit
-  falls to the point that leaves a small queue, ``limit / ratio * (1 + MID)``
-  (the gradient step); in between it holds, unless the last step up still
-  raised throughput by more than half its size (then it probes up again).
-  A share of errors or timeouts above `ERROR_SHARE` multiplies it by
-  `ERROR_FACTOR`;
+  `work` is the attempt's size when the caller knows it (its completion
+  tokens): latency is then compared per unit of work, like with like.
+  Samples are gathered in windows, each holding only attempts *started*
+  after the last change of the limit (so a window measures one limit);
+- **the queue signal**. With the work: the window's latency per unit of work
+  (total latency / total work, which Little's law ties to the queue) over the
+  lowest such figure seen. Without it, a wide spread of output lengths makes
+  a window's mean a lottery, so the signal is the fast tail instead: queueing
+  adds the same wait to every request, so the window's 10th percentile rises
+  by that wait while its spread stays small; the wait over the window's mean
+  service time gives ``ratio = mean / (mean - wait)``. Either way ``ratio``
+  is how much longer requests take than they would unqueued;
+- **slow start**: from 8 in flight the limit doubles each time half a window
+  of answers shows no queue (``ratio < 1 + ALPHA``). In a closed loop,
+  throughput = in flight / latency (Little's law), so flat latency *is*
+  throughput growing in proportion to the limit: one doubling per round trip,
+  about log2(K / 8) round trips to the knee. The first sign of queueing ends it;
+- **avoidance** (Vegas/gradient), on windows of a whole cohort (as many
+  answers as the limit: the first answers of a window are the fastest):
+  above ``1 + BETA`` requests queue and the limit falls to the point that
+  leaves a small queue, ``limit / ratio * (1 + MID)``; below ``1 + ALPHA`` it
+  grows 10% a window, and after `_REOPEN` such windows in a row (the server
+  got more capacity) slow start resumes; in between it holds, unless the
+  last step up still raised throughput by more than half its size. Clear
+  queueing (``ratio > 1 + 3 BETA``) is acted on after a quarter of a window;
+- a share of errors or timeouts above `ERROR_SHARE` in a window multiplies
+  the limit by `ERROR_FACTOR`, whatever the latency;
 - a window whose in-flight peak stayed well below the limit (the input, not
   the server, was the bottleneck) never raises it.
 
+Every move is recorded in `history` as ``(time, limit, reason)``, the reason
+starting with ``grew``, ``backed off: latency rose``, ``backed off: errors``
+or ``backed off: timeouts``.
+
 Oscillation margin: on a server of constant capacity K the limit settles in
 the hold band, between ``K * (1 + ALPHA)`` and ``K * (1 + BETA)`` plus one
-probing step of 10%: at most about 1.4 K, and not below K once converged, so
+probing step of 10%: at most about 1.45 K, and not below K once converged, so
 throughput stays at the server's maximum and the median latency at most
-about 1.3 times unloaded. The tests pin this on a queueing model.
+about 1.4 times unloaded. The tests pin this on a queueing model.
 """
 
 from __future__ import annotations
@@ -52,8 +64,11 @@ MID = 0.15  # the queue aimed at after a fall, as a share of the limit
 GROW = 0.1  # growth per window once queueing has been seen
 ERROR_SHARE = 0.1
 ERROR_FACTOR = 0.7
-MIN_WINDOW = 32  # samples per decision, at least
-SLOW_START_WINDOW = 8  # before the first sign of queueing
+TAIL = 0.1  # the quantile whose shift shows the queue when the work is unknown
+START = 16  # in flight at the start
+MIN_WINDOW = 32  # samples per decision in avoidance, at least
+SLOW_START_WINDOW = 8
+_REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
 _HISTORY = 512
@@ -72,33 +87,43 @@ class CongestionController:
             raise ConfigError("concurrency_max", maximum, f">= concurrency_min ({minimum})")
         self.minimum = minimum
         self.maximum = maximum
-        start = initial if initial is not None else min(4, maximum)
+        start = initial if initial is not None else START
         self._limit = float(max(minimum, min(maximum, start)))
-        self.unloaded: float | None = None  # per unit of work
         self.reason = "start"
         self.changes = 0
         self.history: deque[tuple[float, int, str]] = deque(maxlen=_HISTORY)
-        self._congested = False
+        self.slow_start = True
+        self._base_mean: float | None = None  # latency per unit of work, unloaded
+        self._base_tail: float | None = None  # the TAIL quantile of latency, unloaded
         self._changed_at = -math.inf
-        self._latencies: list[float] = []
+        self._x: list[float] = []  # latency per unit of work, this window
+        self._sizes: list[float] = []
+        self._sizes_lat: list[float] = []
+        self._lat = 0.0
         self._work = 0.0
-        self._total = 0.0
+        self._unsized = 0  # samples without a work size
         self._errors = 0
+        self._timeouts = 0
         self._peak = 0
         self._stuck = 0
+        self._clean = 0
         self._first: float | None = None
-        self._window_start: float | None = None
-        self._rate: float | None = None  # answers/s of the last full window
         self._grew = False  # the last move was up
 
     @property
     def limit(self) -> int:
         return int(self._limit)
 
+    @property
+    def unloaded(self) -> float | None:
+        """The unloaded latency the controller compares with (per unit of
+        work when it is told the work), or None before the first window."""
+        return self._base_mean if self._base_mean is not None else self._base_tail
+
     def _need(self) -> int:
-        # A whole cohort: the first answers of a window are the fastest ones.
-        # Slow start decides on smaller windows: a wrong doubling is seen at once.
-        return max(MIN_WINDOW if self._congested else SLOW_START_WINDOW, self.limit)
+        if self.slow_start:
+            return max(SLOW_START_WINDOW, self.limit // 2)
+        return max(MIN_WINDOW, self.limit)
 
     def on_sample(
         self,
@@ -106,85 +131,122 @@ class CongestionController:
         latency: float,
         *,
         ok: bool = True,
-        work: float = 1.0,
+        work: float | None = None,
         in_flight: int | None = None,
+        timeout: bool = False,
     ) -> None:
-        """One finished attempt: its latency, whether it succeeded, its size."""
+        """One finished attempt: its latency, whether it succeeded (a failure
+        that was a timeout says so), its size when known."""
         if now - latency < self._changed_at:
             return  # started under an older limit: it measures that one
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
-        if self._window_start is None:
-            self._window_start = now
         if ok:
-            unit = work if work > 0 else 1.0
-            self._latencies.append(latency)
-            self._work += unit
-            self._total += latency
+            unit = work if work is not None and work > 0 else None
+            if unit is None:
+                self._unsized += 1
+            self._x.append(latency / (unit or 1.0))
+            self._sizes.append(unit or 1.0)
+            self._sizes_lat.append(latency)
+            self._lat += latency
+            self._work += unit or 1.0
         else:
             self._errors += 1
+            self._timeouts += timeout
         self._peak = max(self._peak, in_flight if in_flight is not None else self.limit)
-        seen = len(self._latencies) + self._errors
+        seen = len(self._x) + self._errors
         if seen >= self._need():
             self._decide(now)
-        elif seen >= max(MIN_WINDOW, self.limit // 4) and seen % MIN_WINDOW == 0:
+        elif self._early(seen):
             self._decide(now, early=True)
 
+    def _early(self, seen: int) -> bool:
+        # Clear queueing need not wait for the whole cohort.
+        quarter = max(SLOW_START_WINDOW, self.limit // 4)
+        return not self.slow_start and seen >= quarter and seen % SLOW_START_WINDOW == 0
+
+    def _ratio(self) -> tuple[float, float]:
+        """(how much longer than unloaded this window's requests took, the
+        window's figure that the unloaded one is the lowest of)."""
+        x = self._x
+        if self._unsized == 0:
+            # Told the work: latency per unit of work, over the window. The
+            # unloaded figure is the lowest seen, each raised by two of its
+            # standard errors: the lowest of many noisy windows is a lucky
+            # one, and would read a queue into every later window.
+            per = self._lat / self._work
+            square = sum(
+                (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
+            )
+            bound = per + 2 * math.sqrt(square) / self._work
+            if self._base_mean is None or bound < self._base_mean:
+                self._base_mean = bound
+            return per / self._base_mean, per
+        # Not told: the shift of the fast tail is the queue's wait.
+        tail = sorted(x)[int(TAIL * (len(x) - 1))]
+        if self._base_tail is None or tail < self._base_tail:
+            self._base_tail = tail
+        mean = sum(x) / len(x)
+        wait = tail - self._base_tail
+        return mean / max(mean - wait, self._base_tail, 1e-12), tail
+
+    def _relearn(self, figure: float) -> None:
+        if self._unsized == 0:
+            self._base_mean = figure
+        else:
+            self._base_tail = figure
+
     def _decide(self, now: float, *, early: bool = False) -> None:
-        lat, errors, peak = self._latencies, self._errors, self._peak
-        share = errors / (len(lat) + errors)
-        old = self._limit
-        if share > ERROR_SHARE and (not early or errors >= MIN_WINDOW // 2):
-            self._grew = False
-            self._set(now, old * ERROR_FACTOR, f"errors {share:.0%} of a window: backing off")
+        errors, peak, old = self._errors, self._peak, self._limit
+        share = errors / (len(self._x) + errors)
+        if share > ERROR_SHARE and (not early or errors >= SLOW_START_WINDOW):
+            self._grew, self._clean, self.slow_start = False, 0, False
+            what = "timeouts" if 2 * self._timeouts >= errors else "errors"
+            self._set(now, old * ERROR_FACTOR, f"backed off: {what} {share:.0%} of a window")
             return
-        if len(lat) < SLOW_START_WINDOW // 2:
+        if len(self._x) < SLOW_START_WINDOW // 2:
             if not early:
-                self._restart(now)
+                self._restart()
             return
-        # Latency per unit of work over the window: by Little's law it grows
-        # in proportion to the queue, whatever the spread of the samples.
-        # Latency per unit of work over the window: by Little's law its mean
-        # grows in proportion to the queue.
-        median = self._total / self._work
-        if self.unloaded is None or median < self.unloaded:
-            self.unloaded = median
-        ratio = median / self.unloaded
+        ratio, figure = self._ratio()
         if early and ratio <= 1 + 3 * BETA:
             return  # only clear queueing is decided before the cohort is in
+        binding = peak >= _BINDING * old and old < self.maximum
         if ratio > 1 + BETA:
-            self._congested = True
+            self.slow_start, self._clean, self._grew = False, 0, False
             if old <= self.minimum:
                 self._stuck += 1
                 if self._stuck >= _STUCK:  # the server itself got slower
-                    self.unloaded, self._stuck = median, 0
-                self._restart(now)
+                    self._relearn(figure)
+                    self._stuck = 0
+                self._restart()
                 return
-            self._grew = False
             target = old * max(0.5, 1 / ratio) * (1 + MID)
-            self._set(now, min(target, old - 1), f"latency x{ratio:.2f} unloaded: queueing")
+            self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
         self._stuck = 0
-        start = self._window_start if self._window_start is not None else now
-        rate = len(lat) / max(now - start, 1e-9)
-        before, self._rate = self._rate, rate
-        binding = peak >= _BINDING * old and old < self.maximum
-        if self._grew and before is not None and binding and rate > before * (1 + GROW / 2):
-            # Latency rose a little but throughput still grows: not the knee yet.
-            self._set(now, max(old + 1, old * (1 + GROW)), f"throughput +{rate / before - 1:.0%}")
-            self._grew = True
+        if self.slow_start:
+            if ratio < 1 + ALPHA and binding:
+                self._set(now, old * 2, f"grew: slow start, latency x{ratio:.2f}")
+            elif binding:
+                self.slow_start = False  # the first sign of a queue: the knee
+                self._restart()
+            else:
+                self._restart()
             return
         if ratio < 1 + ALPHA and binding:
-            if self._congested:
-                grown = max(old + 1, old * (1 + GROW))
-                self._set(now, grown, f"latency x{ratio:.2f} unloaded: probing up")
+            self._clean += 1
+            if self._clean >= _REOPEN:
+                self.slow_start, self._clean = True, 0
+                self._set(now, old * 2, f"grew: latency x{ratio:.2f}, slow start again")
             else:
-                self._set(now, old * 2, f"latency x{ratio:.2f} unloaded: slow start")
+                why = f"grew: latency x{ratio:.2f}, probing up"
+                self._set(now, max(old + 1, old * (1 + GROW)), why)
             self._grew = True
             return
-        self._grew = False
-        self._restart(now)
+        self._grew, self._clean = False, 0
+        self._restart()
 
     def _set(self, now: float, value: float, reason: str) -> None:
         value = max(float(self.minimum), min(float(self.maximum), value))
@@ -194,15 +256,17 @@ class CongestionController:
             self.history.append((now, int(value), reason))
             self._changed_at = now
         self._limit = value
-        self._restart(now)
+        self._restart()
 
-    def _restart(self, now: float) -> None:
-        del now
-        self._window_start = None
-        self._latencies = []
+    def _restart(self) -> None:
+        self._x = []
+        self._sizes = []
+        self._sizes_lat = []
+        self._lat = 0.0
         self._work = 0.0
-        self._total = 0.0
+        self._unsized = 0
         self._errors = 0
+        self._timeouts = 0
         self._peak = 0
 
     def figures(self) -> dict[str, object]:
