@@ -1,23 +1,31 @@
 """`--concurrency auto` against fixed settings on servers that queue instead of refusing.
 
-    .venv/bin/python benchmarks/concurrency_auto.py [--seconds S] [--only SERVER ...]
+    .venv/bin/python benchmarks/concurrency_auto.py [--seconds S] [--repeat R]
+        [--only SERVER ...] [--settings auto 100 ...]
 
 Each server is `conveyor mock --capacity K --service-time S` in its own
 process (started afresh for each cell): at most K requests served at once,
-the rest queue, no rate-limit headers (a vLLM/Ollama-like server); "K64-deg"
-also slows every request by present/128 once more than 2K are in it
-(preemption). The client is `conveyor.openai.run_file` in this process, with
-`concurrency="auto"` or a fixed 16 / 100 / 1000, on N requests sized for about
+the rest queue, no rate-limit headers (a vLLM/Ollama-like server). "-deg"
+also slows every request by present/2K once more than 2K are in it
+(preemption); "-var" serves each request for S * tokens / 512 with max_tokens
+drawn from 32..512 (outputs of 16x different lengths, as on a GPU server).
+The client is `conveyor.openai.run_file` in this process, with
+`concurrency="auto"` or a fixed number, on N requests sized for about
 `--seconds` at the setting's own best rate (min(c, K) / S), so slow settings
-do not take minutes.
+do not take minutes. The settings of one server run interleaved, round after
+round (`--repeat`), so a noisy neighbour hits them alike.
 
-Columns: throughput as a fraction of the server's maximum K/S over the whole
-run (auto's ramp included) and steady (over the last 40% of the run), p50
-and p95 latency over the unloaded latency S, failed items, auto's final
-limit, and the seconds auto took to get within 10% of its final throughput
-(the first 1 s bucket from which a 2 s rolling rate stays >= 0.9 of the
-rate over the last 40% of the run).
-Targets (issue 13): auto >= 0.95 K/S with p50 <= 1.5x unloaded on every
+Columns: throughput over the whole run (auto's ramp included) and steady
+(over the last 40% of the run) as a fraction of the server model's ideal
+K / mean service time (from the mock's K and S, not from the client), p50
+and p95 latency over the unloaded latency (the mean service time), failed
+items, auto's final limit, the seconds auto took to reach a limit >= K, and
+to get within 10% of its final throughput (the first 1 s bucket from which a
+2 s rolling rate stays >= 0.9 of the rate over the last 40% of the run).
+The verdict per server compares auto with fixed 100 (medians over rounds):
+"not worse" when its throughput is >= 0.95 of fixed 100's and its p50 at
+most 1.1 times fixed 100's with no more failures.
+Targets (issue 13): auto >= 0.95 of ideal with p50 <= 1.5x unloaded on every
 server, and within 5% of the best fixed setting.
 """
 
@@ -27,6 +35,7 @@ import argparse
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +50,8 @@ import orjson
 from conveyor.openai import run_file
 
 MAX_TOKENS = 16
+LONGEST = 512  # --completion-tokens of the "-var" servers
+LENGTHS = (32, 64, 128, 256, 512)  # their max_tokens, drawn in turn
 
 
 @dataclass(frozen=True)
@@ -49,19 +60,32 @@ class Server:
     capacity: int
     service: float
     degrade_after: int | None = None
+    varied: bool = False
+
+    @property
+    def unloaded(self) -> float:
+        """The mean service time: the latency of a request that never queues."""
+        if not self.varied:
+            return self.service
+        return self.service * statistics.fmean(LENGTHS) / LONGEST
 
     @property
     def best(self) -> float:
-        return self.capacity / self.service
+        return self.capacity / self.unloaded
 
 
 SERVERS = (
     Server("K8", 8, 0.5),
     Server("K64", 64, 0.5),
     Server("K512", 512, 1.0),
+    Server("K8-deg", 8, 0.5, degrade_after=16),
     Server("K64-deg", 64, 0.5, degrade_after=128),
+    Server("K8-var", 8, 1.0, varied=True),
+    Server("K64-var", 64, 1.0, varied=True),
+    Server("K512-var", 512, 2.0, varied=True),
+    Server("K64-deg-var", 64, 1.0, degrade_after=128, varied=True),
 )
-SETTINGS: tuple[int | str, ...] = ("auto", 16, 100, 1000)
+SETTINGS: tuple[int | str, ...] = ("auto", 100)
 
 
 def _free_port() -> int:
@@ -76,6 +100,8 @@ def _start(server: Server) -> tuple[subprocess.Popen[bytes], str]:
            "--capacity", str(server.capacity), "--service-time", str(server.service)]  # fmt: skip
     if server.degrade_after is not None:
         cmd += ["--degrade-after", str(server.degrade_after)]
+    if server.varied:
+        cmd += ["--scale-by-tokens", "--completion-tokens", str(LONGEST)]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(200):
@@ -88,28 +114,29 @@ def _start(server: Server) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the mock server did not start")
 
 
-def _write_input(path: Path, n: int) -> None:
+def _write_input(path: Path, n: int, varied: bool) -> None:
     with path.open("wb") as f:
         for i in range(n):
-            body = {"model": "mock-gpt", "max_tokens": MAX_TOKENS,
+            tokens = LENGTHS[i * 7 % len(LENGTHS)] if varied else MAX_TOKENS
+            body = {"model": "mock-gpt", "max_tokens": tokens,
                     "messages": [{"role": "user", "content": f"item {i}"}]}  # fmt: skip
             line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                     "body": body}  # fmt: skip
             f.write(orjson.dumps(line) + b"\n")
 
 
-def _time_to_final(marks: list[tuple[float, int]]) -> tuple[float, float]:
+def _time_to_final(marks: list[tuple[float, int, int]]) -> tuple[float, float]:
     """(seconds to within 10% of the final rate, the final rate)."""
     if len(marks) < 4:
         return math.nan, math.nan
     end = marks[-1][0]
     buckets: dict[int, int] = {}
     prev = 0
-    for t, done in marks:
+    for t, done, _ in marks:
         buckets[int(t)] = buckets.get(int(t), 0) + done - prev
         prev = done
-    tail = [t for t, _ in marks if t >= 0.6 * end]
-    first_tail = next(d for t, d in marks if t >= 0.6 * end)
+    tail = [t for t, _, _ in marks if t >= 0.6 * end]
+    first_tail = next(d for t, d, _ in marks if t >= 0.6 * end)
     final = (marks[-1][1] - first_tail) / max(1e-9, end - tail[0])
     rolling = {s: (buckets.get(s, 0) + buckets.get(s - 1, 0)) / 2 for s in range(int(end) + 1)}
     last_bad = -1
@@ -120,15 +147,17 @@ def _time_to_final(marks: list[tuple[float, int]]) -> tuple[float, float]:
 
 
 def run_cell(server: Server, setting: int | str, seconds: float, tmp: Path) -> dict[str, Any]:
-    rate = server.best if setting == "auto" else min(int(setting), server.capacity) / server.service
+    rate = (
+        server.best if setting == "auto" else min(int(setting), server.capacity) / server.unloaded
+    )
     n = max(200, int(rate * seconds))
     inp = tmp / f"in-{server.name}-{setting}.jsonl"
-    _write_input(inp, n)
-    marks: list[tuple[float, int]] = []
+    _write_input(inp, n, server.varied)
+    marks: list[tuple[float, int, int]] = []
     t0 = time.monotonic()
 
     def progress(s: Any) -> None:
-        marks.append((time.monotonic() - t0, s.done))
+        marks.append((time.monotonic() - t0, s.done, s.concurrency_limit))
 
     proc, url = _start(server)
     try:
@@ -141,40 +170,92 @@ def run_cell(server: Server, setting: int | str, seconds: float, tmp: Path) -> d
         proc.terminate()
         proc.wait(10)
     took, final_rate = _time_to_final(marks)
+    knee = next((t for t, _, limit in marks if limit >= server.capacity), math.nan)
     auto = report.extra.get("concurrency_auto") or {}
     return {
         "n": n,
         "throughput": report.throughput_per_second / server.best,
         "steady": final_rate / server.best,
-        "p50": report.latency_p50 / server.service,
-        "p95": report.latency_p95 / server.service,
+        "p50": report.latency_p50 / server.unloaded,
+        "p95": report.latency_p95 / server.unloaded,
         "failed": report.total - report.counts.get("ok", 0),
         "final": auto.get("final"),
+        "knee": knee if setting == "auto" else math.nan,
         "took": took if setting == "auto" else math.nan,
     }
 
 
+def _row(server: str, setting: object, r: dict[str, Any]) -> str:
+    final = "" if r["final"] is None else str(r["final"])
+    knee = "" if math.isnan(r["knee"]) else f"{r['knee']:.1f}s"
+    took = "" if math.isnan(r["took"]) else f"{r['took']:.0f}s"
+    return (f"{server:11} {setting!s:>7} {r['n']:>6} {r['throughput']:>8.2f} {r['steady']:>6.2f} "
+            f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['failed']:>6} {final:>5} {knee:>6} "
+            f"{took:>6}")  # fmt: skip
+
+
+def _median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r[key] is not None]
+        if not values:
+            out[key] = None
+        elif all(isinstance(v, int) for v in values):
+            out[key] = int(statistics.median(values))
+        else:
+            out[key] = statistics.median(values)
+    return out
+
+
+def verdict(auto: dict[str, Any], fixed: dict[str, Any]) -> str:
+    """Auto against fixed 100 on one server (see the module doc)."""
+    worse = []
+    if auto["throughput"] < 0.95 * fixed["throughput"]:
+        worse.append(f"throughput {auto['throughput'] / fixed['throughput']:.2f}x")
+    if auto["p50"] > 1.1 * fixed["p50"]:
+        worse.append(f"p50 {auto['p50'] / fixed['p50']:.2f}x")
+    if auto["failed"] > fixed["failed"]:
+        worse.append(f"{auto['failed']} failed")
+    if worse:
+        return "WORSE: " + ", ".join(worse)
+    return (f"not worse: throughput {auto['throughput'] / fixed['throughput']:.2f}x, "
+            f"p50 {auto['p50'] / fixed['p50']:.2f}x of fixed 100")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=12.0)
-    ap.add_argument("--only", nargs="*", help="server names (K8 K64 K512 K64-deg)")
-    ap.add_argument("--settings", nargs="*", help="auto and/or fixed numbers")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument(
+        "--only", nargs="*", help="server names (" + " ".join(s.name for s in SERVERS) + ")"
+    )
+    ap.add_argument("--settings", nargs="*", help="auto and/or fixed numbers (default: auto 100)")
     args = ap.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
     servers = [s for s in SERVERS if not args.only or s.name in args.only]
-    print(f"{'server':8} {'setting':>7} {'N':>6} {'thru/max':>8} {'steady':>6} {'p50/unl':>7} "
-          f"{'p95/unl':>7} {'failed':>6} {'limit':>5} {'t->90%':>6}")  # fmt: skip
+    chosen = [x if x == "auto" else int(x) for x in args.settings or SETTINGS]
+    head = (f"{'server':11} {'setting':>7} {'N':>6} {'thru/max':>8} {'steady':>6} {'p50/unl':>7} "
+            f"{'p95/unl':>7} {'failed':>6} {'limit':>5} {'t->K':>6} {'t->90%':>6}")  # fmt: skip
+    print(head, flush=True)
+    verdicts: list[str] = []
     with tempfile.TemporaryDirectory() as d:
         for server in servers:
-            chosen = [x if x == "auto" else int(x) for x in args.settings or SETTINGS]
-            for setting in chosen:
-                r = run_cell(server, setting, args.seconds, Path(d))
-                final = "" if r["final"] is None else str(r["final"])
-                took = "" if math.isnan(r["took"]) else f"{r['took']:.0f}s"
-                print(f"{server.name:8} {setting!s:>7} {r['n']:>6} {r['throughput']:>8.2f} "
-                      f"{r['steady']:>6.2f} "
-                      f"{r['p50']:>7.2f} {r['p95']:>7.2f} {r['failed']:>6} {final:>5} "
-                      f"{took:>6}", flush=True)  # fmt: skip
+            cells: dict[object, list[dict[str, Any]]] = {x: [] for x in chosen}
+            for round_ in range(args.repeat):
+                for setting in chosen if round_ % 2 == 0 else chosen[::-1]:
+                    r = run_cell(server, setting, args.seconds, Path(d))
+                    cells[setting].append(r)
+                    print(_row(server.name, setting, r), flush=True)
+            if args.repeat > 1:
+                for setting in chosen:
+                    print(_row(server.name, f"med:{setting}", _median(cells[setting])), flush=True)
+            if "auto" in cells and 100 in cells:
+                v = verdict(_median(cells["auto"]), _median(cells[100]))
+                verdicts.append(f"{server.name:11} {v}")
+                print(f"{server.name:11} auto vs 100: {v}", flush=True)
+    print("\nauto against fixed 100 (medians):")
+    for line in verdicts:
+        print(line)
 
 
 if __name__ == "__main__":

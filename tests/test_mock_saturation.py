@@ -43,14 +43,20 @@ async def test_at_most_k_served_the_rest_queue_without_rate_headers() -> None:
         assert not any(h.lower().startswith("x-ratelimit") for h in headers)
 
 
-async def test_service_time_scales_with_max_tokens() -> None:
-    """`scale_by_tokens`: a request asking 4x the completion length is served 4x longer."""
-    cfg = MockConfig(capacity=8, service_time=0.05, scale_by_tokens=True, completion_tokens=16)
+async def test_service_time_scales_with_the_tokens_generated() -> None:
+    """`scale_by_tokens`: `service_time` is for a whole completion of
+    `completion_tokens` (served at least that long); one that max_tokens cuts
+    to a quarter says so in its usage, the work a client compares per token."""
+    cfg = MockConfig(capacity=8, service_time=0.4, scale_by_tokens=True, completion_tokens=64)
     async with MockServer(cfg) as server, aiohttp.ClientSession() as client:
         url = server.base_url + "/chat/completions"
         status, _, long = await timed_post(client, url, chat(max_tokens=64))
+        async with client.post(url, data=orjson.dumps(chat(max_tokens=16))) as resp:
+            short_body = orjson.loads(await resp.read())
     assert status == 200
-    assert long >= 0.2
+    assert long >= 0.4
+    assert short_body["usage"]["completion_tokens"] == 16
+    assert server.stats.admitted == 2
 
 
 async def test_degradation_slows_everyone_past_the_threshold() -> None:

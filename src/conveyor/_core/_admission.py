@@ -25,6 +25,7 @@ from ._refusals import Refusal, RefusalKind, classify_exception
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._base._types import Usage
     from ._attempt import Attempt, RateLimitHint
     from ._options import Options
 
@@ -144,10 +145,24 @@ class Admission:
             return min(maximum, self.congestion.limit)
         return maximum if self.adaptive is None else min(maximum, self.adaptive.limit)
 
-    def observe(self, latency: float, *, ok: bool, in_flight: int) -> None:
-        """An attempt's latency for the congestion controller (``concurrency="auto"``)."""
-        if self.congestion is not None:
-            self.congestion.on_sample(self._clock.now(), latency, ok=ok, in_flight=in_flight)
+    def observe(
+        self,
+        latency: float,
+        *,
+        ok: bool,
+        in_flight: int,
+        usage: Usage | None = None,
+        timeout: bool = False,
+    ) -> None:
+        """An attempt's latency for the congestion controller (``concurrency="auto"``).
+
+        Its size is the output tokens it reported (a server's time grows with
+        the tokens it generates), so latency is compared per token."""
+        c = self.congestion
+        if c is not None:
+            work = usage.output_tokens if usage is not None and usage.output_tokens > 0 else None
+            now = self._clock.now()
+            c.on_sample(now, latency, ok=ok, work=work, in_flight=in_flight, timeout=timeout)
 
     def never_fits(self, weight: float) -> str | None:
         """Why an item of this weight can never be admitted, or None."""

@@ -574,7 +574,10 @@ class Engine:
                     if refused != "rate" and self.opts.retry.is_retryable(exc):
                         # Timeouts, 5xx, capacity refusals: signs of overload.
                         self._admission.observe(
-                            clock.now() - sent, ok=False, in_flight=len(self._tasks)
+                            clock.now() - sent,
+                            ok=False,
+                            in_flight=len(self._tasks),
+                            timeout=isinstance(exc, TimeoutError),
                         )
                     if refused == "rate":
                         refusals += 1
@@ -631,7 +634,9 @@ class Engine:
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
                 if not attempt.cached:
-                    self._admission.observe(clock.now() - sent, ok=True, in_flight=len(self._tasks))
+                    self._admission.observe(
+                        clock.now() - sent, ok=True, in_flight=len(self._tasks), usage=usage
+                    )
                 verdict = None
                 if checker is not None and self.opts.validate is not None:
                     verdict = checker.judge(self.opts.validate, item, value, attempt)

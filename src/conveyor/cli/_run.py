@@ -631,7 +631,14 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @click.option(
     "--scale-by-tokens",
     is_flag=True,
-    help="Scale the service time by max_tokens / 16 (long outputs take longer).",
+    help="Scale the service time by the completion's tokens / --completion-tokens.",
+)
+@click.option(
+    "--completion-tokens",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Tokens in each completion (fewer when max_tokens caps it).",
 )
 @click.option(
     "--degrade-after",
@@ -740,7 +747,7 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
              "invalid_json_rate", "schema_violation_rate", "reask_invalid_rate",
              "batch_error_rate", "batch_expire_after", "batch_stuck", "batch_max_lines",
              "batch_max_bytes", "batch_enqueued_tokens", "batch_cancel_delay",
-             "max_upload_bytes")  # fmt: skip
+             "max_upload_bytes", "completion_tokens")  # fmt: skip
     kwargs: dict[str, Any] = {n: o[n] for n in names}
     kwargs["batch_speed"] = o["batch_speed"] or None
     kwargs["limit_window"] = o["window"]

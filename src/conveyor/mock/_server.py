@@ -293,7 +293,9 @@ class MockServer:
         charge = charge_of(prompt, asked, n)
         charged = int(charge["tokens"])
         if cfg.capacity is not None:
-            scaled = asked if kind != "embeddings" else cfg.completion_tokens
+            # A GPU server's time grows with the tokens it generates (decode
+            # is one step per token); `max_tokens` only caps them.
+            scaled = each if kind != "embeddings" else cfg.completion_tokens
             scale = scaled / cfg.completion_tokens if cfg.scale_by_tokens else 1.0
             if not await self._saturate(cfg, scale):
                 message = f"The server is overloaded: the request waited too long {_INJECTED}."
