@@ -269,3 +269,31 @@ def test_options_auto_validation() -> None:
     ):
         with pytest.raises(ConfigError):
             build_options(**bad)  # type: ignore[arg-type]
+
+
+async def test_engine_tells_the_controller_each_attempts_output_tokens() -> None:
+    """An attempt that reports its usage is compared per output token: the
+    unloaded figure is per token (a tenth of the 10-token attempts' time),
+    not per request; without usage it is per request."""
+    import asyncio
+
+    import conveyor
+
+    async def fn(x: int) -> int:
+        tokens = (10, 20, 40, 80)[x % 4]
+        await asyncio.sleep(0.001 * tokens)
+        conveyor.report_usage(5, tokens)
+        return x
+
+    report = await conveyor.arun(range(300), fn, concurrency="auto", concurrency_max=64)
+    auto = report.extra["concurrency_auto"]
+    assert auto["compared"] == "per output token"
+    assert auto["unloaded_latency"] < 0.005  # per token: ~0.001 s; a request takes >= 0.01 s
+
+    async def plain(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    report = await conveyor.arun(range(100), plain, concurrency="auto", concurrency_max=64)
+    assert report.extra["concurrency_auto"]["compared"] == "per request"
+    assert report.extra["concurrency_auto"]["unloaded_latency"] >= 0.01

@@ -26,6 +26,7 @@ from conveyor.cli._display import (
     format_count,
     format_duration,
     format_line,
+    limit_sparkline,
     make_display,
     snapshot_rows,
 )
@@ -324,3 +325,32 @@ def test_term_dumb_is_plain_even_on_a_terminal(monkeypatch: pytest.MonkeyPatch) 
     d = make_display(stream=Tty())
     assert isinstance(d, RichDisplay)
     d.close()
+
+
+def test_auto_rows_draw_the_limit_and_say_why_it_moved() -> None:
+    """With ``concurrency="auto"`` the panel draws the limit's moves as bars
+    (tallest = highest limit) and lists the latest moves, newest first, with
+    their reasons; the plain line carries the latest reason."""
+    history = (
+        (0.0, 16, "start"),
+        (0.6, 32, "grew: slow start, latency x1.00"),
+        (1.2, 64, "grew: slow start, latency x1.02"),
+        (2.4, 40, "backed off: latency rose x1.60"),
+    )
+    s = snap(
+        concurrency_limit=40,
+        concurrency_reason=history[-1][2],
+        concurrency_history=history,
+    )
+    rows = snapshot_rows(s)
+    labels = [label for label, _ in rows]
+    spark = dict(rows)["auto limit"]
+    assert spark.startswith("▁▃█▄")  # 16, 32, 64, 40 on 8 heights
+    assert "now 40, highest 64" in spark
+    log = [value for label, value in rows if label == ""]
+    assert log[0] == "00:02 -> 40: backed off: latency rose x1.60"
+    assert len(log) == 3
+    assert labels.index("auto limit") < labels.index("429s")
+    assert "auto (backed off: latency rose x1.60)" in format_line(s)
+    assert "auto limit" not in dict(snapshot_rows(snap()))
+    assert limit_sparkline(()) == ""

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ._base._types import Result, Status
 from ._core._outcome import StopKind
 from ._core._stream import BatchIterator
@@ -225,8 +227,24 @@ class JournaledStream(BatchIterator):
             finally:
                 self._close_memo()
                 self._save_resources()
-                if self._journal is not None and self._close_journal:
-                    self._journal.close()
+                if self._journal is not None:
+                    self._keep_auto(self._journal)
+                    if self._close_journal:
+                        self._journal.close()
+
+    def _keep_auto(self, journal: Journal) -> None:
+        """``concurrency="auto"``: the limit's moves go in the journal, for
+        `conveyor report --html` (the latest run's, on a resumed journal)."""
+        report = None if self._stream is None else self._stream.report
+        auto = None if report is None else report.extra.get("concurrency_auto")
+        if not auto:
+            return
+        try:
+            journal.set_meta("concurrency_auto", orjson.dumps(auto).decode())
+        except Exception as exc:  # the results are committed; only the chart data is lost
+            logging.getLogger("conveyor").warning(
+                "could not keep the auto concurrency's moves in %s: %s", journal.path, exc
+            )
 
     def _save_resources(self) -> None:
         """This session's resource samples, kept in the journal for `conveyor report`."""

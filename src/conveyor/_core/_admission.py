@@ -93,6 +93,7 @@ class Admission:
         self._clock = options.clock
         self._refusing = refusing
         self.congestion = CongestionController(*options.auto) if options.auto is not None else None
+        self._t0 = self._clock.now()  # the controller's history is shown from here
         adaptive = options.adaptive and self.congestion is None
         self.adaptive = AdaptiveConcurrency(options.concurrency) if adaptive else None
         w = options.limit_window
@@ -446,7 +447,14 @@ class Admission:
         c = self.congestion
         if c is None:
             return {}
-        return {"concurrency_reason": c.reason, "concurrency_history": tuple(c.history)}
+        return {"concurrency_reason": c.reason, "concurrency_history": self._moves()}
+
+    def _moves(self) -> tuple[tuple[float, int, str], ...]:
+        """The controller's moves, timed in seconds since the run started."""
+        c = self.congestion
+        if c is None:
+            return ()
+        return tuple((max(0.0, t - self._t0), n, why) for t, n, why in c.history)
 
     def report_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -461,7 +469,8 @@ class Admission:
                 "reason": c.reason,
                 "changes": c.changes,
                 "unloaded_latency": c.unloaded,
-                "history": [[round(t, 3), n, why] for t, n, why in c.history],
+                "compared": "per output token" if c.per_token else "per request",
+                "history": [[round(t, 3), n, why] for t, n, why in self._moves()],
             }
         if self.rate_limited:
             extra["rate_limited"] = self.rate_limited

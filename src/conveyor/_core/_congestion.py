@@ -120,6 +120,11 @@ class CongestionController:
         work when it is told the work), or None before the first window."""
         return self._base_mean if self._base_mean is not None else self._base_tail
 
+    @property
+    def per_token(self) -> bool:
+        """Whether latency is compared per unit of work (the work was told)."""
+        return self._base_mean is not None
+
     def _need(self) -> int:
         if self.slow_start:
             return max(SLOW_START_WINDOW, self.limit // 2)

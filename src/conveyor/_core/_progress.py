@@ -49,7 +49,8 @@ class ProgressSnapshot:
     concurrency_reason: str | None = None
     """With ``concurrency="auto"``: why the limit last moved."""
     concurrency_history: tuple[tuple[float, int, str], ...] = ()
-    """With ``concurrency="auto"``: ``(clock time, limit, reason)`` per move."""
+    """With ``concurrency="auto"``: ``(seconds since the start, limit, reason)``
+    per move of the limit, the first one ``"start"``."""
     resources: dict[str, float] = field(default_factory=dict)
     """With ``monitor=``: the latest sample (``process_rss_mb``, ``gpu_memory_percent``,
     your gauges...)."""
@@ -100,6 +101,9 @@ class ProgressSnapshot:
             "budgets": dict(self.budgets),
             "concurrency_reason": self.concurrency_reason,
             "resources": {k: round(v, 3) for k, v in self.resources.items()},
+            "concurrency_history": [
+                [round(t, 3), n, why] for t, n, why in self.concurrency_history
+            ],
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
             "finished": self.finished,
             "reasks": self.reasks,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._base._types import Status
 from .._base._version import __version__
+from ._concurrency import auto_section
 from ._format import format_duration
 from ._resources import resource_charts, resource_rows
 from ._svg import PALETTE, Series, bar_chart, line_chart
@@ -313,6 +314,7 @@ def render_html(report: BatchReport, timeline: Timeline) -> str:
         _table(["", ""], [[k, v] for k, v in _figures(report)]),
         "<h2>Over time</h2>",
         _charts(timeline),
+        auto_section(report),
     ]
     resources = report.extra.get("resources")
     if resources:

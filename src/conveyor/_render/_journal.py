@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .._base._types import Status
 from .._core._report import ReportBuilder
 from .._journal._journal import Journal
@@ -79,6 +81,7 @@ def load_journal_report(
                 last_end = r.ended_at if last_end is None else max(last_end, r.ended_at)
         pending = journal.status_counts().get("pending", 0)
         sessions = resource_sessions(journal)
+        auto = _auto(journal.get_meta("concurrency_auto"))
     report = builder.build()
     start = first_start if first_start is not None else first_end
     duration = 0.0
@@ -102,8 +105,21 @@ def load_journal_report(
     resources = merge_sessions(sessions, report.started_at)
     if resources is not None:
         extra["resources"] = resources
+    if auto is not None:
+        extra["concurrency_auto"] = auto
     report = dataclasses.replace(report, extra=extra)
     return JournalReport(report=report, timeline=timeline.build(), facts=facts, pending=pending)
+
+
+def _auto(raw: str | None) -> dict[str, Any] | None:
+    """The moves of ``concurrency="auto"`` the run stored, if any."""
+    if not raw:
+        return None
+    try:
+        loaded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _min(a: float | None, b: float) -> float:

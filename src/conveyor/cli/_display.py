@@ -35,11 +35,13 @@ __all__ = [
     "NullDisplay",
     "PlainDisplay",
     "RichDisplay",
+    "auto_rows",
     "format_count",
     "format_duration",
     "format_line",
     "format_memo",
     "format_resources",
+    "limit_sparkline",
     "make_display",
     "snapshot_rows",
 ]
@@ -121,6 +123,33 @@ def format_memo(memo: dict[str, Any]) -> str:
     )
 
 
+_BARS = "▁▂▃▄▅▆▇█"
+_SPARK = 24  # moves drawn in the panel's sparkline
+_LOG = 3  # latest moves listed in the panel
+
+
+def limit_sparkline(history: tuple[tuple[float, int, str], ...], width: int = _SPARK) -> str:
+    """The limit's latest moves as a row of bars, tallest = the highest limit."""
+    limits = [n for _, n, _ in history[-width:]]
+    if not limits:
+        return ""
+    lo, hi = min(limits), max(limits)
+    span = max(1, hi - lo)
+    return "".join(_BARS[(n - lo) * (len(_BARS) - 1) // span] for n in limits)
+
+
+def auto_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
+    """With ``concurrency="auto"``: the limit over time and why it last moved."""
+    h = s.concurrency_history
+    if not h:
+        return []
+    highest = max(n for _, n, _ in h)
+    rows = [("auto limit", f"{limit_sparkline(h)}  now {s.concurrency_limit}, highest {highest}")]
+    for t, n, why in h[-_LOG:][::-1]:
+        rows.append(("", f"{format_duration(t)} -> {n}: {why}"))
+    return rows
+
+
 def format_line(s: ProgressSnapshot) -> str:
     """Every live figure on one plain line (no escape codes), for logs and CI."""
     parts = [
@@ -130,7 +159,8 @@ def format_line(s: ProgressSnapshot) -> str:
         f"tok/min in {format_count(s.tokens_in_per_minute)} "
         f"out {format_count(s.tokens_out_per_minute)}",
         f"limits rpm {_limit(s.rpm_limit, s.rpm_in_window)} "
-        f"tpm {_limit(s.tpm_limit, s.tpm_in_window)} conc {s.concurrency_limit}",
+        f"tpm {_limit(s.tpm_limit, s.tpm_in_window)} conc {s.concurrency_limit}"
+        + (f" auto ({s.concurrency_reason})" if s.concurrency_reason else ""),
         f"429s {s.rate_limited}",
         *([format_resources(s)] if s.resources else []),
         *_alerts(s),
@@ -159,6 +189,7 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
             f"tpm {_limit(s.tpm_limit, s.tpm_in_window)}  concurrency {s.concurrency_limit}"
             + (f" auto ({s.concurrency_reason})" if s.concurrency_reason else ""),
         ),
+        *auto_rows(s),
         ("429s", str(s.rate_limited)),
         *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),
         *([("resources", format_resources(s))] if s.resources else []),
