@@ -77,12 +77,12 @@ class Server:
 SERVERS = (
     Server("K8", 8, 0.5),
     Server("K64", 64, 0.5),
-    Server("K512", 512, 1.0),
+    Server("K512", 512, 3.0),
     Server("K8-deg", 8, 0.5, degrade_after=16),
     Server("K64-deg", 64, 0.5, degrade_after=128),
     Server("K8-var", 8, 1.0, varied=True),
     Server("K64-var", 64, 1.0, varied=True),
-    Server("K512-var", 512, 2.0, varied=True),
+    Server("K512-var", 512, 8.0, varied=True),
     Server("K64-deg-var", 64, 1.0, degrade_after=128, varied=True),
 )
 SETTINGS: tuple[int | str, ...] = ("auto", 100)
@@ -224,7 +224,7 @@ def verdict(auto: dict[str, Any], fixed: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument(
         "--only", nargs="*", help="server names (" + " ".join(s.name for s in SERVERS) + ")"

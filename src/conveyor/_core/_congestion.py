@@ -61,6 +61,7 @@ __all__ = ["CongestionController"]
 ALPHA = 0.08  # below 1 + ALPHA times unloaded: no queue, grow
 BETA = 0.3  # above 1 + BETA: queueing, fall to a small queue
 MID = 0.15  # the queue aimed at after a fall, as a share of the limit
+FLOOR = 0.5  # one fall keeps at least this share of the limit
 GROW = 0.1  # growth per window once queueing has been seen
 ERROR_SHARE = 0.1
 ERROR_FACTOR = 0.7
@@ -68,6 +69,7 @@ TAIL = 0.1  # the quantile whose shift shows the queue when the work is unknown
 START = 16  # in flight at the start
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
+SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
@@ -109,6 +111,8 @@ class CongestionController:
         self._clean = 0
         self._first: float | None = None
         self._grew = False  # the last move was up
+        self._rate: float | None = None  # throughput of the last binding window
+        self._ceiling = 0.0  # the limit at which queueing was last seen
 
     @property
     def limit(self) -> int:
@@ -168,12 +172,14 @@ class CongestionController:
 
     def _early(self, seen: int) -> bool:
         # Clear queueing need not wait for the whole cohort.
-        quarter = max(SLOW_START_WINDOW, self.limit // 4)
-        return not self.slow_start and seen >= quarter and seen % SLOW_START_WINDOW == 0
+        quarter = SLOW_START_WINDOW if self.slow_start else max(SLOW_START_WINDOW, self.limit // 4)
+        return seen >= quarter and seen % SLOW_START_WINDOW == 0
 
-    def _ratio(self) -> tuple[float, float]:
+    def _ratio(self, *, learn: bool = True) -> tuple[float, float, float]:
         """(how much longer than unloaded this window's requests took, the
-        window's figure that the unloaded one is the lowest of)."""
+        window's figure that the unloaded one is the lowest of, its mean
+        latency per unit of work). A partial window (`learn=False`: its first
+        answers, the fastest) leaves the unloaded figures alone."""
         x = self._x
         if self._unsized == 0:
             # Told the work: latency per unit of work, over the window. The
@@ -185,16 +191,16 @@ class CongestionController:
                 (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
             )
             bound = per + 2 * math.sqrt(square) / self._work
-            if self._base_mean is None or bound < self._base_mean:
+            if self._base_mean is None or (learn and bound < self._base_mean):
                 self._base_mean = bound
-            return per / self._base_mean, per
+            return per / self._base_mean, per, per
         # Not told: the shift of the fast tail is the queue's wait.
         tail = sorted(x)[int(TAIL * (len(x) - 1))]
-        if self._base_tail is None or tail < self._base_tail:
+        if self._base_tail is None or (learn and tail < self._base_tail):
             self._base_tail = tail
         mean = sum(x) / len(x)
         wait = tail - self._base_tail
-        return mean / max(mean - wait, self._base_tail, 1e-12), tail
+        return mean / max(mean - wait, self._base_tail, 1e-12), tail, mean
 
     def _relearn(self, figure: float) -> None:
         if self._unsized == 0:
@@ -214,7 +220,7 @@ class CongestionController:
             if not early:
                 self._restart()
             return
-        ratio, figure = self._ratio()
+        ratio, figure, mean = self._ratio(learn=not early)
         if early and ratio <= 1 + 3 * BETA:
             return  # only clear queueing is decided before the cohort is in
         binding = peak >= _BINDING * old and old < self.maximum
@@ -227,27 +233,43 @@ class CongestionController:
                     self._stuck = 0
                 self._restart()
                 return
-            target = old * max(0.5, 1 / ratio) * (1 + MID)
+            self._ceiling = old  # queueing was seen here
+            target = old * max(FLOOR, 1 / ratio) * (1 + MID)
             self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
         self._stuck = 0
+        # Throughput by Little's law: in flight over latency (per unit of work).
+        rate, before = old / mean, self._rate
+        self._rate = rate if binding else None
+        gain = rate / before if before is not None and binding else None
         if self.slow_start:
-            if ratio < 1 + ALPHA and binding:
-                self._set(now, old * 2, f"grew: slow start, latency x{ratio:.2f}")
-            elif binding:
-                self.slow_start = False  # the first sign of a queue: the knee
-                self._restart()
+            proportional = gain is not None and gain >= SLOW_START_GAIN and ratio < 1 + BETA / 2
+            if binding and (ratio < 1 + ALPHA or proportional):
+                why = f"grew: slow start, latency x{ratio:.2f}"
+                if gain is not None:
+                    why += f", throughput x{gain:.2f}"
+                self._set(now, old * 2, why)
+                self._grew = True
             else:
+                # Throughput no longer grows in proportion: the knee.
+                self.slow_start = not binding
                 self._restart()
             return
-        if ratio < 1 + ALPHA and binding:
+        why = None
+        if self._grew and gain is not None and gain > 1 + GROW / 2:
+            # The last step up still raised throughput by more than half its
+            # size: below the knee, whatever the latency read.
+            why = f"grew: throughput x{gain:.2f}"
+        elif ratio < 1 + ALPHA and binding:
+            why = f"grew: latency x{ratio:.2f}"
+        if why is not None:
             self._clean += 1
-            if self._clean >= _REOPEN:
+            if self._clean >= _REOPEN and old > self._ceiling:
+                # Room for many steps (the server got more capacity): double again.
                 self.slow_start, self._clean = True, 0
-                self._set(now, old * 2, f"grew: latency x{ratio:.2f}, slow start again")
+                self._set(now, old * 2, why + ", slow start again")
             else:
-                why = f"grew: latency x{ratio:.2f}, probing up"
-                self._set(now, max(old + 1, old * (1 + GROW)), why)
+                self._set(now, max(old + 1, old * (1 + GROW)), why + ", probing up")
             self._grew = True
             return
         self._grew, self._clean = False, 0
@@ -255,6 +277,8 @@ class CongestionController:
 
     def _set(self, now: float, value: float, reason: str) -> None:
         value = max(float(self.minimum), min(float(self.maximum), value))
+        if value < self._limit:
+            self._rate = None  # a fall is not a step to measure a gain against
         if int(value) != self.limit:
             self.changes += 1
             self.reason = reason
