@@ -347,3 +347,51 @@ async def test_an_existing_output_is_never_truncated_by_a_new_journal(
     report = await arun_file(tmp_path / "in.jsonl", settings(server, out, force=True))
     assert report.counts["ok"] == 10
     check_complete(out, bodies)
+
+
+async def test_default_concurrency_is_auto_on_a_server_without_limits(
+    server: MockServer, tmp_path: Path
+) -> None:
+    """Told no concurrency, against a server that queues and sends no
+    rate-limit headers, the run finds the concurrency from latency and keeps
+    doing so to the end."""
+    server.config = MockConfig(api_key=KEY, capacity=8, service_time=0.02, seed=2)
+    write_requests(tmp_path / "in.jsonl", 200)
+    report = await arun_file(
+        tmp_path / "in.jsonl", settings(server, None, concurrency=None, journal=None)
+    )
+    assert report.counts["ok"] == 200
+    auto = report.extra["concurrency_auto"]
+    assert auto["gave_way"] is None
+    assert auto["compared"] == "per output token"
+
+
+async def test_default_gives_way_to_the_headers_of_a_provider(
+    server: MockServer, tmp_path: Path
+) -> None:
+    """Told no concurrency, against a server that sends x-ratelimit-* headers,
+    the controller gives way at the first answer: a fixed 100 at most in
+    flight, paced by the server's budget (the header-driven behaviour), and
+    the report says why."""
+    server.config = MockConfig(api_key=KEY, rpm=6000, limit_window=1.0, latency=0.05, seed=4)
+    write_requests(tmp_path / "in.jsonl", 300)
+    s = settings(server, None, concurrency=None, limit_window=1.0, journal=None)
+    report = await arun_file(tmp_path / "in.jsonl", s)
+    assert report.counts["ok"] == 300
+    auto = report.extra["concurrency_auto"]
+    assert "rate-limit headers" in auto["gave_way"]
+    assert auto["final"] == 100
+    assert auto["history"][-1][2].startswith("gave way")
+    assert server.stats.max_in_flight <= 100
+
+
+def test_concurrency_options_keep_what_the_user_gave() -> None:
+    """A number or "auto" is taken as given; only an absent one is the default,
+    and on Ray the default is a fixed 100."""
+    from conveyor.openai._run import concurrency_options
+
+    assert concurrency_options(RunSettings(concurrency=7))["concurrency"] == 7
+    assert "auto_until_limits" not in concurrency_options(RunSettings(concurrency="auto"))
+    default = concurrency_options(RunSettings())
+    assert default["concurrency"] == "auto" and default["auto_until_limits"] == 100
+    assert concurrency_options(RunSettings(ray="local"))["concurrency"] == 100

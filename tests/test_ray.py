@@ -624,6 +624,9 @@ def test_options_not_available_on_ray_are_refused_before_anything_starts() -> No
         conveyor.ray.run_ray([1], _echo, waves=True)
     with pytest.raises(ConfigError, match="actors"):
         conveyor.ray.run_ray([1], _echo, actors=0)
+    # Not built for the cluster yet: the error says what to do instead.
+    with pytest.raises(ConfigError, match="one machine"):
+        conveyor.ray.run_ray([1], _echo, concurrency="auto")  # type: ignore[arg-type]
 
 
 def test_kinds_told_nothing_grant_what_is_wanted_and_count_it() -> None:

@@ -94,6 +94,8 @@ class Admission:
         self._refusing = refusing
         self.congestion = CongestionController(*options.auto) if options.auto is not None else None
         self._t0 = self._clock.now()  # the controller's history is shown from here
+        self._fixed: int | None = None  # set when the default "auto" gave way
+        self.auto_dropped: str | None = None
         adaptive = options.adaptive and self.congestion is None
         self.adaptive = AdaptiveConcurrency(options.concurrency) if adaptive else None
         w = options.limit_window
@@ -142,9 +144,24 @@ class Admission:
         return self.budgets.get("tokens")
 
     def concurrency_limit(self, maximum: int) -> int:
-        if self.congestion is not None:
+        if self.congestion is not None and self._fixed is None:
             return min(maximum, self.congestion.limit)
+        if self._fixed is not None:
+            maximum = min(maximum, self._fixed)
         return maximum if self.adaptive is None else min(maximum, self.adaptive.limit)
+
+    def _limits_shown(self, why: str) -> None:
+        """The server meters a rate: the default "auto" gives way to a fixed
+        concurrency driven by the server's budget (`Options.auto_until_limits`)."""
+        fixed = self._opts.auto_until_limits
+        if fixed is None or self.congestion is None or self._fixed is not None:
+            return
+        self.auto_dropped = f"{why}: concurrency {fixed}, paced by the server's limits"
+        log.info("the server %s: concurrency %d, paced by its limits, not found", why, fixed)
+        self._fixed = fixed
+        self.congestion.history.append((self._clock.now(), fixed, f"gave way: {self.auto_dropped}"))
+        if self._opts.adaptive:
+            self.adaptive = AdaptiveConcurrency(fixed)
 
     def observe(
         self,
@@ -160,7 +177,7 @@ class Admission:
         Its size is the output tokens it reported (a server's time grows with
         the tokens it generates), so latency is compared per token."""
         c = self.congestion
-        if c is not None:
+        if c is not None and self._fixed is None:
             work = usage.output_tokens if usage is not None and usage.output_tokens > 0 else None
             now = self._clock.now()
             c.on_sample(now, latency, ok=ok, work=work, in_flight=in_flight, timeout=timeout)
@@ -262,6 +279,7 @@ class Admission:
             self.refusals[refusal.kind.value] = self.refusals.get(refusal.kind.value, 0) + 1
         shared = False
         if refusal is not None and refusal.kind is RefusalKind.RATE:
+            self._limits_shown("refused a request for its rate (429)")
             self.rate_limited += 1
             self._recent.append(True)
             shared = self._on_rate_limited(now, refusal, ticket, spent=overload)
@@ -354,6 +372,7 @@ class Admission:
         if ticket is None:
             return
         if attempt.limits is not None:
+            self._limits_shown("sends rate-limit headers")
             self._learn(attempt.limits, ticket)
         weight = ticket.weight
         if attempt.cached:
@@ -465,11 +484,12 @@ class Admission:
         c = self.congestion
         if c is not None:
             extra["concurrency_auto"] = {
-                "final": c.limit,
+                "final": self._fixed or c.limit,
                 "reason": c.reason,
                 "changes": c.changes,
                 "unloaded_latency": c.unloaded,
                 "compared": "per output token" if c.per_token else "per request",
+                "gave_way": self.auto_dropped,
                 "history": [[round(t, 3), n, why] for t, n, why in self._moves()],
             }
         if self.rate_limited:

@@ -255,21 +255,21 @@ class CongestionController:
                 self.slow_start = not binding
                 self._restart()
             return
-        why = None
+        step: str | None = None
         if self._grew and gain is not None and gain > 1 + GROW / 2:
             # The last step up still raised throughput by more than half its
             # size: below the knee, whatever the latency read.
-            why = f"grew: throughput x{gain:.2f}"
+            step = f"grew: throughput x{gain:.2f}"
         elif ratio < 1 + ALPHA and binding:
-            why = f"grew: latency x{ratio:.2f}"
-        if why is not None:
+            step = f"grew: latency x{ratio:.2f}"
+        if step is not None:
             self._clean += 1
             if self._clean >= _REOPEN and old > self._ceiling:
                 # Room for many steps (the server got more capacity): double again.
                 self.slow_start, self._clean = True, 0
-                self._set(now, old * 2, why + ", slow start again")
+                self._set(now, old * 2, step + ", slow start again")
             else:
-                self._set(now, max(old + 1, old * (1 + GROW)), why + ", probing up")
+                self._set(now, max(old + 1, old * (1 + GROW)), step + ", probing up")
             self._grew = True
             return
         self._grew, self._clean = False, 0

@@ -91,6 +91,11 @@ class Options:
     validate: Callable[[Any, Any], Any] | None = None
     """``validate(item, value) -> value``: raises when an answer is invalid (`_validation`)."""
     reask: int = 2
+    auto_until_limits: int | None = None
+    """With `auto`: the fixed concurrency taken, controller dropped, once the
+    server shows it meters a rate (rate-limit headers or a 429): how `conveyor
+    run` finds the concurrency of a server that queues by default, and keeps
+    the header-driven behaviour for a provider that says its limits."""
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
@@ -156,8 +161,13 @@ def build_options(
     validate: Callable[[Any], Any] | None = None,
     validate_item: Callable[[Any, Any], Any] | None = None,
     reask: int = 2,
+    auto_until_limits: int | None = None,
 ) -> Options:
     auto: tuple[int, int] | None = None
+    if auto_until_limits is not None:
+        if concurrency != "auto":
+            raise ConfigError("auto_until_limits", auto_until_limits, 'only with "auto"')
+        _whole("auto_until_limits", auto_until_limits, 1, 100_000)
     if concurrency == "auto":
         if waves:
             raise ConfigError("concurrency", "auto", "a whole number with waves=True")
@@ -290,4 +300,5 @@ def build_options(
         auto=auto,
         validate=check,
         reask=reask,
+        auto_until_limits=auto_until_limits,
     )

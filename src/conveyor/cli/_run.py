@@ -82,8 +82,11 @@ class _ConcurrencyType(click.ParamType[Any]):
 def _ceiling(settings: Any) -> int:
     """The most in flight: the fixed concurrency, or the upper bound of "auto"."""
     from .._core._options import AUTO_MAX
+    from ..openai._run import DEFAULT_FIXED
 
     c = settings.concurrency
+    if c is None:
+        return DEFAULT_FIXED  # the default: what it runs at when the server shows limits
     return c if isinstance(c, int) else settings.concurrency_max or AUTO_MAX
 
 
@@ -124,19 +127,19 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     "-c",
     "--concurrency",
     type=_ConcurrencyType(),
-    default="100",
-    show_default=True,
-    help="Max requests in flight, or 'auto': found from latency for servers that queue.",
+    default=None,
+    help="Max requests in flight, or 'auto': found from latency for servers that queue. "
+    "Default: auto until the server shows rate limits (headers or a 429), then 100.",
 )
 @click.option(
     "--concurrency-min",
     type=click.IntRange(1, 100_000),
-    help="Lower bound of --concurrency auto (default 1).",
+    help="Lower bound of the auto concurrency (default 1).",
 )
 @click.option(
     "--concurrency-max",
     type=click.IntRange(1, 100_000),
-    help="Upper bound of --concurrency auto (default 1024).",
+    help="Upper bound of the auto concurrency (default 1024).",
 )
 @click.option(
     "--rpm",

@@ -148,6 +148,10 @@ def _anonymous(bad: BadLine) -> BadLine:
     return BadLine(bad.line, bad.reason, None, bad.duplicate_of)
 
 
+DEFAULT_FIXED = 100  # the concurrency when none is given and "auto" is not used
+DEFAULT_AUTO = True  # "auto" by default (benchmarks/concurrency_auto.py, issue 13)
+
+
 @dataclass
 class RunSettings:
     """Everything `run_file` needs besides the input; the CLI fills it from flags."""
@@ -157,7 +161,9 @@ class RunSettings:
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str = "OPENAI_API_KEY"
     headers: dict[str, str] = field(default_factory=dict)
-    concurrency: int | str = 100  # or "auto": found from latency (`_core._congestion`)
+    # A whole number, "auto" (found from latency: `_core._congestion`), or None:
+    # the default, `concurrency_options` below.
+    concurrency: int | str | None = None
     concurrency_min: int | None = None  # bounds of "auto"
     concurrency_max: int | None = None
     rpm: float | None = None
@@ -407,19 +413,20 @@ async def arun_file(
                     "total_items": None if total is None else str(total),
                     "run_settings": _settings_json(path, s),
                     "batch_id": batch_id,
-                    "concurrency": str(s.concurrency),
+                    "concurrency": str(concurrency_options(s)["concurrency"]),
                     "rpm": None if s.rpm is None else str(s.rpm),
                     "tpm": None if s.tpm is None else str(s.tpm),
                 }
             )
         elif s.output is not None:
             sink = _PlainOutput(Path(s.output))  # no journal: no resume, a fresh file
-        pool = s.concurrency if isinstance(s.concurrency, int) else s.concurrency_max or AUTO_MAX
+        chosen = concurrency_options(s)
+        pool = chosen["concurrency"]
+        if not isinstance(pool, int):
+            pool = s.concurrency_max or AUTO_MAX
         async with OpenAIClient(endpoint, concurrency=pool) as client:
             engine_options: dict[str, Any] = {
-                "concurrency": s.concurrency,
-                "concurrency_min": s.concurrency_min,
-                "concurrency_max": s.concurrency_max,
+                **chosen,
                 "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
                 "timeout": s.timeout,
                 "rpm": s.rpm,
@@ -459,9 +466,13 @@ async def arun_file(
                     from .._core._settings import RunSettings as Settings
                     from ..ray._run import cluster_stream
 
-                    if not isinstance(s.concurrency, int):
+                    if s.concurrency == "auto":
                         raise ConfigError(
-                            "concurrency", s.concurrency, "a whole number on Ray actors"
+                            "concurrency",
+                            "auto",
+                            'a whole number on Ray actors ("auto" runs on one machine: '
+                            "find the server's concurrency there, then give it with ray=), "
+                            "or leave it out for 100",
                         )
                     # Each actor opens its own session; the key comes from its environment.
                     remote = _RemoteCaller(endpoint.base_url, s.api_key_env, s.headers,
@@ -662,6 +673,22 @@ def _invoke(caller: _Caller) -> Any:
         return await caller(item)
 
     return invoke
+
+
+def concurrency_options(s: RunSettings) -> dict[str, Any]:
+    """The engine's concurrency options for these settings.
+
+    A number or "auto" is taken as given. Not given: on one machine, "auto"
+    that gives way to a fixed `DEFAULT_FIXED` as soon as the server shows it
+    meters a rate (rate-limit headers or a 429: a provider, whose budget
+    then paces the run); on Ray actors, a fixed `DEFAULT_FIXED`.
+    """
+    bounds = {"concurrency_min": s.concurrency_min, "concurrency_max": s.concurrency_max}
+    if s.concurrency is not None:
+        return {"concurrency": s.concurrency, **bounds}
+    if s.ray is not None or not DEFAULT_AUTO:
+        return {"concurrency": DEFAULT_FIXED, **bounds}
+    return {"concurrency": "auto", **bounds, "auto_until_limits": DEFAULT_FIXED}
 
 
 def run_file(input_path: str | os.PathLike[str], **settings: Any) -> BatchReport:

@@ -96,6 +96,14 @@ def _prepare(
         raise ConfigError("address", address, "'local', 'auto' or a Ray cluster address")
     _whole("actors", actors, 1, 10_000)
     concurrency = engine.get("concurrency")
+    if isinstance(concurrency, str):
+        raise ConfigError(
+            "concurrency",
+            concurrency,
+            "a whole number on Ray actors: each actor runs its own share, and one "
+            "controller for the cluster is not built yet; find the server's concurrency "
+            'with concurrency="auto" on one machine (conveyor.run), then give it here',
+        )
     total = DEFAULT_PER_ACTOR * actors if concurrency is None else concurrency
     opts = settings.options(concurrency=total, previous=previous)
     shares = split_concurrency(opts.concurrency, actors)
