@@ -127,6 +127,20 @@ def test_slow_start_reaches_the_knee_in_round_trips(k: int, spread: bool) -> Non
     assert max(n for _, n in run.limits) <= 2 * max(k, START)
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("per_work", [False, True])
+def test_a_server_smaller_than_the_start(k: int, per_work: bool) -> None:
+    """Ollama's default is 1 to 4 at once: the first window is already
+    queued, with no unqueued mean to learn from, yet its fastest answers
+    were unqueued; the limit falls to within two of the margin of K."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, until=300.0, per_work=per_work)
+    settled = run.limits_between(150, 300)
+    assert k <= min(settled)
+    assert max(settled) <= 1.5 * k + 2
+    assert run.throughput(150, 300) >= 0.95 * k
+
+
 def test_spread_of_lengths_compared_per_unit_of_work() -> None:
     """Outputs of 16x different lengths: told the work, the controller still
     finds the knee."""

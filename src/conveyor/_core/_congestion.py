@@ -97,6 +97,7 @@ class CongestionController:
         self.slow_start = True
         self._base_mean: float | None = None  # latency per unit of work, unloaded
         self._base_tail: float | None = None  # the TAIL quantile of latency, unloaded
+        self._base_unit_tail: float | None = None  # that of latency per unit of work
         self._changed_at = -math.inf
         self._x: list[float] = []  # latency per unit of work, this window
         self._sizes: list[float] = []
@@ -181,30 +182,43 @@ class CongestionController:
         latency per unit of work). A partial window (`learn=False`: its first
         answers, the fastest) leaves the unloaded figures alone."""
         x = self._x
-        if self._unsized == 0:
-            # Told the work: latency per unit of work, over the window. The
-            # unloaded figure is the lowest seen, each raised by two of its
-            # standard errors: the lowest of many noisy windows is a lucky
-            # one, and would read a queue into every later window.
-            per = self._lat / self._work
-            square = sum(
-                (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
-            )
-            bound = per + 2 * math.sqrt(square) / self._work
-            if self._base_mean is None or (learn and bound < self._base_mean):
-                self._base_mean = bound
-            return per / self._base_mean, per, per
-        # Not told: the shift of the fast tail is the queue's wait.
         tail = sorted(x)[int(TAIL * (len(x) - 1))]
-        if self._base_tail is None or (learn and tail < self._base_tail):
-            self._base_tail = tail
         mean = sum(x) / len(x)
-        wait = tail - self._base_tail
-        return mean / max(mean - wait, self._base_tail, 1e-12), tail, mean
+        if self._unsized:
+            # Not told the work: the shift of the fast tail is the queue's wait.
+            if self._base_tail is None or tail < self._base_tail:
+                if not learn:
+                    return 1.0, tail, mean  # nothing to compare with yet
+                self._base_tail = tail
+            wait = tail - self._base_tail
+            return mean / max(mean - wait, self._base_tail, 1e-12), tail, mean
+        # Told the work: latency per unit of work, over the window. The
+        # unloaded figure is the lowest seen, each raised by two of its
+        # standard errors: the lowest of many noisy windows is a lucky one,
+        # and would read a queue into every later window.
+        per = self._lat / self._work
+        square = sum(
+            (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
+        )
+        bound = per + 2 * math.sqrt(square) / self._work
+        if self._base_mean is None or bound < self._base_mean:
+            if not learn:
+                return 1.0, per, per
+            self._base_mean = bound
+        # A window that started queued (a server smaller than the start) has
+        # no unqueued mean to learn, but its fastest answers were unqueued:
+        # their shift, per unit of work, is the queue's wait too.
+        if learn and (self._base_unit_tail is None or tail < self._base_unit_tail):
+            self._base_unit_tail = tail
+        base_tail = self._base_unit_tail if self._base_unit_tail is not None else tail
+        wait = max(0.0, tail - base_tail)
+        by_tail = per / max(per - wait, base_tail, 1e-12)
+        return max(per / self._base_mean, by_tail), per, per
 
     def _relearn(self, figure: float) -> None:
         if self._unsized == 0:
             self._base_mean = figure
+            self._base_unit_tail = None
         else:
             self._base_tail = figure
 
