@@ -128,8 +128,8 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     "--concurrency",
     type=_ConcurrencyType(),
     default=None,
-    help="Max requests in flight, or 'auto': found from latency for servers that queue. "
-    "Default: auto until the server shows rate limits (headers or a 429), then 100.",
+    help="Max requests in flight (default 100), or 'auto': found from latency for servers "
+    "that queue.",
 )
 @click.option(
     "--concurrency-min",

@@ -149,7 +149,10 @@ def _anonymous(bad: BadLine) -> BadLine:
 
 
 DEFAULT_FIXED = 100  # the concurrency when none is given and "auto" is not used
-DEFAULT_AUTO = True  # "auto" by default (benchmarks/concurrency_auto.py, issue 13)
+# "auto" as the default is built but off: on servers of capacity 64 a fixed
+# 100 is already near the ideal, and auto's ramp cost 1-10% of a 20 s run's
+# throughput there (benchmarks/RESULTS.md, concurrency_auto.py; issue 13).
+DEFAULT_AUTO = False
 
 
 @dataclass
