@@ -17,7 +17,9 @@ from conveyor._core._settings import (
 )
 from conveyor.ray import arun_ray, run_ray, stream_ray
 
-_INTERNAL = {"previous", "shared_limiter", "validate_item"}
+# Set by front ends, not by users: auto_until_limits is how `conveyor run` would make
+# "auto" its default (`openai._run.DEFAULT_AUTO`).
+_INTERNAL = {"previous", "shared_limiter", "validate_item", "auto_until_limits"}
 
 
 def test_engine_options_are_build_options_parameters() -> None:
