@@ -230,7 +230,7 @@ def test_no_import_cycles() -> None:
 def test_the_walk_sees_lazy_and_relative_imports() -> None:
     """The graph resolves relative imports and sees imports inside functions."""
     assert "conveyor.ray._run" in GRAPH["conveyor._api"]  # lazy: only for backend="ray"
-    assert "conveyor._base._exceptions" in GRAPH["conveyor._core._engine"]
+    assert "conveyor._base._exceptions" in GRAPH["conveyor._core._item"]
     assert "conveyor.commands._batch" in GRAPH["conveyor.commands"]
 
 

@@ -23,15 +23,13 @@ import fcntl
 import os
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from .._base._types import ErrorInfo, Result, Status, Usage
+from .._base._types import Result, Status
 from ._errors import (
-    _CORRUPT_HINT,
     BUSY_TIMEOUT_S,
     JournalCorrupt,
     JournalError,
@@ -41,6 +39,17 @@ from ._errors import (
     _guard,
     check_identity,
     translate_error,
+)
+from ._schema import (
+    COLUMNS,
+    META_UPSERT,
+    PENDING,
+    SCHEMA_VERSION,
+    UPSERT,
+    check_schema,
+    decode_row,
+    encode_row,
+    prepare_schema,
 )
 
 if TYPE_CHECKING:
@@ -59,69 +68,7 @@ __all__ = [
     "translate_error",
 ]
 
-SCHEMA_VERSION = 1
-APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
-PENDING = "pending"
 _PAGE = 1000
-
-_SCHEMA = """
-CREATE TABLE items (
-    key TEXT PRIMARY KEY,
-    idx INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    item BLOB,
-    value BLOB,
-    error_type TEXT,
-    error_message TEXT,
-    error_traceback TEXT,
-    error_status_code INTEGER,
-    error_retryable INTEGER,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    started_at REAL,
-    ended_at REAL,
-    duration REAL NOT NULL DEFAULT 0,
-    meta BLOB,
-    output_line BLOB,
-    output_seq INTEGER
-);
-CREATE INDEX items_by_index ON items (idx, key);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-_COLUMNS = (
-    "key, idx, status, attempts, item, value, error_type, error_message, error_traceback, "
-    "error_status_code, error_retryable, input_tokens, output_tokens, started_at, ended_at, "
-    "duration, meta, output_line, output_seq"
-)
-_UPSERT = (
-    f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT(key) DO UPDATE SET "
-    + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS.split(", ")[1:])
-)
-_META_UPSERT = (
-    "INSERT INTO meta (key, value) VALUES (?, ?) "
-    "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
-)
-
-
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-
-
-def _json_default(obj: Any) -> Any:
-    # Values are stored as JSON; types JSON cannot express are kept as text.
-    if isinstance(obj, set | frozenset | tuple):
-        return list(obj)
-    if isinstance(obj, bytes | bytearray):
-        return bytes(obj).decode("utf-8", "replace")
-    dump = getattr(obj, "model_dump", None)
-    if callable(dump):  # a Pydantic model (a typed `validate=` value): its JSON form
-        try:
-            return dump(mode="json")
-        except Exception:
-            pass
-    return str(obj)
 
 
 def _acquire_lock(path: str) -> int:
@@ -213,7 +160,7 @@ class Journal:
         try:
             with _guard(p):
                 conn = _connect(p)
-                _prepare_schema(conn, p)
+                prepare_schema(conn, p)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             journal = cls(p, conn, lock_fd, readonly=False, store_items=store_items)
@@ -235,7 +182,7 @@ class Journal:
         try:
             with _guard(p, writing=False):
                 conn = _connect(_readonly_uri(p), uri=True)
-                _check_schema(conn, p)
+                check_schema(conn, p)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -318,7 +265,7 @@ class Journal:
                 if v is None:
                     conn.execute("DELETE FROM meta WHERE key = ?", (k,))
                 else:
-                    conn.execute(_META_UPSERT, (k, v))
+                    conn.execute(META_UPSERT, (k, v))
 
     # -- writes ------------------------------------------------------------
 
@@ -343,35 +290,12 @@ class Journal:
     ) -> None:
         """Upsert results (each with its output line and sequence) and meta in one transaction."""
         self._writable()
-        rows = [self._encode(r, line, seq) for r, line, seq in entries]
+        store = self._store_items
+        rows = [encode_row(r, line, seq, store_items=store) for r, line, seq in entries]
         with self._transaction() as conn:
-            conn.executemany(_UPSERT, rows)
+            conn.executemany(UPSERT, rows)
             if meta:
-                conn.executemany(_META_UPSERT, meta.items())
-
-    def _encode(self, r: Result[Any], line: bytes | None, seq: int | None) -> tuple[Any, ...]:
-        err, usage = r.error, r.usage
-        return (
-            r.key,
-            r.index,
-            Status(r.status).value,
-            r.attempts,
-            _dumps(r.item) if self._store_items and r.item is not None else None,
-            None if r.value is None else _dumps(r.value),
-            None if err is None else err.type,
-            None if err is None else err.message,
-            None if err is None else err.traceback,
-            None if err is None else err.status_code,
-            None if err is None else int(err.retryable),
-            None if usage is None else usage.input_tokens,
-            None if usage is None else usage.output_tokens,
-            r.started_at,
-            r.ended_at,
-            r.duration,
-            _dumps(r.meta) if r.meta else None,
-            line,
-            seq,
-        )
+                conn.executemany(META_UPSERT, meta.items())
 
     def reset(self, keys: Iterable[str], *, mark_stale: bool = False) -> int:
         """Make these items pending again (for `conveyor retry`); returns how many changed.
@@ -391,7 +315,7 @@ class Journal:
             )
             changed = conn.total_changes - before
             if changed and mark_stale:
-                conn.execute(_META_UPSERT, ("output_stale", "1"))
+                conn.execute(META_UPSERT, ("output_stale", "1"))
             return changed
 
     def pending_count(self) -> int:
@@ -413,7 +337,7 @@ class Journal:
                 "NULL) AS r WHERE items.key = r.key",
                 (PENDING,),
             )
-            conn.executemany(_META_UPSERT, meta.items())
+            conn.executemany(META_UPSERT, meta.items())
 
     # -- point queries (main connection, prepared statements are cached) ----
 
@@ -440,9 +364,9 @@ class Journal:
         """The terminal result stored for `key`, or None (absent or pending)."""
         with self._lock, _guard(self._path, writing=not self._readonly):
             row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE key = ?", (key,)
+                f"SELECT {COLUMNS} FROM items WHERE key = ?", (key,)
             ).fetchone()
-        return None if row is None or row[2] == PENDING else _decode(row)
+        return None if row is None or row[2] == PENDING else decode_row(row)
 
     def status_counts(self) -> dict[str, int]:
         """Rows per status, `pending` included."""
@@ -507,8 +431,8 @@ class Journal:
             params = [s.value if isinstance(s, Status) else str(s) for s in statuses]
             params = [s for s in params if s != PENDING]
             where = f"status IN ({','.join('?' * len(params))})"
-        sql = f"SELECT {_COLUMNS} FROM items WHERE {where} ORDER BY idx, key"
-        return (_decode(row) for row in self._snapshot(sql, params))
+        sql = f"SELECT {COLUMNS} FROM items WHERE {where} ORDER BY idx, key"
+        return (decode_row(row) for row in self._snapshot(sql, params))
 
     def iter_output_lines(
         self, order: Literal["index", "seq"] = "index"
@@ -520,72 +444,3 @@ class Journal:
             f"ORDER BY {by}"
         )
         return ((str(k), bytes(line)) for k, line in self._snapshot(sql, (PENDING,)))
-
-
-def _decode(row: tuple[Any, ...]) -> Result[Any]:
-    (key, idx, status, attempts, item, value, etype, emsg, etb, ecode, eretry) = row[:11]
-    (itok, otok, started, ended, duration, meta) = row[11:17]
-    return Result(
-        index=idx,
-        key=key,
-        status=Status(status),
-        item=None if item is None else orjson.loads(item),
-        value=None if value is None else orjson.loads(value),
-        error=None
-        if etype is None
-        else ErrorInfo(
-            type=etype,
-            message=emsg or "",
-            traceback=etb or "",
-            status_code=ecode,
-            retryable=bool(eretry),
-        ),
-        attempts=attempts,
-        started_at=started,
-        ended_at=ended,
-        duration=duration,
-        usage=None if itok is None and otok is None else Usage(itok or 0, otok or 0),
-        meta={} if meta is None else orjson.loads(meta),
-    )
-
-
-def _check_schema(conn: sqlite3.Connection, path: str) -> bool:
-    """Validate an existing file; return False when it is empty (a new journal)."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if objects == 0 and version == 0:
-        return False
-    if app_id != APPLICATION_ID:
-        raise JournalCorrupt(
-            f"{path} is not a conveyor journal or is damaged (another SQLite database): "
-            f"{_CORRUPT_HINT}",
-            path=path,
-        )
-    if version > SCHEMA_VERSION:
-        raise JournalError(
-            f"{path} was written by a newer conveyor (schema {version} > {SCHEMA_VERSION}): "
-            "upgrade conveyor or use a new journal path",
-            path=path,
-        )
-    return True
-
-
-def _prepare_schema(conn: sqlite3.Connection, path: str) -> None:
-    # Checked before switching to WAL so a foreign database is never modified.
-    if _check_schema(conn, path):
-        return  # version == SCHEMA_VERSION: migrations from older versions go here
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute(_META_UPSERT, ("created_at", repr(time.time())))
-        conn.execute(_META_UPSERT, ("schema", str(SCHEMA_VERSION)))
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise

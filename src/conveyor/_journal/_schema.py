@@ -1,0 +1,191 @@
+"""The journal file's format: the tables, one result as a row and back, the schema check.
+
+`Journal` (`_journal.py`) does the locking, transactions and queries; this
+module knows what a row holds and how a file is recognised and created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from typing import Any
+
+import orjson
+
+from .._base._types import ErrorInfo, Result, Status, Usage
+from ._errors import _CORRUPT_HINT, JournalCorrupt, JournalError
+
+__all__ = [
+    "APPLICATION_ID",
+    "COLUMNS",
+    "META_UPSERT",
+    "PENDING",
+    "SCHEMA_VERSION",
+    "UPSERT",
+    "check_schema",
+    "decode_row",
+    "dumps",
+    "encode_row",
+    "prepare_schema",
+]
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
+PENDING = "pending"
+
+SCHEMA_SQL = """
+CREATE TABLE items (
+    key TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    item BLOB,
+    value BLOB,
+    error_type TEXT,
+    error_message TEXT,
+    error_traceback TEXT,
+    error_status_code INTEGER,
+    error_retryable INTEGER,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    duration REAL NOT NULL DEFAULT 0,
+    meta BLOB,
+    output_line BLOB,
+    output_seq INTEGER
+);
+CREATE INDEX items_by_index ON items (idx, key);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+COLUMNS = (
+    "key, idx, status, attempts, item, value, error_type, error_message, error_traceback, "
+    "error_status_code, error_retryable, input_tokens, output_tokens, started_at, ended_at, "
+    "duration, meta, output_line, output_seq"
+)
+UPSERT = (
+    f"INSERT INTO items ({COLUMNS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT(key) DO UPDATE SET "
+    + ", ".join(f"{c}=excluded.{c}" for c in COLUMNS.split(", ")[1:])
+)
+META_UPSERT = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _json_default(obj: Any) -> Any:
+    # Values are stored as JSON; types JSON cannot express are kept as text.
+    if isinstance(obj, set | frozenset | tuple):
+        return list(obj)
+    if isinstance(obj, bytes | bytearray):
+        return bytes(obj).decode("utf-8", "replace")
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):  # a Pydantic model (a typed `validate=` value): its JSON form
+        try:
+            return dump(mode="json")
+        except Exception:
+            pass
+    return str(obj)
+
+
+def encode_row(
+    r: Result[Any], line: bytes | None, seq: int | None, *, store_items: bool
+) -> tuple[Any, ...]:
+    """One result as the values of `UPSERT` (item kept only with `store_items`)."""
+    err, usage = r.error, r.usage
+    return (
+        r.key,
+        r.index,
+        Status(r.status).value,
+        r.attempts,
+        dumps(r.item) if store_items and r.item is not None else None,
+        None if r.value is None else dumps(r.value),
+        None if err is None else err.type,
+        None if err is None else err.message,
+        None if err is None else err.traceback,
+        None if err is None else err.status_code,
+        None if err is None else int(err.retryable),
+        None if usage is None else usage.input_tokens,
+        None if usage is None else usage.output_tokens,
+        r.started_at,
+        r.ended_at,
+        r.duration,
+        dumps(r.meta) if r.meta else None,
+        line,
+        seq,
+    )
+
+
+def decode_row(row: tuple[Any, ...]) -> Result[Any]:
+    (key, idx, status, attempts, item, value, etype, emsg, etb, ecode, eretry) = row[:11]
+    (itok, otok, started, ended, duration, meta) = row[11:17]
+    return Result(
+        index=idx,
+        key=key,
+        status=Status(status),
+        item=None if item is None else orjson.loads(item),
+        value=None if value is None else orjson.loads(value),
+        error=None
+        if etype is None
+        else ErrorInfo(
+            type=etype,
+            message=emsg or "",
+            traceback=etb or "",
+            status_code=ecode,
+            retryable=bool(eretry),
+        ),
+        attempts=attempts,
+        started_at=started,
+        ended_at=ended,
+        duration=duration,
+        usage=None if itok is None and otok is None else Usage(itok or 0, otok or 0),
+        meta={} if meta is None else orjson.loads(meta),
+    )
+
+
+def check_schema(conn: sqlite3.Connection, path: str) -> bool:
+    """Validate an existing file; return False when it is empty (a new journal)."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if objects == 0 and version == 0:
+        return False
+    if app_id != APPLICATION_ID:
+        raise JournalCorrupt(
+            f"{path} is not a conveyor journal or is damaged (another SQLite database): "
+            f"{_CORRUPT_HINT}",
+            path=path,
+        )
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"{path} was written by a newer conveyor (schema {version} > {SCHEMA_VERSION}): "
+            "upgrade conveyor or use a new journal path",
+            path=path,
+        )
+    return True
+
+
+def prepare_schema(conn: sqlite3.Connection, path: str) -> None:
+    # Checked before switching to WAL so a foreign database is never modified.
+    if check_schema(conn, path):
+        return  # version == SCHEMA_VERSION: migrations from older versions go here
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in SCHEMA_SQL.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(META_UPSERT, ("created_at", repr(time.time())))
+        conn.execute(META_UPSERT, ("schema", str(SCHEMA_VERSION)))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
