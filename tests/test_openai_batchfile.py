@@ -375,3 +375,28 @@ def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     assert count == 200_000
     assert size > 40_000_000
     assert peak < 1_000_000, f"peak traced memory {peak} bytes while streaming {size} bytes"
+
+
+def test_every_duplicate_id_is_found_past_the_memory_part(tmp_path: Path) -> None:
+    """100,000 lines, duplicates checked: each of the 100 repeats, spread over the file
+    long after their first line (so most first lines are only in the scratch file, not
+    in memory), is reported with that first line, and no other line is."""
+    p = tmp_path / "dups.jsonl"
+    template = dumps(req("ID", body={"model": "m", "messages": [{"role": "user", "content": "y"}]}))
+    repeats: dict[int, int] = {}  # line -> the line whose id it repeats
+    with p.open("wb") as f:
+        for line in range(1, 100_001):
+            if line % 1000 == 0:
+                first = line // 2 + 1  # never itself a repeating line
+                repeats[line] = first
+                cid = b"r%d" % first
+            else:
+                cid = b"r%d" % line
+            f.write(template.replace(b"ID", cid) + b"\n")
+    deadline = time.monotonic() + 120
+    found: dict[int, int | None] = {}
+    for item in read_requests(p):
+        if isinstance(item, BadLine):
+            found[item.line] = item.duplicate_of
+        assert time.monotonic() < deadline
+    assert found == repeats

@@ -404,3 +404,25 @@ def test_concurrency_options_keep_what_the_user_gave(monkeypatch: pytest.MonkeyP
     default = concurrency_options(RunSettings())
     assert default["concurrency"] == "auto" and default["auto_until_limits"] == 100
     assert concurrency_options(RunSettings(ray="local"))["concurrency"] == 100
+
+
+async def test_a_slow_answer_times_out_in_place_and_is_written_as_timeout(
+    server: MockServer, tmp_path: Path
+) -> None:
+    """The HTTP caller runs its attempt inline under the timeout (no task per attempt):
+    an answer slower than `timeout` is cut off, its line says `timeout` with the
+    attempts made, and the journal holds it as timed out; nothing hangs."""
+    server.config = MockConfig(api_key=KEY, latency=5.0)
+    write_requests(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    report = await arun_file(
+        tmp_path / "in.jsonl", settings(server, out, timeout=0.2, retries=1, breaker=False)
+    )
+    assert report.counts["timed_out"] == 3
+    lines = list(read_output(out))
+    assert len(lines) == 3
+    for ln in lines:
+        assert ln["response"] is None
+        assert ln["error"]["code"] == "timeout"
+        assert "exceeded the timeout of 0.2s" in ln["error"]["message"]
+        assert "after 2 attempt(s)" in ln["error"]["message"]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._base._types import Result, Status
+from ._core._bloom import BloomFilter
 from ._core._outcome import StopKind
 from ._core._stream import BatchIterator
 from ._journal._memo import JournalMemoStore
@@ -61,14 +62,25 @@ class Plan:
     """The resume rule over a journal: `previous(key)` is the stored result to
     report instead of running the item, or None to run it (a stored cancelled
     or skipped row is reset to pending first, so the sink may write it again).
-    `resumed` counts the items reported from the journal."""
+    `resumed` counts the items reported from the journal.
+
+    The journal is asked only about keys it may hold: a fixed-size filter
+    (`BloomFilter`, 4 MB whatever the input size) holds the keys it had when
+    the run started and every key asked about since, so a new key costs no
+    SQLite lookup and a key that may be there (a resumed one, a repeat, a
+    false positive) is looked up as before."""
 
     def __init__(self, journal: Journal, *, rerun: frozenset[Status] = frozenset()) -> None:
         self._journal = journal
         self._rerun = rerun
         self.resumed = 0
+        self._known = BloomFilter()
+        for key in journal.terminal_keys():  # every stored key but pending ones
+            self._known.add(key)
 
     def previous(self, key: str) -> Result[Any] | None:
+        if not self._known.add(key):
+            return None  # surely not in the journal: run it
         prev = self._journal.get(key)
         if prev is None:
             return None
@@ -94,7 +106,8 @@ class JournaledStream(BatchIterator):
     and `output` if given) before it is handed out; results reported from the
     journal are handed out too, marked `meta["resumed"]`. The journal is
     closed when the stream ends or is closed; `.report` then carries
-    `extra["journal"]` and `extra["resumed"]`.
+    `extra["journal"]` and `extra["resumed"]`. `store_values=False` keeps
+    values out of the journal where the output line holds them.
 
     `commit` are the statuses stored (`conveyor exec` stores cancelled and
     skipped jobs too, for its listing; the plan runs them again all the
@@ -116,6 +129,7 @@ class JournaledStream(BatchIterator):
         commit: frozenset[Status] = FINISHED,
         store: Callable[[Result[Any]], Result[Any]] | None = None,
         flush_every: int = 500,
+        store_values: bool = True,
     ) -> None:
         self._open_journal = open_journal
         self._make_stream = make_stream
@@ -130,6 +144,7 @@ class JournaledStream(BatchIterator):
         self._commit = commit
         self._store = store
         self._flush_every = flush_every
+        self._store_values = store_values
         self._journal: Journal | None = None
         self._plan: Plan | None = None
         self._sink: OutputSink | None = None
@@ -172,6 +187,7 @@ class JournaledStream(BatchIterator):
                     self._format,
                     overwrite=self._overwrite,
                     flush_every=self._flush_every,
+                    store_values=self._store_values,
                 )
                 self._stream = self._make_stream(self._plan.previous)
             except BaseException:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._base._exceptions import ConfigError
 from ._outcome import StopKind
 
 if TYPE_CHECKING:
@@ -46,6 +48,24 @@ class Control:
             self._engine.stop(StopKind.INTERRUPT)
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A fresh event loop: uvloop's when it is installed (`conveyor[fast]`), else asyncio's.
+
+    `CONVEYOR_LOOP=asyncio` (or `uvloop`) chooses explicitly."""
+    choice = os.environ.get("CONVEYOR_LOOP", "auto").strip().lower()
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    "CONVEYOR_LOOP", choice, "'asyncio', or install uvloop (conveyor[fast])"
+                ) from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class Portal:
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGINT,)) -> None:
         self.control = Control()
@@ -63,7 +83,7 @@ class Portal:
             running = True
         except RuntimeError:
             running = False
-        loop = asyncio.new_event_loop()
+        loop = new_loop()
         self._loop = loop
         if running:
             ready = threading.Event()

@@ -287,11 +287,18 @@ class Journal:
         entries: Iterable[tuple[Result[Any], bytes | None, int | None]],
         *,
         meta: Mapping[str, str] | None = None,
+        values: bool = True,
     ) -> None:
-        """Upsert results (each with its output line and sequence) and meta in one transaction."""
+        """Upsert results (each with its output line and sequence) and meta in one transaction.
+
+        `values=False` leaves each result's value out (where the output line
+        already holds all of it, as a Batch API answer does)."""
         self._writable()
         store = self._store_items
-        rows = [encode_row(r, line, seq, store_items=store) for r, line, seq in entries]
+        rows = [
+            encode_row(r, line, seq, store_items=store, store_value=values)
+            for r, line, seq in entries
+        ]
         with self._transaction() as conn:
             conn.executemany(UPSERT, rows)
             if meta:

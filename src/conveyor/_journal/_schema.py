@@ -95,9 +95,15 @@ def _json_default(obj: Any) -> Any:
 
 
 def encode_row(
-    r: Result[Any], line: bytes | None, seq: int | None, *, store_items: bool
+    r: Result[Any],
+    line: bytes | None,
+    seq: int | None,
+    *,
+    store_items: bool,
+    store_value: bool = True,
 ) -> tuple[Any, ...]:
-    """One result as the values of `UPSERT` (item kept only with `store_items`)."""
+    """One result as the values of `UPSERT` (item kept only with `store_items`, value
+    unless `store_value` is False)."""
     err, usage = r.error, r.usage
     return (
         r.key,
@@ -105,7 +111,7 @@ def encode_row(
         Status(r.status).value,
         r.attempts,
         dumps(r.item) if store_items and r.item is not None else None,
-        None if r.value is None else dumps(r.value),
+        None if r.value is None or not store_value else dumps(r.value),
         None if err is None else err.type,
         None if err is None else err.message,
         None if err is None else err.traceback,

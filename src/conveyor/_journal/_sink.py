@@ -49,6 +49,8 @@ class OutputSink:
     `add` waits for the writer. Results for keys that already have a
     terminal result are dropped with a warning and counted in `duplicates`:
     the planner must deduplicate keys, or `reset` them to run them again.
+    `store_values=False` keeps results' values out of the journal (when the
+    output line holds all of it).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class OutputSink:
         flush_interval: float = 0.2,
         max_buffered: int | None = None,
         overwrite: bool = False,
+        store_values: bool = True,
     ) -> None:
         if flush_every < 1:
             raise ConfigError("flush_every", flush_every, "an integer >= 1")
@@ -74,6 +77,7 @@ class OutputSink:
             )
         self._journal = journal
         self._format = format_line
+        self._store_values = store_values
         self._every = flush_every
         self._interval = flush_interval
         self._buffer: list[Result[Any]] = []
@@ -284,7 +288,7 @@ class OutputSink:
                 self._rewind()
                 raise
         try:
-            self._journal.record(entries, meta=meta)
+            self._journal.record(entries, meta=meta, values=self._store_values)
         except BaseException:
             self._rewind()
             raise

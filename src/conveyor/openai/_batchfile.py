@@ -5,11 +5,11 @@ The input is one JSON object per line: ``{"custom_id", "method", "url",
 in memory): each line becomes a `RequestLine` or a `BadLine` that says what is
 wrong and where, and a bad line never stops the reader.
 
-The one structure that grows with the input is the duplicate-``custom_id``
-index, a ``dict[str, int]`` of id -> first line: measured with tracemalloc on
-CPython 3.11, 132 bytes per 20-character ASCII id (the str, the int and the
-dict slot), so ~130 MB per million ids (plus 1 byte per extra character).
-Pass ``check_duplicates=False`` when a journal already enforces unique keys.
+Memory does not grow with the input: the duplicate-``custom_id`` index is a
+`SeenKeys` (a fixed 4 MB Bloom filter in front of a scratch SQLite file that
+holds every id and its first line; the file is read only when the filter
+says "maybe", so every repeat is still found). Pass
+``check_duplicates=False`` when a journal already enforces unique keys.
 Reading alone runs at about 2.6 s per million 515-byte lines on this machine.
 
 The output is the Batch API output format, one JSON line per request::
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import orjson
 
 from .._base._exceptions import InputError
+from .._journal._keys import SeenKeys
 from ._tokens import request_estimate
 
 if TYPE_CHECKING:
@@ -198,7 +199,11 @@ class _Parser:
         self.allowed = frozenset(endpoint_of(u) for u in urls)
         self.allowed_text = ", ".join(urls)
         self.check_duplicates = check_duplicates
-        self.seen: dict[str, int] = {}
+        self.seen: SeenKeys | None = SeenKeys() if check_duplicates else None
+
+    def close(self) -> None:
+        if self.seen is not None:
+            self.seen.close()
 
     def parse(self, lineno: int, raw: bytes) -> RequestLine | BadLine:
         try:
@@ -215,9 +220,9 @@ class _Parser:
             return BadLine(
                 lineno, f"custom_id must be a non-empty string, got {_type_name(cid)} {cid!r:.40}"
             )
-        if self.check_duplicates:
-            first = self.seen.setdefault(cid, lineno)
-            if first != lineno:
+        if self.seen is not None:
+            first = self.seen.first(cid, lineno)
+            if first is not None:
                 return BadLine(
                     lineno, f"custom_id {_show_id(cid)} repeats line {first}", cid, first
                 )
@@ -276,11 +281,14 @@ def _read_requests(
     max_line_bytes: int,
 ) -> Iterator[RequestLine | BadLine]:
     parser = _Parser(allowed_urls, check_duplicates=check_duplicates)
-    for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
-        if raw is None:
-            yield _too_long(lineno, max_line_bytes)
-        elif raw:
-            yield parser.parse(lineno, raw)
+    try:
+        for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
+            if raw is None:
+                yield _too_long(lineno, max_line_bytes)
+            elif raw:
+                yield parser.parse(lineno, raw)
+    finally:
+        parser.close()
 
 
 @dataclass(slots=True)
@@ -357,13 +365,16 @@ def validate_file(
     _check_exists(path)
     check = FileCheck(path=os.fspath(path))
     parser = _Parser(allowed_urls, check_duplicates=True)
-    for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
-        check.lines = lineno
-        if raw == b"":
-            check.blank += 1
-            continue
-        item = _too_long(lineno, max_line_bytes) if raw is None else parser.parse(lineno, raw)
-        check.add(item, estimate=estimate, max_bad=max_bad)
+    try:
+        for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
+            check.lines = lineno
+            if raw == b"":
+                check.blank += 1
+                continue
+            item = _too_long(lineno, max_line_bytes) if raw is None else parser.parse(lineno, raw)
+            check.add(item, estimate=estimate, max_bad=max_bad)
+    finally:
+        parser.close()
     return check
 
 

@@ -30,7 +30,14 @@ from .._journal._errors import FileProblem, classify
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Iterator
 
-__all__ = ["CacheError", "CachedResponse", "InflightDedupe", "ResponseCache", "request_key"]
+__all__ = [
+    "CacheError",
+    "CachedResponse",
+    "InflightDedupe",
+    "ResponseCache",
+    "body_tokens",
+    "request_key",
+]
 
 CACHE_SCHEMA_VERSION = 1
 _CACHE_APP_ID = 0x63766361  # "cvca"
@@ -62,9 +69,15 @@ def request_key(url: str, body: Any) -> str:
 def usage_tokens(body: bytes) -> int:
     """Total tokens in a response body's `usage` (OpenAI chat/completions/responses shapes)."""
     try:
-        usage = orjson.loads(body).get("usage")
-    except (orjson.JSONDecodeError, AttributeError):
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return 0
+    return body_tokens(parsed)
+
+
+def body_tokens(parsed: Any) -> int:
+    """`usage_tokens` of a body already parsed."""
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
     if not isinstance(usage, dict):
         return 0
     total = usage.get("total_tokens")
@@ -180,9 +193,11 @@ class ResponseCache:
                 self.tokens_saved += found.tokens
             return found
 
-    def put(self, key: str, status_code: int, body: bytes) -> None:
-        """Store a response (replacing any previous one for `key`)."""
-        entry = CachedResponse(status_code, bytes(body), usage_tokens(body))
+    def put(self, key: str, status_code: int, body: bytes, *, tokens: int | None = None) -> None:
+        """Store a response (replacing any previous one for `key`); `tokens`, when the
+        caller knows them, saves parsing `body` again for its `usage`."""
+        tokens = usage_tokens(body) if tokens is None else tokens
+        entry = CachedResponse(status_code, bytes(body), tokens)
         with self._lock:
             if self._conn is None:
                 self._memory[key] = entry

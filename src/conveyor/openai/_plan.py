@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._journal._journal import Journal
+from .._journal._keys import SeenKeys
 from .._render._pricing import Price, estimate_cost, lookup_price
 from ._batchfile import BadLine, FileCheck
 from ._tokens import request_estimate, tokenizer_name
@@ -112,7 +113,7 @@ def make_plan(
     journal = None
     if journal_path is not None and journal_path.exists():
         journal = Journal.open_readonly(journal_path)
-    seen: set[str] = set()
+    seen = SeenKeys()  # identical requests: bounded memory, every repeat found
     check = FileCheck(path=str(input_path))  # the same scan step as validate_file
     try:
         for parsed in items:
@@ -126,16 +127,16 @@ def make_plan(
             plan.pending += 1
             if request_key is not None:
                 rk = request_key(item.url, item.body)
-                if rk in seen:
+                if seen.first(rk, plan.lines) is not None:
                     plan.duplicates += 1
                     continue
-                seen.add(rk)
             model = str(item.body.get("model", "?"))
             plan.models[model] += 1
             prompt, output = request_estimate(item.body, item.endpoint)
             plan.prompt_tokens[model] += prompt
             plan.output_tokens[model] += output  # n/best_of included, as the run reserves
     finally:
+        seen.close()
         if journal is not None:
             journal.close()
     plan.valid, plan.bad_count, plan.bad = check.valid, check.bad, check.bad_lines

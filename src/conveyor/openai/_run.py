@@ -39,7 +39,7 @@ from ._batchfile import (
     read_requests,
     validate_file,
 )
-from ._cache import InflightDedupe, ResponseCache, request_key
+from ._cache import InflightDedupe, ResponseCache, body_tokens, request_key
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._structured import (
     Validator,
@@ -318,7 +318,9 @@ class _Caller:
             sent = True
             answer = await self._post(req)
             assert self._cache is not None
-            self._cache.put(key, answer.status, orjson.dumps(answer.body))
+            self._cache.put(
+                key, answer.status, orjson.dumps(answer.body), tokens=body_tokens(answer.body)
+            )
             return answer
 
         answer = await self._inflight.run(key, send)
@@ -496,6 +498,8 @@ async def arun_file(
                     format_line=format_line,
                     overwrite=s.force,
                     close_journal=False,
+                    # The output line holds the whole answer: not stored twice.
+                    store_values=False,
                 )
             else:
                 stream = make(lambda key: None)
@@ -675,6 +679,7 @@ def _invoke(caller: _Caller) -> Any:
     async def invoke(item: Item, engine: Any) -> Answer:
         return await caller(item)
 
+    invoke.cancel_safe = True  # type: ignore[attr-defined]  # aiohttp and our code re-raise it
     return invoke
 
 

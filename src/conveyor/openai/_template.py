@@ -36,6 +36,7 @@ import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .._base._exceptions import ConfigError, InputError
+from .._journal._keys import SeenKeys
 from ._batchfile import (
     DEFAULT_MAX_LINE_BYTES,
     BadLine,
@@ -450,7 +451,19 @@ def _build(
     endpoint: str,
     kind: str,
 ) -> Iterator[RequestLine | BadLine]:
-    seen: dict[str, int] = {}
+    with SeenKeys() as seen:  # bounded memory, every repeat found
+        yield from _build_lines(records, template, model, id_column, endpoint, kind, seen)
+
+
+def _build_lines(
+    records: Iterable[Record | BadLine],
+    template: PromptTemplate,
+    model: str,
+    id_column: str | None,
+    endpoint: str,
+    kind: str,
+    seen: SeenKeys,
+) -> Iterator[RequestLine | BadLine]:
     for rec in records:
         if isinstance(rec, BadLine):
             yield rec
@@ -471,8 +484,8 @@ def _build(
             if not cid:
                 yield BadLine(rec.line, f"id column {id_column!r} is empty")
                 continue
-            first = seen.setdefault(cid, rec.line)
-            if first != rec.line:
+            first = seen.first(cid, rec.line)
+            if first is not None:
                 yield BadLine(rec.line, f"custom_id {cid!r:.80} repeats line {first}", cid, first)
                 continue
         try:
