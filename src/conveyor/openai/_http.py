@@ -86,7 +86,8 @@ class Answer:
     """A response the server gave (2xx).
 
     `parsed` is the answer validated against its schema (the JSON value; for
-    function tools a list of ``{"name", "arguments"}``) when `checked`.
+    function tools a list of ``{"name", "arguments"}``) when `checked`. `raw`
+    is the body as received (what a response cache keeps).
     """
 
     status: int
@@ -94,6 +95,7 @@ class Answer:
     request_id: str | None
     parsed: Any = None
     checked: bool = False
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -180,19 +182,19 @@ class OpenAIClient:
 
     async def get(self, endpoint: str) -> tuple[int, Any]:
         """A GET (for `/models`), errors translated."""
-        status, body, _, _ = await self._request("GET", endpoint, None)
+        status, body, _, _, _ = await self._request("GET", endpoint, None)
         return status, body
 
     async def post(self, endpoint: str, body: Any) -> Answer:
         """POST one request; returns an `Answer` or raises a translated error."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        status, parsed, request_id, headers = await self._request("POST", endpoint, data)
+        status, parsed, request_id, headers, raw = await self._request("POST", endpoint, data)
         _report_headers(headers)
         where = self.endpoint.base_url
         if 200 <= status < 300:
             if isinstance(parsed, dict) and parsed.get("error") is None:
                 _report_usage(parsed)
-                return Answer(status, parsed, request_id)
+                return Answer(status, parsed, request_id, raw=raw)
             # A 2xx that is not a result (a proxy's HTML page, an empty body,
             # an error object): a failure, retried like a 5xx.
             if isinstance(parsed, dict):
@@ -240,7 +242,7 @@ class OpenAIClient:
 
     async def _request(
         self, method: str, endpoint: str, data: bytes | None
-    ) -> tuple[int, Any, str | None, Any]:
+    ) -> tuple[int, Any, str | None, Any, bytes]:
         session = self._session
         if session is None:
             raise RuntimeError("OpenAIClient used outside `async with`")
@@ -264,4 +266,4 @@ class OpenAIClient:
             parsed: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             parsed = raw.decode("utf-8", "replace")
-        return status, parsed, headers.get("x-request-id"), headers
+        return status, parsed, headers.get("x-request-id"), headers, raw

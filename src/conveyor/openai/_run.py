@@ -318,9 +318,9 @@ class _Caller:
             sent = True
             answer = await self._post(req)
             assert self._cache is not None
-            self._cache.put(
-                key, answer.status, orjson.dumps(answer.body), tokens=body_tokens(answer.body)
-            )
+            # The body as received: an exact-size copy, not an encoder's buffer.
+            raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
+            self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
             return answer
 
         answer = await self._inflight.run(key, send)
