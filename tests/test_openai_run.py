@@ -406,12 +406,11 @@ def test_concurrency_options_keep_what_the_user_gave(monkeypatch: pytest.MonkeyP
     assert concurrency_options(RunSettings(ray="local"))["concurrency"] == 100
 
 
-async def test_a_slow_answer_times_out_in_place_and_is_written_as_timeout(
+async def test_a_slow_answer_times_out_and_is_written_as_timeout(
     server: MockServer, tmp_path: Path
 ) -> None:
-    """The HTTP caller runs its attempt inline under the timeout (no task per attempt):
-    an answer slower than `timeout` is cut off, its line says `timeout` with the
-    attempts made, and the journal holds it as timed out; nothing hangs."""
+    """An answer slower than `timeout` is cut off, its line says `timeout` with the
+    attempts made, and the run reports it as timed out; nothing hangs."""
     server.config = MockConfig(api_key=KEY, latency=5.0)
     write_requests(tmp_path / "in.jsonl", 3)
     out = tmp_path / "out.jsonl"

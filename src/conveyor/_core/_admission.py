@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._budget import Budget, Model
 from ._congestion import CongestionController
-from ._limits import AdaptiveConcurrency, CircuitBreaker
+from ._limits import AdaptiveConcurrency, BreakerState, CircuitBreaker
 from ._refusals import Refusal, RefusalKind, classify_exception
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class Admission:
     def _open(self) -> bool:
         return (
             not self._probe
-            and self.breaker is None
+            and (self.breaker is None or self.breaker.state is BreakerState.CLOSED)
             and self.paused_until < 0
             and all(b.model is Model.OPEN for b in self.budgets.values())
         )

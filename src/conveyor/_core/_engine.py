@@ -78,9 +78,6 @@ class Engine(ItemRunner, EngineWatch):
         length_hint: int | None = None,
     ) -> None:
         self._invoke = invoker
-        # `invoker.cancel_safe = True`: it never swallows CancelledError, so an
-        # attempt's timeout may cancel it in place (see `ItemRunner._attempt`).
-        self._cancel_safe = getattr(invoker, "cancel_safe", False) is True
         self.opts = options
         self._clock = options.clock
         self._deliver = deliver

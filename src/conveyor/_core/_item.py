@@ -84,7 +84,6 @@ class ItemRunner:
         opts: Options
         _clock: Clock
         _invoke: Invoker
-        _cancel_safe: bool
         _admission: Admission
         _dispatch: Dispatcher
         _report: ReportBuilder
@@ -307,19 +306,6 @@ class ItemRunner:
         timeout = self.opts.timeout
         if timeout is None:
             return await self._call(item)
-        if self._cancel_safe:
-            # An invoker that never swallows CancelledError (conveyor's own
-            # HTTP caller) runs inline: no extra task and wait per attempt.
-            deadline = asyncio.timeout(timeout)
-            try:
-                async with deadline:
-                    return await self._call(item)
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the call's own TimeoutError, as the task path keeps it
-                raise TimeoutError(
-                    f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
-                ) from None
         # The call runs as its own task: a function that swallows
         # CancelledError is abandoned at the timeout instead of hanging us.
         task = asyncio.ensure_future(self._call(item))

@@ -67,32 +67,51 @@ def _generic_reset(text: str | None, wall: float) -> float | None:
 _FIRST_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)")
 
 
+# Header names, built once (this runs for every response).
+_OPENAI_NAMES = tuple(
+    (scope, f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}",
+     f"x-ratelimit-reset-{name}")
+    for name, scope in _OPENAI
+)  # fmt: skip
+_ANTHROPIC_NAMES = tuple(
+    (scope, f"anthropic-ratelimit-{name}-limit", f"anthropic-ratelimit-{name}-remaining",
+     f"anthropic-ratelimit-{name}-reset")
+    for name, scope in _ANTHROPIC
+)  # fmt: skip
+_GENERIC_NAMES = ("x-ratelimit-limit", "x-ratelimit-remaining", "ratelimit-limit",
+                  "ratelimit-remaining")  # fmt: skip
+_ALL_NAMES = frozenset(
+    [n for names in (*_OPENAI_NAMES, *_ANTHROPIC_NAMES) for n in names[1:3]] + [*_GENERIC_NAMES]
+)
+
+
 def read_limit_headers(headers: Any, *, wall: float | None = None) -> RateLimitHint | None:
     """The hint in a response's headers, or None if it carries none."""
+    if not any(k.lower() in _ALL_NAMES for k in headers):
+        return None  # a server that sends none (the common case): one pass, no parsing
     hint = RateLimitHint()
     found = False
-    for name, scope in _OPENAI:
-        limit = _num(headers.get(f"x-ratelimit-limit-{name}"))
-        remaining = _num(headers.get(f"x-ratelimit-remaining-{name}"))
+    for scope, limit_name, remaining_name, reset_name in _OPENAI_NAMES:
+        limit = _num(headers.get(limit_name))
+        remaining = _num(headers.get(remaining_name))
         if limit is None and remaining is None:
             continue
         found = True
         setattr(hint, f"{scope}_limit", limit)
         setattr(hint, f"{scope}_remaining", remaining)
-        setattr(hint, f"{scope}_reset", parse_wait(headers.get(f"x-ratelimit-reset-{name}")))
+        setattr(hint, f"{scope}_reset", parse_wait(headers.get(reset_name)))
     if found:
         return hint
     now = time.time() if wall is None else wall
-    for name, scope in _ANTHROPIC:
-        prefix = f"anthropic-ratelimit-{name}-"
-        limit = _num(headers.get(prefix + "limit"))
-        remaining = _num(headers.get(prefix + "remaining"))
+    for scope, limit_name, remaining_name, reset_name in _ANTHROPIC_NAMES:
+        limit = _num(headers.get(limit_name))
+        remaining = _num(headers.get(remaining_name))
         if limit is None and remaining is None:
             continue
         found = True
         setattr(hint, f"{scope}_limit", limit)
         setattr(hint, f"{scope}_remaining", remaining)
-        setattr(hint, f"{scope}_reset", _rfc3339_in(headers.get(prefix + "reset"), now))
+        setattr(hint, f"{scope}_reset", _rfc3339_in(headers.get(reset_name), now))
     if found:
         return hint
     for prefix in ("x-ratelimit-", "ratelimit-"):

@@ -679,7 +679,6 @@ def _invoke(caller: _Caller) -> Any:
     async def invoke(item: Item, engine: Any) -> Answer:
         return await caller(item)
 
-    invoke.cancel_safe = True  # type: ignore[attr-defined]  # aiohttp and our code re-raise it
     return invoke
 
 

@@ -33,6 +33,7 @@ none is given, so the estimate does too. Embeddings produce no output tokens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -195,6 +196,7 @@ def tokenizer_name(model: Any = None) -> str:
     return _DEFAULT_COUNTER.tokenizer_name(model)
 
 
+@functools.lru_cache(maxsize=64)
 def _kind(endpoint: str) -> str:
     e = endpoint.rstrip("/")
     for kind in ("chat/completions", "completions", "embeddings", "responses"):
