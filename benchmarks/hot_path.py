@@ -393,14 +393,11 @@ def _paired(rounds: list[list[Run]], idx: int, fn: Any) -> float:
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    fmt = (
-        lambda cells: "  ".join(  # noqa: E731
-            [
-                cells[0].ljust(widths[0]),
-                *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)),
-            ]
-        )
-    )
+
+    def fmt(cells: list[str]) -> str:
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([cells[0].ljust(widths[0]), *rest])
+
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
 
 
@@ -476,8 +473,9 @@ def scenario_timed(ctx: Ctx, name: str, n: int, latency: float, conc: int) -> li
                 str(min(r.lines for r in runs)),
             ]
         )
-    print(_table(["client", "wall s (spawn-exit)", "x bare", "spawn->1st req s",
-                  "1st req->exit s", "x ideal", "CPU ms/req", "peak RSS MB", "answers"], rows))  # fmt: skip
+    head = ["client", "wall s (spawn-exit)", "x bare", "spawn->1st req s", "1st req->exit s",
+            "x ideal", "CPU ms/req", "peak RSS MB", "answers"]  # fmt: skip
+    print(_table(head, rows))
     return rounds
 
 
@@ -516,9 +514,8 @@ def scenario_d(ctx: Ctx) -> None:
             r = run_client(c, input_path=inp, n=size, latency=0.0, concurrency=100,
                            work=ctx.work, cap=cap, uvloop=ctx.uvloop)  # fmt: skip
             peaks[(c, size)] = r.maxrss_mb
-            over = [
-                f"{t:.0f}s:{rss:.0f}" for t, _, rss, _ in r.samples[:: max(1, len(r.samples) // 12)]
-            ]
+            step = max(1, len(r.samples) // 12)
+            over = [f"{t:.0f}s:{rss:.0f}" for t, _, rss, _ in r.samples[::step]]
             print(f"   {c:5s} {size:>9,} lines: peak RSS {r.maxrss_mb:.0f} MB, {r.lines:,} answered "
                   f"in {r.wall:.1f} s{' (capped)' if r.capped else ''}; RSS MB over time "
                   + " ".join(over), flush=True)  # fmt: skip
