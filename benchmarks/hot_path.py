@@ -516,8 +516,9 @@ def scenario_d(ctx: Ctx) -> None:
             peaks[(c, size)] = r.maxrss_mb
             step = max(1, len(r.samples) // 12)
             over = [f"{t:.0f}s:{rss:.0f}" for t, _, rss, _ in r.samples[::step]]
-            print(f"   {c:5s} {size:>9,} lines: peak RSS {r.maxrss_mb:.0f} MB, {r.lines:,} answered "
-                  f"in {r.wall:.1f} s{' (capped)' if r.capped else ''}; RSS MB over time "
+            print(f"   {c:5s} {size:>9,} lines: peak RSS {r.maxrss_mb:.0f} MB, "
+                  f"{r.lines:,} answered in {r.wall:.1f} s{' (capped)' if r.capped else ''}; "
+                  "RSS MB over time "
                   + " ".join(over), flush=True)  # fmt: skip
         inp.unlink()
     if ("cli", sizes[1]) in peaks:
