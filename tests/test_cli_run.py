@@ -588,3 +588,32 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     assert floor.returncode == 3 and "pool = 9 < 10" in floor.stderr
     bad = conveyor(*base, "--limit", "pool", env=env)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def test_two_runs_on_one_output_with_different_journals_refuse(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Same -o, different --journal, started 0.2 s apart: one run writes, the
+    other exits 2 before sending anything, naming the first run's journal and
+    what to do; the output holds each id once (#12.5)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=13)
+    make_input(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    procs = []
+    for name in ("a", "b"):
+        args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                "-c", "10", "--no-preflight", "-q",
+                "--journal", str(tmp_path / f"{name}.db")]  # fmt: skip
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+        time.sleep(0.2)  # the issue's gap between the two starts
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], errs
+    winner = "ab"[[p.returncode for p in procs].index(0)]
+    loser = errs["ab".index(winner) ^ 1]
+    assert "being written by another conveyor run" in loser
+    assert f"{winner}.db" in loser and "Wait for that run to finish" in loser
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 300
