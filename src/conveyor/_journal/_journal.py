@@ -127,7 +127,7 @@ def _json_default(obj: Any) -> Any:
 def _acquire_lock(path: str) -> int:
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_or_wait(fd)
     except BlockingIOError:
         pid = _read_pid(fd)
         os.close(fd)
@@ -138,6 +138,39 @@ def _acquire_lock(path: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+_HELPER_WAIT_S = 10.0  # the most a dead writer's helper may hold its lock (its cleanup)
+
+
+def _flock_or_wait(fd: int) -> None:
+    """Take the lock; while the pid that wrote it is dead, a helper it left (the
+    guard killing its jobs) still holds it for a moment: wait for that, bounded."""
+    deadline = time.monotonic() + _HELPER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            if pid is None or _pid_alive(pid) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return raw[raw.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+    except OSError:
+        return True
 
 
 def _read_pid(fd: int) -> int | None:
@@ -262,6 +295,12 @@ class Journal:
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the writer lock (a helper process that inherits
+        it keeps the journal locked until it exits too); None when read-only."""
+        return self._lock_fd
 
     @property
     def readonly(self) -> bool:
