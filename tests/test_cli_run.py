@@ -617,3 +617,58 @@ def test_two_runs_on_one_output_with_different_journals_refuse(
     assert f"{winner}.db" in loser and "Wait for that run to finish" in loser
     ids = read_ids(out)
     assert len(ids) == len(set(ids)) == 300
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_stdin_is_an_input_and_resumes(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    """`cat in.jsonl | conveyor run - -o out` (or /dev/stdin, a pipe) runs
+    every line, preflight included; the same pipe again resumes: nothing is
+    sent twice (#12.13)."""
+    srv, url = mock_server
+    make_input(tmp_path / "in.jsonl", 40)
+    data = (tmp_path / "in.jsonl").read_bytes()
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", name, "-o", str(out), "--base-url", url, "-q"]
+    first = subprocess.run(args, input=data, env=env, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert sorted(read_ids(out)) == sorted(f"id-{i}" for i in range(40))
+    sent = srv.stats.by_path["/v1/chat/completions"]
+    again = subprocess.run(args, input=data, env=env, capture_output=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert srv.stats.by_path["/v1/chat/completions"] == sent
+    assert len(read_ids(out)) == 40
+
+
+def test_a_fifo_is_an_input_and_preflight_does_not_read_it(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A named pipe (what `<(...)` gives) is read once, as the run's input:
+    preflight does not consume or block on it (#12.13)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 30)
+    fifo = tmp_path / "requests.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*CONVEYOR, "run", str(fifo), "-o", str(out), "--base-url", url, "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        with fifo.open("wb") as w:  # blocks until conveyor opens it for reading
+            w.write((tmp_path / "in.jsonl").read_bytes())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(set(read_ids(out))) == 30
+
+
+def test_a_device_that_never_ends_is_refused_at_once(env: dict[str, str], tmp_path: Path) -> None:
+    """/dev/zero is neither a file nor a pipe: exit 2 with what to give instead,
+    instead of hanging (#12.13)."""
+    r = conveyor("run", "/dev/zero", "-o", str(tmp_path / "o.jsonl"), "--base-url",
+                 "http://127.0.0.1:9/v1", env=env, timeout=30)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "is a device" in r.stderr and "- for stdin" in r.stderr

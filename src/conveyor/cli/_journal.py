@@ -159,6 +159,11 @@ def _retry_file(
     from ..openai._run import RunSettings
     from ._run import execute
 
+    if saved.get("input") == "-" and sys.stdin.isatty():
+        raise click.UsageError(
+            f"the run of {journal} read its requests from a pipe (`-`): pipe the same input "
+            f"into the retry, e.g. `conveyor retry {journal} < requests.jsonl`"
+        )
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         keys = list(j.keys_with_status(wanted))
         # Items an interrupted or killed retry reset but did not finish.

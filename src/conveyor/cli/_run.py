@@ -39,7 +39,8 @@ Input: one OpenAI Batch request per line ({"custom_id", "method", "url",
 `user` Jinja2 templates (and optional `model`, `[params]`).
 Output: the Batch API output format, one line per input line, each
 custom_id exactly once. A bad input line becomes an error line naming its
-line number; the run goes on (--strict refuses the file instead).
+line number; the run goes on (--strict refuses the file instead). INPUT may
+be - (stdin), a pipe or a FIFO (`<(...)`): read once, resumed by custom_id.
 
 \b
 Resume: the journal (default: OUTPUT.conveyor.db) records every result.
@@ -270,7 +271,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     """Send every request of INPUT to an OpenAI-compatible endpoint, as fast
     as its limits allow, and write one result per line to OUTPUT."""
     setup_logging(verbose=o["verbose"], log_json=o["log_json"], quiet=o["quiet"])
-    from ..openai._run import RunSettings, default_journal_path
+    from ..openai._run import RunSettings, default_journal_path, is_stream
 
     if output is None and not o["dry_run"]:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
@@ -329,6 +330,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         return
     assert output is not None
     journal = o["journal"] or default_journal_path(output)
+    is_stream(input_path)  # the input's own problems first (a device, a directory)
     if not o["no_preflight"]:
         _preflight(settings, journal, o["quiet"], {**o, "input_path": input_path})
     code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
@@ -339,11 +341,10 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> N
     from .._render._pricing import load_prices
     from ..openai._cache import request_key
     from ..openai._plan import make_plan
-    from ..openai._run import _items, default_journal_path, item_key
+    from ..openai._run import _items, default_journal_path, is_stream, item_key
 
     jpath = o["journal"] or (default_journal_path(settings.output) if settings.output else None)
-    if not input_path.is_file():
-        raise click.BadParameter(f"{input_path}: no such file", param_hint="INPUT")
+    is_stream(input_path)  # refuses a directory, a missing path, a device
     plan = make_plan(
         _items(input_path, settings, rule),
         input_path,
@@ -361,10 +362,14 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> N
 
 
 def _first_model(path: Path) -> str | None:
-    """The model of the first valid request line (checked against /models)."""
+    """The model of the first valid request line (checked against /models);
+    None for a pipe, which only the run itself may read."""
     from ..openai._batchfile import RequestLine, read_requests
+    from ..openai._run import is_stream
 
     try:
+        if is_stream(path):
+            return None
         for i, item in enumerate(read_requests(path, check_duplicates=False)):
             if isinstance(item, RequestLine):
                 model = item.body.get("model")

@@ -135,8 +135,11 @@ def _type_name(value: Any) -> str:
 
 
 def _open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open for reading, translating OSError into an InputError naming the file."""
+    """Open for reading, translating OSError into an InputError naming the file;
+    `-` is standard input (a copy of its descriptor: closing it keeps stdin)."""
     try:
+        if os.fspath(path) == "-":
+            return os.fdopen(os.dup(0), "rb")
         return open(path, "rb")  # the caller's `with` closes it
     except FileNotFoundError:
         raise InputError("file not found; check the path", path=os.fspath(path)) from None
@@ -248,7 +251,7 @@ def _too_long(lineno: int, max_line_bytes: int) -> BadLine:
 
 def _check_exists(path: str | os.PathLike[str]) -> None:
     # Fail at the call, not at the first next(), for the common mistake.
-    if not os.path.exists(path):
+    if os.fspath(path) != "-" and not os.path.exists(path):
         raise InputError("file not found; check the path", path=os.fspath(path))
 
 
