@@ -672,3 +672,24 @@ def test_a_device_that_never_ends_is_refused_at_once(env: dict[str, str], tmp_pa
                  "http://127.0.0.1:9/v1", env=env, timeout=30)  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert "is a device" in r.stderr and "- for stdin" in r.stderr
+
+
+def test_truncated_bodies_are_retried_not_a_stop(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every answer is cut off halfway through its body: that is a server that
+    answers badly, not one that cannot be reached. Each item fails after its
+    attempts with a message saying the body was cut off; the run is not
+    stopped as "cannot reach ... is the server running?" (#12.16)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_truncate=1.0, seed=16)
+    make_input(tmp_path / "in.jsonl", 4)  # 8 attempts: below the breaker's threshold
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "1", "--no-preflight", "-q", env=env)  # fmt: skip
+    assert "cannot reach" not in r.stderr and "is the server running" not in r.stderr
+    assert r.returncode == 1, r.stderr
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(lines) == 4
+    assert all("cut off" in line["error"]["message"] for line in lines), lines[0]
+    assert srv.stats.faults["truncate"] == 8  # two attempts each

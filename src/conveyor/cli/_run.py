@@ -549,6 +549,12 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @click.option("--rate-500", type=float, default=0.0, help="Fraction answered 500.")
 @click.option("--rate-503", type=float, default=0.0, help="Fraction answered 503.")
 @click.option("--rate-reset", type=float, default=0.0, help="Fraction of connections reset.")
+@click.option(
+    "--rate-truncate",
+    type=float,
+    default=0.0,
+    help="Fraction of 200 answers cut off halfway through the body.",
+)
 @click.option("--rate-hang", type=float, default=0.0, help="Fraction never answered.")
 @click.option(
     "--retry-after",
@@ -748,7 +754,7 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
-             "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
+             "rate_truncate", "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",

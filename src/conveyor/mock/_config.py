@@ -64,7 +64,11 @@ class MockConfig:
     `max_upload_bytes` (OpenAI: 512 MB) is a 413. The capacity faults are
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
-    Unavailable", not a rate limit).
+    Unavailable", not a rate limit). `rate_truncate` answers 200 with the full
+    Content-Length but closes the connection halfway through the body, as an
+    upstream or proxy that drops mid-answer does (clients report "peer closed
+    connection without sending complete message body", e.g.
+    https://github.com/langgenius/dify/issues/9912 against Azure OpenAI).
 
     Structured requests (a json_schema `response_format`/`text.format`, or
     function tools) are answered with JSON that fits the schema, except at
@@ -81,6 +85,7 @@ class MockConfig:
     rate_500: float = 0.0
     rate_503: float = 0.0
     rate_reset: float = 0.0
+    rate_truncate: float = 0.0
     rate_hang: float = 0.0
     hang_seconds: float | None = None
     retry_after: float = 1.0
@@ -147,6 +152,7 @@ class MockConfig:
             "rate_500",
             "rate_503",
             "rate_reset",
+            "rate_truncate",
             "rate_hang",
             "rate_529",
             "rate_498",
@@ -227,6 +233,7 @@ class MockConfig:
             ("500", self.rate_500),
             ("503", self.rate_503),
             ("reset", self.rate_reset),
+            ("truncate", self.rate_truncate),
             ("hang", self.rate_hang),
             ("529", self.rate_529),
             ("498", self.rate_498),

@@ -136,6 +136,12 @@ def _report_usage(body: Any) -> None:
         report_usage(tin, tout)
 
 
+def _cut_off(exc: BaseException, headers: Any) -> str:
+    expected = headers.get("Content-Length")
+    detail = str(exc).split(":", 1)[0] if str(exc) else type(exc).__name__
+    return f"{detail}; Content-Length {expected}" if expected else detail
+
+
 def _error_message(body: Any) -> str:
     if isinstance(body, dict):
         err = body.get("error")
@@ -247,9 +253,19 @@ class OpenAIClient:
         url = self.endpoint.url_for(endpoint)
         try:
             async with session.request(method, url, data=data) as resp:
-                raw = await resp.read()
                 headers = resp.headers
                 status = resp.status
+                try:
+                    raw = await resp.read()
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                    # The server answered, then the body was cut off: a bad
+                    # answer (retried), not a server that cannot be reached.
+                    raise HTTPRetryable(
+                        f"HTTP {status} from {self.endpoint.base_url}, but the response body "
+                        f"was cut off ({_cut_off(exc, headers)})",
+                        status_code=status,
+                        request_id=headers.get("x-request-id"),
+                    ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise HTTPRetryable(
                 f"connection error talking to {self.endpoint.base_url}: {type(exc).__name__}: {exc}"
