@@ -754,7 +754,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
-             "rate_truncate", "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
+             "rate_truncate", "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed",
+             "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",
