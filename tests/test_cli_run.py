@@ -693,3 +693,23 @@ def test_truncated_bodies_are_retried_not_a_stop(
     assert len(lines) == 4
     assert all("cut off" in line["error"]["message"] for line in lines), lines[0]
     assert srv.stats.faults["truncate"] == 8  # two attempts each
+
+
+def test_a_deeply_nested_line_in_dry_run_and_strict(env: dict[str, str], tmp_path: Path) -> None:
+    """A line nested 1,000 deep: --dry-run reports it as bad line 2 (no
+    RecursionError traceback); --strict refuses the file naming line 2 (#12.17)."""
+    make_input(tmp_path / "in.jsonl", 3)
+    lines = (tmp_path / "in.jsonl").read_text().splitlines()
+    deep = "[" * 1000 + "]" * 1000
+    lines.insert(1, '{"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions", '
+                    f'"body": {{"model": "mock-gpt", "messages": {deep}}}}}')  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    dry = conveyor("run", str(tmp_path / "in.jsonl"), "--dry-run", env=env)
+    assert "Traceback" not in dry.stderr and "RecursionError" not in dry.stderr, dry.stderr
+    assert dry.returncode == 0, dry.stderr
+    assert "nested more than" in dry.stdout and "2" in dry.stdout
+    strict = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                      "--strict", "--no-preflight", "--base-url", "http://127.0.0.1:9/v1",
+                      env=env)  # fmt: skip
+    assert strict.returncode == 2, strict.stderr
+    assert "in.jsonl:2: JSON nested more than" in strict.stderr

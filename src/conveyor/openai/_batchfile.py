@@ -180,11 +180,42 @@ def iter_lines(
             yield lineno, raw.strip(_WS)
 
 
+MAX_DEPTH = 64
+"""The deepest nesting a line may have: far more than any request needs (OpenAI's
+structured outputs allow 5 levels of schema), far less than the JSON encoder's
+limit when the body is sent again (orjson: 254) or a recursive walk's."""
+
+
+def nesting_problem(raw: bytes, obj: Any) -> str | None:
+    """Why a parsed line is nested too deep, or None (cheap: only lines with more
+    than MAX_DEPTH brackets are walked, without recursion)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return None
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return (
+                f"JSON nested more than {MAX_DEPTH} levels deep: no request needs that; "
+                "flatten the line"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return None
+
+
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as ude:
         return f"not UTF-8: invalid byte 0x{raw[ude.start]:02x} at byte {ude.start + 1}"
+    if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+        return (
+            f"JSON nested more than {MAX_DEPTH} levels deep (past the parser's limit): "
+            "flatten the line"
+        )
     hint = ""
     if raw[:1] == b"[":
         hint = " (each line must be one JSON object, not an array)"
@@ -208,6 +239,8 @@ class _Parser:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return BadLine(lineno, _json_error(raw, exc))
+        if (too_deep := nesting_problem(raw, obj)) is not None:
+            return BadLine(lineno, too_deep)
         if not isinstance(obj, dict):
             return BadLine(lineno, f"line must be a JSON object, got {_type_name(obj)}")
 

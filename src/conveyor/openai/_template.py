@@ -45,6 +45,7 @@ from ._batchfile import (
     _type_name,
     endpoint_of,
     iter_lines,
+    nesting_problem,
 )
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ def _read_jsonl(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[R
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             yield BadLine(lineno, _json_error(raw, exc))
+            continue
+        if (too_deep := nesting_problem(raw, obj)) is not None:
+            yield BadLine(lineno, too_deep)
             continue
         if isinstance(obj, dict):
             yield Record(lineno, obj)
