@@ -713,3 +713,42 @@ def test_a_deeply_nested_line_in_dry_run_and_strict(env: dict[str, str], tmp_pat
                       env=env)  # fmt: skip
     assert strict.returncode == 2, strict.stderr
     assert "in.jsonl:2: JSON nested more than" in strict.stderr
+
+
+def test_preflight_sends_the_h_headers_azure_api_key(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The key in an -H header (Azure's `api-key`) with no OPENAI_API_KEY:
+    preflight sends the headers the run sends, so it passes, and the run
+    succeeds; the header's value is never printed (#12.18)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 5)
+    env.pop("OPENAI_API_KEY")
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "-H", f"api-key: {KEY}", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert KEY not in r.stderr
+    assert len(read_ids(out)) == 5
+
+
+def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A server that words its 401 with the key in clear: the key appears in
+    no message, log line, output, journal or report (#12.18, invariant 7)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, echo_key=True, seed=18)
+    make_input(tmp_path / "in.jsonl", 5)
+    wrong = "sk-wrong-ECHOED-123456789"
+    env["OPENAI_API_KEY"] = wrong
+    out, rj = tmp_path / "out.jsonl", tmp_path / "report.json"
+    for extra in ([], ["--no-preflight", "-v", "--log-json"]):
+        r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                     "--report-json", str(rj), *extra, env=env)  # fmt: skip
+        assert r.returncode in (2, 3), r.stderr
+        assert "Incorrect API key provided" in r.stderr or "refused the key" in r.stderr
+        assert wrong not in r.stderr + r.stdout
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            assert wrong.encode() not in f.read_bytes(), f

@@ -395,7 +395,7 @@ def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> 
                   gpu_memory_warn=o["gpu_memory_warn"],
                   max_gpu_memory=o["max_gpu_memory"],
                   max_gpu_utilization=o["max_gpu_utilization"],
-                  user_checks=o["user_checks"])  # fmt: skip
+                  user_checks=o["user_checks"], headers=settings.headers)  # fmt: skip
 
 
 def execute(

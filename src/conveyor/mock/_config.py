@@ -69,6 +69,12 @@ class MockConfig:
     upstream or proxy that drops mid-answer does (clients report "peer closed
     connection without sending complete message body", e.g.
     https://github.com/langgenius/dify/issues/9912 against Azure OpenAI).
+    The key is accepted as `Authorization: Bearer KEY` (OpenAI) or as
+    `api-key: KEY` (Azure OpenAI: "API requests must include the API key in
+    the api-key HTTP header",
+    https://learn.microsoft.com/en-us/azure/ai-services/openai/reference).
+    `echo_key=True` words a refused key's 401 with the key in clear, as some
+    proxies do (OpenAI itself masks it: "Incorrect API key provided: sk-ab***yz").
 
     Structured requests (a json_schema `response_format`/`text.format`, or
     function tools) are answered with JSON that fits the schema, except at
@@ -106,6 +112,7 @@ class MockConfig:
     retry_after_header: bool = True
     quota_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
+    echo_key: bool = False
     models: tuple[str, ...] = (
         "mock-gpt",
         "gpt-4o-mini",

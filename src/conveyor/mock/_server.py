@@ -359,6 +359,9 @@ class MockServer:
         if cfg.api_key is None:
             return
         given = request.headers.get("Authorization", "")
+        azure = request.headers.get("api-key")
+        if azure is not None and not given:
+            given = f"Bearer {azure}"
         if not given:
             raise ApiError(
                 401,
@@ -366,10 +369,13 @@ class MockServer:
                 code="invalid_api_key",
             )
         if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-            # Never echo the key back, not even masked.
+            # Never echo the key back, not even masked, unless told to (a careless proxy).
+            sent = given.removeprefix("Bearer ")
             raise ApiError(
                 401,
-                "Incorrect API key provided. Check the key the client sends.",
+                f"Incorrect API key provided: {sent}. Check the key the client sends."
+                if cfg.echo_key
+                else "Incorrect API key provided. Check the key the client sends.",
                 code="invalid_api_key",
             )
 
