@@ -752,3 +752,41 @@ def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(
     for f in tmp_path.iterdir():
         if f.is_file():
             assert wrong.encode() not in f.read_bytes(), f
+
+
+def test_after_an_outage_the_run_resumes_soon_and_says_so(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The server fails every request for ~7 s, then is back: the run sends
+    its next successful request within 3 s of the server's return (probes stay
+    frequent, items waiting out a backoff are woken when the breaker closes),
+    says so in a log line, and finishes every item once (#12.20)."""
+    srv, url = mock_server
+    ok = MockConfig(api_key=KEY, latency=0.02, seed=20)
+    srv.config = ok
+    make_input(tmp_path / "in.jsonl", 600)
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "-c", "8", "--retries", "30", "--no-preflight"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while srv.stats.admitted < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.stats.admitted >= 50, "the run did not start"
+        srv.config = MockConfig(api_key=KEY, latency=0.02, seed=20, rate_500=1.0)
+        time.sleep(7.0)  # the outage (a scenario, not a wait for a condition)
+        srv.config = ok
+        back = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    first_after = min(t for t, _ in srv.stats.admissions if t >= back)
+    assert first_after - back <= 3.0, f"resumed {first_after - back:.1f} s after the server"
+    assert "endpoint answered again" in err
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 600

@@ -492,7 +492,11 @@ async def arun_file(
                 "refund_unused": False,
                 "key": item_key,
                 "breaker": (
-                    Breaker(threshold=10, cooldown=5.0, give_up=s.give_up) if s.breaker else None
+                    # Probes stay frequent (one request per 2 s at most) so the
+                    # run resumes soon after an outage ends.
+                    Breaker(threshold=10, cooldown=1.0, max_cooldown=2.0, give_up=s.give_up)
+                    if s.breaker
+                    else None
                 ),
                 "fail_fast": s.fail_fast,
                 "batch_id": s.batch_id,
