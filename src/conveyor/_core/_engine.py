@@ -31,6 +31,7 @@ from ._outcome import StopKind
 from ._output import Output
 from ._progress import ProgressSnapshot, RateMeter, measure
 from ._sampler import SamplerPolicy
+from ._source import ThreadedSource, needs_thread
 from ._threads import ThreadRunner
 from ._validation import Checker, Reask
 
@@ -341,6 +342,10 @@ class Engine:
 
     async def _produce(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         index = 0
+        if not isinstance(items, AsyncIterable) and needs_thread(items):
+            # A generator may be slow or block: pulled beside the loop, it
+            # stalls no item in flight and cannot make Ctrl+C powerless.
+            items = ThreadedSource(items)
         try:
             if isinstance(items, AsyncIterable):
                 it = aiter(items)
@@ -373,6 +378,8 @@ class Engine:
             log.error("the items iterable raised %s: %s", type(exc).__name__, exc)
             self._out.source_failed(exc)
         finally:
+            if isinstance(items, ThreadedSource):
+                await items.aclose()
             await self._idle.wait()
             self._finish()
 
