@@ -790,3 +790,24 @@ def test_after_an_outage_the_run_resumes_soon_and_says_so(
     assert "endpoint answered again" in err
     ids = read_ids(out)
     assert len(ids) == len(set(ids)) == 600
+
+
+def test_report_json_and_log_json_when_a_run_stops(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A run stopped by a fatal error (a rejected key) still writes
+    --report-json; with --log-json every stderr line but the final error is a
+    JSON object (no plain progress lines) (#12.22)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 5)
+    env["OPENAI_API_KEY"] = "sk-wrong-key-22222222"
+    rj = tmp_path / "report.json"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                 "--base-url", url, "--no-preflight", "--log-json", "--report-json", str(rj),
+                 env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert json.loads(rj.read_text())["total_items"] == 5
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("conveyor: stopped:")
+    for line in lines[:-1]:
+        json.loads(line)  # raises on a plain line

@@ -333,7 +333,8 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     is_stream(input_path)  # the input's own problems first (a device, a directory)
     if not o["no_preflight"]:
         _preflight(settings, journal, o["quiet"], {**o, "input_path": input_path})
-    code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
+    code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"],
+                   log_json=o["log_json"])  # fmt: skip
     sys.exit(code)
 
 
@@ -399,19 +400,31 @@ def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> 
 
 
 def execute(
-    input_path: Path, settings: Any, *, quiet: bool = False, report_json: Path | None = None
+    input_path: Path,
+    settings: Any,
+    *,
+    quiet: bool = False,
+    report_json: Path | None = None,
+    log_json: bool = False,
 ) -> int:
     """Run with a progress display; print the summary; return the exit code."""
+    from .._base._exceptions import ConveyorError
     from ..openai._run import run_file_settings
     from ._display import make_display
 
-    display = make_display(quiet=quiet)
+    display = make_display(quiet=quiet, log_json=log_json)
     settings.on_progress = display.update
     if type(display).__name__ == "RichDisplay":
         settings.progress_interval = 0.25  # a live panel wants fresher numbers
     try:
         report = run_file_settings(input_path, settings)
-    except Interrupted as exc:
+    except ConveyorError as exc:
+        # A run that stops (Ctrl+C, a fatal error) still leaves its report.
+        if report_json is not None and exc.report is not None:
+            report_json.write_text(exc.report.to_json(include_results=False, indent=True))
+        if not isinstance(exc, Interrupted):
+            display.close()
+            raise
         display.close()
         click.echo(exc.report.summary(), err=True)
         click.echo(
@@ -429,7 +442,11 @@ def execute(
     report = add_extras(report, facts=facts)
     if report_json is not None:
         report_json.write_text(report.to_json(include_results=False, indent=True))
-    click.echo(render_text(report), err=True)
+    if log_json:  # the summary as one JSON object too, like every other line
+        click.echo('{"event": "summary", "report": ' + report.to_json(include_results=False)
+                   + "}", err=True)  # fmt: skip
+    else:
+        click.echo(render_text(report), err=True)
     where = report.extra.get("output")
     if where:
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
