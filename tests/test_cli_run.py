@@ -811,3 +811,45 @@ def test_report_json_and_log_json_when_a_run_stops(
     assert lines[-1].startswith("conveyor: stopped:")
     for line in lines[:-1]:
         json.loads(line)  # raises on a plain line
+
+
+def test_a_missing_id_column_is_refused_once_before_sending(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """--id-column naming a column the CSV does not have: one clear refusal
+    (exit 2) naming the columns there are, nothing sent, instead of a failed
+    line per row (#12.22)."""
+    srv, url = mock_server
+    (tmp_path / "t.toml").write_text('model = "mock-gpt"\nuser = "Label: {{ text }}"\n')
+    (tmp_path / "rows.csv").write_text("rid,text\n1,hello\n2,world\n")
+    r = conveyor("run", str(tmp_path / "rows.csv"), "--template", str(tmp_path / "t.toml"),
+                 "--id-column", "reddit_id", "-o", str(tmp_path / "o.jsonl"), "--base-url", url,
+                 "--no-preflight", env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "'reddit_id'" in r.stderr and "rid, text" in r.stderr and "--id-column" in r.stderr
+    assert r.stderr.count("reddit_id") <= 2
+    assert srv.stats.requests == 0
+
+
+def test_utf16_input_gets_a_hint(env: dict[str, str], tmp_path: Path) -> None:
+    """A UTF-16 file (what some editors and PowerShell write): each bad line
+    says the file looks UTF-16 and how to convert it (#12.22)."""
+    make_input(tmp_path / "in8.jsonl", 2)
+    text = (tmp_path / "in8.jsonl").read_text()
+    (tmp_path / "in.jsonl").write_bytes(text.encode("utf-16"))
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "--dry-run", env=env)
+    assert "UTF-16" in r.stdout + r.stderr and "iconv" in r.stdout + r.stderr
+
+
+def test_a_bad_csv_header_is_one_cli_error(env: dict[str, str], tmp_path: Path) -> None:
+    """A CSV header naming a column twice: one line, in CLI words, exit 2,
+    before anything runs (not the Python API's "items iterable raised ...
+    results are in .report", not twice) (#12.22)."""
+    (tmp_path / "t.toml").write_text('model = "mock-gpt"\nuser = "x {{ a }}"\n')
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    r = conveyor("run", str(tmp_path / "dup.csv"), "--template", str(tmp_path / "t.toml"),
+                 "-o", str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--no-preflight", env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("CSV header names 'a' twice") == 1, r.stderr
+    assert ".report" not in r.stderr and "items iterable" not in r.stderr

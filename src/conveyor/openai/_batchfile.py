@@ -210,7 +210,13 @@ def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as ude:
-        return f"not UTF-8: invalid byte 0x{raw[ude.start]:02x} at byte {ude.start + 1}"
+        hint = ""
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or raw.count(b"\x00") * 3 >= len(raw):
+            hint = (
+                "; the file looks UTF-16 encoded (PowerShell and some editors write that): "
+                "convert it with `iconv -f UTF-16 -t UTF-8 IN > OUT`"
+            )
+        return f"not UTF-8: invalid byte 0x{raw[ude.start]:02x} at byte {ude.start + 1}{hint}"
     if "depth limit" in str(exc) or "recursion" in str(exc).lower():
         return (
             f"JSON nested more than {MAX_DEPTH} levels deep (past the parser's limit): "

@@ -51,7 +51,7 @@ from ._structured import (
     resolve_schema,
     schema_problems,
 )
-from ._template import PromptTemplate, build_requests, read_records
+from ._template import PromptTemplate, build_requests, check_records, read_records
 from ._tokens import request_estimate
 
 if TYPE_CHECKING:
@@ -417,6 +417,8 @@ async def arun_file(
         )
     if s.strict:
         _strict_check(path, s, rule)
+    if s.template is not None and not piped:
+        check_records(path, s.id_column)
     endpoint = Endpoint.resolve(
         s.base_url, api_key=s.api_key, api_key_env=s.api_key_env, headers=s.headers
     )
