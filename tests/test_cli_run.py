@@ -853,3 +853,23 @@ def test_a_bad_csv_header_is_one_cli_error(env: dict[str, str], tmp_path: Path) 
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("CSV header names 'a' twice") == 1, r.stderr
     assert ".report" not in r.stderr and "items iterable" not in r.stderr
+
+
+def test_status_of_a_stopped_run_shows_no_rate_or_eta(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A run that ended before the end (--limit 10 of 50) and that nothing is
+    writing: `conveyor status` says it is not running and how to resume, with
+    no rate and no ETA (#12.22)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--limit", "10", "--no-preflight", "-q", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    journal = f"{out}.conveyor.db"
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert st["state"] == "stopped"
+    assert st["eta_seconds"] is None and st["rate_per_second"] == 0
+    text = conveyor("status", journal, env=env).stdout
+    assert "not running" in text and "eta" not in text
