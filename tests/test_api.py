@@ -585,3 +585,24 @@ def test_ctrl_c_stops_a_run_whose_generator_blocks(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, err
     assert json.loads(out.strip().splitlines()[-1])["counts"]["ok"] == 2
+
+
+def test_journal_says_when_a_value_is_stored_as_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`journal=` with fn returning an object JSON cannot express: stored as
+    its text, and a warning says so once, naming the type and the key (it
+    used to be silent) (#12.22)."""
+
+    class Point:
+        def __str__(self) -> str:
+            return "Point(1, 2)"
+
+    with caplog.at_level("WARNING", logger="conveyor"):
+        report = conveyor.run(range(3), lambda i: Point(), journal=tmp_path / "j.db")
+    assert report.counts["ok"] == 3
+    warned = [r for r in caplog.records if "not JSON" in r.getMessage()]
+    assert len(warned) == 1
+    assert "Point" in warned[0].getMessage() and "stored as its text" in warned[0].getMessage()
+    again = conveyor.run(range(3), lambda i: Point(), journal=tmp_path / "j.db")
+    assert again[0].value == "Point(1, 2)"

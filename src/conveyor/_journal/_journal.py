@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -58,6 +59,8 @@ __all__ = [
     "check_identity",
     "translate_error",
 ]
+
+log = logging.getLogger("conveyor.journal")
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
@@ -219,6 +222,7 @@ class Journal:
         self._store_items = store_items
         self._lock = threading.Lock()
         self._closed = False
+        self._warned_types: set[str] = set()
 
     # -- opening -----------------------------------------------------------
 
@@ -396,7 +400,7 @@ class Journal:
             Status(r.status).value,
             r.attempts,
             _dumps(r.item) if self._store_items and r.item is not None else None,
-            None if r.value is None else _dumps(r.value),
+            None if r.value is None else self._dumps_value(r.value, r.key),
             None if err is None else err.type,
             None if err is None else err.message,
             None if err is None else err.traceback,
@@ -411,6 +415,31 @@ class Journal:
             line,
             seq,
         )
+
+    def _dumps_value(self, value: Any, key: str) -> bytes:
+        """The value as JSON; a part JSON cannot express is kept as its text,
+        and said once per type (a resumed run reports that text, not the object)."""
+        lossy: list[str] = []
+
+        def default(obj: Any) -> Any:
+            if not isinstance(obj, set | frozenset | tuple | bytes | bytearray):
+                lossy.append(type(obj).__qualname__)
+            return _json_default(obj)
+
+        data = orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
+        for name in lossy:
+            if name not in self._warned_types:
+                self._warned_types.add(name)
+                log.warning(
+                    "journal %s: the result of item %r holds a %s, which is not JSON: it is "
+                    "stored as its text (str), and a resumed run reports that text, not the "
+                    "object. Return JSON types (dict, list, str, numbers) from fn, or convert "
+                    "it yourself",
+                    self._path,
+                    key,
+                    name,
+                )
+        return data
 
     def reset(self, keys: Iterable[str], *, mark_stale: bool = False) -> int:
         """Make these items pending again (for `conveyor retry`); returns how many changed.
