@@ -801,6 +801,7 @@ def test_report_json_and_log_json_when_a_run_stops(
     _, url = mock_server
     make_input(tmp_path / "in.jsonl", 5)
     env["OPENAI_API_KEY"] = "sk-wrong-key-22222222"
+    env["PYTHONWARNINGS"] = "ignore"  # a library's own warnings are not conveyor's log
     rj = tmp_path / "report.json"
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
                  "--base-url", url, "--no-preflight", "--log-json", "--report-json", str(rj),
@@ -858,15 +859,16 @@ def test_a_bad_csv_header_is_one_cli_error(env: dict[str, str], tmp_path: Path) 
 def test_status_of_a_stopped_run_shows_no_rate_or_eta(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A run that ended before the end (--limit 10 of 50) and that nothing is
+    """A run that stopped before the end (a rejected key) and that nothing is
     writing: `conveyor status` says it is not running and how to resume, with
     no rate and no ETA (#12.22)."""
     _, url = mock_server
     make_input(tmp_path / "in.jsonl", 50)
     out = tmp_path / "out.jsonl"
+    bad = {**env, "OPENAI_API_KEY": "sk-wrong-key-33333333"}
     r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
-                 "--limit", "10", "--no-preflight", "-q", env=env)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+                 "--no-preflight", "-q", env=bad)  # fmt: skip
+    assert r.returncode == 3, r.stderr
     journal = f"{out}.conveyor.db"
     st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
     assert st["state"] == "stopped"
