@@ -36,3 +36,11 @@ def start_mock() -> Iterator[Callable[..., MockServer]]:
             return server
 
         yield start
+
+
+# `PYTHONPATH=src pytest` imports this checkout; subprocesses that run in
+# another directory (tmp_path) must too, not whatever conveyor is installed.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p
+    )

@@ -380,3 +380,62 @@ def test_exec_monitor_samples_the_jobs_and_the_report_draws_them(tmp_path: Path)
     rep = cli("report", str(journal), "--html", str(page))
     assert rep.returncode == 0, rep.stderr
     assert '<svg id="chart-memory"' in page.read_text()
+
+
+# Records "pid ppid" of the job shell, then the pids of a background child and
+# of a `setsid` grandchild (its own session and group), then waits on them.
+ESCAPE = (
+    'echo "$$ $PPID" >> {pids}; sleep 30 & echo "$! $$" >> {pids}; '
+    'setsid sleep 30 & echo "$! $$" >> {pids}; : {{}}; wait'
+)
+
+
+def _lines(path: Path) -> list[tuple[int, int]]:
+    if not path.exists():
+        return []
+    return [(int(a), int(b)) for a, b in (x.split() for x in path.read_text().splitlines())]
+
+
+def test_timeout_kills_a_setsid_grandchild_too(tmp_path: Path) -> None:
+    """--timeout kills the job's whole tree: a grandchild that left the job's
+    group with `setsid` dies with it (#12.12)."""
+    pids = tmp_path / "pids"
+    result = _conveyor(
+        "exec", "--timeout", "0.5", "--kill-grace", "0.2", "--artifacts", "art", "--shell",
+        "--", ESCAPE.format(pids=pids), ":::", "x", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    found = [p for p, _ in _lines(pids)]
+    assert len(found) == 3
+    assert _eventually(lambda: not any(_alive(p) for p in found)), [p for p in found if _alive(p)]
+
+
+def test_kill_9_of_exec_kills_its_jobs_and_a_rerun_never_overlaps_them(tmp_path: Path) -> None:
+    """kill -9 of `conveyor exec`: its running jobs, their children and a
+    `setsid` grandchild die with it (no orphans), and a rerun started at once
+    starts no job while an old one still runs (#12.12)."""
+    pids = tmp_path / "pids"
+    args = [CONVEYOR, "exec", "-j", "2", "--artifacts", "art", "--shell", "--",
+            ESCAPE.format(pids=pids), ":::", "a", "b"]  # fmt: skip
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    rerun: subprocess.Popen[bytes] | None = None
+    try:
+        assert _eventually(lambda: len(_lines(pids)) == 6, within=20), "the jobs did not start"
+        old = [p for p, _ in _lines(pids)]
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        rerun = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
+        # The moment the rerun's first job has started, every old process is gone.
+        assert _eventually(lambda: any(ppid == rerun.pid for _, ppid in _lines(pids)), within=20), (
+            "the rerun started no job"
+        )
+        assert [p for p in old if _alive(p)] == []
+    finally:
+        for proc in (first, rerun):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    new = [p for p, _ in _lines(pids)[6:]]
+    assert _eventually(lambda: not any(_alive(p) for p in new + old))

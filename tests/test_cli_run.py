@@ -562,7 +562,7 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
     """`--monitor --gauge NAME=MODULE:FUNC` puts memory, CPU and the gauge in the report
-    JSON (and the summary says the GPU was not sampled here); `--limit NAME=MAX`
+    JSON (and the summary says the GPU was not sampled here); `--resource-max NAME=MAX`
     over it stops the run (exit 3, says which limit); the same command without the
     limit resumes and every custom_id is written once."""
     _srv, url = mock_server
@@ -573,7 +573,7 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     rj = tmp_path / "report.json"
     base = ["run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
             "--no-preflight", "-q", "--gauge", "pool=mygauges:pool_in_use"]  # fmt: skip
-    stopped = conveyor(*base, "--limit", "pool=8", env=env)
+    stopped = conveyor(*base, "--resource-max", "pool=8", env=env)
     assert stopped.returncode == 3, stopped.stderr
     assert "resource limit exceeded: pool = 9 > 8" in stopped.stderr
     again = conveyor(*base, "--monitor-interval", "0.1", "--report-json", str(rj), env=env)
@@ -584,7 +584,311 @@ def test_monitor_gauges_and_a_live_limit_on_the_command_line(
     assert res["metrics"]["process_rss_mb"]["max"] > 1
     assert "not sampled (gpu)" in again.stderr
     fresh = [*base[:3], str(tmp_path / "out2.jsonl"), *base[4:]]
-    floor = conveyor(*fresh, "--floor", "pool=10", env=env)
+    floor = conveyor(*fresh, "--resource-min", "pool=10", env=env)
     assert floor.returncode == 3 and "pool = 9 < 10" in floor.stderr
-    bad = conveyor(*base, "--limit", "pool", env=env)
+    bad = conveyor(*base, "--resource-max", "pool", env=env)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def test_two_runs_on_one_output_with_different_journals_refuse(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Same -o, different --journal, started 0.2 s apart: one run writes, the
+    other exits 2 before sending anything, naming the first run's journal and
+    what to do; the output holds each id once (#12.5)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=13)
+    make_input(tmp_path / "in.jsonl", 300)
+    out = tmp_path / "out.jsonl"
+    procs = []
+    for name in ("a", "b"):
+        args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                "-c", "10", "--no-preflight", "-q",
+                "--journal", str(tmp_path / f"{name}.db")]  # fmt: skip
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+        time.sleep(0.2)  # the issue's gap between the two starts
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], errs
+    winner = "ab"[[p.returncode for p in procs].index(0)]
+    loser = errs["ab".index(winner) ^ 1]
+    assert "being written by another conveyor run" in loser
+    assert f"{winner}.db" in loser and "Wait for that run to finish" in loser
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 300
+
+
+@pytest.mark.parametrize("name", ["-", "/dev/stdin"])
+def test_stdin_is_an_input_and_resumes(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    """`cat in.jsonl | conveyor run - -o out` (or /dev/stdin, a pipe) runs
+    every line, preflight included; the same pipe again resumes: nothing is
+    sent twice (#12.13)."""
+    srv, url = mock_server
+    make_input(tmp_path / "in.jsonl", 40)
+    data = (tmp_path / "in.jsonl").read_bytes()
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", name, "-o", str(out), "--base-url", url, "-q"]
+    first = subprocess.run(args, input=data, env=env, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert sorted(read_ids(out)) == sorted(f"id-{i}" for i in range(40))
+    sent = srv.stats.by_path["/v1/chat/completions"]
+    again = subprocess.run(args, input=data, env=env, capture_output=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert srv.stats.by_path["/v1/chat/completions"] == sent
+    assert len(read_ids(out)) == 40
+
+
+def test_a_fifo_is_an_input_and_preflight_does_not_read_it(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A named pipe (what `<(...)` gives) is read once, as the run's input:
+    preflight does not consume or block on it (#12.13)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 30)
+    fifo = tmp_path / "requests.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([*CONVEYOR, "run", str(fifo), "-o", str(out), "--base-url", url, "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        with fifo.open("wb") as w:  # blocks until conveyor opens it for reading
+            w.write((tmp_path / "in.jsonl").read_bytes())
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(set(read_ids(out))) == 30
+
+
+def test_a_device_that_never_ends_is_refused_at_once(env: dict[str, str], tmp_path: Path) -> None:
+    """/dev/zero is neither a file nor a pipe: exit 2 with what to give instead,
+    instead of hanging (#12.13)."""
+    r = conveyor("run", "/dev/zero", "-o", str(tmp_path / "o.jsonl"), "--base-url",
+                 "http://127.0.0.1:9/v1", env=env, timeout=30)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "is a device" in r.stderr and "- for stdin" in r.stderr
+
+
+def test_truncated_bodies_are_retried_not_a_stop(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every answer is cut off halfway through its body: that is a server that
+    answers badly, not one that cannot be reached. Each item fails after its
+    attempts with a message saying the body was cut off; the run is not
+    stopped as "cannot reach ... is the server running?" (#12.16)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, rate_truncate=1.0, seed=16)
+    make_input(tmp_path / "in.jsonl", 4)  # 8 attempts: below the breaker's threshold
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--retries", "1", "--no-preflight", "-q", env=env)  # fmt: skip
+    assert "cannot reach" not in r.stderr and "is the server running" not in r.stderr
+    assert r.returncode == 1, r.stderr
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(lines) == 4
+    assert all("cut off" in line["error"]["message"] for line in lines), lines[0]
+    assert srv.stats.faults["truncate"] == 8  # two attempts each
+
+
+def test_a_deeply_nested_line_in_dry_run_and_strict(env: dict[str, str], tmp_path: Path) -> None:
+    """A line nested 1,000 deep: --dry-run reports it as bad line 2 (no
+    RecursionError traceback); --strict refuses the file naming line 2 (#12.17)."""
+    make_input(tmp_path / "in.jsonl", 3)
+    lines = (tmp_path / "in.jsonl").read_text().splitlines()
+    deep = "[" * 1000 + "]" * 1000
+    lines.insert(1, '{"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions", '
+                    f'"body": {{"model": "mock-gpt", "messages": {deep}}}}}')  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    dry = conveyor("run", str(tmp_path / "in.jsonl"), "--dry-run", env=env)
+    assert "Traceback" not in dry.stderr and "RecursionError" not in dry.stderr, dry.stderr
+    assert dry.returncode == 0, dry.stderr
+    assert "nested more than" in dry.stdout and "2" in dry.stdout
+    strict = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                      "--strict", "--no-preflight", "--base-url", "http://127.0.0.1:9/v1",
+                      env=env)  # fmt: skip
+    assert strict.returncode == 2, strict.stderr
+    assert "in.jsonl:2: JSON nested more than" in strict.stderr
+
+
+def test_preflight_sends_the_h_headers_azure_api_key(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The key in an -H header (Azure's `api-key`) with no OPENAI_API_KEY:
+    preflight sends the headers the run sends, so it passes, and the run
+    succeeds; the header's value is never printed (#12.18)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 5)
+    env.pop("OPENAI_API_KEY")
+    out = tmp_path / "out.jsonl"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "-H", f"api-key: {KEY}", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert KEY not in r.stderr
+    assert len(read_ids(out)) == 5
+
+
+def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A server that words its 401 with the key in clear: the key appears in
+    no message, log line, output, journal or report (#12.18, invariant 7)."""
+    srv, url = mock_server
+    srv.config = MockConfig(api_key=KEY, echo_key=True, seed=18)
+    make_input(tmp_path / "in.jsonl", 5)
+    wrong = "sk-wrong-ECHOED-123456789"
+    env["OPENAI_API_KEY"] = wrong
+    out, rj = tmp_path / "out.jsonl", tmp_path / "report.json"
+    for extra in ([], ["--no-preflight", "-v", "--log-json"]):
+        r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                     "--report-json", str(rj), *extra, env=env)  # fmt: skip
+        assert r.returncode in (2, 3), r.stderr
+        assert "Incorrect API key provided" in r.stderr or "refused the key" in r.stderr
+        assert wrong not in r.stderr + r.stdout
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            assert wrong.encode() not in f.read_bytes(), f
+
+
+def test_after_an_outage_the_run_resumes_soon_and_says_so(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The server fails every request for ~7 s, then is back: the run sends
+    its next successful request within 3 s of the server's return (probes stay
+    frequent, items waiting out a backoff are woken when the breaker closes),
+    says so in a log line, and finishes every item once (#12.20)."""
+    srv, url = mock_server
+    ok = MockConfig(api_key=KEY, latency=0.02, seed=20)
+    srv.config = ok
+    make_input(tmp_path / "in.jsonl", 600)
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "-c", "8", "--retries", "30", "--no-preflight"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while srv.stats.admitted < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.stats.admitted >= 50, "the run did not start"
+        srv.config = MockConfig(api_key=KEY, latency=0.02, seed=20, rate_500=1.0)
+        time.sleep(7.0)  # the outage (a scenario, not a wait for a condition)
+        srv.config = ok
+        back = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    first_after = min(t for t, _ in srv.stats.admissions if t >= back)
+    assert first_after - back <= 3.0, f"resumed {first_after - back:.1f} s after the server"
+    assert "endpoint answered again" in err
+    ids = read_ids(out)
+    assert len(ids) == len(set(ids)) == 600
+
+
+def test_report_json_and_log_json_when_a_run_stops(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A run stopped by a fatal error (a rejected key) still writes
+    --report-json; with --log-json every stderr line but the final error is a
+    JSON object (no plain progress lines) (#12.22)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 5)
+    env["OPENAI_API_KEY"] = "sk-wrong-key-22222222"
+    env["PYTHONWARNINGS"] = "ignore"  # a library's own warnings are not conveyor's log
+    rj = tmp_path / "report.json"
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                 "--base-url", url, "--no-preflight", "--log-json", "--report-json", str(rj),
+                 env=env)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert json.loads(rj.read_text())["total_items"] == 5
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("conveyor: stopped:")
+    for line in lines[:-1]:
+        json.loads(line)  # raises on a plain line
+
+
+def test_a_missing_id_column_is_refused_once_before_sending(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """--id-column naming a column the CSV does not have: one clear refusal
+    (exit 2) naming the columns there are, nothing sent, instead of a failed
+    line per row (#12.22)."""
+    srv, url = mock_server
+    (tmp_path / "t.toml").write_text('model = "mock-gpt"\nuser = "Label: {{ text }}"\n')
+    (tmp_path / "rows.csv").write_text("rid,text\n1,hello\n2,world\n")
+    r = conveyor("run", str(tmp_path / "rows.csv"), "--template", str(tmp_path / "t.toml"),
+                 "--id-column", "reddit_id", "-o", str(tmp_path / "o.jsonl"), "--base-url", url,
+                 "--no-preflight", env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "'reddit_id'" in r.stderr and "rid, text" in r.stderr and "--id-column" in r.stderr
+    assert r.stderr.count("reddit_id") <= 2
+    assert srv.stats.requests == 0
+
+
+def test_utf16_input_gets_a_hint(env: dict[str, str], tmp_path: Path) -> None:
+    """A UTF-16 file (what some editors and PowerShell write): each bad line
+    says the file looks UTF-16 and how to convert it (#12.22)."""
+    make_input(tmp_path / "in8.jsonl", 2)
+    text = (tmp_path / "in8.jsonl").read_text()
+    (tmp_path / "in.jsonl").write_bytes(text.encode("utf-16"))
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "--dry-run", env=env)
+    assert "UTF-16" in r.stdout + r.stderr and "iconv" in r.stdout + r.stderr
+
+
+def test_a_bad_csv_header_is_one_cli_error(env: dict[str, str], tmp_path: Path) -> None:
+    """A CSV header naming a column twice: one line, in CLI words, exit 2,
+    before anything runs (not the Python API's "items iterable raised ...
+    results are in .report", not twice) (#12.22)."""
+    (tmp_path / "t.toml").write_text('model = "mock-gpt"\nuser = "x {{ a }}"\n')
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    r = conveyor("run", str(tmp_path / "dup.csv"), "--template", str(tmp_path / "t.toml"),
+                 "-o", str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+                 "--no-preflight", env=env)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("CSV header names 'a' twice") == 1, r.stderr
+    assert ".report" not in r.stderr and "items iterable" not in r.stderr
+
+
+def test_status_of_a_stopped_run_shows_no_rate_or_eta(
+    mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """A run that stopped before the end (a rejected key) and that nothing is
+    writing: `conveyor status` says it is not running and how to resume, with
+    no rate and no ETA (#12.22)."""
+    _, url = mock_server
+    make_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    bad = {**env, "OPENAI_API_KEY": "sk-wrong-key-33333333"}
+    r = conveyor("run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+                 "--no-preflight", "-q", env=bad)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    journal = f"{out}.conveyor.db"
+    st = json.loads(conveyor("status", journal, "--json", env=env).stdout)
+    assert st["state"] == "stopped"
+    assert st["eta_seconds"] is None and st["rate_per_second"] == 0
+    text = conveyor("status", journal, env=env).stdout
+    assert "not running" in text and "eta" not in text
+
+
+def test_no_command_declares_a_flag_twice() -> None:
+    """Every subcommand's flags are unique: a flag declared twice (the staged
+    rollout's `--limit N` and a resource `--limit NAME=MAX` once) makes click warn
+    on every run and silently breaks one of the two."""
+    import click
+
+    from conveyor.cli import COMMANDS, main
+
+    ctx = click.Context(main)
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        assert cmd is not None, name
+        flags = [opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)]
+        dupes = sorted({f for f in flags if flags.count(f) > 1})
+        assert not dupes, f"conveyor {name}: {dupes} declared twice"

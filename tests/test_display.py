@@ -275,7 +275,7 @@ def test_not_a_terminal_means_plain_lines_in_a_real_process(tmp_path: Any) -> No
     assert proc.returncode == 0
     text = log.read_text()
     assert ESC not in text
-    assert re.search(r"^\[00:02\] 2/3 66% ok 2 .* eta done$", text, re.MULTILINE), text
+    assert re.search(r"^\[00:02\] 2/3 66% ok 2 .* eta stopped$", text, re.MULTILINE), text
 
 
 def test_a_terminal_gets_the_live_display_in_a_real_process() -> None:
@@ -354,3 +354,31 @@ def test_auto_rows_draw_the_limit_and_say_why_it_moved() -> None:
     assert "auto (backed off: latency rose x1.60)" in format_line(s)
     assert "auto limit" not in dict(snapshot_rows(snap()))
     assert limit_sparkline(()) == ""
+
+
+def test_a_stopped_run_says_stopped_not_eta_done() -> None:
+    """A run that ended before every item (Ctrl+C, a fatal stop) shows
+    `eta stopped`, not `eta done`; a complete one `eta done` (#12.22)."""
+    stopped = snap(finished=True, done=1200, total=5000)
+    assert "eta stopped" in format_line(stopped)
+    assert "eta done" not in format_line(stopped)
+    complete = snap(finished=True, done=5000, total=5000,
+                    counts={"ok": 5000, "failed": 0, "cancelled": 0})  # fmt: skip
+    assert "eta done" in format_line(complete)
+
+
+def test_log_json_progress_lines_are_json() -> None:
+    """With --log-json every progress line is one JSON object (no plain lines
+    mixed into a JSON log) (#12.22)."""
+    import orjson
+
+    out = io.StringIO()
+    d = make_display(stream=out, log_json=True)
+    d.update(snap())
+    d.close(snap(finished=True))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        obj = orjson.loads(line)
+        assert obj["event"] == "progress"
+        assert obj["done"] == 1200 and obj["total"] == 5000

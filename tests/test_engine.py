@@ -52,14 +52,17 @@ def test_results_in_input_order_and_counts_add_up(
 
 
 def test_generator_is_consumed_lazily() -> None:
-    """A generator is pulled only as slots free up, never drained up front."""
+    """A generator is pulled as slots free up, at most a bounded lookahead
+    ahead (it is pulled beside the loop, #12.14), never drained up front."""
+    from conveyor._core._source import LOOKAHEAD
+
     pulled = 0
     seen_max_ahead = 0
     done = 0
 
     def gen():  # type: ignore[no-untyped-def]
         nonlocal pulled
-        for i in range(200):
+        for i in range(500):
             pulled += 1
             yield i
 
@@ -71,8 +74,8 @@ def test_generator_is_consumed_lazily() -> None:
         return i
 
     report = conveyor.run(gen(), fn, concurrency=5)
-    assert report.counts["ok"] == 200
-    assert seen_max_ahead <= 5 + 1
+    assert report.counts["ok"] == 500
+    assert seen_max_ahead <= 2 * 5 + LOOKAHEAD + 1
 
 
 def test_async_iterable_items() -> None:

@@ -400,3 +400,29 @@ def test_every_duplicate_id_is_found_past_the_memory_part(tmp_path: Path) -> Non
             found[item.line] = item.duplicate_of
         assert time.monotonic() < deadline
     assert found == repeats
+
+
+@pytest.mark.parametrize("depth", [300, 1000, 1020, 5000])
+def test_a_deeply_nested_line_is_a_bad_line_with_its_number(tmp_path: Path, depth: int) -> None:
+    """A line nested deeper than a request can be (and than the JSON encoder
+    can send again) is a bad line naming its line number and the depth, so
+    `--strict` refuses it and nothing downstream meets a RecursionError
+    (#12.17)."""
+    deep = "[" * depth + "]" * depth
+    text = (
+        dumps(req("ok-1")).decode()
+        + "\n"
+        + '{"custom_id": "deep", "method": "POST", "url": "/v1/chat/completions", '
+        + f'"body": {{"model": "m", "messages": {deep}}}}}\n'
+        + dumps(req("ok-2")).decode()
+        + "\n"
+    )
+    path = tmp_path / "in.jsonl"
+    path.write_text(text)
+    items = list(read_requests(path))
+    assert [type(x) for x in items] == [RequestLine, BadLine, RequestLine]
+    bad = items[1]
+    assert isinstance(bad, BadLine)
+    assert bad.line == 2
+    assert "nested" in bad.reason
+    assert any(p.startswith(f"{path}:2:") for p in validate_file(path).problems())

@@ -463,3 +463,97 @@ async def test_reset_then_crash_before_rewrite_is_repaired_on_open(
     assert sorted(keys) == sorted(f"k{i:05d}" for i in range(20))
     assert_matches_journal(journal, out)
     assert journal.get_meta("output_stale") is None
+
+
+# -- the crash window and one writer per output (#12) ------------------------
+
+
+async def test_a_result_is_committed_as_soon_as_the_writer_is_free(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """At a low rate each result is committed as it arrives, not after
+    `flush_every` results or `flush_interval` seconds: a kill -9 then re-sends
+    no answer that had already arrived (the crash window)."""
+    out = tmp_path / "out.jsonl"
+    reader = Journal.open_readonly(journal.path)
+    try:
+        async with OutputSink(journal, out, fmt, flush_every=500, flush_interval=600) as sink:
+            for i in range(3):
+                await sink.add(res(i))
+                deadline = time.monotonic() + 5
+                while not reader.is_terminal(f"k{i:05d}") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                assert reader.is_terminal(f"k{i:05d}"), f"result {i} still uncommitted"
+                assert output_keys(out)[-1] == f"k{i:05d}"
+    finally:
+        reader.close()
+
+
+async def test_a_second_journal_cannot_write_the_same_output(tmp_path: Path) -> None:
+    """Two sinks with different journals on one output: the second is refused
+    while the first is open, naming the first's journal and what to do; once
+    the first closes, the lock is free (#12.5)."""
+    out = tmp_path / "out.jsonl"
+    ja = Journal.open(tmp_path / "a.journal", identity={"test": "a"})
+    jb = Journal.open(tmp_path / "b.journal", identity={"test": "b"})
+    try:
+        async with OutputSink(ja, out, fmt) as sink:
+            await sink.add(res(1))
+            with pytest.raises(OutputMismatch) as info:
+                OutputSink(jb, out, fmt)
+            msg = str(info.value)
+            assert str(tmp_path / "a.journal") in msg and f"pid {os.getpid()}" in msg
+            assert "another output path" in msg
+        assert output_keys(out) == ["k00001"]
+        OutputSink(jb, tmp_path / "other.jsonl", fmt)  # other files are unaffected
+    finally:
+        ja.close()
+        jb.close()
+
+
+async def test_a_resume_refuses_an_output_another_writer_appended_to(tmp_path: Path) -> None:
+    """Journal A wrote the output, journal B (forced over it) wrote after; A's
+    resume must not truncate B's lines to A's offset: it refuses, names the
+    export that repairs it, and changes nothing (#12.5)."""
+    out = tmp_path / "out.jsonl"
+    ja = Journal.open(tmp_path / "a.journal", identity={"test": "a"})
+    jb = Journal.open(tmp_path / "b.journal", identity={"test": "b"})
+    try:
+        async with OutputSink(ja, out, fmt) as sink:
+            for i in range(3):
+                await sink.add(res(i))
+        async with OutputSink(jb, out, fmt, overwrite=True) as sink:
+            for i in range(10, 15):
+                await sink.add(res(i))
+        before = out.read_bytes()
+        with pytest.raises(OutputMismatch) as info:
+            OutputSink(ja, out, fmt)
+        assert "another run or program wrote to it" in str(info.value)
+        assert f"conveyor export {tmp_path / 'a.journal'} {out}" in str(info.value)
+        assert out.read_bytes() == before
+        export(ja, out)
+        async with OutputSink(ja, out, fmt) as sink:  # repaired: the resume goes on
+            await sink.add(res(3))
+        assert output_keys(out) == ["k00000", "k00001", "k00002", "k00003"]
+    finally:
+        ja.close()
+        jb.close()
+
+
+async def test_a_foreign_append_during_the_run_stops_the_writes(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """Bytes another program appends while the sink runs are noticed at the
+    next flush: the sink stops with an error naming the file and the repair,
+    instead of committing offsets that no longer describe the file (#12.5)."""
+    out = tmp_path / "out.jsonl"
+    sink = OutputSink(journal, out, fmt)
+    await sink.add(res(1))
+    await sink.flush()
+    put_bytes(out, b'{"key": "intruder"}\n')
+    await sink.add(res(2))
+    with pytest.raises(OutputMismatch, match="changed under this run"):
+        await sink.flush()
+    with contextlib.suppress(OutputMismatch):
+        await sink.close()
+    assert not journal.is_terminal("k00002")

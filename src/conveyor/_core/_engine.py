@@ -28,6 +28,7 @@ from ._outcome import StopKind
 from ._output import Output
 from ._progress import RateMeter
 from ._sampler import SamplerPolicy
+from ._source import ThreadedSource, needs_thread
 from ._threads import ThreadRunner
 from ._watch import EngineWatch
 
@@ -94,6 +95,8 @@ class Engine(ItemRunner, EngineWatch):
 
         self._admission = Admission(options, self._refusing)
         self._give_up = options.breaker.give_up if options.breaker is not None else None
+        self._recovered = asyncio.Event()  # set (and replaced) each time the breaker closes
+        self._closes_seen = 0
 
         self._tasks: dict[asyncio.Task[None], _ItemState] = {}
         self._buffer = self._out.buffer
@@ -241,6 +244,10 @@ class Engine(ItemRunner, EngineWatch):
 
     async def _produce(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
         index = 0
+        if not isinstance(items, AsyncIterable) and needs_thread(items):
+            # A generator may be slow or block: pulled beside the loop, it
+            # stalls no item in flight and cannot make Ctrl+C powerless.
+            items = ThreadedSource(items)
         try:
             if isinstance(items, AsyncIterable):
                 it = aiter(items)
@@ -273,6 +280,8 @@ class Engine(ItemRunner, EngineWatch):
             log.error("the items iterable raised %s: %s", type(exc).__name__, exc)
             self._out.source_failed(exc)
         finally:
+            if isinstance(items, ThreadedSource):
+                await items.aclose()
             await self._idle.wait()
             self._finish()
 

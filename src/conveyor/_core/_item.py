@@ -93,6 +93,8 @@ class ItemRunner:
         _capacity: asyncio.Event
         _attempts: int
         _retrying: int
+        _recovered: asyncio.Event
+        _closes_seen: int
 
         def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None: ...
         def _emit(self, r: Result[Any]) -> None: ...
@@ -175,6 +177,7 @@ class ItemRunner:
                     delay, refused = self._on_failure(
                         exc, attempts - refusals - reasked, ticket, refusals
                     )
+                    self._note_recovery()  # an answer that is a refusal closes it too
                     if refused != "rate" and self.opts.retry.is_retryable(exc):
                         # Timeouts, 5xx, capacity refusals: signs of overload.
                         self._admission.observe(
@@ -228,7 +231,7 @@ class ItemRunner:
                     self._retrying += 1
                     self._capacity.set()
                     try:
-                        await clock.sleep(delay)
+                        await self._wait_retry(delay, refused)
                         await self._slot_for_retry()
                     finally:
                         self._retrying -= 1
@@ -237,6 +240,7 @@ class ItemRunner:
                 usage = _add_usage(usage, attempt.usage)
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
+                self._note_recovery()
                 if not attempt.cached:
                     self._admission.observe(
                         clock.now() - sent, ok=True, in_flight=len(self._tasks), usage=usage
@@ -358,6 +362,30 @@ class ItemRunner:
                 return 0.0, kind
             return self.opts.retry.delay(refusals + 1, exc, self._rng), kind
         return self.opts.retry.decide(attempts, exc, self._rng), kind
+
+    def _note_recovery(self) -> None:
+        """Wake the items waiting out a backoff when the breaker closes again."""
+        brk = self._admission.breaker
+        if brk is not None and brk.closes != self._closes_seen:
+            self._closes_seen = brk.closes
+            self._recovered.set()
+            self._recovered = asyncio.Event()
+
+    async def _wait_retry(self, delay: float, refused: str | None) -> None:
+        # A backoff after a failure of the endpoint ends early once the
+        # endpoint answers again (the breaker closed): an outage's end is
+        # not followed by seconds of idle backoffs. Rate refusals keep
+        # their wait (the server asked for it).
+        if self._admission.breaker is None or refused == "rate" or delay <= 0:
+            await self._clock.sleep(delay)
+            return
+        sleep = asyncio.ensure_future(self._clock.sleep(delay))
+        woken = asyncio.ensure_future(self._recovered.wait())
+        try:
+            await asyncio.wait((sleep, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            woken.cancel()
 
     def _result(
         self,

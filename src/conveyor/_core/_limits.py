@@ -275,6 +275,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._probe_out = False
         self.opened = 0  # how many times it opened, for the report
+        self.closes = 0  # how many times it closed again (the engine wakes retries then)
         self._down_since: float | None = None  # first failure of the current streak
 
     def outage(self, now: float) -> float:
@@ -303,6 +304,7 @@ class CircuitBreaker:
         self._down_since = None
         if self.state is not BreakerState.CLOSED:
             log.warning("circuit breaker closed: the endpoint answered again; resuming")
+            self.closes += 1
             self.state = BreakerState.CLOSED
             self._cooldown = self.base_cooldown
             self._probe_out = False

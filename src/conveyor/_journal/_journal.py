@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,6 +51,7 @@ from ._schema import (
     check_schema,
     decode_row,
     encode_row,
+    json_default,
     prepare_schema,
 )
 
@@ -68,13 +71,15 @@ __all__ = [
     "translate_error",
 ]
 
+log = logging.getLogger("conveyor.journal")
+
 _PAGE = 1000
 
 
 def _acquire_lock(path: str) -> int:
     fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_or_wait(fd)
     except BlockingIOError:
         pid = _read_pid(fd)
         os.close(fd)
@@ -85,6 +90,39 @@ def _acquire_lock(path: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+_HELPER_WAIT_S = 10.0  # the most a dead writer's helper may hold its lock (its cleanup)
+
+
+def _flock_or_wait(fd: int) -> None:
+    """Take the lock; while the pid that wrote it is dead, a helper it left (the
+    guard killing its jobs) still holds it for a moment: wait for that, bounded."""
+    deadline = time.monotonic() + _HELPER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            if pid is None or _pid_alive(pid) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return raw[raw.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+    except OSError:
+        return True
 
 
 def _read_pid(fd: int) -> int | None:
@@ -133,6 +171,7 @@ class Journal:
         self._store_items = store_items
         self._lock = threading.Lock()
         self._closed = False
+        self._warned_types: set[str] = set()
 
     # -- opening -----------------------------------------------------------
 
@@ -209,6 +248,12 @@ class Journal:
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor holding the writer lock (a helper process that inherits
+        it keeps the journal locked until it exits too); None when read-only."""
+        return self._lock_fd
 
     @property
     def readonly(self) -> bool:
@@ -296,13 +341,40 @@ class Journal:
         self._writable()
         store = self._store_items
         rows = [
-            encode_row(r, line, seq, store_items=store, store_value=values)
+            encode_row(
+                r, line, seq, store_items=store, store_value=values, dump_value=self._dumps_value
+            )
             for r, line, seq in entries
         ]
         with self._transaction() as conn:
             conn.executemany(UPSERT, rows)
             if meta:
                 conn.executemany(META_UPSERT, meta.items())
+
+    def _dumps_value(self, value: Any, key: str) -> bytes:
+        """The value as JSON; a part JSON cannot express is kept as its text,
+        and said once per type (a resumed run reports that text, not the object)."""
+        lossy: list[str] = []
+
+        def default(obj: Any) -> Any:
+            if not isinstance(obj, set | frozenset | tuple | bytes | bytearray):
+                lossy.append(type(obj).__qualname__)
+            return json_default(obj)
+
+        data = orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
+        for name in lossy:
+            if name not in self._warned_types:
+                self._warned_types.add(name)
+                log.warning(
+                    "journal %s: the result of item %r holds a %s, which is not JSON: it is "
+                    "stored as its text (str), and a resumed run reports that text, not the "
+                    "object. Return JSON types (dict, list, str, numbers) from fn, or convert "
+                    "it yourself",
+                    self._path,
+                    key,
+                    name,
+                )
+        return data
 
     def reset(self, keys: Iterable[str], *, mark_stale: bool = False) -> int:
         """Make these items pending again (for `conveyor retry`); returns how many changed.

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .._base._types import ErrorInfo, Result, Status, Usage
 from ._errors import _CORRUPT_HINT, JournalCorrupt, JournalError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "APPLICATION_ID",
@@ -76,10 +79,10 @@ META_UPSERT = (
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(obj, default=json_default, option=orjson.OPT_NON_STR_KEYS)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     # Values are stored as JSON; types JSON cannot express are kept as text.
     if isinstance(obj, set | frozenset | tuple):
         return list(obj)
@@ -101,6 +104,7 @@ def encode_row(
     *,
     store_items: bool,
     store_value: bool = True,
+    dump_value: Callable[[Any, str], bytes] | None = None,
 ) -> tuple[Any, ...]:
     """One result as the values of `UPSERT` (item kept only with `store_items`, value
     unless `store_value` is False)."""
@@ -111,7 +115,9 @@ def encode_row(
         Status(r.status).value,
         r.attempts,
         dumps(r.item) if store_items and r.item is not None else None,
-        None if r.value is None or not store_value else dumps(r.value),
+        None
+        if r.value is None or not store_value
+        else (dumps(r.value) if dump_value is None else dump_value(r.value, r.key)),
         None if err is None else err.type,
         None if err is None else err.message,
         None if err is None else err.traceback,

@@ -1,13 +1,23 @@
 """Exactly-once output: results go to the output file and the journal together.
 
-Group commit: results are buffered; a flush appends their lines to the
+Group commit: a flush starts as soon as a result is buffered and no flush
+is running; results that arrive during a flush wait for the next one, so at
+a low rate each result is committed as it arrives and at a high rate in
+groups as large as one flush's duration of answers (a `kill -9` loses at
+most those, plus what was in flight). A flush appends the lines to the
 output file (one `write`, handed to the OS) and then, in one SQLite
 transaction, upserts their rows and the new committed output offset. A crash
 between the two leaves bytes past the committed offset; they belong to items
 the journal does not hold as terminal, so the next open truncates them and
 those items run again. The output therefore holds each key exactly once.
 
-Meta keys used here: `output_path`, `output_offset`, `output_seq`,
+One writer per output file: the sink holds an OS lock on `<output>.lock`
+(holding the writer's pid and journal) for as long as it is open, so two
+runs with different journals cannot both append to one file; and the
+journal keeps the last bytes it committed (`output_tail`), so a file that
+another writer appended to or rewrote is refused instead of truncated.
+
+Meta keys used here: `output_path`, `output_offset`, `output_tail`, `output_seq`,
 `export_tmp` while an `export` is being adopted, and `output_stale` after a
 `reset` until the output is rewritten without the reset keys' old lines.
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -44,13 +55,14 @@ class OutputSink:
     `format_line(result)` returns the output line (a trailing newline is
     added if missing; it is stored in the journal even without an output
     file, so `export` can write it later). The SQLite and file work runs on
-    one dedicated thread, in order, so the event loop keeps running; at most
-    `max_buffered` results wait in memory (default `2 * flush_every`) before
-    `add` waits for the writer. Results for keys that already have a
-    terminal result are dropped with a warning and counted in `duplicates`:
-    the planner must deduplicate keys, or `reset` them to run them again.
-    `store_values=False` keeps results' values out of the journal (when the
-    output line holds all of it).
+    one dedicated thread, in order, so the event loop keeps running; a flush
+    starts as soon as a result is buffered and the writer is free (groups
+    grow with the rate); at most `max_buffered` results wait in memory
+    (default `2 * flush_every`) before `add` waits for the writer. Results
+    for keys that already have a terminal result are dropped with a warning
+    and counted in `duplicates`: the planner must deduplicate keys, or
+    `reset` them to run them again. `store_values=False` keeps results'
+    values out of the journal (when the output line holds all of it).
     """
 
     def __init__(
@@ -92,6 +104,7 @@ class OutputSink:
         self._seq = int(journal.get_meta("output_seq") or 0)
         self._path: str | None = None
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._offset = 0
         self._new_path = False
         if output_path is not None:
@@ -106,6 +119,20 @@ class OutputSink:
         return self._offset
 
     def _open_output(self, path: str, overwrite: bool) -> None:
+        self._lock_fd = _lock_output(path, self._journal.path)
+        try:
+            self._open_locked(path, overwrite)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_locked(self, path: str, overwrite: bool) -> None:
         journal = self._journal
         _finish_export(journal)
         finish_reset(journal)
@@ -141,6 +168,8 @@ class OutputSink:
                     "journal that wrote it (`journal=`), or overwrite it with `force=True`",
                     path=path,
                 )
+            if regular and offset > 0:
+                _check_tail(path, offset, journal)
             if regular and size > offset:
                 # Lines written after the last commit: their items are not
                 # terminal in the journal and will run again.
@@ -184,10 +213,11 @@ class OutputSink:
         self._check()
         self._start()
         self._buffer.append(result)
-        n = len(self._buffer)
-        if n >= self._max:
+        if len(self._buffer) >= self._max:
             await self._flush_buffer()
-        elif n >= self._every:
+        else:
+            # Commit as soon as the writer is free: a kill -9 then re-sends
+            # only what was in flight and the answers of one flush.
             assert self._wake is not None
             self._wake.set()
 
@@ -218,6 +248,7 @@ class OutputSink:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
                 self._fd = None
+            self._unlock()
         if self._error is not None:
             raise self._error
 
@@ -279,10 +310,12 @@ class OutputSink:
             data = b"".join(chunks)
             new_offset += len(data)
             meta["output_offset"] = str(new_offset)
+            meta["output_tail"] = _tail_of(data)
             if self._new_path:
                 meta["output_path"] = self._path
             try:
                 with _output_guard(self._path):
+                    self._check_alone()
                     _write_all(self._fd, data)
             except BaseException:
                 self._rewind()
@@ -294,6 +327,22 @@ class OutputSink:
             raise
         self._offset, self._seq, self._new_path = new_offset, seq, False
         self.written += len(entries)
+
+    def _check_alone(self) -> None:
+        # The lock keeps other conveyor runs out; this catches any other
+        # writer (an editor, a tool, a run on another host over NFS).
+        assert self._fd is not None
+        assert self._path is not None
+        st = os.fstat(self._fd)
+        if stat.S_ISREG(st.st_mode) and st.st_size != self._offset:
+            raise OutputMismatch(
+                f"output {self._path} changed under this run: it has {st.st_size} bytes, this "
+                f"run wrote {self._offset}. Another program wrote to it (or truncated it); "
+                f"nothing more is written. Stop the other writer, then rewrite the file from "
+                f"the journal with `conveyor export {self._journal.path} {self._path}` and "
+                "resume",
+                path=self._path,
+            )
 
     def _rewind(self) -> None:
         # Best effort: the next open truncates to the committed offset anyway.
@@ -311,6 +360,66 @@ class OutputSink:
                 key,
                 self._journal.path,
             )
+
+
+_TAIL = 64  # bytes of the output kept in the journal to recognise its end
+
+
+def _tail_of(data: bytes) -> str:
+    return data[-_TAIL:].hex()
+
+
+def _check_tail(path: str, offset: int, journal: Journal) -> None:
+    """The bytes before the committed offset must be the ones this journal wrote
+    last: else another writer (another journal) appended or rewrote the file,
+    and truncating it to this journal's offset would lose its lines."""
+    tail = journal.get_meta("output_tail")
+    if tail is None:
+        return  # written by an older conveyor
+    want = bytes.fromhex(tail)
+    with open(path, "rb") as f:
+        f.seek(offset - len(want))
+        got = f.read(len(want))
+    if got != want:
+        raise OutputMismatch(
+            f"output {path} does not end where journal {journal.path} left it (at byte "
+            f"{offset}): another run or program wrote to it. Nothing was changed. Rewrite it "
+            f"from this journal with `conveyor export {journal.path} {path}` and resume, or "
+            "choose another output path",
+            path=path,
+        )
+
+
+def _lock_output(path: str, journal_path: str) -> int | None:
+    """Hold `<output>.lock` (pid and journal inside) while a sink writes `path`;
+    the kernel drops it when the holder dies. Non-regular outputs (a pipe,
+    /dev/null) are not locked."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+    lock = path + ".lock"
+    with _output_guard(lock):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").split("\n")
+        os.close(fd)
+        pid = holder[0].strip() or "unknown"
+        other = holder[1].strip() if len(holder) > 1 and holder[1].strip() else "unknown"
+        raise OutputMismatch(
+            f"output {path} is being written by another conveyor run (pid {pid}, journal "
+            f"{other}); two runs must not write one file. Wait for that run to finish (or "
+            f"stop it) and run this again, resume that run with its own journal, or choose "
+            "another output path",
+            path=path,
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{journal_path}\n".encode(), 0)
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -375,9 +484,11 @@ def export(journal: Journal, path: str | os.PathLike[str], *, adopt: bool = True
     committed = False
     with _output_guard(target):
         try:
+            tail = b""
             with open(tmp, "wb") as f:
                 for _key, line in journal.iter_output_lines("index"):
                     f.write(line)
+                    tail = (tail + line)[-_TAIL:]
                     n += 1
                 f.flush()
                 os.fsync(f.fileno())
@@ -388,6 +499,7 @@ def export(journal: Journal, path: str | os.PathLike[str], *, adopt: bool = True
                         "output_path": target,
                         "output_offset": str(size),
                         "output_seq": str(n),
+                        "output_tail": tail.hex(),
                         "export_tmp": tmp,
                     }
                 )

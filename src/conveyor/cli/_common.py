@@ -48,6 +48,7 @@ _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _FLAGS = {
     "`base_url=`": "--base-url",
     "`force=True`": "--force",
+    "`id_column=`": "--id-column",
     "`journal=`": "--journal",
     "`model=`": "--model",
     "`strict=True`": "--strict",

@@ -71,7 +71,10 @@ def _progress(s: ProgressSnapshot) -> str:
 
 def _eta(s: ProgressSnapshot) -> str:
     if s.finished:
-        return "done"
+        # Ended before every item (Ctrl+C, a fatal stop): not "done".
+        short = s.total is not None and s.done < s.total
+        left = s.counts.get("cancelled", 0) + s.counts.get("skipped", 0)
+        return "stopped" if short or left else "done"
     return format_duration(s.eta_seconds)
 
 
@@ -303,6 +306,21 @@ class PlainDisplay(_Base):
         self._stream.flush()
 
 
+class JsonDisplay(PlainDisplay):
+    """`--log-json`: each progress line is one JSON object, like the log lines."""
+
+    def _write(self, snapshot: ProgressSnapshot, now: float) -> None:
+        import dataclasses
+
+        import orjson
+
+        self._last_write = now
+        d = {"ts": round(time.time(), 3), "event": "progress", **dataclasses.asdict(snapshot)}
+        d["eta"] = _eta(snapshot)
+        self._stream.write(orjson.dumps(d, default=str).decode() + "\n")
+        self._stream.flush()
+
+
 class RichDisplay(_Base):
     """A live panel on a terminal: a bar and the `snapshot_rows` table."""
 
@@ -393,16 +411,20 @@ def make_display(
     stream: TextIO | None = None,
     interval: float | None = None,
     terminal: bool | None = None,
+    log_json: bool = False,
 ) -> Display:
     """The right renderer for `stream` (stderr by default).
 
-    `quiet` shows nothing; a terminal gets the live panel; anything else gets
-    a plain line every `interval` seconds (5 by default). `terminal` forces
+    `quiet` shows nothing; `log_json` a JSON object per progress line; a
+    terminal gets the live panel; anything else gets a plain line every
+    `interval` seconds (5 by default). `terminal` forces
     the choice either way.
     """
     if quiet:
         return NullDisplay()
     out = stream if stream is not None else sys.stderr
+    if log_json:  # a JSON log stays JSON: no panel, no plain lines
+        return JsonDisplay(out, interval=DEFAULT_PLAIN_INTERVAL if interval is None else interval)
     on_tty = _is_terminal(out) if terminal is None else terminal
     if on_tty:
         return RichDisplay(out, force_terminal=terminal)

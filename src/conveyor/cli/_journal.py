@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,29 @@ def describe_input(ident: dict[str, str]) -> str:
     return "not recorded"
 
 
+def _writer_alive(path: Path) -> bool:
+    """Whether the process that last took the journal's writer lock still runs
+    (its pid is in `<journal>.lock`; a zombie counts as gone)."""
+    try:
+        text = Path(f"{path}.lock").read_text().split()
+        pid = int(text[0]) if text else 0
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+    except OSError:
+        return True
+
+
 def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
     """Counts, errors, recent rate and ETA of a run, read while it may be running."""
     with Journal.open_readonly(path) as j:
@@ -41,10 +65,19 @@ def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
         ident = j.identity
     done = sum(v for k, v in counts.items() if k != "pending")
     total = int(total_meta) if total_meta else None
-    rate = recent / window
+    running = _writer_alive(path)
+    # A run nobody is writing has no rate and no ETA (it is stopped or done).
+    rate = recent / window if running else 0.0
     left = None if total is None else max(0, total - done)
     eta = None if left is None or rate <= 0 else left / rate
+    if running:
+        state = "running"
+    elif left == 0 and not counts.get("pending"):
+        state = "finished"
+    else:
+        state = "stopped"
     return {
+        "state": state,
         "journal": str(path),
         "input": ident.get("input"),
         "source": describe_input(dict(ident)),
@@ -66,7 +99,13 @@ def _render(st: dict[str, Any]) -> str:
         f"  done {st['done']}" + (f" of {total}{pct}" if total else ""),
         "  " + "  ".join(f"{k} {v}" for k, v in st["counts"].items()),
         f"  rate {st['rate_per_second']:.1f}/s over the last minute"
-        + (f", eta {st['eta_seconds']:.0f}s" if st["eta_seconds"] is not None else ""),
+        + (f", eta {st['eta_seconds']:.0f}s" if st["eta_seconds"] is not None else "")
+        if st["state"] == "running"
+        else (
+            "  not running: stopped before the end; run the same command again to resume"
+            if st["state"] == "stopped"
+            else "  finished"
+        ),
     ]
     if st["errors"]:
         top = sorted(st["errors"].items(), key=lambda kv: -kv[1])[:8]
@@ -159,6 +198,11 @@ def _retry_file(
     from ..openai._run import RunSettings
     from ._run import execute
 
+    if saved.get("input") == "-" and sys.stdin.isatty():
+        raise click.UsageError(
+            f"the run of {journal} read its requests from a pipe (`-`): pipe the same input "
+            f"into the retry, e.g. `conveyor retry {journal} < requests.jsonl`"
+        )
     with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
         keys = list(j.keys_with_status(wanted))
         # Items an interrupted or killed retry reset but did not finish.

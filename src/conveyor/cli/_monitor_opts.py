@@ -47,7 +47,7 @@ def monitor_options(fn: F) -> F:
                 "taking nothing). Repeatable; implies --monitor.",
             ),
             click.option(
-                "--limit",
+                "--resource-max",
                 "resource_limits",
                 multiple=True,
                 metavar="METRIC=MAX",
@@ -56,7 +56,7 @@ def monitor_options(fn: F) -> F:
                 "Repeatable; implies --monitor.",
             ),
             click.option(
-                "--floor",
+                "--resource-min",
                 "resource_floors",
                 multiple=True,
                 metavar="METRIC=MIN",
@@ -64,12 +64,13 @@ def monitor_options(fn: F) -> F:
                 "or a --gauge name). Repeatable; implies --monitor.",
             ),
             click.option(
-                "--limit-samples",
+                "--resource-samples",
+                "limit_samples",
                 type=click.IntRange(min=1),
                 default=1,
                 show_default=True,
                 metavar="N",
-                help="A --limit or --floor stops the run only after N samples in a row past it.",
+                help="A --resource-max or --resource-min stops the run only after N samples in a row past it.",
             ),
         ]
     ):
@@ -114,8 +115,8 @@ def build_monitor(
             fns[name] = load_check(spec, "--gauge")
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--gauge") from None
-    limits = _bounds("--limit", "MAX", resource_limits, also_limits)
-    floors = _bounds("--floor", "MIN", resource_floors, also_floors)
+    limits = _bounds("--resource-max", "MAX", resource_limits, also_limits)
+    floors = _bounds("--resource-min", "MIN", resource_floors, also_floors)
     return Monitor(
         interval=monitor_interval,
         gauges=fns,

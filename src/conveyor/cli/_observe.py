@@ -32,7 +32,7 @@ from ._preflight import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -124,6 +124,7 @@ def run_preflight(
     max_gpu_memory: float | None = None,
     max_gpu_utilization: float | None = None,
     user_checks: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> list[Check]:
     """The checks `conveyor run` makes first (sync; call it before starting the loop).
 
@@ -144,6 +145,7 @@ def run_preflight(
             max_gpu_memory=max_gpu_memory,
             max_gpu_utilization=max_gpu_utilization,
             checks=load_checks(user_checks),
+            headers=headers,
         )
     )
     failed = has_failures(checks)

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._base._checks import Check, CheckStatus, user_check_outcome
 from .._monitor._gpu import GPU_QUERY, Gpu, parse_nvidia_smi
-from ..openai._probe import ProbeAdvice, endpoint_checks, redact_url
+from ..openai._probe import AUTH_HEADERS, ProbeAdvice, endpoint_checks, redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "DEFAULT_MIN_FREE_DISK_MB",
@@ -293,6 +293,7 @@ async def preflight(
     max_gpu_memory: float | None = None,
     max_gpu_utilization: float | None = None,
     checks: Sequence[UserCheck] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> list[Check]:
     """Every check, in a fixed order: endpoint, api key, model, journal, disk, memory, gpu,
     then the user's own `checks` (functions: see `run_user_check`).
@@ -301,10 +302,14 @@ async def preflight(
     fail (block the run); `gpu_memory_warn` only warns.
 
     `timeout` bounds each network or subprocess probe. `api_key_env` only
-    names where the key came from, for the advice.
+    names where the key came from, for the advice. `headers` are sent with
+    the probe as the run sends them (a key in `api-key` counts as a key).
     """
+    extra = dict(headers or {})
     remote, gpus, own = await asyncio.gather(
-        endpoint_checks(base_url, api_key, api_key_env, model, timeout, advice=_ADVICE),
+        endpoint_checks(
+            base_url, api_key, api_key_env, model, timeout, advice=_ADVICE, headers=extra
+        ),
         _gpu_checks(nvidia_smi, gpu_memory_warn, timeout, max_gpu_memory, max_gpu_utilization),
         asyncio.gather(*(run_user_check(fn) for fn in checks)),
     )
@@ -314,9 +319,10 @@ async def preflight(
         _memory_check(min_free_memory_mb),
     ]
     done: list[Check] = [*remote, *local, *gpus, *own]
-    if api_key:
-        # Belt and braces: no library message we quote may carry the key.
-        done = [_scrub(c, api_key) for c in done]
+    # Belt and braces: no library message we quote may carry the key.
+    for secret in [api_key, *(v for h, v in extra.items() if h.lower() in AUTH_HEADERS)]:
+        if secret:
+            done = [_scrub(c, secret.removeprefix("Bearer ")) for c in done]
     return done
 
 

@@ -39,7 +39,8 @@ Input: one OpenAI Batch request per line ({"custom_id", "method", "url",
 `user` Jinja2 templates (and optional `model`, `[params]`).
 Output: the Batch API output format, one line per input line, each
 custom_id exactly once. A bad input line becomes an error line naming its
-line number; the run goes on (--strict refuses the file instead).
+line number; the run goes on (--strict refuses the file instead). INPUT may
+be - (stdin), a pipe or a FIFO (`<(...)`): read once, resumed by custom_id.
 
 \b
 Resume: the journal (default: OUTPUT.conveyor.db) records every result.
@@ -51,7 +52,7 @@ failures.
 \b
 Monitoring: --monitor samples memory, CPU, GPU (nvidia-smi) and --gauge
 functions into the live panel and the report (`conveyor report --html`
-draws them); --limit METRIC=MAX, --floor METRIC=MIN and, with --monitor,
+draws them); --resource-max METRIC=MAX, --resource-min METRIC=MIN and, with --monitor,
 the preflight's --max-gpu-memory, --max-gpu-utilization and
 --min-free-memory stop the run live (exit 3; run the same command again
 to resume).
@@ -270,7 +271,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     """Send every request of INPUT to an OpenAI-compatible endpoint, as fast
     as its limits allow, and write one result per line to OUTPUT."""
     setup_logging(verbose=o["verbose"], log_json=o["log_json"], quiet=o["quiet"])
-    from ..openai._run import RunSettings, default_journal_path
+    from ..openai._run import RunSettings, default_journal_path, is_stream
 
     if output is None and not o["dry_run"]:
         raise click.UsageError("-o/--output is required (or use --dry-run)")
@@ -329,9 +330,11 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         return
     assert output is not None
     journal = o["journal"] or default_journal_path(output)
+    is_stream(input_path)  # the input's own problems first (a device, a directory)
     if not o["no_preflight"]:
         _preflight(settings, journal, o["quiet"], {**o, "input_path": input_path})
-    code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"])
+    code = execute(input_path, settings, quiet=o["quiet"], report_json=o["report_json"],
+                   log_json=o["log_json"])  # fmt: skip
     sys.exit(code)
 
 
@@ -339,11 +342,10 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> N
     from .._render._pricing import load_prices
     from ..openai._cache import request_key
     from ..openai._plan import make_plan
-    from ..openai._run import _items, default_journal_path, item_key
+    from ..openai._run import _items, default_journal_path, is_stream, item_key
 
     jpath = o["journal"] or (default_journal_path(settings.output) if settings.output else None)
-    if not input_path.is_file():
-        raise click.BadParameter(f"{input_path}: no such file", param_hint="INPUT")
+    is_stream(input_path)  # refuses a directory, a missing path, a device
     plan = make_plan(
         _items(input_path, settings, rule),
         input_path,
@@ -361,10 +363,14 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> N
 
 
 def _first_model(path: Path) -> str | None:
-    """The model of the first valid request line (checked against /models)."""
+    """The model of the first valid request line (checked against /models);
+    None for a pipe, which only the run itself may read."""
     from ..openai._batchfile import RequestLine, read_requests
+    from ..openai._run import is_stream
 
     try:
+        if is_stream(path):
+            return None
         for i, item in enumerate(read_requests(path, check_duplicates=False)):
             if isinstance(item, RequestLine):
                 model = item.body.get("model")
@@ -390,23 +396,35 @@ def _preflight(settings: Any, journal: Path, quiet: bool, o: dict[str, Any]) -> 
                   gpu_memory_warn=o["gpu_memory_warn"],
                   max_gpu_memory=o["max_gpu_memory"],
                   max_gpu_utilization=o["max_gpu_utilization"],
-                  user_checks=o["user_checks"])  # fmt: skip
+                  user_checks=o["user_checks"], headers=settings.headers)  # fmt: skip
 
 
 def execute(
-    input_path: Path, settings: Any, *, quiet: bool = False, report_json: Path | None = None
+    input_path: Path,
+    settings: Any,
+    *,
+    quiet: bool = False,
+    report_json: Path | None = None,
+    log_json: bool = False,
 ) -> int:
     """Run with a progress display; print the summary; return the exit code."""
+    from .._base._exceptions import ConveyorError
     from ..openai._run import run_file_settings
     from ._display import make_display
 
-    display = make_display(quiet=quiet)
+    display = make_display(quiet=quiet, log_json=log_json)
     settings.on_progress = display.update
     if type(display).__name__ == "RichDisplay":
         settings.progress_interval = 0.25  # a live panel wants fresher numbers
     try:
         report = run_file_settings(input_path, settings)
-    except Interrupted as exc:
+    except ConveyorError as exc:
+        # A run that stops (Ctrl+C, a fatal error) still leaves its report.
+        if report_json is not None and exc.report is not None:
+            report_json.write_text(exc.report.to_json(include_results=False, indent=True))
+        if not isinstance(exc, Interrupted):
+            display.close()
+            raise
         display.close()
         click.echo(exc.report.summary(), err=True)
         click.echo(
@@ -424,7 +442,11 @@ def execute(
     report = add_extras(report, facts=facts)
     if report_json is not None:
         report_json.write_text(report.to_json(include_results=False, indent=True))
-    click.echo(render_text(report), err=True)
+    if log_json:  # the summary as one JSON object too, like every other line
+        click.echo('{"event": "summary", "report": ' + report.to_json(include_results=False)
+                   + "}", err=True)  # fmt: skip
+    else:
+        click.echo(render_text(report), err=True)
     where = report.extra.get("output")
     if where:
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)
@@ -544,6 +566,12 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
 @click.option("--rate-500", type=float, default=0.0, help="Fraction answered 500.")
 @click.option("--rate-503", type=float, default=0.0, help="Fraction answered 503.")
 @click.option("--rate-reset", type=float, default=0.0, help="Fraction of connections reset.")
+@click.option(
+    "--rate-truncate",
+    type=float,
+    default=0.0,
+    help="Fraction of 200 answers cut off halfway through the body.",
+)
 @click.option("--rate-hang", type=float, default=0.0, help="Fraction never answered.")
 @click.option(
     "--retry-after",
@@ -743,7 +771,8 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     from ..mock import MockConfig, serve
 
     names = ("latency", "jitter", "rate_429", "rate_500", "rate_503", "rate_reset",
-             "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed", "rate_529",
+             "rate_truncate", "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed",
+             "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
              "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",

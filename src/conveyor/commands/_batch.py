@@ -47,6 +47,7 @@ from .._core._retry import RetryPolicy
 from .._journal._journal import Journal, JournalError, JournalMismatch
 from .._journal._sink import export
 from .._pipeline import JournaledStream, is_finished
+from ._guard import Guard
 from ._joblog import JobLog, JobLogEntry
 from ._types import CommandFailed, CommandNotFound, CommandResult
 
@@ -335,7 +336,11 @@ async def _execute(
     deliver = _Deliver(spec.on_job, spec.keep_order)
     kept: list[Result[Any]] = []
     stopped: Interrupted | None = None
-    with _stop_signals(control), JobLog(spec.joblog) as joblog:
+    # Jobs die with this process, even by kill -9; the guard keeps the
+    # journal locked until they are gone, so a rerun cannot start them twice.
+    # (Entered before the stream starts: its tasks inherit the guard.)
+    guard = Guard(hold_fd=journal.lock_fd)
+    with guard, _stop_signals(control), JobLog(spec.joblog) as joblog:
         try:
             stream.attach_control(relay)
             while batch := await stream.next_batch():

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from ._guard import MARK, any_alive, current_guard, descendants, kill_tree
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
@@ -108,7 +110,9 @@ async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> Non
     at once, reaps, and re-raises the cancellation.
     """
     pgid = proc.pid
-    _killpg(pgid, signal.SIGTERM)
+    # The whole tree, not just the group: a `setsid` grandchild left the group.
+    tree = descendants(pgid) if proc.returncode is None else set()
+    kill_tree(pgid, tree, signal.SIGTERM)
     deadline = time.monotonic() + max(0.0, grace)
     try:
         # The leader and its children got SIGTERM together; wait for all of them.
@@ -118,14 +122,16 @@ async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> Non
                     await asyncio.wait_for(proc.wait(), remaining)
                 except TimeoutError:
                     break
-            if not _group_alive(pgid):
+            if not _group_alive(pgid) and not any_alive(tree):
                 break
             await asyncio.sleep(min(_POLL, remaining))
     except asyncio.CancelledError:
-        _killpg(pgid, signal.SIGKILL)
+        kill_tree(pgid, tree, signal.SIGKILL)
         await _reap(proc)
         raise
-    _killpg(pgid, signal.SIGKILL)
+    if proc.returncode is None:
+        tree |= descendants(pgid)
+    kill_tree(pgid, tree, signal.SIGKILL)
     await _reap(proc)
 
 
@@ -152,6 +158,9 @@ async def run_process(
     kill_grace: float,
 ) -> Exit:
     """Run to completion, or for `limit` seconds, then kill the group; see `terminate_group`."""
+    guard = current_guard()
+    if guard is not None:
+        env = {**env, MARK: guard.token}  # inherited by the job's descendants
     with (
         stdout_path.open("wb") as out,
         stderr_path.open("wb") as err,
@@ -184,6 +193,8 @@ async def run_process(
         except OSError as exc:
             raise _spawn_error(exc) from exc
     # The child holds its own copies of the descriptors; ours are closed above.
+    if guard is not None:
+        guard.add(proc.pid)  # killed by the guard if this process dies first
     timed_out = False
     try:
         await asyncio.wait_for(proc.wait(), limit)
@@ -193,6 +204,9 @@ async def run_process(
     except asyncio.CancelledError:
         await terminate_group(proc, kill_grace)
         raise
+    finally:
+        if guard is not None and proc.returncode is not None:
+            guard.remove(proc.pid)
     duration = time.monotonic() - t0
     assert proc.returncode is not None
     return Exit(proc.returncode, proc.pid, started_at, duration, timed_out)

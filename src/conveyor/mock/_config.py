@@ -64,7 +64,17 @@ class MockConfig:
     `max_upload_bytes` (OpenAI: 512 MB) is a 413. The capacity faults are
     `rate_529` (Anthropic's overloaded_error), `rate_498` (Groq's flex
     capacity_exceeded) and `rate_429_capacity` (a flex tier's 429 "Resource
-    Unavailable", not a rate limit).
+    Unavailable", not a rate limit). `rate_truncate` answers 200 with the full
+    Content-Length but closes the connection halfway through the body, as an
+    upstream or proxy that drops mid-answer does (clients report "peer closed
+    connection without sending complete message body", e.g.
+    https://github.com/langgenius/dify/issues/9912 against Azure OpenAI).
+    The key is accepted as `Authorization: Bearer KEY` (OpenAI) or as
+    `api-key: KEY` (Azure OpenAI: "API requests must include the API key in
+    the api-key HTTP header",
+    https://learn.microsoft.com/en-us/azure/ai-services/openai/reference).
+    `echo_key=True` words a refused key's 401 with the key in clear, as some
+    proxies do (OpenAI itself masks it: "Incorrect API key provided: sk-ab***yz").
 
     Structured requests (a json_schema `response_format`/`text.format`, or
     function tools) are answered with JSON that fits the schema, except at
@@ -81,6 +91,7 @@ class MockConfig:
     rate_500: float = 0.0
     rate_503: float = 0.0
     rate_reset: float = 0.0
+    rate_truncate: float = 0.0
     rate_hang: float = 0.0
     hang_seconds: float | None = None
     retry_after: float = 1.0
@@ -101,6 +112,7 @@ class MockConfig:
     retry_after_header: bool = True
     quota_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
+    echo_key: bool = False
     models: tuple[str, ...] = (
         "mock-gpt",
         "gpt-4o-mini",
@@ -147,6 +159,7 @@ class MockConfig:
             "rate_500",
             "rate_503",
             "rate_reset",
+            "rate_truncate",
             "rate_hang",
             "rate_529",
             "rate_498",
@@ -227,6 +240,7 @@ class MockConfig:
             ("500", self.rate_500),
             ("503", self.rate_503),
             ("reset", self.rate_reset),
+            ("truncate", self.rate_truncate),
             ("hang", self.rate_hang),
             ("529", self.rate_529),
             ("498", self.rate_498),

@@ -271,13 +271,16 @@ class MockServer:
         if fault == "hang":
             if not await self._hang(cfg):
                 return self._drop(request)
-        elif fault is not None:
+        elif fault is not None and fault != "truncate":
             if delay > 0:
                 await asyncio.sleep(delay)
             if fault == "reset":
                 return self._drop(request)
             return self._fault_reply(fault, cfg, headers)
-        return await self._answer(kind, body, cfg, headers, delay)
+        answer = await self._answer(kind, body, cfg, headers, delay)
+        if fault == "truncate" and isinstance(answer, web.Response) and answer.status == 200:
+            return await self._truncate(request, answer)
+        return answer
 
     async def _answer(
         self,
@@ -356,6 +359,9 @@ class MockServer:
         if cfg.api_key is None:
             return
         given = request.headers.get("Authorization", "")
+        azure = request.headers.get("api-key")
+        if azure is not None and not given:
+            given = f"Bearer {azure}"
         if not given:
             raise ApiError(
                 401,
@@ -363,10 +369,13 @@ class MockServer:
                 code="invalid_api_key",
             )
         if not hmac.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-            # Never echo the key back, not even masked.
+            # Never echo the key back, not even masked, unless told to (a careless proxy).
+            sent = given.removeprefix("Bearer ")
             raise ApiError(
                 401,
-                "Incorrect API key provided. Check the key the client sends.",
+                f"Incorrect API key provided: {sent}. Check the key the client sends."
+                if cfg.echo_key
+                else "Incorrect API key provided. Check the key the client sends.",
                 code="invalid_api_key",
             )
 
@@ -387,6 +396,15 @@ class MockServer:
         except TimeoutError:
             return True
         return False
+
+    async def _truncate(self, request: web.BaseRequest, full: web.Response) -> web.StreamResponse:
+        """Send the status, the headers and half the body, then close the connection."""
+        data = bytes(full.body) if isinstance(full.body, bytes | bytearray) else b""
+        resp = web.StreamResponse(status=200, headers=full.headers)
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        return self._drop(request)
 
     def _drop(self, request: web.BaseRequest) -> web.StreamResponse:
         """Close the connection without an answer (RST, like a crashed upstream)."""

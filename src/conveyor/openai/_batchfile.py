@@ -136,8 +136,11 @@ def _type_name(value: Any) -> str:
 
 
 def _open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open for reading, translating OSError into an InputError naming the file."""
+    """Open for reading, translating OSError into an InputError naming the file;
+    `-` is standard input (a copy of its descriptor: closing it keeps stdin)."""
     try:
+        if os.fspath(path) == "-":
+            return os.fdopen(os.dup(0), "rb")
         return open(path, "rb")  # the caller's `with` closes it
     except FileNotFoundError:
         raise InputError("file not found; check the path", path=os.fspath(path)) from None
@@ -178,11 +181,48 @@ def iter_lines(
             yield lineno, raw.strip(_WS)
 
 
+MAX_DEPTH = 64
+"""The deepest nesting a line may have: far more than any request needs (OpenAI's
+structured outputs allow 5 levels of schema), far less than the JSON encoder's
+limit when the body is sent again (orjson: 254) or a recursive walk's."""
+
+
+def nesting_problem(raw: bytes, obj: Any) -> str | None:
+    """Why a parsed line is nested too deep, or None (cheap: only lines with more
+    than MAX_DEPTH brackets are walked, without recursion)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return None
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return (
+                f"JSON nested more than {MAX_DEPTH} levels deep: no request needs that; "
+                "flatten the line"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return None
+
+
 def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as ude:
-        return f"not UTF-8: invalid byte 0x{raw[ude.start]:02x} at byte {ude.start + 1}"
+        hint = ""
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or raw.count(b"\x00") * 3 >= len(raw):
+            hint = (
+                "; the file looks UTF-16 encoded (PowerShell and some editors write that): "
+                "convert it with `iconv -f UTF-16 -t UTF-8 IN > OUT`"
+            )
+        return f"not UTF-8: invalid byte 0x{raw[ude.start]:02x} at byte {ude.start + 1}{hint}"
+    if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+        return (
+            f"JSON nested more than {MAX_DEPTH} levels deep (past the parser's limit): "
+            "flatten the line"
+        )
     hint = ""
     if raw[:1] == b"[":
         hint = " (each line must be one JSON object, not an array)"
@@ -210,6 +250,8 @@ class _Parser:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return BadLine(lineno, _json_error(raw, exc))
+        if (too_deep := nesting_problem(raw, obj)) is not None:
+            return BadLine(lineno, too_deep)
         if not isinstance(obj, dict):
             return BadLine(lineno, f"line must be a JSON object, got {_type_name(obj)}")
 
@@ -253,7 +295,7 @@ def _too_long(lineno: int, max_line_bytes: int) -> BadLine:
 
 def _check_exists(path: str | os.PathLike[str]) -> None:
     # Fail at the call, not at the first next(), for the common mistake.
-    if not os.path.exists(path):
+    if os.fspath(path) != "-" and not os.path.exists(path):
         raise InputError("file not found; check the path", path=os.fspath(path))
 
 

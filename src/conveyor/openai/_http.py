@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -32,6 +32,9 @@ from .._base._exceptions import (
 from .._core._attempt import report_limits, report_usage
 from .._core._refusals import classify, parse_wait
 from ._limit_headers import read_limit_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "Answer",
@@ -138,6 +141,32 @@ def _report_usage(body: Any) -> None:
         report_usage(tin, tout)
 
 
+_AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+
+
+def _secrets_of(api_key: str | None, headers: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The key and the credential header values, as a server could echo them
+    back (bare, and JSON-escaped); short values are left alone (they would
+    mangle ordinary text)."""
+    values = [api_key or ""]
+    for name, value in headers.items():
+        if name.lower() in _AUTH_HEADERS:
+            values.append(value.split(" ", 1)[1] if " " in value else value)
+    found: list[bytes] = []
+    for v in values:
+        if len(v) >= 8:
+            for form in (v.encode(), orjson.dumps(v)[1:-1]):
+                if form not in found:
+                    found.append(form)
+    return tuple(found)
+
+
+def _cut_off(exc: BaseException, headers: Any) -> str:
+    expected = headers.get("Content-Length")
+    detail = str(exc).split(":", 1)[0] if str(exc) else type(exc).__name__
+    return f"{detail}; Content-Length {expected}" if expected else detail
+
+
 def _error_message(body: Any) -> str:
     if isinstance(body, dict):
         err = body.get("error")
@@ -162,6 +191,7 @@ class OpenAIClient:
         if endpoint.api_key:
             headers["Authorization"] = f"Bearer {endpoint.api_key}"
         self._headers = headers
+        self._secrets = _secrets_of(endpoint.api_key, dict(endpoint.headers))
 
     async def __aenter__(self) -> OpenAIClient:
         connector = aiohttp.TCPConnector(
@@ -249,9 +279,19 @@ class OpenAIClient:
         url = self.endpoint.url_for(endpoint)
         try:
             async with session.request(method, url, data=data) as resp:
-                raw = await resp.read()
                 headers = resp.headers
                 status = resp.status
+                try:
+                    raw = await resp.read()
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                    # The server answered, then the body was cut off: a bad
+                    # answer (retried), not a server that cannot be reached.
+                    raise HTTPRetryable(
+                        f"HTTP {status} from {self.endpoint.base_url}, but the response body "
+                        f"was cut off ({_cut_off(exc, headers)})",
+                        status_code=status,
+                        request_id=headers.get("x-request-id"),
+                    ) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise HTTPRetryable(
                 f"connection error talking to {self.endpoint.base_url}: {type(exc).__name__}: {exc}"
@@ -262,6 +302,9 @@ class OpenAIClient:
             raise HTTPRetryable(f"HTTP client error: {type(exc).__name__}: {exc}") from None
         except TimeoutError:
             raise
+        for secret in self._secrets:
+            if secret in raw:  # a server that echoes the key: never store or show it
+                raw = raw.replace(secret, b"***")
         try:
             parsed: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -21,7 +21,10 @@ import orjson
 
 from .._base._checks import Check
 
-__all__ = ["ProbeAdvice", "endpoint_checks", "models_url", "redact_url"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["AUTH_HEADERS", "ProbeAdvice", "endpoint_checks", "models_url", "redact_url"]
 
 _MODELS_SHOWN = 8
 
@@ -57,12 +60,17 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization"})
+"""Header names (lower case) that carry a credential: Azure's `api-key` counts as a key."""
+
+
 async def _get_models(
-    base_url: str, api_key: str | None, wait_s: float, a: ProbeAdvice
+    base_url: str, api_key: str | None, wait_s: float, a: ProbeAdvice, extra: Mapping[str, str]
 ) -> tuple[int, bytes] | Check:
     url = models_url(base_url)
     shown = redact_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers.update(extra)  # what the run sends too (Azure's `api-key`, a proxy's token)
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_s)) as session,
@@ -125,15 +133,21 @@ async def endpoint_checks(
     wait_s: float,
     *,
     advice: ProbeAdvice | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> list[Check]:
     """Three checks from one `GET {base_url}/models`: endpoint, api key, model.
 
     `key_env` names where the key came from; `advice` how the caller sets
-    the base URL, model, timeout and key variable (CLI flags, or keywords)."""
+    the base URL, model, timeout and key variable (CLI flags, or keywords);
+    `headers` are sent as the run sends them (a key in `api-key` is a key)."""
     a = advice or ProbeAdvice()
+    extra = dict(headers or {})
     shown = redact_url(models_url(base_url))
     t0 = time.monotonic()
-    got = await _get_models(base_url, api_key, wait_s, a)
+    got = await _get_models(base_url, api_key, wait_s, a, extra)
+    header_key = next((h for h in extra if h.lower() in AUTH_HEADERS), None)
+    if not api_key and header_key is not None:
+        key_env = f"the {header_key} header"
     if isinstance(got, Check):
         skip = "skipped: the endpoint did not answer"
         return [got, Check("api key", "skip", skip), Check("model", "skip", skip)]
@@ -142,7 +156,7 @@ async def endpoint_checks(
     reached = Check("endpoint", "ok", f"GET {shown} answered HTTP {status} in {ms:.0f} ms")
     key_fix = f"check the key in {key_env} (or pass {a.key_env} to read another variable)"
     if status in (401, 403):
-        if api_key:
+        if api_key or header_key is not None:
             key = Check("api key", "fail", f"the endpoint refused the key (HTTP {status})", key_fix)
         else:
             key = Check(
@@ -178,7 +192,7 @@ async def endpoint_checks(
         ]
     key = (
         Check("api key", "ok", f"accepted (from {key_env})")
-        if api_key
+        if api_key or header_key is not None
         else Check("api key", "skip", f"{key_env} is not set; the endpoint needs no key")
     )
     return [reached, key, _model_check(model, _model_ids(body), a)]

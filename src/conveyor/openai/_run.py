@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from ._structured import (
     resolve_schema,
     schema_problems,
 )
-from ._template import PromptTemplate, build_requests, read_records
+from ._template import PromptTemplate, build_requests, check_records, read_records
 from ._tokens import request_estimate
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = [
     "RunSettings",
     "arun_file",
     "default_journal_path",
+    "is_stream",
     "run_file",
     "run_file_settings",
 ]
@@ -93,6 +95,47 @@ def _fingerprint(path: Path) -> str:
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read(1 << 20))
     return f"{st.st_size}:{h.hexdigest()}"
+
+
+STREAM = "-"  # the input of a run fed by stdin, a pipe or a FIFO, as stored for `retry`
+
+
+def is_stream(path: Path) -> bool:
+    """True for stdin (`-`), a pipe or FIFO (`<(...)`, `/dev/stdin` on a pipe) or a
+    terminal: read once, as it comes; False for a regular file. A directory,
+    a missing path or a device that never ends (/dev/zero) is an InputError."""
+    if str(path) == STREAM:
+        return True
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError("no such file; check the path", path=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read it: {exc.strerror or exc}", path=str(path)) from None
+    if stat.S_ISREG(st.st_mode):
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory, not a file", path=str(path))
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or _is_tty_or_null(path):
+        return True
+    raise InputError(
+        "is a device, not a file or a pipe (it would be read forever): give a file, a pipe "
+        "(`<(...)`), or - for stdin",
+        path=str(path),
+    )
+
+
+def _is_tty_or_null(path: Path) -> bool:
+    try:
+        if os.path.samefile(path, os.devnull):
+            return True
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)
 
 
 # Keys of lines without a usable custom_id start with NUL, which no sane
@@ -231,10 +274,12 @@ def _items(input_path: Path, s: RunSettings, rule: Any = None) -> Iterator[Item]
 
 
 def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str, str]:
+    stream = is_stream(input_path)
     ident = {
         "kind": "records" if s.template else "batch",
-        "input": str(input_path.resolve()),
-        "input_fingerprint": _fingerprint(input_path),
+        # A stream cannot be fingerprinted: its custom_ids say what is done.
+        "input": "<stream>" if stream else str(input_path.resolve()),
+        "input_fingerprint": "stream" if stream else _fingerprint(input_path),
         "base_url": endpoint.base_url,
     }
     if s.template is not None:
@@ -363,12 +408,19 @@ async def arun_file(
     s = settings
     _check(s)
     path = Path(input_path)
-    if not path.is_file():  # noqa: ASYNC240 - one stat before the run starts
-        raise InputError("no such file (or it is a directory)", path=str(path))
+    piped = is_stream(path)
     _refuse_overwriting_input(path, s)
     rule = _rule(s)
+    if s.strict and piped:
+        raise InputError(
+            "`strict=True` checks every line before sending any, so it reads the input twice; "
+            "a pipe can be read once: save it to a file first, or run without `strict=True`",
+            path=str(path),
+        )
     if s.strict:
         _strict_check(path, s, rule)
+    if s.template is not None and not piped:
+        check_records(path, s.id_column)
     endpoint = Endpoint.resolve(
         s.base_url, api_key=s.api_key, api_key_env=s.api_key_env, headers=s.headers
     )
@@ -408,7 +460,7 @@ async def arun_file(
                 pending += 1
                 yield item
 
-        total = _count_lines(path)
+        total = None if piped else _count_lines(path)
         if journal is not None:
             # One batch id across resumes: the journal's, once it has one.
             batch_id = s.batch_id or journal.get_meta("batch_id") or new_batch_id()
@@ -444,7 +496,11 @@ async def arun_file(
                 "refund_unused": False,
                 "key": item_key,
                 "breaker": (
-                    Breaker(threshold=10, cooldown=5.0, give_up=s.give_up) if s.breaker else None
+                    # Probes stay frequent (one request per 2 s at most) so the
+                    # run resumes soon after an outage ends.
+                    Breaker(threshold=10, cooldown=1.0, max_cooldown=2.0, give_up=s.give_up)
+                    if s.breaker
+                    else None
                 ),
                 "fail_fast": s.fail_fast,
                 "batch_id": s.batch_id,
@@ -623,7 +679,7 @@ _RERUN_FIELDS = ("template", "model", "id_column", "endpoint", "concurrency", "r
 
 def _settings_json(path: Path, s: RunSettings) -> str:
     """What `conveyor retry` needs to run this input again (never the key)."""
-    d: dict[str, Any] = {"input": str(path.resolve())}
+    d: dict[str, Any] = {"input": STREAM if is_stream(path) else str(path.resolve())}
     for name in _RERUN_FIELDS:
         v = getattr(s, name)
         d[name] = str(v) if isinstance(v, Path) else v

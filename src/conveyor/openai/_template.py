@@ -46,12 +46,13 @@ from ._batchfile import (
     _type_name,
     endpoint_of,
     iter_lines,
+    nesting_problem,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator, Mapping
 
-__all__ = ["PromptTemplate", "Record", "build_requests", "read_records"]
+__all__ = ["PromptTemplate", "Record", "build_requests", "check_records", "read_records"]
 
 _CSV_EXTS: Final = {".csv": ",", ".tsv": "\t"}
 _JSONL_EXTS: Final = frozenset({".jsonl", ".ndjson", ".json"})
@@ -110,6 +111,9 @@ def _read_jsonl(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[R
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             yield BadLine(lineno, _json_error(raw, exc))
+            continue
+        if (too_deep := nesting_problem(raw, obj)) is not None:
+            yield BadLine(lineno, too_deep)
             continue
         if isinstance(obj, dict):
             yield Record(lineno, obj)
@@ -415,6 +419,25 @@ def _body(
     # Nested param values are shared between bodies: treat bodies as read-only.
     body.update(params)
     return body
+
+
+def check_records(path: str | os.PathLike[str], id_column: str | None) -> None:
+    """Refuse once, before anything is sent, what would fail the whole input:
+    an unusable CSV header (raised by the reader) and an `id_column` that the
+    first record does not have (instead of one failed line per row)."""
+    for i, rec in enumerate(read_records(path)):
+        if isinstance(rec, Record):
+            if id_column is not None and id_column not in rec.data:
+                have = ", ".join(list(rec.data)[:20]) or "none"
+                raise InputError(
+                    f"`id_column=` {id_column!r} is not a column of this input (line "
+                    f"{rec.line} has: {have}); pass one of those, or leave it out for "
+                    "line-N ids",
+                    path=os.fspath(path),
+                )
+            return
+        if i > 100:
+            return
 
 
 def build_requests(
