@@ -242,7 +242,7 @@ class BatchDriver:
         row.submitted_at = now
         self.store.update(row.shard_id, state="submitted", batch_id=row.batch_id,
                           remote_status=row.remote_status, submitted_at=now)  # fmt: skip
-        self.submissions.update(keys)
+        self.submissions.update(list(keys))
         self.live[row.shard_id] = Live(row, keys)
         self.budget.add(row.model, row.tokens)
         if self.first_submit is None:
@@ -333,7 +333,7 @@ class BatchDriver:
         if status == "failed" and "token_limit_exceeded" in codes:
             self.budget.shrink(row.model)
             self.counters["token_limit_refusals"] += 1
-            self.submissions.subtract(live.keys)  # refused before running: not an attempt
+            self.submissions.subtract(list(live.keys))  # refused before running: not an attempt
         elif status == "failed" and codes:
             self.counters["batches_failed"] += 1
             log.warning("batch %s failed: %s", row.batch_id, ", ".join(codes))
