@@ -31,7 +31,7 @@ def batch_dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
     from .._render._pricing import estimate_cost, load_prices, lookup_price
     from ..openai._batchfile import RequestLine
     from ..openai._batchmode._driver import request_bytes
-    from ..openai._batchmode._policy import Line, Sharder
+    from ..openai._batchmode._policy import Line, Shard, Sharder
     from ..openai._batchmode._runner import shard_limits
     from ..openai._runparts import _items, default_journal_path, item_key
     from ..openai._tokens import estimate_prompt_tokens, max_output_tokens
@@ -49,6 +49,7 @@ def batch_dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
     prompt: Counter[str] = Counter()
     output: Counter[str] = Counter()
     lines = bad = skipped = 0
+    shards: list[Shard] = []
     for item in _items(input_path, settings):
         lines += 1
         if not isinstance(item, RequestLine):
@@ -61,9 +62,11 @@ def batch_dry_run(input_path: Path, settings: Any, o: dict[str, Any]) -> None:
         tokens = estimate_prompt_tokens(item.body, item.endpoint)
         prompt[model] += tokens
         output[model] += max_output_tokens(item.body, item.endpoint)
-        sharder.add(Line(item.custom_id, lines - 1, item.url, model,
-                         len(request_bytes(item)), tokens))  # fmt: skip
-    shards = sharder.split([])
+        closed = sharder.add(Line(item.custom_id, lines - 1, item.url, model,
+                                  len(request_bytes(item)), tokens))  # fmt: skip
+        if closed is not None:
+            shards.append(closed)
+    shards += sharder.finish()
     out = [
         f"dry run of {input_path} in batch mode: nothing was sent",
         f"  lines {lines}  invalid {bad}  already done (journal) {skipped}  "

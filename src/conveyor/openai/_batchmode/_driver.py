@@ -345,6 +345,9 @@ class BatchDriver:
             self.polls.forget(row.batch_id)
             self.stuck.forget(row.batch_id)
         self.store.update(sid, state="merged", remote_status=status)
+        if status == "cancelled" and live.cancel_reason is None:
+            self.external_cancel = row.batch_id  # not ours: the user's (`conveyor cancel`)
+            return
         if live.cancel_reason == "deadline":
             return  # what is left runs online
         await self._redrive(live, final)

@@ -255,6 +255,7 @@ async def _loop(
             if online is None:
                 await driver.submit_ready()
             await driver.poll_due()
+            check_external_cancel(driver)
             now = driver.clock()
             if online is None and policy is not None:
                 left = driver.unfinished_keys()

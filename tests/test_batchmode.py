@@ -1,0 +1,338 @@
+"""Batch mode (`run_file(mode="batch")`, `conveyor run --mode batch`) against the
+simulated server's Files and Batch API over loopback HTTP: sharding under the
+server's limits, re-drive of expired and failed lines, the deadline's online
+finish, and kill -9 at random moments with a resume that re-attaches."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import orjson
+import pytest
+
+from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
+from conveyor.openai import run_file
+
+from _procs import eventually
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
+KEY = "sk-batch-test"
+
+
+def make_input(path: Path, n: int) -> dict[str, dict[str, Any]]:
+    bodies = {}
+    with path.open("wb") as f:
+        for i in range(n):
+            body = {"model": "mock-gpt", "max_tokens": 8,
+                    "messages": [{"role": "user", "content": f"question number {i} " * 3}]}  # fmt: skip
+            bodies[f"id-{i}"] = body
+            line = {"custom_id": f"id-{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": body}  # fmt: skip
+            f.write(orjson.dumps(line) + b"\n")
+    return bodies
+
+
+def read_output(out: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(raw) for raw in out.read_bytes().splitlines()]
+
+
+def batches(url: str) -> list[dict[str, Any]]:
+    """Every batch the server holds (its public list route)."""
+    out: list[dict[str, Any]] = []
+    after = None
+    for _ in range(100):
+        q = f"{url}/batches?limit=100" + (f"&after={after}" if after else "")
+        page = httpx2.get(q, headers={"Authorization": f"Bearer {KEY}"}).json()
+        out.extend(page["data"])
+        if not page["has_more"]:
+            return out
+        after = page["last_id"]
+    raise AssertionError("more than 100 pages of batches")
+
+
+def answered_ok_by_batches(url: str) -> Counter[str]:
+    """custom_id -> how many batch output files answered it 2xx (the server's side)."""
+    seen: Counter[str] = Counter()
+    for b in batches(url):
+        if b.get("output_file_id"):
+            r = httpx2.get(f"{url}/files/{b['output_file_id']}/content",
+                           headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+            for raw in r.content.splitlines():
+                line = orjson.loads(raw)
+                if 200 <= line["response"]["status_code"] < 300:
+                    seen[line["custom_id"]] += 1
+    return seen
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[MockServer, str]]:
+    srv = MockServer(MockConfig(api_key=KEY, batch_speed=None, seed=3))
+    with srv.running_in_thread() as url:
+        yield srv, url
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["OPENAI_API_KEY"] = KEY
+    e.pop("OPENAI_BASE_URL", None)
+    return e
+
+
+def _tokens(bodies: dict[str, dict[str, Any]]) -> int:
+    return sum(count_prompt_tokens(b) for b in bodies.values())
+
+
+def test_shards_respect_the_line_and_enqueued_token_limits(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """300 lines, 100 per file, an enqueued-token limit of half the input's
+    tokens: shards respect both, the server refuses nothing, every line once."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 300)
+    half = _tokens(bodies) // 2
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=2000, batch_max_lines=100,
+                            batch_enqueued_tokens=half)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.05, batch_max_lines=100,
+                      max_enqueued_tokens=half)  # fmt: skip
+    lines = read_output(out)
+    assert sorted(x["custom_id"] for x in lines) == sorted(bodies)
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    for x in lines[::37]:
+        assert x["response"]["body"]["choices"][0]["message"]["content"] == expected_content(
+            bodies[x["custom_id"]]
+        )
+    made = batches(url)
+    assert {b["status"] for b in made} == {"completed"}  # no 413, no token_limit_exceeded
+    assert all(b["request_counts"]["total"] <= 100 for b in made)
+    assert sum(b["request_counts"]["total"] for b in made) == 300  # each line sent once
+    assert report.extra["batch_mode"]["lines_batch"] == 300
+    assert report.successful == 300
+
+
+def test_expired_batches_and_failed_lines_end_answered_without_resending_finished(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """Batches that expire half done and 3% of lines answered 500: every line
+    ends with one answer, and no line a batch answered was sent again."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 300)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=200, batch_max_lines=100,
+                            batch_expire_after=0.25, batch_error_rate=0.03)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.05, batch_max_lines=100, max_redrives=30)  # fmt: skip
+    lines = read_output(out)
+    assert sorted(x["custom_id"] for x in lines) == sorted(bodies)
+    made = batches(url)
+    assert "expired" in {b["status"] for b in made}
+    failing = {x["custom_id"] for x in lines if x["response"]["status_code"] == 500}
+    assert failing  # the server fails the same 3% every time: they end as 500 answers
+    assert len(failing) < 30
+    ok = answered_ok_by_batches(url)
+    assert set(ok) == set(bodies) - failing
+    assert max(ok.values()) == 1  # a finished line of an expired batch was not sent again
+    assert report.extra["batch_mode"]["counters"]["batches_expired"] >= 1
+
+
+def test_deadline_finishes_online_each_custom_id_once(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """The server's batches crawl (5 lines/s): before the deadline the rest goes
+    online through the normal engine; the output has each custom_id once and
+    the report splits the lines between the paths."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 300)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=5, batch_max_lines=100)
+    out = tmp_path / "out.jsonl"
+    t0 = time.monotonic()
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.1, batch_max_lines=100, deadline="6s",
+                      deadline_margin=2.0)  # fmt: skip
+    took = time.monotonic() - t0
+    lines = read_output(out)
+    ids = [x["custom_id"] for x in lines]
+    assert len(ids) == len(set(ids)) == 300
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    bm = report.extra["batch_mode"]
+    assert bm["lines_online"] > 0
+    assert bm["lines_batch"] + bm["lines_online"] == 300
+    assert {b["status"] for b in batches(url)} <= {"cancelling", "cancelled"}
+    assert took < 6 + 30  # the deadline plus a generous margin, not a speed claim
+    assert srv.stats.requests >= bm["lines_online"]  # the online answers came from /v1
+
+
+def _shard_states(journal: Path) -> str:
+    try:
+        con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = con.execute("SELECT state, count(*) FROM shards GROUP BY state").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return "none"
+    return ",".join(f"{s}:{n}" for s, n in sorted(rows)) or "none"
+
+
+def _kill_and_resume(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, kills: int
+) -> list[str]:
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 300)
+    half = _tokens(bodies) // 2
+    # One 100-line batch at a time, each ~0.5 s: uploads, creates, polls and
+    # downloads happen all through the run.
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=200, batch_max_lines=100,
+                            batch_enqueued_tokens=half)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--mode", "batch", "--poll", "0.05s", "--batch-max-lines", "50",
+            "--max-enqueued-tokens", str(half), "--no-preflight", "-q"]  # fmt: skip
+    rnd = random.Random(kills)
+    moments = []
+    done = 0
+    deadline = time.monotonic() + 120
+    while done < kills and time.monotonic() < deadline:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rnd.uniform(0.4, 1.2))  # a random moment, not a wait for a condition
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            done += 1
+            moments.append(_shard_states(tmp_path / "out.jsonl.conveyor.db"))
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    lines = read_output(out)
+    ids = [x["custom_id"] for x in lines]
+    assert len(ids) == len(set(ids)) == 300  # each line exactly once
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    made = batches(url)
+    assert sum(b["request_counts"]["total"] for b in made) == 300  # no line in two batches
+    assert max(answered_ok_by_batches(url).values()) == 1
+    return moments
+
+
+def test_kill_9_during_a_batch_run_then_resume_submits_nothing_twice(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Three kill -9s at random moments of a batch-mode run, then the same
+    command: it re-attaches to its batches; no line went into two batches and
+    each custom_id is once in the output."""
+    moments = _kill_and_resume(server, env, tmp_path, kills=3)
+    assert moments
+
+
+@pytest.mark.slow
+def test_kill_9_ten_times_during_a_batch_run(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ten kill -9s (upload, create, polling and download moments among them)
+    and a resume each time: no line in two batches, each custom_id once."""
+    moments = _kill_and_resume(server, env, tmp_path, kills=10)
+    assert len(moments) == 10
+
+
+def test_cancel_command_cancels_the_runs_batches_and_status_shows_them(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """While a batch run waits on stuck batches, `conveyor status` lists them
+    and `conveyor cancel OUTPUT` cancels them; the run stops (exit 3) keeping
+    what finished."""
+    srv, url = server
+    make_input(tmp_path / "in.jsonl", 50)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_stuck="in_progress")
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.conveyor.db"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--mode", "batch", "--poll", "0.05s", "--no-preflight", "-q"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert eventually(lambda: "submitted:1" in _shard_states(journal), within=30)
+        st = subprocess.run([*CONVEYOR, "status", str(journal), "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert st.returncode == 0, st.stderr
+        info = orjson.loads(st.stdout)["batches"]
+        assert info["states"] == {"submitted": 1}
+        assert info["shards"][0]["batch_id"].startswith("batch_")
+        c = subprocess.run([*CONVEYOR, "cancel", str(out)], env=env, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert c.returncode == 0, c.stderr
+        assert info["shards"][0]["batch_id"] in c.stdout
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, err
+    assert "cancelled outside this run" in err
+    assert {b["status"] for b in batches(url)} <= {"cancelling", "cancelled"}
+
+
+def test_dry_run_shows_shards_tokens_and_both_prices(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--dry-run --mode batch` sends nothing and prints the shards and the cost
+    at batch and at online prices."""
+    with (tmp_path / "in.jsonl").open("wb") as f:
+        for i in range(250):
+            body = {"model": "gpt-4o-mini", "max_tokens": 10,
+                    "messages": [{"role": "user", "content": f"q{i}"}]}  # fmt: skip
+            f.write(orjson.dumps({"custom_id": f"c{i}", "method": "POST",
+                                  "url": "/v1/chat/completions", "body": body}) + b"\n")  # fmt: skip
+    r = subprocess.run([*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "--dry-run", "--mode",
+                        "batch", "--batch-max-lines", "100"], env=env, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "shards 3" in r.stdout
+    assert "at batch prices" in r.stdout and "online" in r.stdout
+    assert not (tmp_path / "in.jsonl.conveyor.db").exists()
+
+
+def test_a_schema_1_journal_opens_and_is_migrated(tmp_path: Path) -> None:
+    """A journal written before batch mode opens read-only as it is, and for
+    writing is migrated to the new schema with its results kept."""
+    from conveyor._journal._journal import SCHEMA_VERSION, Journal
+    from conveyor._journal._shards import ShardStore
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE items (key TEXT PRIMARY KEY, idx INTEGER NOT NULL, status TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, item BLOB, value BLOB, error_type TEXT,"
+        " error_message TEXT, error_traceback TEXT, error_status_code INTEGER,"
+        " error_retryable INTEGER, input_tokens INTEGER, output_tokens INTEGER, started_at REAL,"
+        " ended_at REAL, duration REAL NOT NULL DEFAULT 0, meta BLOB, output_line BLOB,"
+        " output_seq INTEGER);"
+        "CREATE INDEX items_by_index ON items (idx, key);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO items (key, idx, status) VALUES ('a', 0, 'ok');"
+        "PRAGMA application_id = 1668247158; PRAGMA user_version = 1;"
+    )
+    con.close()
+    with Journal.open_readonly(path) as j:
+        assert ShardStore(j).shards() == []
+        assert j.status_counts() == {"ok": 1}
+    with Journal.open(path, identity={"kind": "batch"}) as j:
+        assert ShardStore(j).shards() == []
+        assert j.is_terminal("a")
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
