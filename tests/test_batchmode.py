@@ -19,10 +19,9 @@ import httpx2
 import orjson
 import pytest
 
+from _procs import eventually
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
 from conveyor.openai import run_file
-
-from _procs import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,8 +35,9 @@ def make_input(path: Path, n: int) -> dict[str, dict[str, Any]]:
     bodies = {}
     with path.open("wb") as f:
         for i in range(n):
+            content = f"question number {i} " * 3
             body = {"model": "mock-gpt", "max_tokens": 8,
-                    "messages": [{"role": "user", "content": f"question number {i} " * 3}]}  # fmt: skip
+                    "messages": [{"role": "user", "content": content}]}  # fmt: skip
             bodies[f"id-{i}"] = body
             line = {"custom_id": f"id-{i}", "method": "POST", "url": "/v1/chat/completions",
                     "body": body}  # fmt: skip
@@ -157,7 +157,7 @@ def test_deadline_finishes_online_each_custom_id_once(
     online through the normal engine; the output has each custom_id once and
     the report splits the lines between the paths."""
     srv, url = server
-    bodies = make_input(tmp_path / "in.jsonl", 300)
+    make_input(tmp_path / "in.jsonl", 300)
     srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=5, batch_max_lines=100)
     out = tmp_path / "out.jsonl"
     t0 = time.monotonic()
@@ -286,17 +286,16 @@ def test_cancel_command_cancels_the_runs_batches_and_status_shows_them(
     assert {b["status"] for b in batches(url)} <= {"cancelling", "cancelled"}
 
 
-def test_dry_run_shows_shards_tokens_and_both_prices(
-    env: dict[str, str], tmp_path: Path
-) -> None:
+def test_dry_run_shows_shards_tokens_and_both_prices(env: dict[str, str], tmp_path: Path) -> None:
     """`--dry-run --mode batch` sends nothing and prints the shards and the cost
     at batch and at online prices."""
     with (tmp_path / "in.jsonl").open("wb") as f:
         for i in range(250):
             body = {"model": "gpt-4o-mini", "max_tokens": 10,
                     "messages": [{"role": "user", "content": f"q{i}"}]}  # fmt: skip
-            f.write(orjson.dumps({"custom_id": f"c{i}", "method": "POST",
-                                  "url": "/v1/chat/completions", "body": body}) + b"\n")  # fmt: skip
+            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": body}  # fmt: skip
+            f.write(orjson.dumps(line) + b"\n")
     r = subprocess.run([*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "--dry-run", "--mode",
                         "batch", "--batch-max-lines", "100"], env=env, capture_output=True,
                        text=True, timeout=60)  # fmt: skip

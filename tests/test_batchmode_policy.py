@@ -12,8 +12,8 @@ from conveyor.openai._batchmode._policy import (
     EnqueueBudget,
     Line,
     PollSchedule,
-    ShardLimits,
     Sharder,
+    ShardLimits,
     StuckDetector,
     default_margin,
     online_rate,
@@ -58,7 +58,7 @@ def test_one_model_and_url_per_shard() -> None:
 
 def test_an_oversized_line_gets_a_shard_of_its_own() -> None:
     """A line over the token limit alone is not glued to its neighbours."""
-    lines = _lines(2, tokens=10) + [Line("big", 9, "/v1/chat/completions", "m", 100, 500)]
+    lines = [*_lines(2, tokens=10), Line("big", 9, "/v1/chat/completions", "m", 100, 500)]
     shards = Sharder(ShardLimits(max_tokens=100)).split(lines)
     assert [len(s.lines) for s in shards] == [2, 1]
 
