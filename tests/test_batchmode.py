@@ -335,3 +335,64 @@ def test_a_schema_1_journal_opens_and_is_migrated(tmp_path: Path) -> None:
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     con.close()
+
+
+@pytest.mark.parametrize("created_before_crash", [True, False])
+def test_a_crash_between_intent_and_create_never_makes_a_second_batch(
+    server: tuple[MockServer, str], tmp_path: Path, created_before_crash: bool
+) -> None:
+    """The journal says "creating" (the intent was committed, then the process
+    died): the resume finds the batch by the shard id in its metadata and
+    attaches to it, or creates it if it never reached the server; either way
+    one batch holds the lines."""
+    from conveyor._journal._journal import Journal
+    from conveyor._journal._shards import ShardRow, ShardStore
+    from conveyor.openai._batchmode._driver import METADATA_KEY
+    from conveyor.openai._http import Endpoint
+    from conveyor.openai._run import RunSettings
+    from conveyor.openai._runparts import _identity
+
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    up = httpx2.post(f"{url}/files", headers=auth, data={"purpose": "batch"},
+                     files={"file": ("s.jsonl", (tmp_path / "in.jsonl").read_bytes())})  # fmt: skip
+    file_id = up.json()["id"]
+    settings = RunSettings(output=out, base_url=url, api_key=KEY, mode="batch")
+    ident = _identity(tmp_path / "in.jsonl", settings, Endpoint.resolve(url, api_key=KEY))
+    with Journal.open(tmp_path / "out.jsonl.conveyor.db", identity=ident) as j:
+        now = time.time()
+        row = ShardRow("s0", 1, "/v1/chat/completions", "mock-gpt", "creating", 40, 1, 1,
+                       file_id=file_id, created_at=now, state_since=now)  # fmt: skip
+        ShardStore(j).add(row, [(f"id-{i}", i) for i in range(40)])
+    if created_before_crash:
+        httpx2.post(f"{url}/batches", headers=auth,
+                    json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h", "metadata": {METADATA_KEY: "s0"}})  # fmt: skip
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.05)  # fmt: skip
+    ids = [x["custom_id"] for x in read_output(out)]
+    assert sorted(ids) == sorted(bodies)
+    assert len(batches(url)) == 1
+    counters = report.extra["batch_mode"]["counters"]
+    assert counters.get("batches_found_after_crash", 0) == int(created_before_crash)
+
+
+def test_a_provider_with_smaller_file_limits_than_configured_gets_smaller_shards(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """The server takes 40 lines per file, the client was told 100: the refused
+    batches' lines are cut into smaller shards (not counted as attempts) until
+    they fit, and every line is answered once."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 200)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_max_lines=40)
+    out = tmp_path / "out.jsonl"
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.05, batch_max_lines=100, max_redrives=0)  # fmt: skip
+    lines = read_output(out)
+    assert sorted(x["custom_id"] for x in lines) == sorted(bodies)
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    assert report.extra["batch_mode"]["counters"]["size_limit_refusals"] >= 1
+    assert max(answered_ok_by_batches(url).values()) == 1

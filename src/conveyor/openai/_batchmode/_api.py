@@ -189,7 +189,8 @@ class BatchAPI:
                 f" check {self.endpoint.api_key_env}",
                 status_code=status,
             )
-        if status in _RETRYABLE_STATUS:
+        if status in _RETRYABLE_STATUS and not (status == 409 and what == "cancel"):
+            # (409 on cancel: the batch is already final; nothing to retry.)
             raise HTTPRetryable(
                 f"HTTP {status} from {where}: {msg}",
                 status_code=status,

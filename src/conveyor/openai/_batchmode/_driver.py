@@ -42,6 +42,8 @@ __all__ = ["BatchDriver", "Live", "request_bytes"]
 
 log = logging.getLogger("conveyor.batch")
 
+# A failed batch whose file broke the provider's size limits (lines, bytes).
+_SIZE_CODES = frozenset({"too_many_requests", "file_too_large", "max_file_size_exceeded"})
 TERMINAL_REMOTE = frozenset({"completed", "failed", "expired", "cancelled"})
 METADATA_KEY = "conveyor_shard"
 
@@ -216,7 +218,19 @@ class BatchDriver:
 
     async def _upload_and_create(self, row: ShardRow, keys: dict[str, int]) -> None:
         path = self.shard_path(row.shard_id)
-        file_obj = await self.api.upload(path, filename=path.name)
+        try:
+            file_obj = await self.api.upload(path, filename=path.name)
+        except HTTPClientError as exc:
+            if exc.status_code != 413 or row.lines < 2:
+                raise
+            # The provider takes smaller files than we were told: split this one.
+            self.counters["uploads_too_large"] += 1
+            self.sharder.tighten(nbytes=row.bytes // 2)
+            self.store.update(row.shard_id, state="dropped", note="413: split")
+            reqs = self.read_shard(row.shard_id, keys)
+            self.reshard((r, keys[r.custom_id]) for r in reqs)
+            path.unlink(missing_ok=True)
+            return
         row.file_id = str(file_obj["id"])
         self.store.update(row.shard_id, state="uploaded", file_id=row.file_id)
         row.state = "creating"
@@ -334,6 +348,13 @@ class BatchDriver:
             self.budget.shrink(row.model)
             self.counters["token_limit_refusals"] += 1
             self.submissions.subtract(list(live.keys))  # refused before running: not an attempt
+        elif status == "failed" and any(c in _SIZE_CODES for c in codes):
+            # The provider's file limits are lower than ours: cut smaller shards.
+            self.sharder.tighten(lines=row.lines // 2 if "too_many_requests" in codes else None,
+                                 nbytes=row.bytes // 2 if "too_many_requests" not in codes
+                                 else None)  # fmt: skip
+            self.counters["size_limit_refusals"] += 1
+            self.submissions.subtract(list(live.keys))
         elif status == "failed" and codes:
             self.counters["batches_failed"] += 1
             log.warning("batch %s failed: %s", row.batch_id, ", ".join(codes))

@@ -111,6 +111,15 @@ class Sharder:
         shard.tokens += line.tokens
         return closed
 
+    def tighten(self, *, lines: int | None = None, nbytes: int | None = None) -> None:
+        """Lower the limits (the provider refused a shard as too big); never below 1."""
+        lim = self.limits
+        self.limits = ShardLimits(
+            max_lines=max(1, min(lim.max_lines, lines)) if lines else lim.max_lines,
+            max_bytes=max(1, min(lim.max_bytes, nbytes)) if nbytes else lim.max_bytes,
+            max_tokens=lim.max_tokens,
+        )
+
     def finish(self) -> list[Shard]:
         out = [s for s in self._open.values() if s.lines]
         self._open.clear()

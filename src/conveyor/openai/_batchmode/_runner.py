@@ -91,6 +91,7 @@ class _Run:
         self.dropped = 0
         self.stop = asyncio.Event()
         self.online_stream: Any = None
+        self.online_at: float | None = None  # when the deadline sent the rest online
 
     def is_answered(self, key: str) -> bool:
         return key in self.answered
@@ -295,6 +296,7 @@ async def _go_online(
 ) -> asyncio.Task[None]:
     """The deadline is near: cancel the batches and send what is left online."""
     requests = driver.unfinished_requests()
+    run.online_at = time.time()
     log.warning("deadline: sending %d unfinished line(s) online and cancelling %d batch(es)",
                 len(requests), len(driver.live))  # fmt: skip
     for live in list(driver.live.values()):
@@ -345,5 +347,6 @@ def _section(
         "counters": dict(driver.counters),
         "api_calls": dict(driver.api.calls),
         "deadline_at": deadline_at,
+        "online_at": run.online_at,
         "cost": cost_split(model, run.tokens["batch"], run.tokens["online"]),
     }
