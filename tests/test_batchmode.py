@@ -352,7 +352,7 @@ def test_a_crash_between_intent_and_create_never_makes_a_second_batch(
     from conveyor.openai._run import RunSettings
     from conveyor.openai._runparts import _identity
 
-    srv, url = server
+    _, url = server
     bodies = make_input(tmp_path / "in.jsonl", 40)
     out = tmp_path / "out.jsonl"
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -367,9 +367,9 @@ def test_a_crash_between_intent_and_create_never_makes_a_second_batch(
                        file_id=file_id, created_at=now, state_since=now)  # fmt: skip
         ShardStore(j).add(row, [(f"id-{i}", i) for i in range(40)])
     if created_before_crash:
-        httpx2.post(f"{url}/batches", headers=auth,
-                    json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
-                          "completion_window": "24h", "metadata": {METADATA_KEY: "s0"}})  # fmt: skip
+        create = {"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                  "completion_window": "24h", "metadata": {METADATA_KEY: "s0"}}  # fmt: skip
+        httpx2.post(f"{url}/batches", headers=auth, json=create)
     report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
                       mode="batch", poll=0.05)  # fmt: skip
     ids = [x["custom_id"] for x in read_output(out)]
@@ -396,3 +396,35 @@ def test_a_provider_with_smaller_file_limits_than_configured_gets_smaller_shards
     assert all(x["response"]["status_code"] == 200 for x in lines)
     assert report.extra["batch_mode"]["counters"]["size_limit_refusals"] >= 1
     assert max(answered_ok_by_batches(url).values()) == 1
+
+
+def test_ctrl_c_leaves_the_batches_running_and_the_rerun_reattaches(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ctrl+C (SIGINT) while a batch runs: exit 130 with the resume hint, the
+    batch keeps running at the server, and the same command collects it
+    without submitting anything again."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 60)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=20)
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.conveyor.db"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--mode", "batch", "--poll", "0.05s", "--no-preflight", "-q"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert eventually(lambda: "submitted:1" in _shard_states(journal), within=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "keep running at the provider" in err
+    final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    assert "batches_reattached 1" in final.stderr
+    assert sorted(x["custom_id"] for x in read_output(out)) == sorted(bodies)
+    assert len(batches(url)) == 1

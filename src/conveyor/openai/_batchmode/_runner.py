@@ -92,6 +92,8 @@ class _Run:
         self.stop = asyncio.Event()
         self.online_stream: Any = None
         self.online_at: float | None = None  # when the deadline sent the rest online
+        self.started = time.time()
+        self.last_progress = 0.0
 
     def is_answered(self, key: str) -> bool:
         return key in self.answered
@@ -274,6 +276,7 @@ async def _loop(
                 wake.append(policy.next_check(now=now, unfinished=len(driver.unfinished_keys())))
             if online is not None:
                 wake.append(now + 0.5)
+            _progress(run, driver, s)
             timeout = max(0.01, min(wake) - driver.clock())
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(run.stop.wait())]
             if online is not None:
@@ -289,6 +292,40 @@ async def _loop(
             online.cancel()
             with contextlib.suppress(BaseException):
                 await online
+
+
+def _progress(run: _Run, driver: BatchDriver, s: RunSettings, *, final: bool = False) -> None:
+    """A progress snapshot for the display: lines done, the batches' states, an ETA."""
+    if s.on_progress is None:
+        return
+    now = time.time()
+    if not final and now - run.last_progress < s.progress_interval:
+        return
+    run.last_progress = now
+    from ..._core._progress import ProgressSnapshot
+
+    states = Counter(str(lv.row.remote_status) for lv in driver.live.values())
+    text = ", ".join(f"{n} {st}" for st, n in sorted(states.items())) or "none running"
+    if driver.ready:
+        text += f", {len(driver.ready)} waiting to be submitted"
+    if run.online_stream is not None:
+        text += ", the rest online (deadline)"
+    elapsed = now - run.started
+    done = sum(run.builder.counts.values())
+    rate = driver.batch_rate() or (done / elapsed if elapsed > 0 else 0.0)
+    in_batches = sum(len(lv.keys) for lv in driver.live.values())
+    snap = ProgressSnapshot(
+        elapsed=elapsed, total=done + len(driver.unfinished_keys()), done=done,
+        counts=dict(run.builder.counts), in_flight=in_batches, retrying=0,
+        attempts=done, requests_per_second=rate, tokens_in_per_minute=0.0,
+        tokens_out_per_minute=0.0, concurrency_limit=0, rpm_limit=None, tpm_limit=None,
+        rpm_in_window=0.0, tpm_in_window=0.0, rate_limited=0, paused_for=0.0,
+        breaker="off", finished=final, extra={"batches": text, "done_per_second": rate},
+    )  # fmt: skip
+    try:
+        s.on_progress(snap)
+    except Exception:  # a display that fails never stops the run
+        log.exception("progress callback failed")
 
 
 async def _go_online(
