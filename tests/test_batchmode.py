@@ -226,6 +226,7 @@ def _kill_and_resume(
     made = batches(url)
     assert sum(b["request_counts"]["total"] for b in made) == 300  # no line in two batches
     assert max(answered_ok_by_batches(url).values()) == 1
+    print("kill moments (shard states in the journal):", moments)
     return moments
 
 
@@ -428,3 +429,49 @@ def test_ctrl_c_leaves_the_batches_running_and_the_rerun_reattaches(
     assert "batches_reattached 1" in final.stderr
     assert sorted(x["custom_id"] for x in read_output(out)) == sorted(bodies)
     assert len(batches(url)) == 1
+
+
+def _notes(journal: Path) -> str:
+    try:
+        con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+        try:
+            return " ".join(str(n) for (n,) in con.execute("SELECT note FROM shards"))
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return ""
+
+
+def test_kill_9_after_the_deadline_sent_lines_online_then_resume(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed while the deadline's online path runs (its batches cancelled):
+    the same command sends what is left online, and each custom_id is once in
+    the output."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 120)
+    # Online answers take 2 s at 40 in flight (6 s in all): the kill lands in them.
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=2, latency=2.0)
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.conveyor.db"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--mode", "batch", "--poll", "0.1s", "--deadline", "8s", "-c", "40",
+            "--no-preflight", "-q"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert eventually(lambda: "cancel: deadline" in _notes(journal), within=30)
+        time.sleep(0.5)  # a moment into the online path, not a wait for a condition
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    final = subprocess.run([*args[:-4], "-c", "50", "--no-preflight", "-q"], env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert final.returncode == 0, final.stderr
+    ids = [x["custom_id"] for x in read_output(out)]
+    assert len(ids) == len(set(ids)) == len(bodies)
+    assert len(batches(url)) == 1  # the resume sent nothing to batches again

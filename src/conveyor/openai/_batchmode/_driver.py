@@ -104,6 +104,8 @@ class BatchDriver:
         self.commit = commit
         self.clock = clock
         self.live: dict[str, Live] = {}
+        # Lines of batches cancelled for the deadline, for the online path.
+        self.orphans: list[tuple[RequestLine, int]] = []
         self.ready: list[tuple[ShardRow, dict[str, int]]] = []
         self.submissions: Counter[str] = Counter(self.store.submissions())
         self.last_outcome: dict[str, Outcome] = {}
@@ -193,6 +195,8 @@ class BatchDriver:
                     await self._create(Live(row, keys))
         for row in self.store.shards(("submitted",)):
             live = Live(row, dict(self.store.keys(row.shard_id)))
+            if row.note and row.note.startswith("cancel: "):
+                live.cancel_reason = row.note[len("cancel: ") :]  # we asked for it
             self.live[row.shard_id] = live
             self.budget.add(row.model, row.tokens)
             self.counters["batches_reattached"] += 1
@@ -370,7 +374,10 @@ class BatchDriver:
             self.external_cancel = row.batch_id  # not ours: the user's (`conveyor cancel`)
             return
         if live.cancel_reason == "deadline":
-            return  # what is left runs online
+            # What is left runs online (a resumed run sends it when it goes online).
+            left = [k for k in live.keys if k not in final and not self.is_answered(k)]
+            self.orphans.extend((r, live.keys[r.custom_id]) for r in self.read_shard(sid, left))
+            return
         await self._redrive(live, final)
         if row.file_id:
             with contextlib.suppress(ConveyorError):
@@ -431,6 +438,7 @@ class BatchDriver:
             keys.update(live.keys)
         for _, k in self.ready:
             keys.update(k)
+        keys.update((r.custom_id, i) for r, i in self.orphans)
         return {k: i for k, i in keys.items() if not self.is_answered(k)}
 
     def unfinished_requests(self) -> list[tuple[RequestLine, int]]:
@@ -441,6 +449,8 @@ class BatchDriver:
         for sid, keys in groups:
             left = [k for k in keys if not self.is_answered(k)]
             out.extend((r, keys[r.custom_id]) for r in self.read_shard(sid, left))
+        out.extend((r, i) for r, i in self.orphans if not self.is_answered(r.custom_id))
+        self.orphans = []
         return out
 
     def batch_rate(self) -> float | None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -185,6 +186,8 @@ async def arun_batch(
                 interrupted = await _loop(run, driver, policy, s, endpoint)
         finally:
             await sink.close()
+        if not interrupted and not driver.live:
+            shutil.rmtree(driver.workdir, ignore_errors=True)  # every shard is merged
         report = run.builder.build(interrupted=interrupted,
                                    stop_reason="interrupt" if interrupted else None)  # fmt: skip
         model = models.most_common(1)[0][0] if models else None
@@ -255,8 +258,6 @@ async def _loop(
     try:
         while not run.stop.is_set():
             check_external_cancel(driver)
-            if online is None:
-                await driver.submit_ready()
             await driver.poll_due()
             check_external_cancel(driver)
             now = driver.clock()
@@ -264,12 +265,21 @@ async def _loop(
                 left = driver.unfinished_keys()
                 if policy.go_online(now=now, unfinished=len(left), batch_rate=driver.batch_rate()):
                     online = await _go_online(run, driver, s, endpoint)
+            if online is None:
+                await driver.submit_ready()  # after the deadline check: none past it
             if online is not None and online.done():
                 online.result()  # raises what the online path raised
                 for sid, live in list(driver.live.items()):
                     await driver.abandon(sid, live, "answered online")
                 break
-            if online is None and not driver.live and not driver.ready:
+            if online is None and driver.orphans and policy is None:
+                # Cancelled for a deadline this run does not have: back into batches.
+                driver.reshard(driver.orphans)
+                driver.orphans = []
+                continue
+            if online is not None and driver.orphans:
+                driver.orphans = []  # the online path already holds them
+            if online is None and not driver.live and not driver.ready and not driver.orphans:
                 break
             wake = [driver.next_due() or now + 1.0]
             if policy is not None and online is None:
