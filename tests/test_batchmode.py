@@ -469,9 +469,62 @@ def test_kill_9_after_the_deadline_sent_lines_online_then_resume(
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=2)  # fast online answers now
     final = subprocess.run([*args[:-4], "-c", "50", "--no-preflight", "-q"], env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert final.returncode == 0, final.stderr
     ids = [x["custom_id"] for x in read_output(out)]
     assert len(ids) == len(set(ids)) == len(bodies)
     assert len(batches(url)) == 1  # the resume sent nothing to batches again
+
+
+def test_an_unstated_enqueued_token_limit_is_learned_from_the_refusal(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """Not told the organisation's enqueued-token limit, the client submits
+    everything; the server fails the batches past the limit with
+    token_limit_exceeded ("Limit: N enqueued tokens"), and from then on the
+    client keeps under N: every line answered once."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 300)
+    third = _tokens(bodies) // 3 + 50
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=1000, batch_max_lines=100,
+                            batch_enqueued_tokens=third)  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
+                      mode="batch", poll=0.05, batch_max_lines=100, max_redrives=0)  # fmt: skip
+    lines = read_output(out)
+    assert sorted(x["custom_id"] for x in lines) == sorted(bodies)
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    refused = report.extra["batch_mode"]["counters"]["token_limit_refusals"]
+    assert 1 <= refused <= 2  # the first refusals teach it; it does not keep hitting the limit
+    assert max(answered_ok_by_batches(url).values()) == 1
+
+
+def test_a_stuck_batch_is_cancelled_and_its_lines_sent_again(
+    server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """The first batch never leaves in_progress: after --stuck-after without
+    any change it is cancelled and its lines go into a new batch, which
+    answers them; each custom_id once."""
+    srv, url = server
+    bodies = make_input(tmp_path / "in.jsonl", 50)
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_stuck="in_progress")
+    out = tmp_path / "out.jsonl"
+    args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
+            "--mode", "batch", "--poll", "0.05s", "--stuck-after", "1s", "--no-preflight"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        in_progress = ["in_progress"]
+        assert eventually(lambda: [b["status"] for b in batches(url)] == in_progress, within=30)
+        srv.config = MockConfig(api_key=KEY, seed=3)  # later batches run (each keeps its own)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "cancelled_stuck 1" in err
+    assert sorted(x["custom_id"] for x in read_output(out)) == sorted(bodies)
+    assert sorted(b["status"] for b in batches(url)) == ["cancelled", "completed"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -349,7 +350,12 @@ class BatchDriver:
         codes = [str(e.get("code")) for e in ((batch.get("errors") or {}).get("data") or [])
                  if isinstance(e, dict)]  # fmt: skip
         if status == "failed" and "token_limit_exceeded" in codes:
-            self.budget.shrink(row.model)
+            told = _stated_limit(batch)
+            if told is not None:
+                self.budget.learn(row.model, told)  # "Limit: 2,000,000 enqueued tokens."
+                self.sharder.tighten(tokens=told)
+            else:
+                self.budget.shrink(row.model)
             self.counters["token_limit_refusals"] += 1
             self.submissions.subtract(list(live.keys))  # refused before running: not an attempt
         elif status == "failed" and any(c in _SIZE_CODES for c in codes):
@@ -458,6 +464,19 @@ class BatchDriver:
         if self.first_submit is None or self.batch_done == 0:
             return None
         return self.batch_done / max(1e-6, self.clock() - self.first_submit)
+
+
+_LIMIT_RE = re.compile(r"Limit: ([\d,]+) enqueued tokens")
+
+
+def _stated_limit(batch: dict[str, Any]) -> int | None:
+    """The enqueued-token limit OpenAI's refusal states, if it does
+    (openai/openai-python#2084 quotes the message)."""
+    for e in (batch.get("errors") or {}).get("data") or []:
+        m = _LIMIT_RE.search(str(e.get("message") or "")) if isinstance(e, dict) else None
+        if m:
+            return int(m.group(1).replace(",", ""))
+    return None
 
 
 def check_external_cancel(driver: BatchDriver) -> None:

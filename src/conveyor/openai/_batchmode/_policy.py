@@ -111,13 +111,18 @@ class Sharder:
         shard.tokens += line.tokens
         return closed
 
-    def tighten(self, *, lines: int | None = None, nbytes: int | None = None) -> None:
+    def tighten(
+        self, *, lines: int | None = None, nbytes: int | None = None, tokens: int | None = None
+    ) -> None:
         """Lower the limits (the provider refused a shard as too big); never below 1."""
         lim = self.limits
+        max_tokens = lim.max_tokens
+        if tokens:
+            max_tokens = max(1, min(max_tokens or tokens, tokens))
         self.limits = ShardLimits(
             max_lines=max(1, min(lim.max_lines, lines)) if lines else lim.max_lines,
             max_bytes=max(1, min(lim.max_bytes, nbytes)) if nbytes else lim.max_bytes,
-            max_tokens=lim.max_tokens,
+            max_tokens=max_tokens,
         )
 
     def finish(self) -> list[Shard]:
@@ -163,6 +168,12 @@ class EnqueueBudget:
 
     def release(self, model: str, tokens: int) -> None:
         self.enqueued[model] = max(0, self.enqueued[model] - tokens)
+
+    def learn(self, model: str, limit: int) -> None:
+        """The provider stated its limit for `model`: use it from now on."""
+        base = self._limit if self._limit is not None else limit
+        self._limit = base
+        self._scale[model] = min(self._scale.get(model, 1.0), limit / base)
 
     def shrink(self, model: str, factor: float = 0.8) -> None:
         self._scale[model] = max(0.05, self._scale.get(model, 1.0) * factor)
