@@ -512,7 +512,8 @@ def test_a_stuck_batch_is_cancelled_and_its_lines_sent_again(
     srv.config = MockConfig(api_key=KEY, seed=3, batch_stuck="in_progress")
     out = tmp_path / "out.jsonl"
     args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
-            "--mode", "batch", "--poll", "0.05s", "--stuck-after", "1s", "--no-preflight"]  # fmt: skip
+            "--mode", "batch", "--poll", "0.05s", "--stuck-after", "1s",
+            "--no-preflight"]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     try:
