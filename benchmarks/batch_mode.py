@@ -92,12 +92,14 @@ def limits_case(work: Path, n: int, poll: float) -> None:
     print(f"   server batches {dict(statuses)}; refusals {dict(codes) or 'none'} "
           f"(413 / token_limit_exceeded / failed: {codes.get('token_limit_exceeded', 0)} token, "
           f"{statuses.get('failed', 0)} failed)")  # fmt: skip
-    for b, r in zip(sorted(made, key=lambda b: b["created_at"]), rows, strict=False):
-        end = b.get("completed_at") or b.get("failed_at") or b["created_at"]
-        life = max(0.0, end - b["created_at"])
-        ideal = life / poll + 1
-        print(f"   batch {b['id']}: polls {r.polls} over {life:.0f}s of life "
-              f"(ideal <= {ideal:.1f}; ratio {r.polls / ideal:.2f})")  # fmt: skip
+    for b in sorted(made, key=lambda b: b["created_at"]):
+        times = srv.stats.batch_polls.get(b["id"], [])
+        gaps = [y - x for x, y in zip(times, times[1:], strict=False)]
+        span = times[-1] - times[0] if len(times) > 1 else 0.0
+        print(f"   batch {b['id']}: {len(times)} polls (server side) over {span:.1f}s; "
+              f"shortest gap {min(gaps, default=0):.2f}s = {min(gaps, default=0) / poll:.2f} "
+              f"x the interval; at most {span / poll + 1:.1f} allowed")  # fmt: skip
+    del rows
     print(f"   api calls {report.extra['batch_mode']['api_calls']}")
 
 

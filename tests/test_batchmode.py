@@ -108,7 +108,7 @@ def test_shards_respect_the_line_and_enqueued_token_limits(
                             batch_enqueued_tokens=half)  # fmt: skip
     out = tmp_path / "out.jsonl"
     report = run_file(tmp_path / "in.jsonl", output=out, base_url=url, api_key=KEY,
-                      mode="batch", poll=0.05, batch_max_lines=100,
+                      mode="batch", poll=0.2, batch_max_lines=100,
                       max_enqueued_tokens=half)  # fmt: skip
     lines = read_output(out)
     assert sorted(x["custom_id"] for x in lines) == sorted(bodies)
@@ -123,6 +123,9 @@ def test_shards_respect_the_line_and_enqueued_token_limits(
     assert sum(b["request_counts"]["total"] for b in made) == 300  # each line sent once
     assert report.extra["batch_mode"]["lines_batch"] == 300
     assert report.successful == 300
+    for times in srv.stats.batch_polls.values():  # as the server saw them
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps, default=1.0) >= 0.2 * 0.75  # never faster than --poll
 
 
 def test_expired_batches_and_failed_lines_end_answered_without_resending_finished(
