@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -94,7 +95,7 @@ def limits_case(work: Path, n: int, poll: float) -> None:
           f"{statuses.get('failed', 0)} failed)")  # fmt: skip
     for b in sorted(made, key=lambda b: b["created_at"]):
         times = srv.stats.batch_polls.get(b["id"], [])
-        gaps = [y - x for x, y in zip(times, times[1:], strict=False)]
+        gaps = [y - x for x, y in itertools.pairwise(times)]
         span = times[-1] - times[0] if len(times) > 1 else 0.0
         print(f"   batch {b['id']}: {len(times)} polls (server side) over {span:.1f}s; "
               f"shortest gap {min(gaps, default=0):.2f}s = {min(gaps, default=0) / poll:.2f} "
