@@ -75,10 +75,12 @@ class BatchAPI:
         """Upload a batch input file; returns the File object."""
 
         def form() -> aiohttp.FormData:
+            # A file object is streamed (a 200 MB shard is never held in memory);
+            # each attempt opens it afresh, and aiohttp closes it once sent.
             data = aiohttp.FormData()
             data.add_field("purpose", "batch")
             data.add_field(
-                "file", path.read_bytes(), filename=filename, content_type="application/jsonl"
+                "file", path.open("rb"), filename=filename, content_type="application/jsonl"
             )
             return data
 

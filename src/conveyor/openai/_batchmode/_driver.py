@@ -367,7 +367,12 @@ class BatchDriver:
             self.submissions.subtract(list(live.keys))
         elif status == "failed" and codes:
             self.counters["batches_failed"] += 1
-            log.warning("batch %s failed: %s", row.batch_id, ", ".join(codes))
+            msgs = [str(e.get("message") or "") for e in (batch.get("errors") or {}).get("data")
+                    or [] if isinstance(e, dict)]  # fmt: skip
+            log.warning("batch %s failed: %s", row.batch_id, "; ".join(msgs) or ", ".join(codes))
+            for key in live.keys:  # what a line says if this is its last submission
+                self.last_outcome.setdefault(key, Outcome(key, "failed", code=codes[0],
+                                             message=msgs[0] if msgs else codes[0]))  # fmt: skip
         if status == "expired":
             self.counters["batches_expired"] += 1
         self.live.pop(sid, None)
