@@ -32,12 +32,12 @@ CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
 KEY = "sk-batch-test"
 
 
-def make_input(path: Path, n: int) -> dict[str, dict[str, Any]]:
+def make_input(path: Path, n: int, model: str = "mock-gpt") -> dict[str, dict[str, Any]]:
     bodies = {}
     with path.open("wb") as f:
         for i in range(n):
             content = f"question number {i} " * 3
-            body = {"model": "mock-gpt", "max_tokens": 8,
+            body = {"model": model, "max_tokens": 8,
                     "messages": [{"role": "user", "content": content}]}  # fmt: skip
             bodies[f"id-{i}"] = body
             line = {"custom_id": f"id-{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -161,7 +161,7 @@ def test_deadline_finishes_online_each_custom_id_once(
     online through the normal engine; the output has each custom_id once and
     the report splits the lines between the paths."""
     srv, url = server
-    make_input(tmp_path / "in.jsonl", 300)
+    make_input(tmp_path / "in.jsonl", 300, model="gpt-4o-mini")  # a model with a list price
     srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=5, batch_max_lines=100)
     out = tmp_path / "out.jsonl"
     t0 = time.monotonic()
@@ -178,6 +178,11 @@ def test_deadline_finishes_online_each_custom_id_once(
     assert bm["lines_batch"] + bm["lines_online"] == 300
     assert {b["status"] for b in batches(url)} <= {"cancelling", "cancelled"}
     assert took < 6 + 30  # the deadline plus a generous margin, not a speed claim
+    cost = bm["cost"]  # what it cost, and what all of it would have at either price
+    assert cost["total"] == pytest.approx(cost["batch_path"] + cost["online_path"], abs=1e-5)
+    assert cost["all_at_batch_prices"] == pytest.approx(cost["all_at_online_prices"] / 2, abs=1e-5)
+    assert cost["all_at_batch_prices"] <= cost["total"] <= cost["all_at_online_prices"]
+    assert cost["tokens"]["online"]["input"] > 0
     assert srv.stats.requests >= bm["lines_online"]  # the online answers came from /v1
 
 
@@ -550,5 +555,6 @@ def test_a_stuck_batch_is_cancelled_and_its_lines_sent_again(
             proc.wait()
     assert proc.returncode == 0, err
     assert "cancelled_stuck 1" in err
+    assert "batches 1 in_progress" in err  # the progress line shows the batches
     assert sorted(x["custom_id"] for x in read_output(out)) == sorted(bodies)
     assert sorted(b["status"] for b in batches(url)) == ["cancelled", "completed"]
