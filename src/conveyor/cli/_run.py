@@ -271,6 +271,12 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     "the batches would not finish in time is sent online.",
 )
 @click.option(
+    "--deadline-margin",
+    metavar="DURATION",
+    help="With --deadline: time kept in hand before it (default: a tenth of the deadline, "
+    "2 s to 30 min).",
+)
+@click.option(
     "--completion-window",
     default="24h",
     show_default=True,
@@ -378,6 +384,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         reask=o["reask"],
         mode=o["mode"],
         deadline=o["deadline"],
+        deadline_margin=o["deadline_margin"],
         completion_window=o["completion_window"],
         max_enqueued_tokens=o["max_enqueued_tokens"],
         poll=o["poll"],
@@ -391,7 +398,7 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
     if o["mode"] == "batch" and o["ray_target"] is not None:
         raise click.UsageError("--mode batch and --ray do not go together")
     if o["mode"] == "online":
-        for flag in ("deadline", "max_enqueued_tokens"):
+        for flag in ("deadline", "deadline_margin", "max_enqueued_tokens"):
             if o[flag] is not None:
                 raise click.UsageError(f"--{flag.replace('_', '-')} needs --mode batch")
     if o["ray_target"] is not None:
