@@ -125,7 +125,8 @@ def deadline_case(work: Path) -> None:
           f"({took / 60:.2f} of the deadline)")  # fmt: skip
     print(
         f"   lines by batch {bm['lines_batch']:,}, online {bm['lines_online']:,}, "
-        f"answers dropped {bm['answers_dropped']}; output {lines:,} lines, {unique:,} unique"
+        f"answers dropped {bm['answers_dropped']} ({bm['batch_answers_dropped']} by batch, "
+        f"{bm['online_answers_dropped']} online); output {lines:,} lines, {unique:,} unique"
     )
 
 

@@ -389,6 +389,10 @@ def _section(
         "lines_online": run.paths.get("online", 0),
         "lines_invalid": run.paths.get("input", 0),
         "answers_dropped": run.dropped + driver.counters.get("answers_dropped", 0),
+        # A batch's answer for a line already answered (online, or an earlier merge);
+        # an online answer for a line a batch answered first.
+        "batch_answers_dropped": driver.counters.get("answers_dropped", 0),
+        "online_answers_dropped": run.dropped,
         "shards": len(rows),
         "shard_states": dict(Counter(r.state for r in rows)),
         "counters": dict(driver.counters),
