@@ -146,6 +146,9 @@ def _check(s: RunSettings) -> None:
         raise ConfigError("mode", s.mode, '"online" or "batch"')
     if s.mode == "batch" and s.ray is not None:
         raise ConfigError("ray", s.ray, "unset with mode='batch' (the provider runs the batch)")
+    if s.mode == "batch" and s.schema is not None:
+        raise ConfigError("schema", "...", "unset with mode='batch' for now (batch answers are "
+                          "not validated or re-asked yet): run it online")  # fmt: skip
     if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
         raise ConfigError("limit", s.limit, "a whole number >= 1")
     if s.journal is True and s.output is None:
