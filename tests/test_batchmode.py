@@ -483,7 +483,7 @@ def test_kill_9_after_the_deadline_sent_lines_online_then_resume(
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.conveyor.db"
     args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
-            "--mode", "batch", "--poll", "0.1s", "--deadline", "8s", "-c", "40",
+            "--mode", "batch", "--poll", "0.1s", "--deadline", "12s", "-c", "40",
             "--no-preflight", "-q"]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
