@@ -263,7 +263,10 @@ async def _loop(
             now = driver.clock()
             if online is None and policy is not None:
                 left = driver.unfinished_keys()
-                if policy.go_online(now=now, unfinished=len(left), batch_rate=driver.batch_rate()):
+                # Once the deadline sent the rest online, a resumed run keeps it there.
+                decided = run.journal.get_meta("batch_online_at") is not None
+                rate = driver.batch_rate()
+                if decided or policy.go_online(now=now, unfinished=len(left), batch_rate=rate):
                     online = await _go_online(run, driver, s, endpoint)
             if online is None:
                 await driver.submit_ready()  # after the deadline check: none past it
@@ -344,6 +347,8 @@ async def _go_online(
     """The deadline is near: cancel the batches and send what is left online."""
     requests = driver.unfinished_requests()
     run.online_at = time.time()
+    if run.journal.get_meta("batch_online_at") is None:
+        run.journal.set_meta("batch_online_at", repr(run.online_at))
     log.warning("deadline: sending %d unfinished line(s) online and cancelling %d batch(es)",
                 len(requests), len(driver.live))  # fmt: skip
     for live in list(driver.live.values()):
