@@ -557,3 +557,25 @@ async def test_a_foreign_append_during_the_run_stops_the_writes(
     with contextlib.suppress(OutputMismatch):
         await sink.close()
     assert not journal.is_terminal("k00002")
+
+
+async def test_a_kill_between_the_first_write_and_its_commit_leaves_a_resumable_output(
+    tmp_path: Path,
+) -> None:
+    """The first flush wrote its lines, then the process died before the commit:
+    the journal already owns the output, so the resume drops those bytes and
+    goes on instead of refusing the file as someone else's."""
+    out = tmp_path / "out.jsonl"
+    journal = Journal.open(tmp_path / "j.db", identity={"kind": "test"})
+    sink = OutputSink(journal, out, lambda r: b"line\n")
+    with out.open("ab") as f:  # the write of a flush whose commit never happened
+        f.write(b"line\nline\n")
+    sink._executor.shutdown()  # the process is gone: nothing else of it runs
+    journal.close()
+    journal = Journal.open(tmp_path / "j.db", identity={"kind": "test"})
+    try:
+        again = OutputSink(journal, out, lambda r: b"line\n")
+        assert out.stat().st_size == 0
+        await again.close()
+    finally:
+        journal.close()

@@ -33,7 +33,7 @@ __all__ = [
     "prepare_schema",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
 PENDING = "pending"
 
@@ -62,6 +62,45 @@ CREATE TABLE items (
 CREATE INDEX items_by_index ON items (idx, key);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Schema upgrades, applied in order to older journals when they are opened
+# for writing (a read-only open of an older journal works without them; the
+# readers of the newer tables check that they exist).
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: provider batch mode (`conveyor run --mode batch`, see
+    # `conveyor.openai._batchmode`): which keys went into which uploaded file
+    # and remote batch, and the state of each (`_journal._shards`).
+    2: """
+CREATE TABLE IF NOT EXISTS shards (
+    shard_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    file_id TEXT,
+    batch_id TEXT,
+    remote_status TEXT,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    polls INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    submitted_at REAL,
+    state_since REAL NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS shard_lines (
+    shard_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (shard_id, key)
+);
+CREATE INDEX IF NOT EXISTS shard_lines_by_key ON shard_lines (key);
+""",
+}
+
 
 COLUMNS = (
     "key, idx, status, attempts, item, value, error_type, error_message, error_traceback, "
@@ -186,12 +225,13 @@ def check_schema(conn: sqlite3.Connection, path: str) -> bool:
 def prepare_schema(conn: sqlite3.Connection, path: str) -> None:
     # Checked before switching to WAL so a foreign database is never modified.
     if check_schema(conn, path):
-        return  # version == SCHEMA_VERSION: migrations from older versions go here
+        _migrate(conn)
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for stmt in SCHEMA_SQL.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
+        _run_script(conn, SCHEMA_SQL)
+        for version in sorted(_MIGRATIONS):
+            _run_script(conn, _MIGRATIONS[version])
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(META_UPSERT, ("created_at", repr(time.time())))
@@ -201,3 +241,25 @@ def prepare_schema(conn: sqlite3.Connection, path: str) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older journal up to `SCHEMA_VERSION`, each step in one transaction."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for target in sorted(v for v in _MIGRATIONS if v > version):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _run_script(conn, _MIGRATIONS[target])
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute(META_UPSERT, ("schema", str(target)))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise

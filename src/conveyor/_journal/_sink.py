@@ -178,7 +178,12 @@ class OutputSink:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._path = path
         self._offset = offset if regular else 0
-        self._new_path = recorded != path
+        if recorded != path:
+            # Claimed before the first line is written: a kill -9 between that write and
+            # its commit must leave a file this journal owns (its bytes past the committed
+            # offset are dropped on resume), not one it would refuse as someone else's.
+            journal.update_meta({"output_path": path, "output_offset": str(self._offset)})
+        self._new_path = False
 
     # -- async API ---------------------------------------------------------
 

@@ -167,6 +167,7 @@ def format_line(s: ProgressSnapshot) -> str:
         f"429s {s.rate_limited}",
         *([format_resources(s)] if s.resources else []),
         *_alerts(s),
+        *([f"batches {s.extra['batches']}"] if s.extra.get("batches") else []),
         f"eta {_eta(s)}",
     ]
     return " | ".join(parts)
@@ -197,6 +198,7 @@ def snapshot_rows(s: ProgressSnapshot) -> list[tuple[str, str]]:
         *((f"{name} budget", why) for name, why in sorted(s.budgets.items())),
         *([("resources", format_resources(s))] if s.resources else []),
         *([("memo", format_memo(s.extra["memo"]))] if s.extra.get("memo") else []),
+        *([("batches", str(s.extra["batches"]))] if s.extra.get("batches") else []),
         ("time", f"elapsed {format_duration(s.elapsed)}  eta {_eta(s)}"),
     ]
     alerts = _alerts(s)

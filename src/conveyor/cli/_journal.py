@@ -63,6 +63,9 @@ def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
         recent = j.finished_since(time.time() - window)
         total_meta = j.get_meta("total_items")
         ident = j.identity
+        from ._batch import batch_status
+
+        batches = batch_status(j)
     done = sum(v for k, v in counts.items() if k != "pending")
     total = int(total_meta) if total_meta else None
     running = _writer_alive(path)
@@ -87,6 +90,7 @@ def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
         "errors": errors,
         "rate_per_second": round(rate, 3),
         "eta_seconds": None if eta is None else round(eta, 1),
+        "batches": batches,
     }
 
 
@@ -110,6 +114,10 @@ def _render(st: dict[str, Any]) -> str:
     if st["errors"]:
         top = sorted(st["errors"].items(), key=lambda kv: -kv[1])[:8]
         lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
+    if st.get("batches"):
+        from ._batch import render_batches
+
+        lines.extend(render_batches(st["batches"]))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("conveyor.cli._serve:serve_cmd", "Serve OpenAI's Batch API over any endpoint."),
     "status": ("conveyor.cli._journal:status_cmd", "Counts, errors, rate and ETA of a run."),
     "retry": ("conveyor.cli._journal:retry_cmd", "Re-run the failed items of a journal."),
+    "cancel": ("conveyor.cli._batch:cancel_cmd", "Cancel the provider batches of a run."),
     "export": ("conveyor.cli._journal:export_cmd", "Rewrite an output file from its journal."),
     "exec": ("conveyor.cli._exec:exec_cmd", "Run a shell command per input, in parallel."),
     "report": ("conveyor.cli._observe:report_cmd", "Summarise a journal: text, JSON or HTML."),

@@ -70,7 +70,8 @@ def monitor_options(fn: F) -> F:
                 default=1,
                 show_default=True,
                 metavar="N",
-                help="A --resource-max or --resource-min stops the run only after N samples in a row past it.",
+                help="A --resource-max or --resource-min stops the run only after N samples "
+                "in a row past it.",
             ),
         ]
     ):

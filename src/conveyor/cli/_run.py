@@ -56,6 +56,11 @@ draws them); --resource-max METRIC=MAX, --resource-min METRIC=MIN and, with --mo
 the preflight's --max-gpu-memory, --max-gpu-utilization and
 --min-free-memory stop the run live (exit 3; run the same command again
 to resume).
+Batch mode: --mode batch sends the same file through the provider's Batch
+API at half price and writes the same output (each custom_id once), e.g.
+  conveyor run requests.jsonl -o out.jsonl --mode batch --deadline 6h
+Run the same command again after a crash or Ctrl+C: it re-attaches to the
+batches it submitted. `conveyor cancel OUT.jsonl.conveyor.db` cancels them.
 
 \b
 Endpoint: --base-url, else OPENAI_BASE_URL, else https://api.openai.com/v1;
@@ -252,6 +257,67 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="Ray actors to spread the requests over (with --ray).",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["online", "batch"]),
+    default="online",
+    show_default=True,
+    help="batch: send through the provider's Batch API (/v1/files + /v1/batches) at half "
+    "price: sharded under its limits, polled, merged into the same output; resumable.",
+)
+@click.option(
+    "--deadline",
+    metavar="DURATION",
+    help="With --mode batch: finish by then (e.g. 6h, counted from the first start); what "
+    "the batches would not finish in time is sent online.",
+)
+@click.option(
+    "--deadline-margin",
+    metavar="DURATION",
+    help="With --deadline: time kept in hand before it (default: a tenth of the deadline, "
+    "2 s to 30 min).",
+)
+@click.option(
+    "--completion-window",
+    default="24h",
+    show_default=True,
+    help="With --mode batch: the batches' completion window.",
+)
+@click.option(
+    "--max-enqueued-tokens",
+    type=click.IntRange(min=1),
+    help="With --mode batch: the provider's enqueued-token limit per model (prompt tokens "
+    "in unfinished batches); shards are cut and submitted under it.",
+)
+@click.option(
+    "--poll",
+    metavar="DURATION",
+    default="60s",
+    show_default=True,
+    help="With --mode batch: poll each batch at most this often (backs off while it is idle).",
+)
+@click.option(
+    "--batch-max-lines",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="With --mode batch: requests per batch file.",
+)
+@click.option(
+    "--batch-max-bytes",
+    type=click.IntRange(min=1),
+    default=200_000_000,
+    show_default=True,
+    help="With --mode batch: bytes per batch file.",
+)
+@click.option(
+    "--stuck-after",
+    metavar="DURATION",
+    default="6h",
+    show_default=True,
+    help="With --mode batch: a batch without any change this long is cancelled and its "
+    "lines are submitted again.",
+)
 @click.option("--no-preflight", is_flag=True, help="Skip the endpoint/key/model/disk checks.")
 @threshold_options
 @monitor_options
@@ -317,15 +383,35 @@ def run_cmd(input_path: Path, output: Path | None, **o: Any) -> None:
         ),
         schema=o["schema"],
         reask=o["reask"],
+        mode=o["mode"],
+        deadline=o["deadline"],
+        deadline_margin=o["deadline_margin"],
+        completion_window=o["completion_window"],
+        max_enqueued_tokens=o["max_enqueued_tokens"],
+        poll=o["poll"],
+        batch_max_lines=o["batch_max_lines"],
+        batch_max_bytes=o["batch_max_bytes"],
+        stuck_after=o["stuck_after"],
     )
     from ..openai._structured import resolve_schema
 
     rule = resolve_schema(settings.schema)  # a bad schema is refused before anything is sent
+    if o["mode"] == "batch" and o["ray_target"] is not None:
+        raise click.UsageError("--mode batch and --ray do not go together")
+    if o["mode"] == "online":
+        for flag in ("deadline", "deadline_margin", "max_enqueued_tokens"):
+            if o[flag] is not None:
+                raise click.UsageError(f"--{flag.replace('_', '-')} needs --mode batch")
     if o["ray_target"] is not None:
         from ..ray import check_ray_available
 
         check_ray_available()  # the install hint, before anything else
     if o["dry_run"]:
+        if settings.mode == "batch":
+            from ._batch import batch_dry_run
+
+            batch_dry_run(input_path, settings, o)
+            return
         _dry_run(input_path, settings, o, rule)
         return
     assert output is not None
@@ -342,7 +428,7 @@ def _dry_run(input_path: Path, settings: Any, o: dict[str, Any], rule: Any) -> N
     from .._render._pricing import load_prices
     from ..openai._cache import request_key
     from ..openai._plan import make_plan
-    from ..openai._run import _items, default_journal_path, is_stream, item_key
+    from ..openai._runparts import _items, default_journal_path, is_stream, item_key
 
     jpath = o["journal"] or (default_journal_path(settings.output) if settings.output else None)
     is_stream(input_path)  # refuses a directory, a missing path, a device
@@ -447,6 +533,10 @@ def execute(
                    + "}", err=True)  # fmt: skip
     else:
         click.echo(render_text(report), err=True)
+        if report.extra.get("batch_mode"):
+            from ._batch import render_batch_section
+
+            click.echo(render_batch_section(report.extra["batch_mode"]), err=True)
     where = report.extra.get("output")
     if where:
         click.echo(f"output: {where}   journal: {report.extra.get('journal')}", err=True)

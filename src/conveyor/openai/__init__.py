@@ -7,6 +7,11 @@ Structured outputs: `run_file(..., schema=MyModel)` (a Pydantic model or a JSON
 Schema) validates every answer and re-asks invalid ones; `read_parsed(output,
 MyModel)` then yields typed results.
 
+At half price through the provider's Batch API, done by a deadline regardless
+(the same output, each custom_id once; resumable):
+
+    run_file("requests.jsonl", output="results.jsonl", mode="batch", deadline="6h")
+
 Works with OpenAI, vLLM, Ollama, llama.cpp and LiteLLM proxies
 (`base_url=` or `OPENAI_BASE_URL`; key from `OPENAI_API_KEY` or `api_key_env=`).
 """

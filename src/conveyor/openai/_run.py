@@ -8,51 +8,53 @@ custom_id exactly once) -> report.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import os
 import signal
-import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .._api import AsyncStream
-from .._base._exceptions import ConfigError, FatalError, InputError
+from .._base._exceptions import ConfigError, InputError
 from .._base._types import Result, Status
-from .._core._attempt import current_attempt, report_cached
-from .._core._options import AUTO_MAX, Breaker
+from .._core._options import AUTO_MAX
 from .._core._portal import Portal
 from .._core._report import new_batch_id
-from .._core._retry import RetryPolicy
 from .._journal._journal import Journal
 from .._pipeline import JournaledStream
 from ._batchfile import (
     BadLine,
     RequestLine,
-    format_bad_line,
-    format_error,
-    format_response,
     read_requests,
     validate_file,
 )
-from ._cache import InflightDedupe, ResponseCache, body_tokens, request_key
-from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
+from ._cache import ResponseCache
+from ._http import Answer, Endpoint, OpenAIClient
+from ._runparts import (
+    Item,
+    _Caller,
+    _identity,
+    _invoke,
+    _items,
+    _settings_json,
+    default_journal_path,
+    engine_options_for,
+    format_line,
+    is_stream,
+    item_key,
+)
+from ._runparts import (
+    _cost as _cost,  # re-exported: tests price requests with it
+)
 from ._structured import (
-    Validator,
-    format_invalid,
-    parsed_of,
-    prepare,
-    reask_request,
     resolve_schema,
     schema_problems,
 )
-from ._template import PromptTemplate, build_requests, check_records, read_records
-from ._tokens import request_estimate
+from ._template import check_records
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,124 +73,10 @@ __all__ = [
 
 log = logging.getLogger("conveyor")
 
-Item = RequestLine | BadLine
 
 # Results that end an item for good; cancelled/skipped items stay pending so a
 # resumed run sends them.
 _TERMINAL = (Status.OK, Status.FAILED, Status.TIMED_OUT)
-
-
-def default_journal_path(output: str | os.PathLike[str]) -> Path:
-    """`results.jsonl` -> `results.jsonl.conveyor.db`, beside the output."""
-    p = Path(output)
-    return p.with_name(p.name + ".conveyor.db")
-
-
-def _fingerprint(path: Path) -> str:
-    """Size plus a hash of the head and tail: cheap on a 10 GB file, and any
-    edit that changes the lines near either end or the length shows."""
-    st = path.stat()
-    h = hashlib.blake2b(digest_size=12)
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return f"{st.st_size}:{h.hexdigest()}"
-
-
-STREAM = "-"  # the input of a run fed by stdin, a pipe or a FIFO, as stored for `retry`
-
-
-def is_stream(path: Path) -> bool:
-    """True for stdin (`-`), a pipe or FIFO (`<(...)`, `/dev/stdin` on a pipe) or a
-    terminal: read once, as it comes; False for a regular file. A directory,
-    a missing path or a device that never ends (/dev/zero) is an InputError."""
-    if str(path) == STREAM:
-        return True
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputError("no such file; check the path", path=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read it: {exc.strerror or exc}", path=str(path)) from None
-    if stat.S_ISREG(st.st_mode):
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError("is a directory, not a file", path=str(path))
-    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) or _is_tty_or_null(path):
-        return True
-    raise InputError(
-        "is a device, not a file or a pipe (it would be read forever): give a file, a pipe "
-        "(`<(...)`), or - for stdin",
-        path=str(path),
-    )
-
-
-def _is_tty_or_null(path: Path) -> bool:
-    try:
-        if os.path.samefile(path, os.devnull):
-            return True
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return os.isatty(fd)
-    finally:
-        os.close(fd)
-
-
-# Keys of lines without a usable custom_id start with NUL, which no sane
-# custom_id does: a valid custom_id "line:2" cannot collide with bad line 2.
-LINE_KEY_PREFIX = "\x00line:"
-
-
-def item_key(item: Item) -> str:
-    """custom_id; a line whose id is missing or repeated is keyed by its line."""
-    if isinstance(item, RequestLine):
-        return item.custom_id
-    if item.custom_id is not None and item.duplicate_of is None:
-        return item.custom_id
-    return f"{LINE_KEY_PREFIX}{item.line}"
-
-
-def format_line(result: Result[Any]) -> bytes:
-    """The Batch API output line for one terminal result."""
-    item = result.item
-    if isinstance(item, BadLine):
-        bad = item if item.duplicate_of is None else _anonymous(item)
-        return format_bad_line(bad)
-    custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
-    if result.status is Status.OK and isinstance(result.value, Answer):
-        a = result.value
-        return parsed_of(format_response(custom_id, a.status, a.body, a.request_id), a)
-    invalid = format_invalid(custom_id, result)
-    if invalid is not None:
-        return invalid
-    meta = result.meta
-    code_seen = meta.get("status_code")
-    answered_2xx = code_seen is not None and 200 <= int(code_seen) < 300
-    if code_seen is not None and not answered_2xx:
-        return format_response(
-            custom_id, int(meta["status_code"]), meta.get("body"), meta.get("request_id")
-        )
-    err = result.error
-    if result.status is Status.TIMED_OUT:
-        code = "timeout"
-    elif answered_2xx:
-        code = "invalid_response"  # a 2xx whose body is not a result
-    elif err is not None and err.type == "HTTPRetryable":
-        code = "connection_error"
-    else:
-        code = "request_failed"
-    message = err.message if err else result.status.value
-    return format_error(custom_id, code, f"{message} (after {result.attempts} attempt(s))")
-
-
-def _anonymous(bad: BadLine) -> BadLine:
-    # A repeated custom_id's error line must not repeat the id: the output
-    # holds each custom_id exactly once, and this line names its line number.
-    return BadLine(bad.line, bad.reason, None, bad.duplicate_of)
 
 
 DEFAULT_FIXED = 100  # the concurrency when none is given and "auto" is not used
@@ -243,9 +131,27 @@ class RunSettings:
     # A limiter shared with other runs in this process (`conveyor serve`: one budget per
     # upstream for all its batches): the engine's `shared_limiter`.
     shared_limiter: Any = field(default=None, repr=False)
+    # Provider batch mode (`mode="batch"`, see `conveyor.openai._batchmode`).
+    mode: str = "online"  # or "batch": /v1/files + /v1/batches at half price
+    deadline: float | str | None = None  # seconds (or "6h") from the first start
+    completion_window: str = "24h"
+    max_enqueued_tokens: int | None = None  # per model, prompt tokens in unfinished batches
+    poll: float | str = 60.0  # seconds between polls of one batch, at least
+    batch_max_lines: int = 50_000
+    batch_max_bytes: int = 200_000_000
+    stuck_after: float | str = 6 * 3600.0  # no change in a batch for this long: cancel, re-drive
+    deadline_margin: float | str | None = None  # default: a tenth of the deadline, 2 s..30 min
+    max_redrives: int = 3  # batch submissions of one line beyond the first
 
 
 def _check(s: RunSettings) -> None:
+    if s.mode not in ("online", "batch"):
+        raise ConfigError("mode", s.mode, '"online" or "batch"')
+    if s.mode == "batch" and s.ray is not None:
+        raise ConfigError("ray", s.ray, "unset with mode='batch' (the provider runs the batch)")
+    if s.mode == "batch" and s.schema is not None:
+        raise ConfigError("schema", "...", "unset with mode='batch' for now (batch answers are "
+                          "not validated or re-asked yet): run it online")  # fmt: skip
     if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
         raise ConfigError("limit", s.limit, "a whole number >= 1")
     if s.journal is True and s.output is None:
@@ -257,36 +163,6 @@ def _check(s: RunSettings) -> None:
 def _rule(s: RunSettings) -> Any:
     # Checked (and a bad schema refused) before anything else happens.
     return resolve_schema(s.schema)
-
-
-def _items(input_path: Path, s: RunSettings, rule: Any = None) -> Iterator[Item]:
-    """The input's requests, each line's answer schema checked (`_structured.prepare`)."""
-    if s.template is not None:
-        tpl = PromptTemplate.load(s.template)
-        items: Iterator[Item] = build_requests(
-            read_records(input_path), tpl, model=s.model, id_column=s.id_column, endpoint=s.endpoint
-        )
-    elif s.model is not None:
-        raise ConfigError("model", s.model, "only with a template (records input)")
-    else:
-        items = read_requests(input_path)
-    return prepare(items, input_path, rule)
-
-
-def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str, str]:
-    stream = is_stream(input_path)
-    ident = {
-        "kind": "records" if s.template else "batch",
-        # A stream cannot be fingerprinted: its custom_ids say what is done.
-        "input": "<stream>" if stream else str(input_path.resolve()),
-        "input_fingerprint": "stream" if stream else _fingerprint(input_path),
-        "base_url": endpoint.base_url,
-    }
-    if s.template is not None:
-        ident["template_fingerprint"] = _fingerprint(s.template)
-        ident["model"] = s.model or ""
-        ident["id_column"] = s.id_column or ""
-    return ident
 
 
 def _strict_check(input_path: Path, s: RunSettings, rule: Any = None) -> None:
@@ -305,82 +181,6 @@ def _strict_check(input_path: Path, s: RunSettings, rule: Any = None) -> None:
             "error line for each bad one.",
             path=str(input_path),
         )
-
-
-class _Caller:
-    """The task function: one request, deduplicated and cached when asked."""
-
-    # Connection failures before the endpoint ever answered that mean "wrong
-    # URL or server down": stop with one line instead of failing every item.
-    UNREACHABLE_AFTER = 5
-
-    def __init__(self, client: OpenAIClient, cache: ResponseCache | None) -> None:
-        self._client = client
-        self._cache = cache
-        self._inflight: InflightDedupe[str, Answer] = InflightDedupe()
-        self._answered = False
-        self._refused = 0
-
-    async def _post(self, req: RequestLine) -> Answer:
-        try:
-            answer = await self._client.post(req.endpoint, req.body)
-        except HTTPRetryable as exc:
-            if exc.status_code is None and not self._answered:
-                # Not this item's fault: if it runs out of attempts before
-                # the stop, it is cancelled (a resume sends it), not failed.
-                exc.resumable = True  # type: ignore[attr-defined]
-                self._refused += 1
-                if self._refused >= self.UNREACHABLE_AFTER:
-                    raise FatalError(
-                        f"cannot reach {self._client.endpoint.base_url} ({exc}); is the server "
-                        "running? check `base_url=` / OPENAI_BASE_URL. Nothing was lost: run "
-                        "the same command again to resume."
-                    ) from None
-            else:
-                self._answered = True
-            raise
-        except (HTTPClientError, AuthError):
-            self._answered = True
-            raise
-        self._answered = True
-        return answer
-
-    async def __call__(self, req: Item) -> Answer:
-        if isinstance(req, BadLine):  # rejected by cost() before any attempt
-            raise InputError(req.reason, line=req.line)
-        req = reask_request(req, current_attempt())  # the same request, or its re-ask
-        if self._cache is None:
-            return await self._post(req)
-        key = request_key(req.url, req.body)
-        hit = self._cache.get(key)
-        if hit is not None:
-            report_cached()
-            return Answer(hit.status_code, orjson.loads(hit.body), None)
-        sent = False
-
-        async def send() -> Answer:
-            nonlocal sent
-            sent = True
-            answer = await self._post(req)
-            assert self._cache is not None
-            # The body as received: an exact-size copy, not an encoder's buffer.
-            raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
-            self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
-            return answer
-
-        answer = await self._inflight.run(key, send)
-        if not sent:
-            report_cached()
-        return answer
-
-
-def _cost(item: Item) -> tuple[float, float]:
-    """(input, output) tokens a request reserves: budgets that meter them apart
-    (Anthropic's input and output tokens) take each, a total budget the sum."""
-    if isinstance(item, BadLine):
-        raise InputError(item.reason, line=item.line)
-    prompt, output = request_estimate(item.body, item.endpoint)
-    return float(prompt), float(output)
 
 
 def _refuse_overwriting_input(path: Path, s: RunSettings) -> None:
@@ -424,6 +224,12 @@ async def arun_file(
     endpoint = Endpoint.resolve(
         s.base_url, api_key=s.api_key, api_key_env=s.api_key_env, headers=s.headers
     )
+    if s.mode == "batch":
+        from ._batchmode import arun_batch
+
+        if s.concurrency is None:  # the online re-drive's concurrency, as online would choose
+            s = dataclasses.replace(s, concurrency=concurrency_options(s)["concurrency"])
+        return await arun_batch(path, s, endpoint, _control=_control)
     journal: Journal | None = None
     jpath: Path | None = None
     if s.journal is True and s.output is not None:
@@ -482,42 +288,13 @@ async def arun_file(
         if not isinstance(pool, int):
             pool = s.concurrency_max or AUTO_MAX
         async with OpenAIClient(endpoint, concurrency=pool) as client:
-            engine_options: dict[str, Any] = {
-                **chosen,
-                "retries": RetryPolicy(retries=s.retries, base=0.5, cap=30.0),
-                "timeout": s.timeout,
-                "rpm": s.rpm,
-                "tpm": s.tpm,
-                "cost": _cost,
-                "limit_window": s.limit_window,
-                "burst": s.burst,
-                "probe_first": True,
-                # OpenAI counts max_tokens at admission and keeps it counted.
-                "refund_unused": False,
-                "key": item_key,
-                "breaker": (
-                    # Probes stay frequent (one request per 2 s at most) so the
-                    # run resumes soon after an outage ends.
-                    Breaker(threshold=10, cooldown=1.0, max_cooldown=2.0, give_up=s.give_up)
-                    if s.breaker
-                    else None
-                ),
-                "fail_fast": s.fail_fast,
-                "batch_id": s.batch_id,
-                "on_progress": s.on_progress,
-                "progress_interval": s.progress_interval,
-                # Answers are validated (and re-asked) where they arrive: here or on the actors.
-                "validate_item": Validator(rule),
-                "reask": s.reask,
-            }
+            engine_options = engine_options_for(s, rule, chosen)
             if s.monitor is not None:
                 if s.ray is not None:
                     raise ConfigError(
                         "monitor", s.monitor, "only on this machine (it samples this process)"
                     )
                 engine_options["monitor"] = s.monitor
-            if s.shared_limiter is not None:
-                engine_options["shared_limiter"] = s.shared_limiter
             todo = _Sized(plan(), None if total is None else max(0, total - _done(journal)))
 
             def make(previous: Callable[[str], Any]) -> RunStream:
@@ -673,25 +450,6 @@ def _done(journal: Journal | None) -> int:
     return sum(v for k, v in counts.items() if k != "pending")
 
 
-_RERUN_FIELDS = ("template", "model", "id_column", "endpoint", "concurrency", "rpm", "tpm",
-                 "retries", "timeout", "api_key_env", "limit_window", "burst")  # fmt: skip
-
-
-def _settings_json(path: Path, s: RunSettings) -> str:
-    """What `conveyor retry` needs to run this input again (never the key)."""
-    d: dict[str, Any] = {"input": STREAM if is_stream(path) else str(path.resolve())}
-    for name in _RERUN_FIELDS:
-        v = getattr(s, name)
-        d[name] = str(v) if isinstance(v, Path) else v
-    d["output"] = None if s.output is None else str(Path(s.output).resolve())
-    d["base_url"] = s.base_url
-    d["reask"] = s.reask
-    # A schema file is kept by path (a dict or a model cannot be rebuilt by `conveyor retry`).
-    if isinstance(s.schema, str | os.PathLike):
-        d["schema"] = str(Path(s.schema).resolve())
-    return orjson.dumps(d).decode()
-
-
 class _RemoteCaller:
     """The task function shipped to Ray actors (it must pickle): each actor
     opens its own pooled session on first use and reads the API key from its
@@ -729,13 +487,6 @@ class _RemoteCaller:
     def _ready(self) -> bool:
         # A method, so the check is re-read after the await above.
         return self._caller is not None
-
-
-def _invoke(caller: _Caller) -> Any:
-    async def invoke(item: Item, engine: Any) -> Answer:
-        return await caller(item)
-
-    return invoke
 
 
 def concurrency_options(s: RunSettings) -> dict[str, Any]:
