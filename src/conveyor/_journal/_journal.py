@@ -105,12 +105,13 @@ def _flock_or_wait(fd: int) -> None:
             return
         except BlockingIOError:
             pid = _read_pid(fd)
-            if pid is None or _pid_alive(pid) or time.monotonic() > deadline:
+            if pid is None or pid_alive(pid) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, killed but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

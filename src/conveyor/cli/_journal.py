@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import click
 import orjson
 
 from .._base._exceptions import ConveyorError
-from .._journal._journal import Journal
+from .._journal._journal import Journal, pid_alive
 from ._common import cli_errors, log_options, setup_logging
 
 _STATUS_ORDER = ("ok", "failed", "timed_out", "cancelled", "skipped", "pending")
@@ -40,19 +39,7 @@ def _writer_alive(path: Path) -> bool:
         pid = int(text[0]) if text else 0
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
-    except OSError:
-        return True
+    return pid > 0 and pid_alive(pid)
 
 
 def journal_status(path: Path, *, window: float = 60.0) -> dict[str, Any]:
