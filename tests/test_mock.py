@@ -307,7 +307,9 @@ async def test_tpm_limit_counts_prompt_plus_completion_tokens() -> None:
     assert status == 429
     assert body["error"]["type"] == "tokens"
     assert body["error"]["code"] == "rate_limit_exceeded"
-    assert headers["x-ratelimit-remaining-tokens"] == "0"
+    # The bucket refills all the time (a token per ~11 ms here): what is left when the
+    # 4th request arrives is less than it needs, not necessarily 0 on a busy machine.
+    assert int(headers["x-ratelimit-remaining-tokens"]) < per_request
     assert float(headers["Retry-After"]) > 0
     assert recovered
 
