@@ -20,7 +20,7 @@ Everything public is here; modules whose names start with `_` are private.
 #   ray/         the Ray backend: driver, worker actors, the cluster-wide limiter
 #   _pipeline.py one journaled run: plan (the resume rule) -> run stream -> journal
 #   _api.py      run / arun / stream / astream, the front end over the engine
-#   executors.py the TaskExecutor family over the engine
+#   executors/   the TaskExecutor family over the engine
 #   openai/      HTTP transport, Batch API files in/out, templates, tokens, cache
 #   commands/    shell jobs (CommandTask) and batches of them (`conveyor exec`)
 #   mock/        the simulated OpenAI-compatible server

@@ -191,7 +191,7 @@ def _retry_file(
 ) -> int:  # fmt: skip
     from .._journal._sink import export, finish_reset
     from ..openai._run import RunSettings
-    from ._run import execute
+    from ._execute import execute
 
     if saved.get("input") == "-" and sys.stdin.isatty():
         raise click.UsageError(

@@ -13,8 +13,8 @@ __all__ = ["COMMANDS", "LazyGroup", "main"]
 # name -> ("module:attribute" of a click command, one-line help for the listing)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("conveyor.cli._run:run_cmd", "Send an OpenAI Batch file (or records + template)."),
-    "demo": ("conveyor.cli._run:demo_cmd", "Run a sample batch against a built-in endpoint."),
-    "mock": ("conveyor.cli._run:mock_cmd", "Serve a simulated OpenAI-compatible endpoint."),
+    "demo": ("conveyor.cli._demo:demo_cmd", "Run a sample batch against a built-in endpoint."),
+    "mock": ("conveyor.cli._mock:mock_cmd", "Serve a simulated OpenAI-compatible endpoint."),
     "serve": ("conveyor.cli._serve:serve_cmd", "Serve OpenAI's Batch API over any endpoint."),
     "status": ("conveyor.cli._journal:status_cmd", "Counts, errors, rate and ETA of a run."),
     "retry": ("conveyor.cli._journal:retry_cmd", "Re-run the failed items of a journal."),
