@@ -39,6 +39,13 @@ _WINDOW_MARGIN = 0.01
 _WINDOW_MARGIN_MIN = 0.05
 # A pause at least this long gets a log line when it starts.
 _LOUD_PAUSE = 5.0
+# Anthropic's retry-after is whole seconds ("retry-after: 1" for a bucket empty for a
+# few ms, docs.anthropic.com/en/api/rate-limits): while the mirror is a bucket that
+# knows its refill exactly (requests: token figures come rounded to thousands), a
+# whole-second wait up to this long pauses everyone only until the
+# mirror has room again (each admission still waits for the mirror itself, which a
+# refusal has just emptied): a quantized bucket is not paced at one burst a second.
+_WHOLE_SECOND_RETRY = 2.0
 _SCOPES = ("requests", "tokens", "input_tokens", "output_tokens")
 # A refusal pauses everyone only when the budget is known to be spent, or
 # when refusals are frequent among recent answers; a sporadic one (a hiccup,
@@ -335,6 +342,15 @@ class Admission:
         if not (spent or self._frequent()):
             return False
         wait = refusal.wait
+        if (
+            wait is not None
+            and budget is not None
+            and scope == "requests"  # exact counts; token figures come rounded to thousands
+            and budget.model is Model.BUCKET
+            and float(wait).is_integer()
+            and wait <= _WHOLE_SECOND_RETRY
+        ):
+            wait = min(wait, budget.wait_time(now, min(need, budget.capacity)))
         if wait is not None and wait > 0:
             if wait >= _LOUD_PAUSE and now + wait > self.paused_until + 1.0:
                 log.warning("rate limited on %s: pausing %.0fs as the server asked", scope, wait)
