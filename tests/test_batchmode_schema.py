@@ -7,6 +7,7 @@ simulated server's Batch API over loopback HTTP."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
+from _procs import eventually
 from conveyor._journal._journal import Journal
 from conveyor._render._journal import report_from_journal
 from conveyor.mock import MockConfig, MockServer, conversation_key
@@ -243,3 +245,42 @@ def test_cli_mode_batch_with_schema_is_no_longer_refused(
         srv.stats.by_path["/v1/chat/completions"] == srv.stats.structured["first:schema_violation"]
     )
     assert "valid" in (r.stdout + r.stderr).lower()
+
+
+def test_kill_9_while_batch_answers_are_reasked_then_resume(
+    server: tuple[MockServer, str], tmp_path: Path
+) -> None:
+    """Killed while the invalid batch answers are being re-asked online (the
+    server holds those answers): the same command sends the unfinished lines
+    again (in a new shard), re-asks what is invalid, and ends with every line
+    valid and each custom_id once in the output."""
+    srv, url = server
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=None, invalid_json_rate=0.1,
+                            latency=60.0)  # fmt: skip
+    (tmp_path / "schema.json").write_bytes(orjson.dumps(SCHEMA))
+    bodies = chat_lines(tmp_path / "in.jsonl", 100)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    env.pop("OPENAI_BASE_URL", None)
+    args = [sys.executable, "-m", "conveyor.cli", "run", str(tmp_path / "in.jsonl"), "-o",
+            str(out), "--base-url", url, "--mode", "batch", "--poll", "0.1", "--schema",
+            str(tmp_path / "schema.json"), "--reask", "2", "--no-preflight", "-q"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        online = lambda: srv.stats.by_path["/v1/chat/completions"]  # noqa: E731
+        assert eventually(lambda: online() >= 1, within=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = srv.stats.structured["first:invalid_json"]
+    assert bad > 0
+    assert len(read_lines(out)) <= 100 - bad  # the re-asked lines were not answered yet
+    srv.config = MockConfig(api_key=KEY, seed=3, batch_speed=None, invalid_json_rate=0.1)
+    final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    lines = read_lines(out)
+    assert sorted(lines) == sorted(bodies)
+    assert all(x["error"] is None and "parsed" in x for x in lines.values())
