@@ -218,7 +218,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     default=2,
     show_default=True,
     help="Times an answer that fails validation is asked again (with the errors) before "
-    "its line becomes an invalid_answer error line.",
+    "its line becomes an invalid_answer error line (with --mode batch: re-asked online).",
 )
 @click.option("--no-dedupe", is_flag=True, help="Send identical requests every time.")
 @click.option(

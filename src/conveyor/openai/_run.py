@@ -149,9 +149,6 @@ def _check(s: RunSettings) -> None:
         raise ConfigError("mode", s.mode, '"online" or "batch"')
     if s.mode == "batch" and s.ray is not None:
         raise ConfigError("ray", s.ray, "unset with mode='batch' (the provider runs the batch)")
-    if s.mode == "batch" and s.schema is not None:
-        raise ConfigError("schema", "...", "unset with mode='batch' for now (batch answers are "
-                          "not validated or re-asked yet): run it online")  # fmt: skip
     if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
         raise ConfigError("limit", s.limit, "a whole number >= 1")
     if s.journal is True and s.output is None:
@@ -229,7 +226,7 @@ async def arun_file(
 
         if s.concurrency is None:  # the online re-drive's concurrency, as online would choose
             s = dataclasses.replace(s, concurrency=concurrency_options(s)["concurrency"])
-        return await arun_batch(path, s, endpoint, _control=_control)
+        return await arun_batch(path, s, endpoint, rule=rule, _control=_control)
     journal: Journal | None = None
     jpath: Path | None = None
     if s.journal is True and s.output is not None:

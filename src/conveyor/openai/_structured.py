@@ -128,9 +128,9 @@ def check_line(req: RequestLine, body: Any, forced: Rule | None = None) -> Answe
     provider batch's output file, say): the checked `Answer` (`parsed` set, or
     unchecked when the line asks for no schema), or `InvalidAnswer`.
 
-    The hook for batch mode: an invalid batch answer becomes
-    `reask_line(req, body, exc.issues)`, sent online or in the next shard,
-    with `reask - 1` re-asks left; its result's `meta["validation"]` (see
+    Batch mode uses it (`_batchmode._reask.BatchChecks`): an invalid batch
+    answer becomes `reask_line(req, body, exc.issues)`, sent online with
+    `reask - 1` re-asks left; its result's `meta["validation"]` (see
     `_core._validation`, built with a `Checker`) feeds the same report.
     """
     value = Validator(forced)(req, Answer(200, body, None))

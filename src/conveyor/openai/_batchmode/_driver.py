@@ -336,6 +336,8 @@ class BatchDriver:
         """Merge a finished batch's files; re-drive what did not finish."""
         row = live.row
         final: dict[str, Outcome] = {}
+        # Each result carries its request (its answer is validated against the line's schema).
+        requests = {r.custom_id: r for r in self.read_shard(sid, live.keys)}
         for fid in (batch.get("output_file_id"), batch.get("error_file_id")):
             if not fid:
                 continue
@@ -344,7 +346,7 @@ class BatchDriver:
                 if outcome is None or outcome.custom_id not in live.keys:
                     self.counters["result_lines_unknown"] += 1
                     continue
-                await self.merge_line(live, outcome, final)
+                await self.merge_line(live, outcome, final, requests.get(outcome.custom_id))
         await self.sink.flush()  # the results are committed before the shard is merged
         status = str(batch.get("status"))
         codes = [str(e.get("code")) for e in ((batch.get("errors") or {}).get("data") or [])
@@ -395,7 +397,10 @@ class BatchDriver:
                 await self.api.delete_file(row.file_id)
         self.shard_path(sid).unlink(missing_ok=True)
 
-    async def merge_line(self, live: Live, outcome: Outcome, final: dict[str, Outcome]) -> None:
+    async def merge_line(
+        self, live: Live, outcome: Outcome, final: dict[str, Outcome],
+        request: RequestLine | None = None,
+    ) -> None:  # fmt: skip
         key = outcome.custom_id
         if self.is_answered(key):
             self.counters["answers_dropped"] += 1  # the other path (or an earlier merge) won
@@ -409,6 +414,7 @@ class BatchDriver:
         result = to_result(outcome, key=key, index=live.keys[key], attempts=tries,
                            started_at=live.row.submitted_at, ended_at=now,
                            meta={"path": "batch", "batch_id": live.row.batch_id})  # fmt: skip
+        result.item = request
         final[key] = outcome
         if outcome.kind == "ok":
             self.batch_done += 1

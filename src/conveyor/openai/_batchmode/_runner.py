@@ -43,6 +43,7 @@ from ._policy import (
     default_margin,
     online_rate,
 )
+from ._reask import BatchChecks
 
 if TYPE_CHECKING:
     from ..._core._report import BatchReport
@@ -82,8 +83,11 @@ def workdir_for(journal_path: str) -> Path:
 class _Run:
     """The state of one batch-mode run: what is answered, by which path."""
 
-    def __init__(self, journal: Journal, sink: OutputSink, batch_id: str) -> None:
+    def __init__(
+        self, journal: Journal, sink: OutputSink, batch_id: str, checks: BatchChecks
+    ) -> None:
         self.journal = journal
+        self.checks = checks
         self.sink = sink
         self.answered: set[str] = set(journal.keys_with_status([st.value for st in FINISHED]))
         self.builder = ReportBuilder(batch_id=batch_id, keep_results=False)
@@ -91,7 +95,7 @@ class _Run:
         self.tokens: dict[str, list[int]] = {"batch": [0, 0], "online": [0, 0]}
         self.dropped = 0
         self.stop = asyncio.Event()
-        self.online_stream: Any = None
+        self.online_streams: set[Any] = set()  # the deadline's and the re-asks'
         self.online_at: float | None = None  # when the deadline sent the rest online
         self.started = time.time()
         self.last_progress = 0.0
@@ -105,20 +109,32 @@ class _Run:
         if result.key in self.answered:
             self.dropped += 1
             return
+        path = str(result.meta.get("path") or "input")
+        first = None  # the batch answer of a line re-asked online: priced as batch
+        if path == "batch":
+            checked = self.checks.judge(result)
+            if checked is None:
+                return  # invalid: re-asked online (`BatchChecks.pending`)
+            result = checked
+        elif path == "online":
+            first = self.checks.batch_usage(result.key)
+            result = self.checks.merged(result)
         self.answered.add(result.key)
         self.builder.add(result)
-        path = str(result.meta.get("path") or "input")
         self.paths[path] += 1
         if result.usage is not None and path in self.tokens:
-            self.tokens[path][0] += result.usage.input_tokens
-            self.tokens[path][1] += result.usage.output_tokens
+            fin, fout = (first.input_tokens, first.output_tokens) if first else (0, 0)
+            self.tokens["batch"][0] += fin
+            self.tokens["batch"][1] += fout
+            self.tokens[path][0] += result.usage.input_tokens - fin
+            self.tokens[path][1] += result.usage.output_tokens - fout
         await self.sink.add(result)
 
     # Ctrl+C: the portal's control calls `stop` on what it is attached to.
     def stop_run(self, kind: str = "interrupt") -> None:
         self.stop.set()
-        if self.online_stream is not None:
-            self.online_stream.stop(kind)
+        for stream in list(self.online_streams):
+            stream.stop(kind)
 
 
 class _Stopper:
@@ -130,9 +146,10 @@ class _Stopper:
 
 
 async def arun_batch(
-    path: Path, s: RunSettings, endpoint: Endpoint, *, _control: Any = None
+    path: Path, s: RunSettings, endpoint: Endpoint, *, rule: Any = None, _control: Any = None
 ) -> BatchReport:
-    """Run `path` through the provider's batch API (see the module docstring)."""
+    """Run `path` through the provider's batch API (see the module docstring);
+    `rule`: the checked `--schema` (`_structured.resolve_schema`), if any."""
     from .._runparts import _identity, _items, _settings_json, default_journal_path, format_line
 
     if s.journal is False or s.journal is None:
@@ -160,7 +177,7 @@ async def arun_batch(
         # Cancelled/skipped rows (an interrupted online run) are not finished: send them.
         journal.reset(journal.keys_with_status(["cancelled", "skipped"]))
         sink = OutputSink(journal, s.output, format_line, overwrite=s.force)
-        run = _Run(journal, sink, batch_id)
+        run = _Run(journal, sink, batch_id, BatchChecks(rule, s.reask))
         if _control is not None:
             _control.attach(_Stopper(run))
         margin = seconds("deadline_margin", s.deadline_margin)
@@ -182,8 +199,8 @@ async def arun_batch(
                     is_answered=run.is_answered, commit=run.commit,
                 )  # fmt: skip
                 await driver.recover()
-                resumed = await _scan(path, s, run, driver, models, _items)
-                interrupted = await _loop(run, driver, policy, s, endpoint)
+                resumed = await _scan(path, s, run, driver, models, _items, rule)
+                interrupted = await _loop(run, driver, policy, s, endpoint, rule)
         finally:
             await sink.close()
         if not interrupted and not driver.live:
@@ -212,15 +229,16 @@ async def arun_batch(
 
 
 async def _scan(
-    path: Path, s: RunSettings, run: _Run, driver: BatchDriver, models: Counter[str], items: Any
-) -> int:
+    path: Path, s: RunSettings, run: _Run, driver: BatchDriver, models: Counter[str], items: Any,
+    rule: Any,
+) -> int:  # fmt: skip
     """Read the input once: bad lines answered now, the rest cut into shards."""
     from .._runparts import item_key
 
     active = driver.store.active_keys()
     payload: dict[str, bytes] = {}
     resumed = pending = 0
-    for idx, item in enumerate(items(path, s)):
+    for idx, item in enumerate(items(path, s, rule)):
         key = item_key(item)
         if isinstance(item, RequestLine) and len(models) < 64:
             models[str(item.body.get("model"))] += 1
@@ -251,12 +269,14 @@ async def _scan(
 
 async def _loop(
     run: _Run, driver: BatchDriver, policy: DeadlinePolicy | None, s: RunSettings,
-    endpoint: Endpoint,
+    endpoint: Endpoint, rule: Any = None,
 ) -> bool:  # fmt: skip
     """Submit, poll, merge until every line is answered; True if interrupted."""
     online: asyncio.Task[None] | None = None
+    reasks: asyncio.Task[None] | None = None  # invalid batch answers, asked again online
     try:
         while not run.stop.is_set():
+            reasks = _reask_step(run, s, endpoint, rule, reasks)
             check_external_cancel(driver)
             await driver.poll_due()
             check_external_cancel(driver)
@@ -267,7 +287,7 @@ async def _loop(
                 decided = run.journal.get_meta("batch_online_at") is not None
                 rate = driver.batch_rate()
                 if decided or policy.go_online(now=now, unfinished=len(left), batch_rate=rate):
-                    online = await _go_online(run, driver, s, endpoint)
+                    online = await _go_online(run, driver, s, endpoint, rule)
             if online is None:
                 await driver.submit_ready()  # after the deadline check: none past it
             if online is not None and online.done():
@@ -294,17 +314,42 @@ async def _loop(
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(run.stop.wait())]
             if online is not None:
                 waits.append(online)
+            if reasks is not None:
+                waits.append(reasks)
             await asyncio.wait(waits, timeout=timeout,
                                                 return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             waits[0].cancel()
-        if online is not None and not online.done():
-            await online  # stopped by the same Ctrl+C: lets its in-flight requests end
+        while not run.stop.is_set():  # the batches are done: the last re-asks
+            reasks = _reask_step(run, s, endpoint, rule, reasks)
+            if reasks is None:
+                break
+            await asyncio.wait([reasks])
+        for task in (online, reasks):
+            if task is not None and not task.done():
+                await task  # stopped by the same Ctrl+C: lets its in-flight requests end
         return run.stop.is_set()
     finally:
-        if online is not None and not online.done():
-            online.cancel()
-            with contextlib.suppress(BaseException):
-                await online
+        for task in (online, reasks):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+def _reask_step(
+    run: _Run, s: RunSettings, endpoint: Endpoint, rule: Any, task: asyncio.Task[None] | None
+) -> asyncio.Task[None] | None:
+    """The running re-ask stream, a new one over the waiting re-asks, or None.
+
+    One stream at a time, so the re-asks share one set of the run's limits."""
+    if task is not None and task.done():
+        task.result()  # raises what the online path raised
+        task = None
+    if task is None and run.checks.pending and not run.stop.is_set():
+        todo = run.checks.take()
+        log.info("re-asking %d invalid batch answer(s) online", len(todo))
+        task = asyncio.ensure_future(_online(run, s, endpoint, todo, rule, s.reask - 1))
+    return task
 
 
 def _progress(run: _Run, driver: BatchDriver, s: RunSettings, *, final: bool = False) -> None:
@@ -321,7 +366,7 @@ def _progress(run: _Run, driver: BatchDriver, s: RunSettings, *, final: bool = F
     text = ", ".join(f"{n} {st}" for st, n in sorted(states.items())) or "none running"
     if driver.ready:
         text += f", {len(driver.ready)} waiting to be submitted"
-    if run.online_stream is not None:
+    if run.online_at is not None:
         text += ", the rest online (deadline)"
     elapsed = now - run.started
     done = sum(run.builder.counts.values())
@@ -342,7 +387,7 @@ def _progress(run: _Run, driver: BatchDriver, s: RunSettings, *, final: bool = F
 
 
 async def _go_online(
-    run: _Run, driver: BatchDriver, s: RunSettings, endpoint: Endpoint
+    run: _Run, driver: BatchDriver, s: RunSettings, endpoint: Endpoint, rule: Any
 ) -> asyncio.Task[None]:
     """The deadline is near: cancel the batches and send what is left online."""
     requests = driver.unfinished_requests()
@@ -356,32 +401,36 @@ async def _go_online(
     for row, _keys in driver.ready:
         driver.store.update(row.shard_id, state="dropped", note="deadline: sent online")
     driver.ready = []
-    return asyncio.ensure_future(_online(run, s, endpoint, requests))
+    return asyncio.ensure_future(_online(run, s, endpoint, requests, rule))
 
 
 async def _online(
-    run: _Run, s: RunSettings, endpoint: Endpoint, requests: list[tuple[RequestLine, int]]
-) -> None:
-    """The normal engine over these requests, under the run's limits."""
+    run: _Run, s: RunSettings, endpoint: Endpoint, requests: list[tuple[RequestLine, int]],
+    rule: Any = None, reask: int | None = None,
+) -> None:  # fmt: skip
+    """The normal engine over these requests, under the run's limits (`reask`:
+    the re-asks left, when these are re-asks of invalid batch answers)."""
     from ..._api import AsyncStream
     from .._http import OpenAIClient
     from .._runparts import _Caller, _invoke, engine_options_for
 
     index = {req.custom_id: idx for req, idx in requests}
-    opts = engine_options_for(s)
+    opts = engine_options_for(s, rule)
     opts["on_progress"] = None
+    if reask is not None:
+        opts["reask"] = reask
     pool = s.concurrency if isinstance(s.concurrency, int) else s.concurrency_max or 1024
     todo = (req for req, _ in requests if not run.is_answered(req.custom_id))
     async with OpenAIClient(endpoint, concurrency=pool) as client:
         stream = AsyncStream(todo, _invoke(_Caller(client, None)), opts)
-        run.online_stream = stream
+        run.online_streams.add(stream)
         try:
             async for r in stream:
                 if r.status in FINISHED:
                     meta = {**r.meta, "path": "online"}
                     await run.commit(dataclasses.replace(r, index=index[r.key], meta=meta))
         finally:
-            run.online_stream = None
+            run.online_streams.discard(stream)
             await stream.aclose()
 
 
