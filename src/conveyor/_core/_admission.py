@@ -346,6 +346,7 @@ class Admission:
             wait is not None
             and budget is not None
             and scope == "requests"  # exact counts; token figures come rounded to thousands
+            and self.shared is None  # across processes the pause is the server's, as it said
             and budget.model is Model.BUCKET
             and float(wait).is_integer()
             and wait <= _WHOLE_SECOND_RETRY
