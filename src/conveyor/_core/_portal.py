@@ -62,7 +62,9 @@ def new_loop() -> asyncio.AbstractEventLoop:
                     "CONVEYOR_LOOP", choice, "'asyncio', or install uvloop (conveyor[fast])"
                 ) from None
         else:
-            return uvloop.new_event_loop()
+            # Typed here: without uvloop installed (CI), mypy sees the module as Any.
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
     return asyncio.new_event_loop()
 
 
