@@ -9,11 +9,12 @@ the same command sends what was cut off).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .._monitor import GAUGE_NAME, Monitor
+if TYPE_CHECKING:
+    from .._monitor import Monitor
 
 __all__ = ["build_monitor", "monitor_options"]
 
@@ -84,6 +85,8 @@ def _pair(flag: str, text: str) -> tuple[str, str]:
     name = name.strip()
     if not sep or not name or not value.strip():
         raise click.BadParameter(f"{text!r}: give NAME=VALUE", param_hint=flag)
+    from .._monitor import GAUGE_NAME  # loaded only when a flag asks for monitoring
+
     if not GAUGE_NAME.match(name):
         raise click.BadParameter(
             f"{name!r}: a name of letters, digits, _ and . (e.g. db_in_use)", param_hint=flag
@@ -118,6 +121,8 @@ def build_monitor(
             raise click.BadParameter(str(exc), param_hint="--gauge") from None
     limits = _bounds("--resource-max", "MAX", resource_limits, also_limits)
     floors = _bounds("--resource-min", "MIN", resource_floors, also_floors)
+    from .._monitor import Monitor
+
     return Monitor(
         interval=monitor_interval,
         gauges=fns,

@@ -16,21 +16,62 @@ Works with OpenAI, vLLM, Ollama, llama.cpp and LiteLLM proxies
 (`base_url=` or `OPENAI_BASE_URL`; key from `OPENAI_API_KEY` or `api_key_env=`).
 """
 
-from ._batchfile import (
-    BadLine,
-    FileCheck,
-    RequestLine,
-    format_error,
-    format_response,
-    read_output,
-    read_requests,
-    validate_file,
+import typing as _typing
+
+from .._base._lazy import LazyExports as _LazyExports
+
+if _typing.TYPE_CHECKING:
+    from ._batchfile import (
+        BadLine,
+        FileCheck,
+        RequestLine,
+        format_error,
+        format_response,
+        read_output,
+        read_requests,
+        validate_file,
+    )
+    from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
+    from ._run import RunSettings, arun_file, default_journal_path, run_file
+    from ._structured import ParsedLine, read_parsed
+    from ._template import PromptTemplate, Record, build_requests, read_records
+    from ._tokens import estimate_prompt_tokens, estimate_request_tokens, tokenizer_name
+
+# Imported on first use (`_base._lazy`): the checks before a run and `--help`
+# reach `conveyor.openai._probe` without loading aiohttp and the whole run.
+_lazy = _LazyExports(
+    __name__,
+    globals(),
+    {
+        "Answer": "._http",
+        "AuthError": "._http",
+        "BadLine": "._batchfile",
+        "Endpoint": "._http",
+        "FileCheck": "._batchfile",
+        "HTTPClientError": "._http",
+        "HTTPRetryable": "._http",
+        "OpenAIClient": "._http",
+        "ParsedLine": "._structured",
+        "PromptTemplate": "._template",
+        "Record": "._template",
+        "RequestLine": "._batchfile",
+        "RunSettings": "._run",
+        "arun_file": "._run",
+        "build_requests": "._template",
+        "default_journal_path": "._run",
+        "estimate_prompt_tokens": "._tokens",
+        "estimate_request_tokens": "._tokens",
+        "format_error": "._batchfile",
+        "format_response": "._batchfile",
+        "read_output": "._batchfile",
+        "read_parsed": "._structured",
+        "read_records": "._template",
+        "read_requests": "._batchfile",
+        "run_file": "._run",
+        "tokenizer_name": "._tokens",
+        "validate_file": "._batchfile",
+    },
 )
-from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
-from ._run import RunSettings, arun_file, default_journal_path, run_file
-from ._structured import ParsedLine, read_parsed
-from ._template import PromptTemplate, Record, build_requests, read_records
-from ._tokens import estimate_prompt_tokens, estimate_request_tokens, tokenizer_name
 
 __all__ = [
     "Answer",
@@ -61,3 +102,11 @@ __all__ = [
     "tokenizer_name",
     "validate_file",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    return _lazy.load(name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.names(__all__)

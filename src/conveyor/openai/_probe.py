@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
 from .._base._checks import Check
@@ -67,6 +66,8 @@ AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-author
 async def _get_models(
     base_url: str, api_key: str | None, wait_s: float, a: ProbeAdvice, extra: Mapping[str, str]
 ) -> tuple[int, bytes] | Check:
+    import aiohttp  # here, not at the top: `conveyor run --help` reaches this module
+
     url = models_url(base_url)
     shown = redact_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
