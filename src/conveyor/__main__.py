@@ -1,5 +1,5 @@
 """`python -m conveyor` is the `conveyor` command."""
 
-from .cli import main
+from .cli import entry
 
-main()
+entry()

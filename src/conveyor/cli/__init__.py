@@ -5,6 +5,6 @@ Subcommands live in their own modules and are imported only when used, so
 another.
 """
 
-from ._main import COMMANDS, LazyGroup, main
+from ._main import COMMANDS, LazyGroup, entry, main
 
-__all__ = ["COMMANDS", "LazyGroup", "main"]
+__all__ = ["COMMANDS", "LazyGroup", "entry", "main"]

@@ -1,5 +1,5 @@
 """`python -m conveyor.cli` is the `conveyor` command."""
 
-from ._main import main
+from ._main import entry
 
-main()
+entry()

@@ -89,6 +89,9 @@ def execute(
             f"`conveyor retry {report.extra.get('journal')}` runs them again",
             err=True,
         )
+    from ._main import allow_quick_exit
+
+    allow_quick_exit()  # output, journal and report are closed: no teardown needed
     return EXIT_OK if report.failed == 0 and earlier <= 0 else EXIT_FAILED_ITEMS
 
 
