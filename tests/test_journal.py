@@ -409,6 +409,23 @@ def test_foreign_sqlite_database_is_refused_untouched(jpath: str) -> None:
     conn.close()
 
 
+def test_a_new_journal_is_created_in_wal_and_then_runs_synchronous_normal(jpath: str) -> None:
+    """A new journal is written without waiting for the disk while it is created
+    (start-up), and never after: the run's commits are WAL + synchronous=NORMAL,
+    the file is whole when closed, and it resumes."""
+    with Journal.open(jpath, identity=IDENTITY) as j:
+        conn = j._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, not OFF (0)
+        j.record([(ok(1), b"x", 1)])
+    conn = sqlite3.connect(jpath)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+    conn.close()
+    with Journal.open(jpath, identity=IDENTITY) as j:
+        assert j.get("k1") is not None
+
+
 def test_damaged_pages_are_corrupt(jpath: str) -> None:
     """A journal whose data pages were overwritten reports JournalCorrupt, not sqlite3 errors."""
     with Journal.open(jpath, identity=IDENTITY) as j:
