@@ -62,7 +62,7 @@ def test_generator_is_consumed_lazily() -> None:
 
     def gen():  # type: ignore[no-untyped-def]
         nonlocal pulled
-        for i in range(500):
+        for i in range(2000):
             pulled += 1
             yield i
 
@@ -74,7 +74,7 @@ def test_generator_is_consumed_lazily() -> None:
         return i
 
     report = conveyor.run(gen(), fn, concurrency=5)
-    assert report.counts["ok"] == 500
+    assert report.counts["ok"] == 2000
     assert seen_max_ahead <= 2 * 5 + LOOKAHEAD + 1
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .._base._types import ErrorInfo, Result, Status
 from ._admission import Admission
 from ._callbacks import BatchInfo
+from ._gc import RunGC
 from ._item import FatalItem, ItemRunner, _ItemState
 from ._outcome import StopKind
 from ._output import Output
@@ -37,13 +38,21 @@ if TYPE_CHECKING:
     from ._options import Options
     from ._report import BatchReport
 
-__all__ = ["Engine", "FatalItem", "Invoker", "invoker_for"]
+__all__ = ["Engine", "FatalItem", "Invoker", "cancels_cleanly", "invoker_for"]
 
 log = logging.getLogger("conveyor")
 
 # An invoker runs one attempt of one item; the engine wraps it with the
 # attempt context, the timeout and the retry loop.
 Invoker = Callable[[Any, "Engine"], Awaitable[Any]]
+
+
+def cancels_cleanly(invoker: Invoker) -> bool:
+    """True for an invoker that declares (``cancels_cleanly = True``) that its
+    calls end promptly when cancelled: conveyor's own (the OpenAI transport),
+    never a user's function, which might swallow CancelledError. Its attempts
+    time out on the item's own task, with no task and no wait per attempt."""
+    return getattr(invoker, "cancels_cleanly", False) is True
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -79,6 +88,7 @@ class Engine(ItemRunner, EngineWatch):
         length_hint: int | None = None,
     ) -> None:
         self._invoke = invoker
+        self._cancels_cleanly = cancels_cleanly(invoker)
         self.opts = options
         self._clock = options.clock
         self._deliver = deliver
@@ -122,10 +132,12 @@ class Engine(ItemRunner, EngineWatch):
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
         self.max_in_flight = 0
+        self._gc = RunGC()
 
     # ---- public surface used by the API layer -------------------------------------
 
     def start(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        self._gc.enter()  # fewer, larger GC sweeps until the run ends (`_gc`)
         self._producer = self._loop.create_task(self._produce(items), name="conveyor-producer")
         if self.opts.on_progress is not None:
             self._ticker = self._loop.create_task(
@@ -393,6 +405,7 @@ class Engine(ItemRunner, EngineWatch):
     def _finish(self) -> None:
         if self._grace_handle is not None:
             self._grace_handle.cancel()
+        self._gc.exit()
         self._out.finish()
 
     def _cancel_all(self) -> None:
@@ -402,6 +415,7 @@ class Engine(ItemRunner, EngineWatch):
                 task.cancel()
 
     def _shutdown(self) -> None:
+        self._gc.exit()
         if self._threads is not None:
             self._threads.shutdown()
 

@@ -95,6 +95,7 @@ class ItemRunner:
         _retrying: int
         _recovered: asyncio.Event
         _closes_seen: int
+        _cancels_cleanly: bool
 
         def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None: ...
         def _emit(self, r: Result[Any]) -> None: ...
@@ -103,12 +104,6 @@ class ItemRunner:
         async def _slot_for_retry(self) -> None: ...
 
     async def _run_item(self, index: int, key: str, item: Any, st: _ItemState) -> None:
-        try:
-            await self._run_item_inner(index, key, item, st)
-        finally:
-            st.reported = True
-
-    async def _run_item_inner(self, index: int, key: str, item: Any, st: _ItemState) -> None:
         clock = self._clock
         t0 = clock.now()
         wall0 = time.time()
@@ -296,6 +291,8 @@ class ItemRunner:
                     usage,
                 )
             )
+        finally:
+            st.reported = True  # the coroutine ran, so it reported (see `Engine._task_done`)
 
     async def _call(self, item: Any) -> Any:
         value = await self._invoke(item, cast("Engine", self))
@@ -310,6 +307,18 @@ class ItemRunner:
         timeout = self.opts.timeout
         if timeout is None:
             return await self._call(item)
+        if self._cancels_cleanly:
+            # Our own calls end when cancelled and return no awaitable to
+            # await again: the timeout is a timer on this task, not a task
+            # and a wait per attempt.
+            deadline = asyncio.timeout(timeout)
+            try:
+                async with deadline:
+                    return await self._invoke(item, cast("Engine", self))
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the call's own TimeoutError, not our deadline
+            raise TimeoutError(f"attempt {attempt.number} exceeded the timeout of {timeout:g}s")
         # The call runs as its own task: a function that swallows
         # CancelledError is abandoned at the timeout instead of hanging us.
         task = asyncio.ensure_future(self._call(item))

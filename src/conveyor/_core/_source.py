@@ -21,10 +21,12 @@ from typing import Any
 
 __all__ = ["LOOKAHEAD", "ThreadedSource", "needs_thread"]
 
-LOOKAHEAD = 32
+LOOKAHEAD = 256
 """Items a generator is pulled ahead of the engine at most: enough that the
-thread wakes once per half of it (a fast generator keeps its speed), few
-enough that memory stays bounded by concurrency and this buffer."""
+thread wakes once per half of it (a fast generator keeps its speed, and the
+two threads hand over the GIL once per 128 items, not per 16), few enough
+that memory stays bounded by concurrency and this buffer (a few hundred KB
+of request lines)."""
 
 _END = object()
 

@@ -156,6 +156,7 @@ class TokenCounter:
     def __init__(self, *, use_tiktoken: bool = True) -> None:
         self._use_tiktoken = use_tiktoken
         self._encoders: dict[str, Callable[[str], list[int]] | None] = {}
+        self._by_model: dict[str, Callable[[str], int]] = {}
 
     def _encoder(self, name: str) -> Callable[[str], list[int]] | None:
         try:
@@ -180,12 +181,28 @@ class TokenCounter:
 
     def count(self, text: str, model: Any = None) -> int:
         """Tokens in one text for ``model``."""
-        if not text:
-            return 0
+        return self.counter_for(model)(text) if text else 0
+
+    def counter_for(self, model: Any) -> Callable[[str], int]:
+        """`count` for one model, its encoder looked up once (kept per model name:
+        a run has a handful, so the table stays small)."""
+        if isinstance(model, str) and (known := self._by_model.get(model)) is not None:
+            return known
         enc = self._encoder(encoding_for_model(model))
-        if enc is None:
-            return heuristic_tokens(text)
-        return len(enc(text))
+        fn: Callable[[str], int] = heuristic_tokens if enc is None else _counting(enc)
+        if isinstance(model, str) and len(self._by_model) < _MODELS_KEPT:
+            self._by_model[model] = fn
+        return fn
+
+
+_MODELS_KEPT: Final = 256
+
+
+def _counting(enc: Callable[[str], list[int]]) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        return len(enc(text)) if text else 0
+
+    return count
 
 
 _DEFAULT_COUNTER = TokenCounter()
@@ -212,10 +229,10 @@ class _Estimator:
 
     def __init__(self, counter: TokenCounter, model: Any) -> None:
         self.model = model
-        self.count_text = counter.count
+        self.count_text = counter.counter_for(model)
 
     def text(self, value: Any) -> int:
-        return self.count_text(value, self.model) if isinstance(value, str) else 0
+        return self.count_text(value) if isinstance(value, str) else 0
 
     def json(self, value: Any) -> int:
         if value is None:
@@ -224,7 +241,7 @@ class _Estimator:
             text = orjson.dumps(value).decode()
         except TypeError:  # orjson.JSONEncodeError: huge ints, deep nesting
             text = str(value)
-        return self.count_text(text, self.model)
+        return self.count_text(text)
 
     def part(self, part: Any) -> int:
         if isinstance(part, str):

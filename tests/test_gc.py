@@ -1,0 +1,73 @@
+"""The larger youngest GC generation held while runs are going (`_core/_gc.py`)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+import conveyor
+from conveyor._core._gc import RUN_GEN0, RunGC
+
+
+@pytest.fixture
+def default_thresholds() -> Iterator[tuple[int, int, int]]:
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        yield (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_run_raises_the_first_threshold_and_gives_it_back(
+    default_thresholds: tuple[int, int, int],
+) -> None:
+    """During a run the youngest generation waits for RUN_GEN0 allocations;
+    after it the thresholds are what they were."""
+    seen: list[tuple[int, int, int]] = []
+
+    async def fn(i: int) -> int:
+        seen.append(gc.get_threshold())
+        return i
+
+    report = conveyor.run(range(20), fn, concurrency=4)
+    assert report.counts["ok"] == 20
+    assert set(seen) == {(RUN_GEN0, 10, 10)}
+    assert gc.get_threshold() == default_thresholds
+
+
+def test_nested_holds_restore_once_at_the_last_exit(
+    default_thresholds: tuple[int, int, int],
+) -> None:
+    """Two runs at once: the first to end keeps the larger threshold for the
+    other; enter and exit are idempotent per hold."""
+    a, b = RunGC(), RunGC()
+    a.enter()
+    b.enter()
+    a.enter()  # a second enter of one hold counts once
+    assert gc.get_threshold()[0] == RUN_GEN0
+    a.exit()
+    a.exit()
+    assert gc.get_threshold()[0] == RUN_GEN0
+    b.exit()
+    assert gc.get_threshold() == default_thresholds
+
+
+def test_thresholds_changed_during_a_run_or_set_higher_are_left_alone(
+    default_thresholds: tuple[int, int, int],
+) -> None:
+    """A threshold someone else set meanwhile stays; a higher one or 0 (collection
+    off) is never lowered."""
+    hold = RunGC()
+    hold.enter()
+    gc.set_threshold(1234, 5, 5)
+    hold.exit()
+    assert gc.get_threshold() == (1234, 5, 5)
+    for mine in ((50_000, 10, 10), (0, 10, 10)):
+        gc.set_threshold(*mine)
+        hold.enter()
+        assert gc.get_threshold() == mine
+        hold.exit()
+        assert gc.get_threshold() == mine
