@@ -334,6 +334,7 @@ class MockServer:
         headers.update(self._limits.headers(now))
         if refusal is not None:
             self.stats.refused[refusal.kind] += 1
+            self.stats.refusals.append((now, refusal.kind))
             status, payload_bytes, extra = self._limits.refusal_reply(refusal, body["model"])
             headers.update(extra)
             return self._reply(status, payload_bytes, headers)
