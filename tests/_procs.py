@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import queue
+import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -18,14 +22,49 @@ def alive(pid: int) -> bool:
         return False
 
 
-def eventually(predicate: Callable[[], object], within: float = 5.0) -> bool:
-    """Poll `predicate` until it holds or `within` seconds pass (bounded)."""
+def eventually(predicate: Callable[[], object], within: float = 30.0) -> bool:
+    """Poll `predicate` until it holds or `within` seconds pass (bounded).
+
+    The bound is generous on purpose: it costs nothing when the condition comes,
+    and a loaded machine (2 cores, several test runs) takes seconds to start a
+    Python process."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def ready_line(stream: IO[str] | None, pattern: str, within: float = 60.0) -> re.Match[str]:
+    """The first line of `stream` (a child's stderr) matching `pattern`, read for at
+    most `within` seconds; fails with what was read instead. A server announces
+    itself with such a line: wait for it, not for a time."""
+    assert stream is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        except (OSError, ValueError):  # closed by the test's cleanup
+            pass
+        lines.put("")  # end of stream
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:
+            break
+        if match := re.search(pattern, line):
+            return match
+        seen.append(line)
+    raise AssertionError(f"no line matching {pattern!r} within {within:.0f} s; got {seen!r}")
 
 
 def pids(path: Path) -> list[int]:

@@ -519,6 +519,32 @@ def test_async_fn_swallowing_cancellation_still_times_out() -> None:
     assert rep.results[0].ok and rep.results[2].ok
 
 
+def test_a_task_ignoring_cancellation_is_closed_with_the_loop() -> None:
+    """The abandoned attempt of a cancellation-swallowing fn is closed when the run's
+    loop closes (its finally runs before run() returns), and asyncio's "Task was
+    destroyed but it is pending!" is not printed at interpreter exit (#12)."""
+    code = textwrap.dedent("""
+        import asyncio, conveyor
+        async def stubborn(x):
+            try:
+                for _ in range(100):
+                    try:
+                        await asyncio.sleep(0.1)
+                    except asyncio.CancelledError:
+                        continue
+            finally:
+                print("closed", flush=True)
+        conveyor.run([1], stubborn, timeout=0.2, retries=0)
+        print("returned", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["closed", "returned"], done.stdout
+    assert "Task was destroyed" not in done.stderr, done.stderr
+    assert "ignored cancellation" in done.stderr
+
+
 def test_a_slow_items_generator_does_not_stall_in_flight_items() -> None:
     """The generator blocks (on a thread event) until item 0 has finished:
     pulled on the event loop, it would stall item 0 and never get its event;

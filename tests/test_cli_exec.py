@@ -318,7 +318,7 @@ def test_sigterm_kills_running_jobs_at_once(tmp_path: Path) -> None:
     try:
         assert _eventually(lambda: len(_pids(pids)) == 2), "the job did not start"
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from _procs import ready_line
 from conveyor._base._exceptions import ConfigError
 from conveyor.mock import (
     MockConfig,
@@ -468,14 +469,13 @@ def test_serve_runs_until_ctrl_c() -> None:
     code = "from conveyor.mock import serve; serve(port=0)"
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+/v1", line)
-        assert match, line
-        with urllib.request.urlopen(match.group(0) + "/models", timeout=5) as resp:
+        # Bounds are generous (a loaded machine takes seconds to start Python): the
+        # test waits for the server's own "listening" line, never for a time.
+        match = ready_line(proc.stderr, r"http://127\.0\.0\.1:\d+/v1")
+        with urllib.request.urlopen(match.group(0) + "/models", timeout=60) as resp:
             assert orjson.loads(resp.read())["object"] == "list"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -47,6 +47,20 @@ def longest_gap(server: MockServer) -> float:
     return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
+def refusals_after_learning(server: MockServer, settle: float) -> tuple[int, int]:
+    """(refusals within `settle` s of the first one, refusals after that).
+
+    The first round goes out before any answer is read: on a loaded machine the
+    client is slow to read the first 429s and headers, so how many of that round
+    are refused depends on the machine; what comes after shows whether the limit
+    was learned (the flaky totals of #12)."""
+    times = [t for t, kind in server.stats.refusals if kind == "rate"]
+    if not times:
+        return 0, 0
+    early = sum(1 for t in times if t <= times[0] + settle)
+    return early, len(times) - early
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "bucket_quantized": {"limit_model": "bucket", "burst": 0.1},
     "bucket_whole_window": {"limit_model": "bucket", "burst": 1.0},
@@ -77,11 +91,13 @@ async def test_headers_are_mirrored_without_stalls_or_429s(
         report = await arun_file(tmp_path / "in.jsonl", s)
     assert report.counts["ok"] == 150
     assert sorted(output_ids(out)) == sorted(ids)
-    # About a first round at most. Anthropic's resets are whole seconds, so a
-    # bucket of a tenth of a second is seen coarsely there; a busy machine
-    # (the client and the server share this event loop) adds its own error.
-    allowed = 8 if headers == "openai" else 30
-    assert server.stats.refused["rate"] <= allowed, server.stats.refused
+    # At most the first round (what was in flight before the first answer was read),
+    # then few. Anthropic's resets are whole seconds, so a bucket of a tenth of a
+    # second is seen coarsely there.
+    first, later = refusals_after_learning(server, settle=cfg.limit_window if headers == "openai"
+                                           else 1.0)  # fmt: skip
+    assert first <= s.concurrency, (first, later)
+    assert later <= (5 if headers == "openai" else 15), (first, later)
     if variant.startswith("bucket") and headers == "openai":
         # A bucket refills all the time: never a gap near the window's length.
         assert longest_gap(server) < 0.5 * cfg.limit_window
@@ -178,5 +194,7 @@ async def test_anthropic_input_and_output_budgets_are_kept_apart(tmp_path: Path)
     assert "output_tokens" in budgets and "input_tokens" in budgets
     # 10 requests' worth of output at once, then 10/s. Anthropic rounds token
     # figures to thousands and resets to whole seconds, so the first round
-    # may overshoot; after it the budget holds.
-    assert server.stats.refused["rate"] <= 15
+    # (20 in flight) may overshoot; after it the budget holds.
+    first, later = refusals_after_learning(server, settle=1.0)
+    assert first <= s.concurrency, (first, later)
+    assert later <= 5, (first, later)

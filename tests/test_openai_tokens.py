@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from conveyor.openai._tokens import (
     DEFAULT_MAX_OUTPUT_TOKENS,
+    EXACT_MAX_CHARS,
     IMAGE_TOKENS,
     IMAGE_TOKENS_LOW,
     TokenCounter,
@@ -178,6 +179,23 @@ def test_corrupt_cached_encoding_is_not_used(
     counter = TokenCounter()
     assert counter.tokenizer_name("gpt-4o") == "heuristic"
     assert cached.read_bytes() == b"not an encoding\n"
+
+
+def test_a_huge_text_is_estimated_not_tokenized() -> None:
+    """A text past EXACT_MAX_CHARS never reaches the tokenizer (its id list would cost
+    ~10x the text's memory: the 50 MB line of #12); shorter ones do."""
+    seen: list[int] = []
+
+    def encode(text: str) -> list[int]:  # one id a character, and a record of the call
+        seen.append(len(text))
+        return [0] * len(text)
+
+    counter = TokenCounter()
+    counter._encoders["o200k_base"] = encode  # as if the encoding were cached offline
+    assert counter.count("ab", "gpt-4o") == 2
+    huge = "x" * (EXACT_MAX_CHARS + 1)
+    assert counter.count(huge, "gpt-4o") == heuristic_tokens(huge)
+    assert seen == [2]
 
 
 def test_empty_cache_dir_setting_disables_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:

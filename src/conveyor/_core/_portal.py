@@ -10,6 +10,7 @@ thread and waits for it; Ctrl+C still reaches the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -167,3 +168,30 @@ async def _cancel_leftovers() -> None:
                 "CancelledError?); abandoned",
                 len(stuck),
             )
+            _close_abandoned(stuck)
+
+
+_ABANDONED = " (ignored cancellation; closed with its loop)"
+
+
+def _close_abandoned(stuck: set[asyncio.Task[Any]]) -> None:
+    """End tasks that outlive their loop now, not at interpreter exit.
+
+    The loop is about to close, so they can never resume: their coroutines are
+    closed here (``finally`` blocks run now), and asyncio's "Task was destroyed
+    but it is pending!" for them, which would otherwise be printed whenever
+    they are collected (at exit, long after the run), is not repeated: the
+    warning above said it once."""
+    loop = asyncio.get_running_loop()
+    for task in stuck:
+        task.set_name(task.get_name() + _ABANDONED)
+        with contextlib.suppress(RuntimeError):  # a coroutine that ignores GeneratorExit
+            task.get_coro().close()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        task = context.get("task")
+        if isinstance(task, asyncio.Task) and task.get_name().endswith(_ABANDONED):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -34,8 +34,10 @@ Input: one OpenAI Batch request per line ({"custom_id", "method", "url",
 `user` Jinja2 templates (and optional `model`, `[params]`).
 Output: the Batch API output format, one line per input line, each
 custom_id exactly once. A bad input line becomes an error line naming its
-line number; the run goes on (--strict refuses the file instead). INPUT may
-be - (stdin), a pipe or a FIFO (`<(...)`): read once, resumed by custom_id.
+line number; the run goes on (--strict refuses the file instead). One line
+may be up to 64 MiB; a longer one is an error line naming file and line.
+INPUT may be - (stdin), a pipe or a FIFO (`<(...)`): read once, resumed by
+custom_id.
 
 \b
 Resume: the journal (default: OUTPUT.conveyor.db) records every result.

@@ -261,7 +261,8 @@ def _admission_log() -> deque[tuple[float, int]]:
 class MockStats:
     """What the server saw and did; read it from tests (`server.stats`).
 
-    `admissions` holds ``(time.monotonic(), tokens)`` per 200 answer, in order.
+    `admissions` holds ``(time.monotonic(), tokens)`` per 200 answer, in order,
+    `refusals` ``(time.monotonic(), kind)`` per refusal of a limit.
     `faults` counts injected faults by name: "429", "500", "503", "reset", "hang",
     "529", "498", "429_capacity". `refused` counts the limits' own refusals
     by class: "rate" (a limit was spent) and "quota" (`quota_after` reached).
@@ -285,6 +286,9 @@ class MockStats:
     batch_lines: int = 0
     batch_polls: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     admissions: deque[tuple[float, int]] = field(default_factory=_admission_log, repr=False)
+    refusals: deque[tuple[float, str]] = field(
+        default_factory=lambda: deque(maxlen=ADMISSION_LOG_LIMIT), repr=False
+    )
     structured: Counter[str] = field(default_factory=Counter)
     structured_log: deque[tuple[str, bool, str]] = field(
         default_factory=lambda: deque(maxlen=ADMISSION_LOG_LIMIT), repr=False

@@ -47,6 +47,10 @@ __all__ = ["MockServer", "serve"]
 
 _SHUTDOWN_GRACE = 1.0  # seconds in-flight answers get to finish on stop
 _BACKLOG = 4096  # a burst of 1,000 new connections must not overflow the accept queue
+# The largest request body read (aiohttp's default is 1 MB). OpenAI takes "up to
+# 50 MB image bytes per request" (https://platform.openai.com/docs/guides/images-vision,
+# "Image input requirements"), sent as base64 data URLs: 4/3 of that plus the text.
+_MAX_REQUEST_BYTES = 96 * 1024 * 1024
 
 _ROUTES: dict[str, tuple[str, str]] = {
     "/v1/chat/completions": ("POST", "chat"),
@@ -58,6 +62,17 @@ _ROUTES: dict[str, tuple[str, str]] = {
 _MODEL_PREFIX = "/v1/models/"
 _BATCH_PREFIX = "/v1/batches/"
 _INJECTED = "(injected by the conveyor mock server)"
+
+
+def _large_request_factory(loop: asyncio.AbstractEventLoop) -> Callable[..., web.BaseRequest]:
+    """aiohttp's request factory with the body limit of `_MAX_REQUEST_BYTES`."""
+
+    def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=_MAX_REQUEST_BYTES
+        )
+
+    return make
 
 
 def _is_loopback(host: str) -> bool:
@@ -145,7 +160,12 @@ class MockServer:
             raise RuntimeError("the mock server is already running")
         self._stopping = asyncio.Event()
         # handler_cancellation: a client that gives up ends its hanging handler.
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        server = web.Server(
+            self._handle,
+            request_factory=_large_request_factory(asyncio.get_running_loop()),
+            handler_cancellation=True,
+            access_log=None,
+        )
         runner = web.ServerRunner(server, shutdown_timeout=_SHUTDOWN_GRACE)
         await runner.setup()
         try:
@@ -314,6 +334,7 @@ class MockServer:
         headers.update(self._limits.headers(now))
         if refusal is not None:
             self.stats.refused[refusal.kind] += 1
+            self.stats.refusals.append((now, refusal.kind))
             status, payload_bytes, extra = self._limits.refusal_reply(refusal, body["model"])
             headers.update(extra)
             return self._reply(status, payload_bytes, headers)

@@ -51,6 +51,7 @@ __all__ = [
     "iter_lines",
     "read_output",
     "read_requests",
+    "too_long",
     "validate_file",
 ]
 
@@ -66,6 +67,7 @@ DEFAULT_URLS: Final = (
 # the machine's memory.
 DEFAULT_MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
+_DRAIN_CHUNK: Final = 1024 * 1024  # how an oversized line is skipped
 _BOM: Final = b"\xef\xbb\xbf"
 _WS: Final = b" \t\r\n\f\v"
 _MAX_ID_SHOWN: Final = 80
@@ -169,16 +171,19 @@ def iter_lines(
                 return
             lineno += 1
             if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                del raw
                 # Drain the rest of the oversized line in bounded chunks.
-                while True:
-                    rest = f.readline(max_line_bytes)
-                    if not rest or rest.endswith(b"\n"):
-                        break
+                while (rest := f.readline(_DRAIN_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
                 yield lineno, None
                 continue
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
-            yield lineno, raw.strip(_WS)
+            # A big line lives once: the unstripped bytes go before the caller
+            # parses, and this frame keeps no reference while suspended.
+            line = [raw.strip(_WS)]
+            del raw
+            yield lineno, line.pop()
 
 
 MAX_DEPTH = 64
@@ -289,8 +294,19 @@ class _Parser:
         return RequestLine(lineno, cid, "POST", url, body)
 
 
-def _too_long(lineno: int, max_line_bytes: int) -> BadLine:
-    return BadLine(lineno, f"line is longer than {max_line_bytes} bytes; split the request")
+def too_long(path: str | os.PathLike[str], lineno: int, max_line_bytes: int) -> BadLine:
+    """The bad line for a line over ``max_line_bytes`` (never read into memory)."""
+    limit = (
+        f"{max_line_bytes >> 20} MiB"
+        if max_line_bytes >= 1 << 20 and max_line_bytes % (1 << 20) == 0
+        else f"{max_line_bytes:,} bytes"
+    )
+    return BadLine(
+        lineno,
+        f"{os.fspath(path)}:{lineno} is longer than {limit} (the limit of one input line; "
+        "OpenAI takes at most 50 MB of images per request): send large images by URL "
+        "or split the request",
+    )
 
 
 def _check_exists(path: str | os.PathLike[str]) -> None:
@@ -326,9 +342,11 @@ def _read_requests(
     try:
         for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
             if raw is None:
-                yield _too_long(lineno, max_line_bytes)
+                yield too_long(path, lineno, max_line_bytes)
             elif raw:
-                yield parser.parse(lineno, raw)
+                item = parser.parse(lineno, raw)
+                del raw  # not held while the request is sent
+                yield item
     finally:
         parser.close()
 
@@ -413,7 +431,11 @@ def validate_file(
             if raw == b"":
                 check.blank += 1
                 continue
-            item = _too_long(lineno, max_line_bytes) if raw is None else parser.parse(lineno, raw)
+            if raw is None:
+                item: RequestLine | BadLine = too_long(path, lineno, max_line_bytes)
+            else:
+                item = parser.parse(lineno, raw)
+                del raw
             check.add(item, estimate=estimate, max_bad=max_bad)
     finally:
         parser.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import aiohttp.payload
 import orjson
 
 from .._base._exceptions import (
@@ -36,6 +37,8 @@ from ._limit_headers import read_limit_headers
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from aiohttp.abc import AbstractStreamWriter
+
 __all__ = [
     "Answer",
     "AuthError",
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_SLICE_BYTES = 256 * 1024
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 498, 500, 502, 503, 504, 520, 522, 524, 529})
 
 
@@ -179,6 +183,33 @@ def _error_message(body: Any) -> str:
     return ""
 
 
+class _SlicedBody(aiohttp.payload.Payload):
+    """A large request body sent as views of its bytes, `_SLICE_BYTES` a write.
+
+    Given bytes, aiohttp joins headers and body into one new buffer (a second
+    50 MB for a 50 MB line) and hands it to the transport at once; a BytesIO
+    is copied too (by `getbuffer`). Slices copy nothing and let the transport's
+    flow control hold back at most a slice. Content-Length is the size."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, content_type=None)
+        self._data = data
+        self._size = len(data)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._data.decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._data)[:content_length]
+        for start in range(0, len(view), _SLICE_BYTES):
+            await writer.write(view[start : start + _SLICE_BYTES])
+
+
 class OpenAIClient:
     """A pooled keep-alive session sized to the concurrency."""
 
@@ -278,7 +309,8 @@ class OpenAIClient:
             raise RuntimeError("OpenAIClient used outside `async with`")
         url = self.endpoint.url_for(endpoint)
         try:
-            async with session.request(method, url, data=data) as resp:
+            payload = _SlicedBody(data) if data and len(data) > _SLICE_BYTES else data
+            async with session.request(method, url, data=payload) as resp:
                 headers = resp.headers
                 status = resp.status
                 try:

@@ -45,6 +45,7 @@ from ._batchfile import (
     endpoint_of,
     iter_lines,
     nesting_problem,
+    too_long,
 )
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def read_records(
 def _read_jsonl(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[Record | BadLine]:
     for lineno, raw in iter_lines(path, max_line_bytes=max_line_bytes):
         if raw is None:
-            yield BadLine(lineno, f"line is longer than {max_line_bytes} bytes")
+            yield too_long(path, lineno, max_line_bytes)
             continue
         if not raw:
             continue
@@ -124,6 +125,7 @@ def _read_jsonl(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[R
         if (too_deep := nesting_problem(raw, obj)) is not None:
             yield BadLine(lineno, too_deep)
             continue
+        del raw  # a big line is not held while its record is used
         if isinstance(obj, dict):
             yield Record(lineno, obj)
         else:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
+    "EXACT_MAX_CHARS",
     "IMAGE_TOKENS",
     "IMAGE_TOKENS_LOW",
     "TokenCounter",
@@ -65,6 +66,10 @@ IMAGE_TOKENS_LOW: Final = 85
 TOKENS_PER_REQUEST: Final = 3
 TOKENS_PER_MESSAGE: Final = 4
 TOKENS_PER_NAME: Final = 1
+# Texts longer than this are estimated, not tokenized: tiktoken's list of ids
+# costs ~40 bytes a token (a 50 MB text would take 500 MB) and its merges slow
+# down on long unbroken runs; 1M characters is past every context window's use.
+EXACT_MAX_CHARS: Final = 1_000_000
 
 # tiktoken's source URL and sha256 for the encodings conveyor maps models to
 # (tiktoken_ext/openai_public.py). The cache file name is sha1(url).
@@ -200,7 +205,9 @@ _MODELS_KEPT: Final = 256
 
 def _counting(enc: Callable[[str], list[int]]) -> Callable[[str], int]:
     def count(text: str) -> int:
-        return len(enc(text)) if text else 0
+        if not text:
+            return 0
+        return heuristic_tokens(text) if len(text) > EXACT_MAX_CHARS else len(enc(text))
 
     return count
 
