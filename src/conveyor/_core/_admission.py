@@ -136,9 +136,12 @@ class Admission:
         self._learned = 0
         # One request first, the rest after its answer: the server's headers
         # (or a rejected key) are known before a whole window of requests is
-        # spent on a budget or a key we know nothing of.
+        # spent on a budget or a key we know nothing of. The rest wait on one
+        # gate, opened by the answer: the whole window goes out in one turn of
+        # the loop, not one admission per turn through the lock.
         self._probe = options.probe_first
         self._probe_out = False
+        self._probe_gate = asyncio.Event()
 
     # ---- compatibility views (progress panel, tests) -------------------------------
 
@@ -223,8 +226,7 @@ class Admission:
 
     def _open(self) -> bool:
         return (
-            not self._probe
-            and (self.breaker is None or self.breaker.state is BreakerState.CLOSED)
+            (self.breaker is None or self.breaker.state is BreakerState.CLOSED)
             and self.paused_until < 0
             and all(b.model is Model.OPEN for b in self.budgets.values())
         )
@@ -236,6 +238,42 @@ class Admission:
     async def _admit_local(self, weight: float, split: tuple[float, float] | None) -> Ticket:
         if self._refusing():
             raise Refused
+        # The probe, or (once it is answered) any attempt: the limits as for any.
+        probe = self._probe and await self._through_probe()
+        try:
+            return await self._admit_limits(weight, split)
+        except BaseException:
+            if probe:
+                self._probe_abandoned()
+            raise
+
+    async def _through_probe(self) -> bool:
+        """While the first attempt (the probe) is out, wait for its answer.
+
+        True: this attempt is the probe. False: the probe has been answered
+        (or given up), so this attempt is admitted as any other."""
+        while self._probe:
+            if not self._probe_out:
+                self._probe_out = True
+                return True
+            await self._probe_gate.wait()
+            if self._refusing():
+                raise Refused
+        return False
+
+    def _probe_abandoned(self) -> None:
+        """The probe was never sent (its admission was refused or cancelled):
+        the next waiter becomes the probe."""
+        self._probe_out = False
+        self._probe_gate.set()
+        self._probe_gate = asyncio.Event()
+
+    def _probe_answered(self) -> None:
+        if self._probe:
+            self._probe = False
+            self._probe_gate.set()
+
+    async def _admit_limits(self, weight: float, split: tuple[float, float] | None) -> Ticket:
         amounts = self._amounts(weight, split)
         clock, brk = self._clock, self.breaker
         if self._open() and not self._lock.locked():
@@ -246,22 +284,19 @@ class Admission:
                     raise Refused
                 now = clock.now()
                 wait = self.paused_until - now
-                if self._probe and self._probe_out:
-                    wait = max(wait, 0.005)  # until the probe's answer
                 if wait <= 0:
                     for name, amount in amounts.items():
                         wait = max(wait, self.budgets[name].wait_time(now, amount))
                 if wait <= 0 and brk is not None:
                     wait = brk.wait_time(now)  # last: it may claim the half-open probe
                 if wait <= 0:
-                    self._probe_out = self._probe
                     return self._commit(now, amounts, weight, split)
                 await clock.sleep(wait)
 
     # ---- after an attempt ------------------------------------------------------------
 
     def on_success(self) -> None:
-        self._probe = False
+        self._probe_answered()
         self._recent.append(False)
         if self.breaker is not None:
             self.breaker.record_success()
@@ -272,7 +307,7 @@ class Admission:
         """What a failed attempt means for everyone: its refusal class, and
         whether everyone now waits (True) or only this item (False)."""
         now = self._clock.now()
-        self._probe = False  # any answer (or failure) ends the probe
+        self._probe_answered()  # any answer (or failure) ends the probe
         refusal = getattr(exc, "refusal", None)
         if not isinstance(refusal, Refusal):
             refusal = classify_exception(exc)
