@@ -114,7 +114,7 @@ async def test_unreachable_endpoint_is_one_clear_error(tmp_path: Path) -> None:
 
 
 async def test_bad_lines_become_error_lines_and_the_run_goes_on(
-    server: MockServer, tmp_path: Path
+    server: MockServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not JSON, no custom_id, a repeated custom_id, an unknown URL, no body:
     each an error line naming its input line; the valid lines are answered."""
@@ -132,10 +132,16 @@ async def test_bad_lines_become_error_lines_and_the_run_goes_on(
     lines = check_complete(out, bodies)
     errors = {ln["error"]["line"]: ln for ln in lines if ln["error"]}
     assert sorted(errors) == [11, 12, 13, 14, 15]
-    assert "input line 11" in errors[11]["error"]["message"]
+    # Each message names the file and line, and the custom_id when the line has one.
+    where = str(tmp_path / "in.jsonl")
+    assert errors[11]["error"]["message"].startswith(f"{where}:11: not valid JSON")
     assert errors[13]["custom_id"] is None  # the repeat does not repeat the id
-    assert "repeats line 1" in errors[13]["error"]["message"]
+    assert errors[13]["error"]["message"].startswith(f"{where}:13: custom_id 'req-0' repeats")
     assert errors[14]["custom_id"] == "odd-url"
+    assert errors[14]["error"]["message"].startswith(f"{where}:14 (custom_id 'odd-url'): url ")
+    # The warning logged for each says where too, and shows no NUL of the internal key.
+    warned = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    assert len(warned) == 5 and all(f"{where}:1" in m and "\x00" not in m for m in warned)
 
 
 async def test_strict_refuses_the_file_before_sending(server: MockServer, tmp_path: Path) -> None:

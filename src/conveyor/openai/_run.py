@@ -165,7 +165,7 @@ def _rule(s: RunSettings) -> Any:
 def _strict_check(input_path: Path, s: RunSettings, rule: Any = None) -> None:
     if s.template is not None:
         bad = [x for x in _items(input_path, s, rule) if isinstance(x, BadLine)]
-        problems = [f"{input_path}:{b.line}: {b.reason}" for b in bad]
+        problems = [b.from_file(input_path).describe() for b in bad]
     else:
         check = validate_file(input_path)
         problems = check.problems() + schema_problems(read_requests(input_path), input_path, rule)
