@@ -114,6 +114,8 @@ class CongestionController:
         self._grew = False  # the last move was up
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
+        self._span_from: float | None = None  # the first answer since the last change
+        self._span_work = 0.0  # the work answered since then (after the first)
 
     @property
     def limit(self) -> int:
@@ -147,6 +149,13 @@ class CongestionController:
     ) -> None:
         """One finished attempt: its latency, whether it succeeded (a failure
         that was a timeout says so), its size when known."""
+        if ok:
+            # The server's rate by the wall clock counts every answer, of
+            # whichever limit: the knee is that rate times the unloaded latency.
+            if self._span_from is None:
+                self._span_from = now
+            else:
+                self._span_work += work if work is not None and work > 0 else 1.0
         if now - latency < self._changed_at:
             return  # started under an older limit: it measures that one
         if self._first is None:
@@ -248,7 +257,14 @@ class CongestionController:
                 self._restart()
                 return
             self._ceiling = old  # queueing was seen here
-            target = old * max(FLOOR, 1 / ratio) * (1 + MID)
+            # Back to the knee plus a small queue: the knee from the ratio,
+            # or from the measured rate when that says less (a window's first
+            # answers are its fastest, so its ratio reads the queue short).
+            knee = old / ratio
+            measured = self._knee(now)
+            if measured is not None:
+                knee = min(knee, measured)
+            target = max(old * FLOOR, knee) * (1 + MID)
             self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
         self._stuck = 0
@@ -298,6 +314,7 @@ class CongestionController:
             self.reason = reason
             self.history.append((now, int(value), reason))
             self._changed_at = now
+            self._span_from, self._span_work = None, 0.0
         self._limit = value
         self._restart()
 
@@ -311,6 +328,17 @@ class CongestionController:
         self._errors = 0
         self._timeouts = 0
         self._peak = 0
+
+    def _knee(self, now: float) -> float | None:
+        """How many the server serves at once, by Little's law: the work it
+        answers per second (by the wall clock: every answer since the last
+        change, of whichever limit) times the unloaded latency per unit of
+        work. Only when told the work: without it, a window's mean is that of
+        its first answers, the short ones. None while the span is too short."""
+        span = now - self._span_from if self._span_from is not None else 0.0
+        if self._unsized or self._base_mean is None or span <= 0 or self._span_work < 8:
+            return None
+        return self._span_work / span * self._base_mean
 
     def figures(self) -> dict[str, object]:
         """For the progress snapshot and the report."""
