@@ -48,6 +48,7 @@ def simulate(
     per_work: bool = False,
     degrade_after: int | None = None,
     seed: int = 0,
+    jitter: float = 0.25,
 ) -> Run:
     """Keep `ctl.limit` requests in a K-slot FIFO server until `until`."""
     rng = random.Random(seed)
@@ -63,8 +64,8 @@ def simulate(
         present = busy + len(queue)
         slow = present / degrade_after if degrade_after and present > degrade_after else 1.0
         seq += 1
-        jitter = rng.uniform(0.75, 1.25)  # servers are not clockwork
-        heapq.heappush(events, (now + service * work * slow * jitter, seq, start, work))
+        noise = rng.uniform(1 - jitter, 1 + jitter)  # servers are not clockwork
+        heapq.heappush(events, (now + service * work * slow * noise, seq, start, work))
 
     def fill() -> None:
         nonlocal in_flight
@@ -123,7 +124,11 @@ def test_slow_start_reaches_the_knee_in_round_trips(k: int, spread: bool) -> Non
     reached = next(t for t, n in run.limits if n >= k)
     assert reached <= rounds
     mean_service = 1.55 if spread else 1.0
-    assert run.throughput(rounds, rounds + 4) >= 0.9 * k / mean_service
+    # With a 16x spread the answers are counted, not weighed: just after the
+    # start the short ones are done and the slots hold long ones, so fewer
+    # answers come per second than K / the mean service time for a while.
+    share, span = (0.75, 10) if spread else (0.9, 4)
+    assert run.throughput(rounds, rounds + span) >= share * k / mean_service
     assert max(n for _, n in run.limits) <= 2 * max(k, START)
 
 

@@ -70,6 +70,9 @@ START = 16  # in flight at the start
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
+OPENING_SPREAD = 1.6  # the first cohort: unqueued within this of its fast tail
+OPENING_WAIT = 2.5  # and waited for at most this many times its fast tail
+_COHORT_MIN = 32  # after the first, smaller cohorts are too few to count a queue in
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
@@ -114,6 +117,9 @@ class CongestionController:
         self._grew = False  # the last move was up
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
+        self._opening = True  # the first decision is still to come
+        self._by_tail = math.inf  # the last window's queue read from its fast tail
+        self._cohort_from = math.inf  # when the first counted attempt started
         self._span_from: float | None = None  # the first answer since the last change
         self._span_work = 0.0  # the work answered since then (after the first)
 
@@ -133,6 +139,8 @@ class CongestionController:
         return self._base_mean is not None
 
     def _need(self) -> int:
+        if self.slow_start and self._unsized == 0:
+            return max(SLOW_START_WINDOW, self.limit)  # the whole cohort
         if self.slow_start:
             return max(SLOW_START_WINDOW, self.limit // 2)
         return max(MIN_WINDOW, self.limit)
@@ -161,6 +169,7 @@ class CongestionController:
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
+        self._cohort_from = min(self._cohort_from, now - latency)
         if ok:
             unit = work if work is not None and work > 0 else None
             if unit is None:
@@ -175,10 +184,22 @@ class CongestionController:
             self._timeouts += timeout
         self._peak = max(self._peak, in_flight if in_flight is not None else self.limit)
         seen = len(self._x) + self._errors
-        if seen >= self._need():
+        if seen >= self._need() or self._cohort_done(now, seen):
             self._decide(now)
         elif self._early(seen):
             self._decide(now, early=True)
+
+    def _cohort_done(self, now: float, seen: int) -> bool:
+        """In slow start, told the work, a cohort is waited for whole (its
+        late answers are the queue, if any), but not past 2.5 times its fast
+        tail's latency once half of it is in: the rest are long outputs, or
+        queued well past the knee."""
+        if not self.slow_start or self._unsized:
+            return False
+        if seen < max(SLOW_START_WINDOW, self.limit // 2):
+            return False
+        lat = sorted(self._sizes_lat)
+        return now - self._cohort_from >= OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]
 
     def _early(self, seen: int) -> bool:
         # Clear queueing need not wait for the whole cohort.
@@ -222,6 +243,7 @@ class CongestionController:
         base_tail = self._base_unit_tail if self._base_unit_tail is not None else tail
         wait = max(0.0, tail - base_tail)
         by_tail = per / max(per - wait, base_tail, 1e-12)
+        self._by_tail = by_tail
         return max(per / self._base_mean, by_tail), per, per
 
     def _relearn(self, figure: float) -> None:
@@ -243,6 +265,13 @@ class CongestionController:
             if not early:
                 self._restart()
             return
+        counted = self._opening or self._limit >= _COHORT_MIN
+        if not early and self.slow_start and not self._unsized and counted:
+            if self._cohort_queued(now):
+                return
+        if not early:
+            self._opening = False
+        self._by_tail = math.inf
         ratio, figure, mean = self._ratio(learn=not early)
         if early and ratio <= 1 + 3 * BETA:
             return  # only clear queueing is decided before the cohort is in
@@ -257,13 +286,18 @@ class CongestionController:
                 self._restart()
                 return
             self._ceiling = old  # queueing was seen here
-            # Back to the knee plus a small queue: the knee from the ratio,
-            # or from the measured rate when that says less (a window's first
-            # answers are its fastest, so its ratio reads the queue short).
-            knee = old / ratio
+            # Back to the knee plus a small queue. The knee is measured, by
+            # the wall-clock rate, when told the work: the ratio reads a window
+            # short (its first answers are its fastest) or long (cohorts sent
+            # at once wait a whole service time for the last slots).
+            # A measured knee that the limit is within a small queue of says
+            # the reading was the waves of cohorts, not a queue: hold.
             measured = self._knee(now)
-            if measured is not None:
-                knee = min(knee, measured)
+            waves = self._by_tail <= 1 + BETA  # the fast tail did not wait
+            if measured is not None and waves and measured * (1 + MID) >= old:
+                self._restart()
+                return
+            knee = measured if measured is not None else old / ratio
             target = max(old * FLOOR, knee) * (1 + MID)
             self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
@@ -305,6 +339,36 @@ class CongestionController:
         self._grew, self._clean = False, 0
         self._restart()
 
+    def _cohort_queued(self, now: float) -> bool:
+        """A slow-start cohort, sent at once, against itself: a server serving
+        fewer at once answers the rest a service time or more later (a FIFO
+        queue: at least 1.5 times the fast tail, where the unqueued spread,
+        per unit of work, stays within 1.6 of it). The fast half of a cohort
+        never shows it, and before the first window nothing is learnt to
+        compare with. True when it backed off (to the count served at once,
+        at least half the limit, plus a small queue). After the first cohort
+        slow start goes on and the unloaded figures are left to the next
+        window (a false alarm costs a round trip); after a later one, the
+        knee is found."""
+        x = sorted(self._x)
+        tail = x[int(TAIL * (len(x) - 1))]
+        served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
+        queued = len(x) - served
+        if queued < max(2, len(x) // 10) or served * (1 + BETA) > self._limit:
+            return False
+        # With outputs of mixed lengths the answers do not come in waves (a
+        # short one frees its slot early): `served` is then no count of the
+        # slots, so one fall keeps half.
+        if self._opening:
+            # Its fast tail was unqueued: the next windows' queue is read against it.
+            self._base_unit_tail = tail
+        else:
+            self.slow_start, self._ceiling, self._grew = False, self._limit, False
+        self._opening = False
+        target = max(served, self._limit * FLOOR) * (1 + MID)
+        self._set(now, target, f"backed off: latency rose, {queued} of the first {len(x)} queued")
+        return True
+
     def _set(self, now: float, value: float, reason: str) -> None:
         value = max(float(self.minimum), min(float(self.maximum), value))
         if value < self._limit:
@@ -328,6 +392,7 @@ class CongestionController:
         self._errors = 0
         self._timeouts = 0
         self._peak = 0
+        self._cohort_from = math.inf
 
     def _knee(self, now: float) -> float | None:
         """How many the server serves at once, by Little's law: the work it
@@ -338,7 +403,12 @@ class CongestionController:
         span = now - self._span_from if self._span_from is not None else 0.0
         if self._unsized or self._base_mean is None or span <= 0 or self._span_work < 8:
             return None
-        return self._span_work / span * self._base_mean
+        unloaded = self._base_mean
+        if self._base_unit_tail is not None:
+            # A mean first learnt queued (a server smaller than the start) is
+            # too long; an unqueued mean stays within 1 + BETA of its fast tail.
+            unloaded = min(unloaded, (1 + BETA) * self._base_unit_tail)
+        return self._span_work / span * unloaded
 
     def figures(self) -> dict[str, object]:
         """For the progress snapshot and the report."""
