@@ -266,9 +266,9 @@ class CongestionController:
                 self._restart()
             return
         counted = self._opening or self._limit >= _COHORT_MIN
-        if not early and self.slow_start and not self._unsized and counted:
-            if self._cohort_queued(now):
-                return
+        cohort = not early and self.slow_start and not self._unsized and counted
+        if cohort and self._cohort_queued(now):
+            return
         if not early:
             self._opening = False
         self._by_tail = math.inf
