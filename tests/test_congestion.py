@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from conveyor._base._exceptions import ConfigError
-from conveyor._core._congestion import START, CongestionController
+from conveyor._core._congestion import BETA, START, CongestionController
 
 
 @dataclass
@@ -130,6 +130,36 @@ def test_slow_start_reaches_the_knee_in_round_trips(k: int, spread: bool) -> Non
     share, span = (0.75, 10) if spread else (0.9, 4)
     assert run.throughput(rounds, rounds + span) >= share * k / mean_service
     assert max(n for _, n in run.limits) <= 2 * max(k, START)
+
+
+@pytest.mark.parametrize("k", [64, 512])
+def test_a_server_that_answers_in_waves(k: int) -> None:
+    """No jitter (the mock server's fixed service time): each cohort is sent
+    at once and answered at once, so the fast half of a cohort is never
+    queued. Read whole, the cohort past the knee shows its queued half:
+    slow start stops at 2K (not 4K), the fall lands at the knee plus a small
+    queue (measured by the rate, not read short or long from the waves), and
+    the limit never dips below K after it."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, until=40.0, per_work=True, jitter=0.0)
+    assert max(n for _, n in run.limits) <= 2 * k
+    fell = next(i for i, (_, _, why) in enumerate(ctl.history) if why.startswith("backed"))
+    after = [n for _, n, _ in list(ctl.history)[fell:]]
+    assert k <= min(after) and max(after) <= (1 + BETA) * k
+    assert run.throughput(20, 40) >= 0.97 * k
+
+
+@pytest.mark.parametrize("k", [4, 8])
+def test_the_first_cohort_shows_a_server_smaller_than_the_start(k: int) -> None:
+    """Told the work, the first cohort (START sent at once) is read whole:
+    its late answers queued, so the first move is down, before slow start
+    doubles past a server smaller than the start (a doubling past 2K is
+    where a server that preempts slows everything: the "-deg" servers)."""
+    ctl = CongestionController(1, 4096)
+    simulate(ctl, capacity=lambda _: k, until=30.0, per_work=True)
+    first = ctl.history[1]
+    assert first[2].startswith("backed off: latency rose") and "of the first" in first[2]
+    assert first[1] < START
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
