@@ -300,6 +300,26 @@ async def test_engine_runs_auto_and_reports_the_limit() -> None:
     assert auto["final"] > 4
     assert auto["history"][0][2] == "start"
     assert seen[-1].concurrency_reason is not None
+    # The text summary lists where it ended and the latest moves with why.
+    text = report.summary()
+    assert f"concurrency auto: final {auto['final']}" in text
+    assert "start" in text.split("concurrency auto:")[1]
+
+
+def test_the_summary_caps_the_moves_it_lists() -> None:
+    """A long history: the summary lists the latest 8 and says how many more
+    the JSON report holds."""
+    from conveyor._core._report import auto_lines
+
+    history = [[float(i), 10 + i, "start" if i == 0 else f"grew: step {i}"] for i in range(20)]
+    auto = {"final": 29, "changes": 19, "history": history, "unloaded_latency": 0.5,
+            "compared": "per request", "gave_way": None}  # fmt: skip
+    lines = auto_lines(auto)
+    assert lines[0].startswith("  concurrency auto: final 29 after 19 moves")
+    assert "12 earlier moves" in lines[1]
+    assert len(lines) == 2 + 8
+    assert lines[-1].endswith("grew: step 19")
+    assert auto_lines({"history": []}) == []
 
 
 def test_options_auto_validation() -> None:

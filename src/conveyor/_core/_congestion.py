@@ -193,13 +193,27 @@ class CongestionController:
         """In slow start, told the work, a cohort is waited for whole (its
         late answers are the queue, if any), but not past 2.5 times its fast
         tail's latency once half of it is in: the rest are long outputs, or
-        queued well past the knee."""
+        queued well past the knee. Unless its queued answers have begun to
+        come (they come in a burst, from the slots freed at once): then it
+        waits for enough of them to count."""
         if not self.slow_start or self._unsized:
             return False
         if seen < max(SLOW_START_WINDOW, self.limit // 2):
             return False
         lat = sorted(self._sizes_lat)
-        return now - self._cohort_from >= OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]
+        if now - self._cohort_from < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
+            return False
+        queued = self._queued_share()[1]
+        return queued == 0 or queued >= max(2, len(self._x) // 10)
+
+    def _queued_share(self) -> tuple[float, int, int]:
+        """(the fast tail per unit of work, the answers queued past it, those
+        served at once) of this window: queued is slower than
+        `OPENING_SPREAD` times the tail."""
+        x = sorted(self._x)
+        tail = x[int(TAIL * (len(x) - 1))]
+        served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
+        return tail, len(x) - served, served
 
     def _early(self, seen: int) -> bool:
         # Clear queueing need not wait for the whole cohort.
@@ -350,11 +364,8 @@ class CongestionController:
         slow start goes on and the unloaded figures are left to the next
         window (a false alarm costs a round trip); after a later one, the
         knee is found."""
-        x = sorted(self._x)
-        tail = x[int(TAIL * (len(x) - 1))]
-        served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
-        queued = len(x) - served
-        if queued < max(2, len(x) // 10) or served * (1 + BETA) > self._limit:
+        tail, queued, served = self._queued_share()
+        if queued < max(2, len(self._x) // 10) or served * (1 + BETA) > self._limit:
             return False
         # With outputs of mixed lengths the answers do not come in waves (a
         # short one frees its slot early): `served` is then no count of the
@@ -366,7 +377,8 @@ class CongestionController:
             self.slow_start, self._ceiling, self._grew = False, self._limit, False
         self._opening = False
         target = max(served, self._limit * FLOOR) * (1 + MID)
-        self._set(now, target, f"backed off: latency rose, {queued} of the first {len(x)} queued")
+        first = len(self._x)
+        self._set(now, target, f"backed off: latency rose, {queued} of the first {first} queued")
         return True
 
     def _set(self, now: float, value: float, reason: str) -> None:
