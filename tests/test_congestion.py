@@ -65,7 +65,10 @@ def simulate(
         slow = present / degrade_after if degrade_after and present > degrade_after else 1.0
         seq += 1
         noise = rng.uniform(1 - jitter, 1 + jitter)  # servers are not clockwork
-        heapq.heappush(events, (now + service * work * slow * noise, seq, start, work))
+        # A nanosecond apart at least: a burst of answers is handled one by
+        # one, each at its own clock reading, as by a real event loop.
+        done = now + service * work * slow * noise + seq * 1e-9
+        heapq.heappush(events, (done, seq, start, work))
 
     def fill() -> None:
         nonlocal in_flight

@@ -70,7 +70,7 @@ START = 16  # in flight at the start
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
-OPENING_SPREAD = 1.6  # the first cohort: unqueued within this of its fast tail
+OPENING_SPREAD = 1.8  # a cohort: unqueued within this of its fast tail
 OPENING_WAIT = 2.5  # and waited for at most this many times its fast tail
 _COHORT_MIN = 32  # after the first, smaller cohorts are too few to count a queue in
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
@@ -118,6 +118,8 @@ class CongestionController:
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
         self._opening = True  # the first decision is still to come
+        self._in_flight = 0  # as last told
+        self._ahead = 0  # in flight at the last change, sent before it
         self._by_tail = math.inf  # the last window's queue read from its fast tail
         self._cohort_from = math.inf  # when the first counted attempt started
         self._span_from: float | None = None  # the first answer since the last change
@@ -140,7 +142,9 @@ class CongestionController:
 
     def _need(self) -> int:
         if self.slow_start and self._unsized == 0:
-            return max(SLOW_START_WINDOW, self.limit)  # the whole cohort
+            # The whole cohort: those sent at the change, not the ones after
+            # them (sent as those ahead are answered: a round trip later).
+            return max(SLOW_START_WINDOW, self.limit - self._ahead)
         if self.slow_start:
             return max(SLOW_START_WINDOW, self.limit // 2)
         return max(MIN_WINDOW, self.limit)
@@ -164,6 +168,8 @@ class CongestionController:
                 self._span_from = now
             else:
                 self._span_work += work if work is not None and work > 0 else 1.0
+        if in_flight is not None:
+            self._in_flight = in_flight
         if now - latency < self._changed_at:
             return  # started under an older limit: it measures that one
         if self._first is None:
@@ -198,7 +204,7 @@ class CongestionController:
         waits for enough of them to count."""
         if not self.slow_start or self._unsized:
             return False
-        if seen < max(SLOW_START_WINDOW, self.limit // 2):
+        if seen < max(SLOW_START_WINDOW, (self.limit - self._ahead) // 2):
             return False
         lat = sorted(self._sizes_lat)
         if now - self._cohort_from < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
@@ -212,6 +218,10 @@ class CongestionController:
         `OPENING_SPREAD` times the tail."""
         x = sorted(self._x)
         tail = x[int(TAIL * (len(x) - 1))]
+        if self._base_unit_tail is not None:
+            # Against the unqueued tail learnt before: when those ahead took
+            # most slots, most of the cohort queued, its own tail too.
+            tail = min(tail, self._base_unit_tail)
         served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
         return tail, len(x) - served, served
 
@@ -280,8 +290,8 @@ class CongestionController:
                 self._restart()
             return
         counted = self._opening or self._limit >= _COHORT_MIN
-        cohort = not early and self.slow_start and not self._unsized and counted
-        if cohort and self._cohort_queued(now):
+        cohort = self.slow_start and not self._unsized and counted
+        if cohort and self._cohort_queued(now, early=early):
             return
         if not early:
             self._opening = False
@@ -353,11 +363,11 @@ class CongestionController:
         self._grew, self._clean = False, 0
         self._restart()
 
-    def _cohort_queued(self, now: float) -> bool:
+    def _cohort_queued(self, now: float, *, early: bool = False) -> bool:
         """A slow-start cohort, sent at once, against itself: a server serving
         fewer at once answers the rest a service time or more later (a FIFO
-        queue: at least 1.5 times the fast tail, where the unqueued spread,
-        per unit of work, stays within 1.6 of it). The fast half of a cohort
+        queue: twice the fast tail for a like answer, where the unqueued spread,
+        per unit of work, stays within 1.8 of it). The fast half of a cohort
         never shows it, and before the first window nothing is learnt to
         compare with. True when it backed off (to the count served at once,
         at least half the limit, plus a small queue). After the first cohort
@@ -365,7 +375,10 @@ class CongestionController:
         window (a false alarm costs a round trip); after a later one, the
         knee is found."""
         tail, queued, served = self._queued_share()
-        if queued < max(2, len(self._x) // 10) or served * (1 + BETA) > self._limit:
+        served += self._ahead  # those ahead were served before the cohort
+        # Before the cohort is in (its first answers), only a clear queue.
+        enough = max(4, len(self._x) // 4) if early else max(2, len(self._x) // 10)
+        if queued < enough or served * (1 + BETA) > self._limit:
             return False
         # With outputs of mixed lengths the answers do not come in waves (a
         # short one frees its slot early): `served` is then no count of the
@@ -391,6 +404,8 @@ class CongestionController:
             self.history.append((now, int(value), reason))
             self._changed_at = now
             self._span_from, self._span_work = None, 0.0
+            # Still in flight, sent before the change: ahead of the new cohort.
+            self._ahead = max(0, self._in_flight - 1)
         self._limit = value
         self._restart()
 
