@@ -250,6 +250,18 @@ def test_errors_back_off_and_say_why() -> None:
     assert ctl.reason.startswith("backed off: timeouts")
 
 
+@pytest.mark.parametrize("work", [None, 16.0])
+def test_only_failures_back_off_and_raise_nothing(work: float | None) -> None:
+    """Every attempt fails (a server that cuts off every body): with no
+    latency to read, the errors alone move the limit, whether or not the
+    work is told; nothing is raised into the attempt that told it."""
+    ctl = CongestionController(1, 100)
+    for i in range(20):
+        ctl.on_sample(1.0 + i * 0.01, 0.01, ok=False, work=work, in_flight=16)
+    assert ctl.limit < START
+    assert ctl.reason.startswith("backed off: errors")
+
+
 def test_every_move_says_which_way_and_why() -> None:
     """The history is the event log of the panel and the report: each move
     after the start is a growth or a back-off for a named cause."""

@@ -202,7 +202,7 @@ class CongestionController:
         queued well past the knee. Unless its queued answers have begun to
         come (they come in a burst, from the slots freed at once): then it
         waits for enough of them to count."""
-        if not self.slow_start or self._unsized:
+        if not self.slow_start or self._unsized or len(self._x) < SLOW_START_WINDOW // 2:
             return False
         if seen < max(SLOW_START_WINDOW, (self.limit - self._ahead) // 2):
             return False
