@@ -72,7 +72,8 @@ SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
 OPENING_SPREAD = 1.8  # a cohort: unqueued within this of its fast tail
 OPENING_WAIT = 2.5  # and waited for at most this many times its fast tail
-_COHORT_MIN = 32  # after the first, smaller cohorts are too few to count a queue in
+_COHORT_MIN = 8  # after the first, smaller cohorts are too few to count a queue in
+SPAN_ROUNDS = 4  # the knee is measured over at least this many round trips
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
@@ -428,7 +429,12 @@ class CongestionController:
         work. Only when told the work: without it, a window's mean is that of
         its first answers, the short ones. None while the span is too short."""
         span = now - self._span_from if self._span_from is not None else 0.0
-        if self._unsized or self._base_mean is None or span <= 0 or self._span_work < 8:
+        if self._unsized or self._base_mean is None or self._span_work < 8 or not self._x:
+            return None
+        # Answers come in bursts (a cohort's, slot by slot): a span of a few
+        # round trips, or one burst too many is counted as the rate.
+        lat = sorted(self._sizes_lat)
+        if span < SPAN_ROUNDS * lat[int(TAIL * (len(lat) - 1))]:
             return None
         unloaded = self._base_mean
         if self._base_unit_tail is not None:
