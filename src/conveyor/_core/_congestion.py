@@ -20,15 +20,33 @@ gradient limiters of Netflix's concurrency-limits:
   by that wait while its spread stays small; the wait over the window's mean
   service time gives ``ratio = mean / (mean - wait)``. Either way ``ratio``
   is how much longer requests take than they would unqueued;
-- **slow start**: from 8 in flight the limit doubles each time half a window
+- **slow start**: from 16 in flight the limit doubles each time a cohort
   of answers shows no queue (``ratio < 1 + ALPHA``). In a closed loop,
   throughput = in flight / latency (Little's law), so flat latency *is*
   throughput growing in proportion to the limit: one doubling per round trip,
-  about log2(K / 8) round trips to the knee. The first sign of queueing ends it;
+  about log2(K / 16) round trips to the knee. It starts at 16, not at the old
+  fixed default of 100: a small server that preempts past 2K would run at a
+  fifth of its speed until that first cohort drained. Not told the work, a
+  cohort is its fastest half; told it, the cohort is read whole (those sent
+  at the change; at most `OPENING_WAIT` times its fast tail's latency): its
+  answers more than `OPENING_SPREAD` times slower per unit of work than the
+  unqueued tail waited in a queue, and the others (with those in flight
+  ahead of the cohort) count what the server serves at once. The fast half
+  of a cohort never shows that queue (the slots take it first), so without
+  the count slow start doubles past the knee, to 4K on a server that answers
+  in waves. The first cohort so shows a server smaller than the start, a
+  later one the knee; either way the limit falls to that count plus `MID`.
+  The first sign of queueing ends slow start (after the first cohort it goes
+  on: a false alarm there costs one round trip);
 - **avoidance** (Vegas/gradient), on windows of a whole cohort (as many
   answers as the limit: the first answers of a window are the fastest):
   above ``1 + BETA`` requests queue and the limit falls to the point that
-  leaves a small queue, ``limit / ratio * (1 + MID)``; below ``1 + ALPHA`` it
+  leaves a small queue, ``knee * (1 + MID)``: the knee measured, when told
+  the work, by Little's law (the work answered per second by the wall clock
+  over at least `SPAN_ROUNDS` round trips, times the unloaded latency per
+  unit of work), else ``limit / ratio``; a measured knee within a small
+  queue of the limit says the ratio read the waves of cohorts, and the limit
+  holds; below ``1 + ALPHA`` it
   grows 10% a window, and after `_REOPEN` such windows in a row (the server
   got more capacity) slow start resumes; in between it holds, unless the
   last step up still raised throughput by more than half its size. Clear
