@@ -136,14 +136,16 @@ def _time_to_final(
     """(seconds to within 10% of the final rate, the final rate).
 
     The run is cut where the input ran out (every item admitted: from there
-    in flight only drains, for up to a service time, whatever the setting);
+    in flight only drains, for up to a service time, whatever the setting),
+    unless that was in its first half (a setting above N: all sent at once);
     the final rate is that over the last 40% before the cut; the time is the
     first 1 s bucket from which a rolling rate over max(2 s, 2 round trips)
     stays >= 0.9 of it (a server of S = 3 s answers in waves 3 s apart)."""
     if len(marks) < 4:
         return math.nan, math.nan
     end = next((t for t, done, _, fl in marks if done + fl >= n), marks[-1][0])
-    marks = [m for m in marks if m[0] <= end] or marks
+    if end >= 0.5 * marks[-1][0]:  # else all were admitted at once (fixed 1000 on K8)
+        marks = [m for m in marks if m[0] <= end] or marks
     end = marks[-1][0]
     buckets: dict[int, int] = {}
     prev = 0
