@@ -270,10 +270,16 @@ class CongestionController:
         # standard errors: the lowest of many noisy windows is a lucky one,
         # and would read a queue into every later window.
         per = self._lat / self._work
-        square = sum(
-            (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
-        )
-        bound = per + 2 * math.sqrt(square) / self._work
+        # Learnt from the answers that did not queue (a limit that leaves a
+        # small queue, or cohorts answered in waves, would hold it in a mean).
+        ref = OPENING_SPREAD * min(tail, self._base_unit_tail or tail)
+        pairs = [(t, u) for t, u in zip(self._sizes_lat, self._sizes, strict=True) if t <= ref * u]
+        if len(pairs) < SLOW_START_WINDOW // 2:
+            pairs = list(zip(self._sizes_lat, self._sizes, strict=True))
+        work = sum(u for _, u in pairs)
+        clean = sum(t for t, _ in pairs) / work
+        square = sum((t - clean * u) ** 2 for t, u in pairs)
+        bound = clean + 2 * math.sqrt(square) / work
         if self._base_mean is None or bound < self._base_mean:
             if not learn:
                 return 1.0, per, per
@@ -459,6 +465,15 @@ class CongestionController:
             # A mean first learnt queued (a server smaller than the start) is
             # too long; an unqueued mean stays within 1 + BETA of its fast tail.
             unloaded = min(unloaded, (1 + BETA) * self._base_unit_tail)
+        # Better, this window's own unqueued answers (as a cohort's are told
+        # apart): a base learnt at a limit that left a small queue holds it.
+        ref = OPENING_SPREAD * self._queued_share()[0]
+        lat = work = 0.0
+        for t, u in zip(self._sizes_lat, self._sizes, strict=True):
+            if t <= ref * u:
+                lat, work = lat + t, work + u
+        if work > 0 and len(self._x) >= SLOW_START_WINDOW:
+            unloaded = min(unloaded, lat / work)
         return self._span_work / span * unloaded
 
     def figures(self) -> dict[str, object]:
