@@ -457,8 +457,8 @@ class CongestionController:
             return None
         # Answers come in bursts (a cohort's, slot by slot): a span of a few
         # round trips, or one burst too many is counted as the rate.
-        lat = sorted(self._sizes_lat)
-        if span < SPAN_ROUNDS * lat[int(TAIL * (len(lat) - 1))]:
+        fastest = sorted(self._sizes_lat)
+        if span < SPAN_ROUNDS * fastest[int(TAIL * (len(fastest) - 1))]:
             return None
         unloaded = self._base_mean
         if self._base_unit_tail is not None:
