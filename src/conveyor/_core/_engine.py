@@ -89,6 +89,7 @@ class Engine(ItemRunner, EngineWatch):
     ) -> None:
         self._invoke = invoker
         self._cancels_cleanly = cancels_cleanly(invoker)
+        self._deadlines = None  # attempt timeouts (`_deadlines`), made at the first attempt
         self.opts = options
         self._clock = options.clock
         self._deliver = deliver

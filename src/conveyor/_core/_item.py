@@ -17,6 +17,7 @@ from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded
 from .._base._types import ErrorInfo, Result, Status, Usage
 from ._admission import Refused
 from ._attempt import Attempt, _current
+from ._deadlines import Deadlines
 from ._outcome import StopKind
 from ._validation import Checker, Reask
 
@@ -96,6 +97,7 @@ class ItemRunner:
         _recovered: asyncio.Event
         _closes_seen: int
         _cancels_cleanly: bool
+        _deadlines: Deadlines | None
 
         def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None: ...
         def _emit(self, r: Result[Any]) -> None: ...
@@ -309,16 +311,32 @@ class ItemRunner:
             return await self._call(item)
         if self._cancels_cleanly:
             # Our own calls end when cancelled and return no awaitable to
-            # await again: the timeout is a timer on this task, not a task
-            # and a wait per attempt.
-            deadline = asyncio.timeout(timeout)
+            # await again: the timeout cancels this task, from a timer shared
+            # with the attempts that started about when this one did
+            # (`_deadlines`), not a task, a wait or a timer per attempt.
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = Deadlines(asyncio.get_running_loop(), timeout)
+            task = cast("asyncio.Task[Any]", asyncio.current_task())
+            cancelling = task.cancelling()
+            slice_ = deadlines.enter(task)
             try:
-                async with deadline:
-                    return await self._invoke(item, cast("Engine", self))
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the call's own TimeoutError, not our deadline
-            raise TimeoutError(f"attempt {attempt.number} exceeded the timeout of {timeout:g}s")
+                return await self._invoke(item, cast("Engine", self))
+            except asyncio.CancelledError:
+                expired = deadlines.expired
+                if task in expired:
+                    expired.discard(task)
+                    if task.uncancel() <= cancelling:  # ours alone, as asyncio.timeout
+                        raise TimeoutError(
+                            f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
+                        ) from None
+                raise
+            finally:
+                if slice_.pop(task, None) is None and task in deadlines.expired:
+                    # Cancelled for its deadline, yet it ended otherwise: the
+                    # cancellation is withdrawn, as asyncio.timeout does.
+                    deadlines.expired.discard(task)
+                    task.uncancel()
         # The call runs as its own task: a function that swallows
         # CancelledError is abandoned at the timeout instead of hanging us.
         task = asyncio.ensure_future(self._call(item))
