@@ -348,6 +348,7 @@ class Engine(ItemRunner, EngineWatch):
             return True
         st = _ItemState(index, key, item)
         task = self._loop.create_task(self._run_item(index, key, item, st))
+        st.task = task
         self._tasks[task] = st
         self._idle.clear()
         task.add_done_callback(self._task_done)

@@ -49,6 +49,13 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     return Usage(total.input_tokens + more.input_tokens, total.output_tokens + more.output_tokens)
 
 
+def _applies(validate: Any, item: Any) -> bool:
+    """False when `validate` says (its optional `applies(item)`) that it leaves
+    every answer to `item` as it is: the item's answers then skip it."""
+    applies = getattr(validate, "applies", None)
+    return True if applies is None else bool(applies(item))
+
+
 class FatalItem(Exception):
     """Internal: this item can never run (for example its cost exceeds the limit)."""
 
@@ -68,7 +75,7 @@ class _BaseExceptionRaised(Exception):
 
 
 class _ItemState:
-    __slots__ = ("attempt_running", "index", "item", "key", "reported")
+    __slots__ = ("attempt_running", "index", "item", "key", "reported", "task")
 
     def __init__(self, index: int, key: str, item: Any) -> None:
         self.index = index
@@ -76,6 +83,7 @@ class _ItemState:
         self.item = item
         self.attempt_running = False
         self.reported = False  # set once the coroutine ran (it always reports)
+        self.task: asyncio.Task[None] | None = None  # the item's task, once created
 
 
 class ItemRunner:
@@ -112,7 +120,10 @@ class ItemRunner:
         attempts = 0
         error: ErrorInfo | None = None
         usage: Usage | None = None
-        checker = Checker(self.opts.reask) if self.opts.validate is not None else None
+        validate = self.opts.validate
+        if validate is not None and not _applies(validate, item):
+            validate = None  # this item's answers are not checked: no checker, no verdicts
+        checker = Checker(self.opts.reask) if validate is not None else None
         reask: Reask | None = None
         try:
             self._dispatch.start(index, key, item)
@@ -147,7 +158,7 @@ class ItemRunner:
                 sent = clock.now()
                 try:
                     try:
-                        value = await self._attempt(item, attempt)
+                        value = await self._attempt(item, attempt, st.task)
                     except (KeyboardInterrupt, SystemExit):
                         # Ctrl+C semantics from inside fn: stop the run, this
                         # item is cancelled (a resume runs it again).
@@ -243,8 +254,8 @@ class ItemRunner:
                         clock.now() - sent, ok=True, in_flight=len(self._tasks), usage=usage
                     )
                 verdict = None
-                if checker is not None and self.opts.validate is not None:
-                    verdict = checker.judge(self.opts.validate, item, value, attempt)
+                if checker is not None and validate is not None:
+                    verdict = checker.judge(validate, item, value, attempt)
                     if verdict.reask is not None:  # invalid: ask again (same limits)
                         reask = verdict.reask
                         log.debug("item %s: invalid answer, re-ask %d", key, reask.number)
@@ -304,7 +315,9 @@ class ItemRunner:
             value = await value
         return value
 
-    async def _attempt(self, item: Any, attempt: Attempt) -> Any:
+    async def _attempt(
+        self, item: Any, attempt: Attempt, task: asyncio.Task[Any] | None = None
+    ) -> Any:
         _current.set(attempt)
         timeout = self.opts.timeout
         if timeout is None:
@@ -317,7 +330,8 @@ class ItemRunner:
             deadlines = self._deadlines
             if deadlines is None:
                 deadlines = self._deadlines = Deadlines(asyncio.get_running_loop(), timeout)
-            task = cast("asyncio.Task[Any]", asyncio.current_task())
+            if task is None:  # the item's own task (`_ItemState.task`)
+                task = cast("asyncio.Task[Any]", asyncio.current_task())
             cancelling = task.cancelling()
             slice_ = deadlines.enter(task)
             try:

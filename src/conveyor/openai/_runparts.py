@@ -26,7 +26,7 @@ from ._batchfile import (
     format_response,
     read_requests,
 )
-from ._cache import InflightDedupe, ResponseCache, body_tokens, request_key
+from ._cache import InflightDedupe, ResponseCache, body_tokens
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._structured import Validator, format_invalid, parsed_of, prepare, reask_request
 from ._template import PromptTemplate, build_requests, read_records
@@ -202,7 +202,7 @@ class _Caller:
     def __init__(self, client: OpenAIClient, cache: ResponseCache | None) -> None:
         self._client = client
         self._cache = cache
-        self._inflight: InflightDedupe[str, Answer] = InflightDedupe()
+        self._inflight: InflightDedupe[str | bytes, Answer] = InflightDedupe()
         self._answered = False
         self._refused = 0
 
@@ -233,25 +233,50 @@ class _Caller:
     async def __call__(self, req: Item) -> Answer:
         if isinstance(req, BadLine):  # rejected by cost() before any attempt
             raise InputError(req.reason, line=req.line)
-        req = reask_request(req, current_attempt())  # the same request, or its re-ask
-        if self._cache is None:
+        attempt = current_attempt()
+        if attempt is not None and attempt.reask is not None:
+            req = reask_request(req, attempt)  # the same request, asked again
+        cache = self._cache
+        if cache is None:
             return await self._post(req)
-        key = request_key(req.url, req.body)
-        hit = self._cache.get(key)
+        key = cache.key_for(req.url, req.body)
+        hit = cache.get(key)
         if hit is not None:
             report_cached()
             return Answer(hit.status_code, orjson.loads(hit.body), None)
+        inflight = self._inflight
+        fut = inflight.lead(key)
+        if fut is None:
+            return await self._join(req, key)
+        # The usual case: nobody sends the same request now; this call leads.
+        try:
+            answer = await self._send(req, key)
+        except Exception as exc:
+            inflight.fail(key, fut, exc)
+            raise
+        except BaseException:
+            inflight.drop(key, fut)
+            raise
+        inflight.done(key, fut, answer)
+        return answer
+
+    async def _send(self, req: RequestLine, key: str | bytes) -> Answer:
+        answer = await self._post(req)
+        assert self._cache is not None
+        # The body as received: an exact-size copy, not an encoder's buffer.
+        raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
+        self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
+        return answer
+
+    async def _join(self, req: RequestLine, key: str | bytes) -> Answer:
+        """The same request is in flight: its answer is this one's too (or this
+        call sends it after all, if that one was cancelled)."""
         sent = False
 
         async def send() -> Answer:
             nonlocal sent
             sent = True
-            answer = await self._post(req)
-            assert self._cache is not None
-            # The body as received: an exact-size copy, not an encoder's buffer.
-            raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
-            self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
-            return answer
+            return await self._send(req, key)
 
         answer = await self._inflight.run(key, send)
         if not sent:

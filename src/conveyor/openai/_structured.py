@@ -111,6 +111,16 @@ class Validator:
     def __init__(self, forced: Rule | None) -> None:
         self._forced = forced
 
+    def applies(self, item: Any) -> bool:
+        """False for a line whose answers are never checked (no schema, no
+        tools): the engine then skips validation for it altogether."""
+        if not isinstance(item, RequestLine):
+            return False
+        try:
+            return _spec(item, self._forced, f"line {item.line}") is not None
+        except SchemaInvalid:
+            return True  # validation reports it
+
     def __call__(self, item: Any, value: Any) -> Any:
         if not isinstance(item, RequestLine) or not isinstance(value, Answer):
             return Unchecked(value)
