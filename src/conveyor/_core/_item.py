@@ -149,8 +149,11 @@ class ItemRunner:
                 if why is not None:
                     raise FatalItem(why)
             refusals = 0  # rate-limit refusals: waited out, not counted as retries
+            admission = self._admission
             while True:
-                ticket = await self._admission.admit(weight, split)
+                ticket = admission.admit_now(weight, split)
+                if ticket is None:
+                    ticket = await admission.admit(weight, split)
                 attempts += 1
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts, reask=reask)
@@ -249,8 +252,8 @@ class ItemRunner:
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
                 self._note_recovery()
-                if not attempt.cached:
-                    self._admission.observe(
+                if not attempt.cached and admission.congestion is not None:
+                    admission.observe(
                         clock.now() - sent, ok=True, in_flight=len(self._tasks), usage=usage
                     )
                 verdict = None

@@ -272,7 +272,9 @@ class InflightDedupe(Generic[K, V]):
     """
 
     def __init__(self) -> None:
-        self._inflight: dict[K, asyncio.Future[V]] = {}
+        # key -> the future its waiters await; None while nobody waits (most calls
+        # have no twin in flight: no future is made for them).
+        self._inflight: dict[K, asyncio.Future[V] | None] = {}
         self.calls = 0
         self.joined = 0
 
@@ -280,7 +282,10 @@ class InflightDedupe(Generic[K, V]):
         return len(self._inflight)
 
     async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
-        while (fut := self._inflight.get(key)) is not None:
+        while key in self._inflight:
+            fut = self._inflight[key]
+            if fut is None:
+                fut = self._inflight[key] = asyncio.get_running_loop().create_future()
             try:
                 # shield: a cancelled waiter must not cancel the shared call.
                 value = await asyncio.shield(fut)
@@ -291,46 +296,44 @@ class InflightDedupe(Generic[K, V]):
                 raise
             self.joined += 1
             return value
-        fut = self.lead(key)
-        assert fut is not None  # nobody leads it: no await since the check
+        led = self.lead(key)
+        assert led  # nobody leads it: no await since the check
         try:
             value = await call()
         except Exception as exc:
-            self.fail(key, fut, exc)
+            self.fail(key, exc)
             raise
         except BaseException:
-            self.drop(key, fut)  # cancelled (or BaseException): waiters retry as leaders
+            self.drop(key)  # cancelled (or BaseException): waiters retry as leaders
             raise
-        self.done(key, fut, value)
+        self.done(key, value)
         return value
 
     # The leader's side, for a caller that runs the call itself (one coroutine
     # less than `run`): `lead`, then exactly one of `done`, `fail`, `drop`.
+    # Only the leader of a key removes it, so these pop it without a check.
 
-    def lead(self, key: K) -> asyncio.Future[V] | None:
-        """The future the callers of `key` wait on if the caller leads it now, or
-        None when another call with `key` is in flight (join it with `run`)."""
+    def lead(self, key: K) -> bool:
+        """True if the caller leads `key` now; False when another call with `key`
+        is in flight (join it with `run`)."""
         if key in self._inflight:
-            return None
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+            return False
+        self._inflight[key] = None
         self.calls += 1
-        return fut
+        return True
 
-    def done(self, key: K, fut: asyncio.Future[V], value: V) -> None:
-        fut.set_result(value)
-        self._release(key, fut)
+    def done(self, key: K, value: V) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None:
+            fut.set_result(value)
 
-    def fail(self, key: K, fut: asyncio.Future[V], exc: Exception) -> None:
-        fut.set_exception(exc)
-        fut.exception()  # retrieved here, so an unawaited future logs nothing
-        self._release(key, fut)
+    def fail(self, key: K, exc: Exception) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved here, so an unawaited future logs nothing
 
-    def drop(self, key: K, fut: asyncio.Future[V]) -> None:
-        if not fut.done():
+    def drop(self, key: K) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
             fut.cancel()
-        self._release(key, fut)
-
-    def _release(self, key: K, fut: asyncio.Future[V]) -> None:
-        if self._inflight.get(key) is fut:
-            del self._inflight[key]

@@ -245,19 +245,18 @@ class _Caller:
             report_cached()
             return Answer(hit.status_code, orjson.loads(hit.body), None)
         inflight = self._inflight
-        fut = inflight.lead(key)
-        if fut is None:
+        if not inflight.lead(key):
             return await self._join(req, key)
         # The usual case: nobody sends the same request now; this call leads.
         try:
             answer = await self._send(req, key)
         except Exception as exc:
-            inflight.fail(key, fut, exc)
+            inflight.fail(key, exc)
             raise
         except BaseException:
-            inflight.drop(key, fut)
+            inflight.drop(key)
             raise
-        inflight.done(key, fut, answer)
+        inflight.done(key, answer)
         return answer
 
     async def _send(self, req: RequestLine, key: str | bytes) -> Answer:
