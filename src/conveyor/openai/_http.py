@@ -36,7 +36,7 @@ from .._core._refusals import classify, parse_wait
 from ._limit_headers import read_limit_headers
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Coroutine, Mapping
 
     from aiohttp.abc import AbstractStreamWriter
 
@@ -52,6 +52,8 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _SLICE_BYTES = 256 * 1024
+# (status, parsed body, x-request-id, headers, raw body) of one request.
+_Exchange = tuple[int, Any, "str | None", Any, bytes]
 _URLS_KEPT = 64  # endpoints whose parsed URL is kept (a run has one or a few)
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 498, 500, 502, 503, 504, 520, 522, 524, 529})
 
@@ -252,8 +254,18 @@ class OpenAIClient:
 
     async def post(self, endpoint: str, body: Any) -> Answer:
         """POST one request; returns an `Answer` or raises a translated error."""
+        return self.answer(*await self.exchange(endpoint, body))
+
+    def exchange(self, endpoint: str, body: Any) -> Coroutine[Any, Any, _Exchange]:
+        """POST one request: what the server said, for `answer` (`post` in two
+        halves, so a caller that awaits this one saves a coroutine layer)."""
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        status, parsed, request_id, headers, raw = await self._request("POST", endpoint, data)
+        return self._request("POST", endpoint, data)
+
+    def answer(
+        self, status: int, parsed: Any, request_id: str | None, headers: Any, raw: bytes
+    ) -> Answer:
+        """The `Answer` to a POST `exchange`, or its error raised."""
         _report_headers(headers)
         where = self.endpoint.base_url
         if 200 <= status < 300:
@@ -305,9 +317,7 @@ class OpenAIClient:
             request_id=request_id,
         )
 
-    async def _request(
-        self, method: str, endpoint: str, data: bytes | None
-    ) -> tuple[int, Any, str | None, Any, bytes]:
+    async def _request(self, method: str, endpoint: str, data: bytes | None) -> _Exchange:
         session = self._session
         if session is None:
             raise RuntimeError("OpenAIClient used outside `async with`")

@@ -206,27 +206,35 @@ class _Caller:
         self._answered = False
         self._refused = 0
 
-    async def _post(self, req: RequestLine) -> Answer:
-        try:
-            answer = await self._client.post(req.endpoint, req.body)
-        except HTTPRetryable as exc:
+    def _failed(self, exc: Exception) -> Exception:
+        """Note what a failed request says of the endpoint; the error to raise."""
+        if isinstance(exc, HTTPRetryable):
             if exc.status_code is None and not self._answered:
                 # Not this item's fault: if it runs out of attempts before
                 # the stop, it is cancelled (a resume sends it), not failed.
                 exc.resumable = True  # type: ignore[attr-defined]
                 self._refused += 1
                 if self._refused >= self.UNREACHABLE_AFTER:
-                    raise FatalError(
+                    return FatalError(
                         f"cannot reach {self._client.endpoint.base_url} ({exc}); is the server "
                         "running? check `base_url=` / OPENAI_BASE_URL. Nothing was lost: run "
                         "the same command again to resume."
-                    ) from None
+                    )
             else:
                 self._answered = True
-            raise
-        except (HTTPClientError, AuthError):
+        elif isinstance(exc, HTTPClientError | AuthError):
             self._answered = True
-            raise
+        return exc
+
+    async def _post(self, req: RequestLine) -> Answer:
+        client = self._client
+        try:
+            answer = client.answer(*await client.exchange(req.endpoint, req.body))
+        except Exception as exc:
+            err = self._failed(exc)
+            if err is exc:
+                raise
+            raise err from None
         self._answered = True
         return answer
 
@@ -248,8 +256,18 @@ class _Caller:
         if not inflight.lead(key):
             return await self._join(req, key)
         # The usual case: nobody sends the same request now; this call leads.
+        # (`_post` and `_keep` written out here: two coroutine layers less.)
+        client = self._client
         try:
-            answer = await self._send(req, key)
+            try:
+                answer = client.answer(*await client.exchange(req.endpoint, req.body))
+            except Exception as exc:
+                err = self._failed(exc)
+                if err is exc:
+                    raise
+                raise err from None
+            self._answered = True
+            self._keep(key, answer)
         except Exception as exc:
             inflight.fail(key, exc)
             raise
@@ -259,13 +277,11 @@ class _Caller:
         inflight.done(key, answer)
         return answer
 
-    async def _send(self, req: RequestLine, key: str | bytes) -> Answer:
-        answer = await self._post(req)
+    def _keep(self, key: str | bytes, answer: Answer) -> None:
         assert self._cache is not None
         # The body as received: an exact-size copy, not an encoder's buffer.
         raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
         self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
-        return answer
 
     async def _join(self, req: RequestLine, key: str | bytes) -> Answer:
         """The same request is in flight: its answer is this one's too (or this
@@ -275,7 +291,9 @@ class _Caller:
         async def send() -> Answer:
             nonlocal sent
             sent = True
-            return await self._send(req, key)
+            answer = await self._post(req)
+            self._keep(key, answer)
+            return answer
 
         answer = await self._inflight.run(key, send)
         if not sent:
