@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from typing import Any
 
-__all__ = ["LOOKAHEAD", "ThreadedSource", "needs_thread"]
+__all__ = ["LOOKAHEAD", "NOT_READY", "ThreadedSource", "needs_thread"]
 
 LOOKAHEAD = 256
 """Items a generator is pulled ahead of the engine at most: enough that the
@@ -29,6 +29,8 @@ that memory stays bounded by concurrency and this buffer (a few hundred KB
 of request lines)."""
 
 _END = object()
+NOT_READY = object()
+"""What `ThreadedSource.ready` returns when no item is ready (await the next one)."""
 
 
 def needs_thread(items: Iterable[Any]) -> bool:
@@ -100,6 +102,20 @@ class ThreadedSource(AsyncIterator[Any]):
             self._waking = False
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def ready(self) -> Any:
+        """The next item if the thread has it ready, else `NOT_READY` (then await
+        `__anext__`, which also ends the iteration and raises the source's error)."""
+        if self._thread is None or not self._ready:
+            return NOT_READY
+        item = self._ready[0]
+        if item is _END or isinstance(item, _Failed):
+            return NOT_READY  # left for __anext__
+        self._ready.popleft()
+        if len(self._ready) == self._lookahead // 2:
+            with self._cond:
+                self._cond.notify()
+        return item
 
     def __aiter__(self) -> ThreadedSource:
         return self
