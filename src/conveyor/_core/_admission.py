@@ -57,6 +57,11 @@ _FREQUENT_FLOOR = 20
 # Answers over which the quickest admission-to-answer time is taken.
 _ANSWER_WINDOW = 256
 
+# Enum members read per request, as module constants (on 3.11 `Enum.MEMBER` goes
+# through EnumType.__getattr__: ~10x a global; issue 18).
+_CLOSED = BreakerState.CLOSED
+_OPEN = Model.OPEN
+
 
 class Refused(Exception):
     """Admission refused because the run is stopping."""
@@ -224,10 +229,10 @@ class Admission:
     def _open(self) -> bool:
         if self._probe or self.paused_until >= 0:
             return False
-        if self.breaker is not None and self.breaker.state is not BreakerState.CLOSED:
+        if self.breaker is not None and self.breaker.state is not _CLOSED:
             return False
         for b in self.budgets.values():  # noqa: SIM110 - a loop: no generator per admission
-            if b.model is not Model.OPEN:
+            if b.model is not _OPEN:
                 return False
         return True
 

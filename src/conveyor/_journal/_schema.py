@@ -44,6 +44,9 @@ __all__ = [
 sqlite3.adapters.setdefault((type(None), sqlite3.PrepareProtocol), {}.get)
 sqlite3.adapters.setdefault((bytes, sqlite3.PrepareProtocol), bytes)
 
+# Each status's text, read per row (`Status(x).value` is two Python-level enum calls).
+_STATUS_VALUES: dict[object, str] = {s: s.value for s in Status}
+
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x636F6E76  # "conv": tells our files from other SQLite databases
 PENDING = "pending"
@@ -162,7 +165,7 @@ def encode_row(
     return (
         r.key,
         r.index,
-        Status(r.status).value,
+        _STATUS_VALUES.get(r.status) or Status(r.status).value,
         r.attempts,
         dumps(r.item) if store_items and r.item is not None else None,
         None

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 Item = RequestLine | BadLine
+_OK = Status.OK  # read per output line: a constant, not EnumType.__getattr__ (3.11)
 
 
 def default_journal_path(output: str | os.PathLike[str]) -> Path:
@@ -130,7 +131,7 @@ def format_line(result: Result[Any]) -> bytes:
         bad = item if item.duplicate_of is None else _anonymous(item)
         return format_bad_line(bad)
     custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
-    if result.status is Status.OK and isinstance(result.value, Answer):
+    if result.status is _OK and isinstance(result.value, Answer):
         a = result.value
         return parsed_of(format_response(custom_id, a.status, a.body, a.request_id), a)
     invalid = format_invalid(custom_id, result)
