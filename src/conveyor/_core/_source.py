@@ -59,6 +59,7 @@ class ThreadedSource(AsyncIterator[Any]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._waiting = False  # the thread waits for room (set and cleared under the lock)
 
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -73,7 +74,9 @@ class ThreadedSource(AsyncIterator[Any]):
                     # Full: wait until the loop has taken half (one wake-up
                     # per half-buffer, not one per item).
                     while len(self._ready) >= self._lookahead and not self._closed:
+                        self._waiting = True
                         self._cond.wait()
+                        self._waiting = False
                     if self._closed:
                         return
                 try:
@@ -112,10 +115,23 @@ class ThreadedSource(AsyncIterator[Any]):
         if item is _END or isinstance(item, _Failed):
             return NOT_READY  # left for __anext__
         self._ready.popleft()
-        if len(self._ready) == self._lookahead // 2:
-            with self._cond:
-                self._cond.notify()
+        self._room()
         return item
+
+    def _room(self) -> None:
+        """Wake the thread waiting for room once half the buffer is free. Never
+        blocks the loop on the lock (the thread holds it while it pushes, and a
+        blocked loop thread waits for the GIL too): if it is taken, the next
+        item taken tries again (the thread, once it waits, holds it no more)."""
+        if (
+            self._waiting
+            and len(self._ready) <= self._lookahead // 2
+            and self._cond.acquire(blocking=False)
+        ):
+            try:
+                self._cond.notify()
+            finally:
+                self._cond.release()
 
     def __aiter__(self) -> ThreadedSource:
         return self
@@ -126,9 +142,7 @@ class ThreadedSource(AsyncIterator[Any]):
         while True:
             if self._ready:  # deque ends are thread-safe: no lock on the fast path
                 item = self._ready.popleft()
-                if len(self._ready) == self._lookahead // 2:
-                    with self._cond:
-                        self._cond.notify()
+                self._room()
                 break
             with self._cond:
                 if self._ready:
