@@ -476,6 +476,31 @@ def format_response(
     )
 
 
+def format_response_raw(
+    custom_id: str | None, status_code: int, raw: bytes, request_id: str | None
+) -> bytes | None:
+    """`format_response` with the body as the server sent it, spliced in instead of
+    parsed and encoded again; None when `raw` is not a JSON object on one line
+    (then `format_response`). `raw` must be a body that parsed as JSON."""
+    if raw[:1] != b"{" or raw[-1:] != b"}" or b"\n" in raw or b"\r" in raw:
+        return None
+    return b"".join(
+        (
+            b'{"id":"',
+            _request_id(custom_id, None).encode(),
+            b'","custom_id":',
+            orjson.dumps(custom_id),
+            b',"response":{"status_code":',
+            str(int(status_code)).encode(),
+            b',"request_id":',
+            orjson.dumps(request_id),
+            b',"body":',
+            raw,
+            b'},"error":null}\n',
+        )
+    )
+
+
 def format_error(
     custom_id: str | None, code: str, message: str, *, line: int | None = None
 ) -> bytes:

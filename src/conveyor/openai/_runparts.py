@@ -24,6 +24,7 @@ from ._batchfile import (
     format_bad_line,
     format_error,
     format_response,
+    format_response_raw,
     read_requests,
 )
 from ._cache import InflightDedupe, ResponseCache, body_tokens
@@ -133,6 +134,11 @@ def format_line(result: Result[Any]) -> bytes:
     custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
     if result.status is _OK and isinstance(result.value, Answer):
         a = result.value
+        if a.raw is not None and not a.checked:
+            # The body as received, not parsed and encoded again (the same JSON).
+            line = format_response_raw(custom_id, a.status, a.raw, a.request_id)
+            if line is not None:
+                return line
         return parsed_of(format_response(custom_id, a.status, a.body, a.request_id), a)
     invalid = format_invalid(custom_id, result)
     if invalid is not None:
