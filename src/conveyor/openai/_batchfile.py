@@ -23,6 +23,7 @@ got no HTTP answer (timeout, connection error, bad input line).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -75,6 +76,7 @@ _MAX_ID_SHOWN: Final = 80
 _MAX_BAD_KEPT: Final = 1000
 
 
+@functools.lru_cache(maxsize=256)  # a file has a handful of urls; two calls a line
 def endpoint_of(url: str) -> str:
     """The endpoint path without the ``/v1`` prefix: ``/v1/embeddings`` -> ``/embeddings``."""
     u = url.strip()
