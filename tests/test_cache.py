@@ -48,6 +48,33 @@ def test_key_distinguishes_bodies() -> None:
     assert k == request_key(URL, orjson.loads(orjson.dumps(BODY)))
 
 
+@given(st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=8))
+@settings(max_examples=50)
+def test_key_for_in_memory_ignores_dict_order_property(body: dict[str, Any]) -> None:
+    """The in-memory key (the canonical request itself, no hash) is equal for
+    equal requests in any key order, and differs with the url or the body."""
+    cache = ResponseCache()
+    reordered = dict(reversed(list(body.items())))
+    assert cache.key_for(URL, body) == cache.key_for(URL, reordered)
+    assert cache.key_for(URL, body) != cache.key_for(URL + "x", body)
+    assert cache.key_for(URL, body) != cache.key_for(URL, {**body, "\x00extra": 1})
+
+
+def test_key_for_hashes_large_requests_and_every_request_in_a_file(tmp_path: Path) -> None:
+    """In memory a large request is hashed (the cache holds no copy of a 50 MB
+    body as a key); a file cache keys every request by `request_key`, the same
+    in every run."""
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 10_000}]}
+    memory = ResponseCache()
+    assert memory.key_for(URL, big) == request_key(URL, big)
+    assert isinstance(memory.key_for(URL, BODY), bytes)
+    with ResponseCache(tmp_path / "c.db") as on_disk:
+        assert on_disk.key_for(URL, BODY) == request_key(URL, BODY)
+        on_disk.put(on_disk.key_for(URL, BODY), 200, RESPONSE)
+    with ResponseCache(tmp_path / "c.db") as again:
+        assert again.get(request_key(URL, BODY)) == CachedResponse(200, RESPONSE, 12)
+
+
 def test_memory_cache_counts_hits_misses_and_tokens() -> None:
     """A hit returns the stored response and adds its usage tokens to `tokens_saved`."""
     cache = ResponseCache()

@@ -134,6 +134,30 @@ def test_every_result_field_round_trips(tmp_path: Path) -> None:
         assert r.get("req-7") == full
 
 
+def test_none_and_bytes_are_stored_as_null_and_blob(tmp_path: Path) -> None:
+    """The journal binds None and bytes through identity adapters (issue 18: the
+    sqlite3 module's failed adapter lookup costs more than the row): the file
+    holds NULLs and BLOBs exactly as without them, and the rows read back equal."""
+    import conveyor._journal._schema  # noqa: F401 - registers the adapters
+
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    line = b"line-1\n"
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)](line) is line
+    minimal: Result[Any] = Result(index=0, key="k0", status=Status.SKIPPED)
+    with Journal.open(tmp_path / "j", identity=IDENTITY) as j:
+        j.record([(ok(1), line, 1), (minimal, None, None)])
+        assert j.get("k0") == minimal
+    conn = sqlite3.connect(tmp_path / "j")
+    try:
+        rows = conn.execute(
+            "SELECT key, typeof(output_line), output_line, typeof(error_type), typeof(item) "
+            "FROM items ORDER BY key"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert rows == [("k0", "null", None, "null", "null"), ("k1", "blob", line, "null", "null")]
+
+
 def test_items_are_not_stored_unless_asked(journal: Journal) -> None:
     """By default the (possibly large) input item is not kept in the journal."""
     journal.record([(ok(1, item={"big": "x" * 100}), None, None)])

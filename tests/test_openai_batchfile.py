@@ -20,6 +20,7 @@ from conveyor.openai._batchfile import (
     format_bad_line,
     format_error,
     format_response,
+    format_response_raw,
     read_output,
     read_requests,
     validate_file,
@@ -427,3 +428,34 @@ def test_a_deeply_nested_line_is_a_bad_line_with_its_number(tmp_path: Path, dept
     assert bad.line == 2
     assert "nested" in bad.reason
     assert any(p.startswith(f"{path}:2:") for p in validate_file(path).problems())
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=12)
+_json = st.recursive(
+    _json_leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=st.dictionaries(st.text(max_size=6), _json, max_size=4),
+    custom_id=st.text(min_size=1, max_size=12),
+    request_id=st.none() | st.text(max_size=8),
+    pretty=st.booleans(),
+)
+def test_raw_response_line_is_the_same_json_as_the_encoded_one(
+    body: dict[str, Any], custom_id: str, request_id: str | None, pretty: bool
+) -> None:
+    """The output line built from the body's own bytes (issue 18: no second
+    encoding) holds the same JSON as `format_response`'s, on one line; a body
+    on several lines is left to `format_response`."""
+    raw = json.dumps(body, indent=2 if pretty else None, ensure_ascii=pretty).encode()
+    line = format_response_raw(custom_id, 200, raw, request_id)
+    if b"\n" in raw:
+        assert line is None
+        return
+    assert line is not None
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert orjson.loads(line) == orjson.loads(format_response(custom_id, 200, body, request_id))

@@ -22,6 +22,9 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+_OK = Status.OK  # read per result (`Result.ok`): a module constant, not EnumType.__getattr__
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """What went wrong, as text: safe to log, store and serialise.
@@ -93,7 +96,7 @@ class Result(Generic[T]):
 
     @property
     def ok(self) -> bool:
-        return self.status is Status.OK
+        return self.status is _OK
 
     def to_dict(self, *, include_item: bool = False) -> dict[str, Any]:
         """A JSON-ready dict (the value is included as is; make it JSON-able)."""

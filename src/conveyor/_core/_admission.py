@@ -60,6 +60,11 @@ _ANSWER_WINDOW = 256
 # its connect (~0.1-0.3 ms), and the turn ends so those sent go on the wire.
 _WAKE_BATCH = 64
 
+# Enum members read per request, as module constants (on 3.11 `Enum.MEMBER` goes
+# through EnumType.__getattr__: ~10x a global; issue 18).
+_CLOSED = BreakerState.CLOSED
+_OPEN = Model.OPEN
+
 
 class Refused(Exception):
     """Admission refused because the run is stopping."""
@@ -229,14 +234,35 @@ class Admission:
         return out
 
     def _open(self) -> bool:
-        return (
-            (self.breaker is None or self.breaker.state is BreakerState.CLOSED)
-            and self.paused_until < 0
-            and all(b.model is Model.OPEN for b in self.budgets.values())
-        )
+        if self._probe or self.paused_until >= 0:
+            return False
+        if self.breaker is not None and self.breaker.state is not _CLOSED:
+            return False
+        for b in self.budgets.values():  # noqa: SIM110 - a loop: no generator per admission
+            if b.model is not _OPEN:
+                return False
+        return True
 
     def _commit(self, now: float, amounts: dict[str, float], weight: float, split: Any) -> Ticket:
         marks = {name: self.budgets[name].commit(now, amt) for name, amt in amounts.items()}
+        return Ticket(now, weight, split, marks)
+
+    def admit_now(self, weight: float, split: tuple[float, float] | None = None) -> Ticket | None:
+        """The ticket of an attempt every limit lets through at once (every budget
+        open, no pause, probe, open breaker, shared limiter or queue), or None:
+        then `admit` waits for it. What it books is what `admit` would."""
+        if self.shared is not None or self._lock.locked() or not self._open() or self._refusing():
+            return None
+        now = self._clock.now()
+        marks = {}
+        for name, budget in self.budgets.items():
+            if name == "requests":
+                amount = 1.0
+            elif name == "tokens" or split is None:
+                amount = weight
+            else:
+                amount = split[0] if name == "input_tokens" else split[1]
+            marks[name] = budget.commit(now, amount)
         return Ticket(now, weight, split, marks)
 
     async def _admit_local(self, weight: float, split: tuple[float, float] | None) -> Ticket:

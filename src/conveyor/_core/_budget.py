@@ -67,6 +67,14 @@ class Model(enum.StrEnum):
     WINDOW = "window"
 
 
+# Members as module constants: on 3.11 `EnumClass.MEMBER` goes through EnumType.__getattr__
+# (~10x a global), and these are read several times per request (issue 18).
+_OPEN = Model.OPEN
+_TOLD = Model.TOLD
+_BUCKET = Model.BUCKET
+_WINDOW = Model.WINDOW
+
+
 class _Bucket:
     """A continuously refilled bucket: `level` units at `t`, at most `capacity`."""
 
@@ -119,7 +127,7 @@ class Budget:
         self.burst = float(burst)
         self.told = float(told) if told else None
         self.server_limit: float | None = None
-        self.model = Model.OPEN
+        self.model = _OPEN
         self.why = "no limit known"
         # Units we sent, cumulative: a request's mark is this after its own
         # charge, so what was sent after it is `charged - mark`.
@@ -141,7 +149,7 @@ class Budget:
             self._told = RateLimiter(
                 self.told, self.window + margin, burst=max(1.0, self.burst * rate)
             )
-            self.model = Model.TOLD
+            self.model = _TOLD
             self.why = f"told {self.told:g} per {self.window:g}s, burst {self.burst:g}s"
 
     # ---- what it admits ---------------------------------------------------------
@@ -161,11 +169,11 @@ class Budget:
     @property
     def capacity(self) -> float:
         """Units that may be spent at once, as far as is known."""
-        if self.model is Model.BUCKET and self._bucket is not None:
+        if self.model is _BUCKET and self._bucket is not None:
             return self._bucket.capacity
-        if self.model is Model.WINDOW:
+        if self.model is _WINDOW:
             return self._capacity
-        if self.model is Model.TOLD and self._told is not None:
+        if self.model is _TOLD and self._told is not None:
             return self._told._burst
         return math.inf
 
@@ -176,11 +184,11 @@ class Budget:
     def level(self, now: float) -> float:
         """Units the server would accept now, as far as this mirror knows."""
         levels = [math.inf]
-        if self.model is Model.TOLD and self._told is not None:
+        if self.model is _TOLD and self._told is not None:
             levels.append(self._told.available(now))
-        elif self.model is Model.BUCKET and self._bucket is not None:
+        elif self.model is _BUCKET and self._bucket is not None:
             levels.append(self._bucket.refill(now))
-        elif self.model is Model.WINDOW:
+        elif self.model is _WINDOW:
             levels.append(self._window_level(now))
         if self._ceiling is not None:
             levels.append(self._ceiling.refill(now))
@@ -192,11 +200,11 @@ class Budget:
             return 0.0
         wait = 0.0
         m = self.model
-        if m is Model.TOLD and self._told is not None:
+        if m is _TOLD and self._told is not None:
             wait = self._told.wait_time(now, weight)
-        elif m is Model.BUCKET and self._bucket is not None:
+        elif m is _BUCKET and self._bucket is not None:
             wait = self._bucket.wait(now, weight)
-        elif m is Model.WINDOW:
+        elif m is _WINDOW:
             wait = self._window_wait(now, weight)
         if self._ceiling is not None:
             wait = max(wait, self._ceiling.wait(now, weight))
@@ -208,12 +216,12 @@ class Budget:
             return self.charged
         self.charged += weight
         self._log.commit(now, weight)
-        if self.model is Model.TOLD and self._told is not None:
+        if self.model is _TOLD and self._told is not None:
             self._told.commit(now, weight)
-        elif self.model is Model.BUCKET and self._bucket is not None:
+        elif self.model is _BUCKET and self._bucket is not None:
             self._bucket.refill(now)
             self._bucket.level -= weight
-        elif self.model is Model.WINDOW:
+        elif self.model is _WINDOW:
             self._window_level(now)
             self._level -= weight
         if self._ceiling is not None:
@@ -226,12 +234,12 @@ class Budget:
         if weight <= 0:
             return
         self._log.settle(admitted_at, weight, 0.0)
-        if self.model is Model.TOLD and self._told is not None:
+        if self.model is _TOLD and self._told is not None:
             self._told.settle(admitted_at, weight, 0.0)
-        elif self.model is Model.BUCKET and self._bucket is not None:
+        elif self.model is _BUCKET and self._bucket is not None:
             b = self._bucket
             b.level = min(b.capacity, b.level + weight)
-        elif self.model is Model.WINDOW:
+        elif self.model is _WINDOW:
             self._level = min(self._capacity, self._level + weight)
         if self._ceiling is not None:
             c = self._ceiling
@@ -250,7 +258,7 @@ class Budget:
         """
         if actual < estimated and not self.refunds:
             return
-        if self.model is Model.TOLD and self._told is not None:
+        if self.model is _TOLD and self._told is not None:
             self._told.settle(admitted_at, estimated, actual)
             self._log.settle(admitted_at, estimated, actual)
 
@@ -282,9 +290,9 @@ class Budget:
         implied = remaining + (reset * server_rate if reset is not None else self.server_limit)
         slack = self.server_limit * _BUCKET_SLACK + 1.0 + 0.002 * server_rate
         if implied > self.server_limit + slack:
-            if self.model is not Model.WINDOW:
+            if self.model is not _WINDOW:
                 self._enter_window(now, "its reset is longer than a bucket would need")
-        elif self.model is not Model.WINDOW:
+        elif self.model is not _WINDOW:
             # Every answer bounds the capacity from above (rounded figures,
             # Anthropic's whole-second resets, only ever overstate it): keep
             # the tightest bound seen for this limit.
@@ -292,7 +300,7 @@ class Budget:
                 self._implied_for, self._implied_min = self.server_limit, math.inf
             self._implied_min = min(self._implied_min, implied)
             capacity = min(max(self._implied_min, remaining, 1.0), self.server_limit)
-            if self._bucket is None or self.model is not Model.BUCKET:
+            if self._bucket is None or self.model is not _BUCKET:
                 self._enter_bucket(now, capacity)
             assert self._bucket is not None
             self._bucket.capacity = capacity
@@ -302,12 +310,12 @@ class Budget:
             return
         self._basis = sent_at
         after = max(0.0, self.charged - mark)
-        if self.model is Model.BUCKET and self._bucket is not None:
+        if self.model is _BUCKET and self._bucket is not None:
             b = self._bucket
             held = min(b.capacity, remaining + b.rate * max(0.0, now - sent_at))
             b.level = held - after
             b.t = now
-        elif self.model is Model.WINDOW:
+        elif self.model is _WINDOW:
             self._capacity = self.server_limit
             self._level = remaining - after
             self._full_at = sent_at + reset if reset is not None else None
@@ -326,7 +334,7 @@ class Budget:
         `limit` is one the refusal named ("Limit 3, Used 3"); with none known
         yet, what we sent within the last window is taken as the limit.
         """
-        if self.model is not Model.TOLD:
+        if self.model is not _TOLD:
             self._log.settle(sent_at, weight, 0.0)
         if limit is not None and limit > 0:
             self.server_limit = float(limit)
@@ -350,7 +358,7 @@ class Budget:
             _SHORT_RETRY_WHOLE_SECONDS,
         )
         m = self.model
-        if m is Model.OPEN or (m is Model.BUCKET and not short):
+        if m is _OPEN or (m is _BUCKET and not short):
             if short:
                 # A bucket briefly empty: pace at its rate from empty; no
                 # headers will say how big it is, so assume `burst` seconds.
@@ -362,15 +370,15 @@ class Budget:
                 self._enter_window(now, "a refusal with a long wait")
                 self._level = 0.0
                 self._full_at = now + (retry_after or 0.0)
-        elif m is Model.BUCKET and self._bucket is not None:
+        elif m is _BUCKET and self._bucket is not None:
             self._bucket.refill(now)
             self._bucket.level = min(self._bucket.level, 0.0)
-        elif m is Model.WINDOW:
+        elif m is _WINDOW:
             self._window_level(now)
             self._level = min(self._level, 0.0)
             if retry_after is not None and self._full_at is not None:
                 self._full_at = max(self._full_at, now + retry_after)
-        elif m is Model.TOLD and self._told is not None and self.limit:
+        elif m is _TOLD and self._told is not None and self.limit:
             # The server's limit is below the one told.
             self._told.set_limit(self.limit)
 
@@ -380,14 +388,14 @@ class Budget:
         if level is None:
             level = capacity - min(capacity, self._recent(now))
         self._bucket = _Bucket(self.server_rate(), capacity, level, now)
-        self.model = Model.BUCKET
+        self.model = _BUCKET
         self.why = f"the server's bucket: {capacity:g} at once, {self.server_rate():g}/s"
 
     def _enter_window(self, now: float, why: str) -> None:
         self._capacity = self.server_limit or self.limit or 0.0
         self._level = self._capacity - self._log.in_window(now)
         self._full_at = None
-        self.model = Model.WINDOW
+        self.model = _WINDOW
         self.why = f"the server's window: {self._capacity:g} per {self.window:g}s ({why})"
 
     def _lift_ceiling(self, now: float) -> None:

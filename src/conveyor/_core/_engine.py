@@ -29,7 +29,7 @@ from ._outcome import StopKind
 from ._output import Output
 from ._progress import RateMeter
 from ._sampler import SamplerPolicy
-from ._source import ThreadedSource, needs_thread
+from ._source import NOT_READY, ThreadedSource, needs_thread
 from ._threads import ThreadRunner
 from ._watch import EngineWatch
 
@@ -89,6 +89,7 @@ class Engine(ItemRunner, EngineWatch):
     ) -> None:
         self._invoke = invoker
         self._cancels_cleanly = cancels_cleanly(invoker)
+        self._deadlines = None  # attempt timeouts (`_deadlines`), made at the first attempt
         self.opts = options
         self._clock = options.clock
         self._deliver = deliver
@@ -263,22 +264,30 @@ class Engine(ItemRunner, EngineWatch):
         try:
             if isinstance(items, AsyncIterable):
                 it = aiter(items)
+                # Items the source thread has ready are taken without a wait.
+                ready = items.ready if isinstance(items, ThreadedSource) else None
                 while True:
-                    # While waiting on the source the producer may be cancelled by
-                    # stop(): a source that never yields again must not hang it.
-                    self._reading = True
-                    try:
-                        item = await anext(it)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        self._reading = False
-                    if not await self._admit_item(index, item):
+                    item = ready() if ready is not None else NOT_READY
+                    if item is NOT_READY:
+                        # While waiting on the source the producer may be cancelled by
+                        # stop(): a source that never yields again must not hang it.
+                        self._reading = True
+                        try:
+                            item = await anext(it)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            self._reading = False
+                    if self._room_now():
+                        self._admit_at_once(index, item)
+                    elif not await self._admit_item(index, item):
                         break
                     index += 1
             else:
                 for item in items:
-                    if not await self._admit_item(index, item):
+                    if self._room_now():
+                        self._admit_at_once(index, item)
+                    elif not await self._admit_item(index, item):
                         break
                     index += 1
             if self._wave is not None:
@@ -322,15 +331,39 @@ class Engine(ItemRunner, EngineWatch):
             self._capacity.clear()
             await self._capacity.wait()
 
-    async def _admit_item(self, index: int, item: Any) -> bool:
-        if self._stop_kind is not None:
-            return self._drain_stopped(index, item)
+    def _key_for(self, index: int, item: Any) -> str | None:
+        """The item's key; None when the key function raised (the item failed)."""
         try:
-            key = str(index) if self.opts.key is None else str(self.opts.key(item))
+            return str(index) if self.opts.key is None else str(self.opts.key(item))
         except Exception as exc:
             self._emit(
                 self._result(index, str(index), item, Status.FAILED, ErrorInfo.from_exception(exc))
             )
+            return None
+
+    def _admit_at_once(self, index: int, item: Any) -> bool:
+        """`_admit_item` for an item that has a slot now (the producer checked:
+        not stopping, not full, no waves): the same steps without a coroutine."""
+        key = self._key_for(index, item)
+        if key is None:
+            return True
+        earlier = self.opts.previous(key) if self.opts.previous is not None else None
+        self._launch(index, key, item, earlier)
+        return True
+
+    def _room_now(self) -> bool:
+        return (
+            self._stop_kind is None
+            and self._wave is None
+            and len(self._buffer) < self._buffer_max
+            and not self._full()
+        )
+
+    async def _admit_item(self, index: int, item: Any) -> bool:
+        if self._stop_kind is not None:
+            return self._drain_stopped(index, item)
+        key = self._key_for(index, item)
+        if key is None:
             return True
         earlier = self.opts.previous(key) if self.opts.previous is not None else None
         while (earlier is None and self._full()) or len(self._buffer) >= self._buffer_max:
@@ -338,25 +371,30 @@ class Engine(ItemRunner, EngineWatch):
             await self._capacity.wait()
             if self.stopping:  # a property: re-read after the await
                 return self._drain_stopped(index, item)
+        self._launch(index, key, item, earlier)
+        if self._wave is not None:
+            self._wave_started += 1
+            if self._wave_started >= self._wave_size():
+                await self._end_wave()
+        return True
+
+    def _launch(self, index: int, key: str, item: Any, earlier: Result[Any] | None) -> None:
+        """Start the item's task (or report its earlier result)."""
         if earlier is not None:
             # Already done in an earlier run (the journal): report, don't run.
             earlier.index = index
             earlier.item = item
             earlier.meta["resumed"] = True
             self._emit(earlier)
-            return True
+            return
         st = _ItemState(index, key, item)
         task = self._loop.create_task(self._run_item(index, key, item, st))
+        st.task = task
         self._tasks[task] = st
         self._idle.clear()
         task.add_done_callback(self._task_done)
         if len(self._tasks) > self.max_in_flight:
             self.max_in_flight = len(self._tasks)
-        if self._wave is not None:
-            self._wave_started += 1
-            if self._wave_started >= self._wave_size():
-                await self._end_wave()
-        return True
 
     def _wave_size(self) -> int:
         return self.opts.batch_size or self.opts.concurrency

@@ -17,6 +17,7 @@ from .._base._exceptions import EndpointDown, FatalError, QuotaExceeded
 from .._base._types import ErrorInfo, Result, Status, Usage
 from ._admission import Refused
 from ._attempt import Attempt, _current
+from ._deadlines import Deadlines
 from ._outcome import StopKind
 from ._validation import Checker, Reask
 
@@ -38,6 +39,10 @@ log = logging.getLogger("conveyor")
 # retries (unless retries=0); past this many they count (never endless).
 _MAX_RATE_REFUSALS = 10
 
+# Enum members read per request, as module constants (on 3.11 `Enum.MEMBER` goes
+# through EnumType.__getattr__: ~10x a global; issue 18).
+_OK = Status.OK
+
 
 def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     """Tokens over every attempt of an item: each one is billed."""
@@ -46,6 +51,13 @@ def _add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     if total is None:
         return Usage(more.input_tokens, more.output_tokens)
     return Usage(total.input_tokens + more.input_tokens, total.output_tokens + more.output_tokens)
+
+
+def _applies(validate: Any, item: Any) -> bool:
+    """False when `validate` says (its optional `applies(item)`) that it leaves
+    every answer to `item` as it is: the item's answers then skip it."""
+    applies = getattr(validate, "applies", None)
+    return True if applies is None else bool(applies(item))
 
 
 class FatalItem(Exception):
@@ -67,7 +79,7 @@ class _BaseExceptionRaised(Exception):
 
 
 class _ItemState:
-    __slots__ = ("attempt_running", "index", "item", "key", "reported")
+    __slots__ = ("attempt_running", "index", "item", "key", "reported", "task")
 
     def __init__(self, index: int, key: str, item: Any) -> None:
         self.index = index
@@ -75,6 +87,7 @@ class _ItemState:
         self.item = item
         self.attempt_running = False
         self.reported = False  # set once the coroutine ran (it always reports)
+        self.task: asyncio.Task[None] | None = None  # the item's task, once created
 
 
 class ItemRunner:
@@ -96,6 +109,7 @@ class ItemRunner:
         _recovered: asyncio.Event
         _closes_seen: int
         _cancels_cleanly: bool
+        _deadlines: Deadlines | None
 
         def stop(self, kind: StopKind | str = StopKind.INTERRUPT) -> None: ...
         def _emit(self, r: Result[Any]) -> None: ...
@@ -110,7 +124,10 @@ class ItemRunner:
         attempts = 0
         error: ErrorInfo | None = None
         usage: Usage | None = None
-        checker = Checker(self.opts.reask) if self.opts.validate is not None else None
+        validate = self.opts.validate
+        if validate is not None and not _applies(validate, item):
+            validate = None  # this item's answers are not checked: no checker, no verdicts
+        checker = Checker(self.opts.reask) if validate is not None else None
         reask: Reask | None = None
         try:
             self._dispatch.start(index, key, item)
@@ -136,8 +153,11 @@ class ItemRunner:
                 if why is not None:
                     raise FatalItem(why)
             refusals = 0  # rate-limit refusals: waited out, not counted as retries
+            admission = self._admission
             while True:
-                ticket = await self._admission.admit(weight, split)
+                ticket = admission.admit_now(weight, split)
+                if ticket is None:
+                    ticket = await admission.admit(weight, split)
                 attempts += 1
                 self._attempts += 1
                 attempt = Attempt(index, key, attempts, reask=reask)
@@ -145,7 +165,7 @@ class ItemRunner:
                 sent = clock.now()
                 try:
                     try:
-                        value = await self._attempt(item, attempt)
+                        value = await self._attempt(item, attempt, st.task)
                     except (KeyboardInterrupt, SystemExit):
                         # Ctrl+C semantics from inside fn: stop the run, this
                         # item is cancelled (a resume runs it again).
@@ -236,20 +256,20 @@ class ItemRunner:
                 self._admission.settle(attempt, ticket)
                 self._admission.on_success()
                 self._note_recovery()
-                if not attempt.cached:
-                    self._admission.observe(
+                if not attempt.cached and admission.congestion is not None:
+                    admission.observe(
                         clock.now() - sent, ok=True, in_flight=len(self._tasks), usage=usage
                     )
                 verdict = None
-                if checker is not None and self.opts.validate is not None:
-                    verdict = checker.judge(self.opts.validate, item, value, attempt)
+                if checker is not None and validate is not None:
+                    verdict = checker.judge(validate, item, value, attempt)
                     if verdict.reask is not None:  # invalid: ask again (same limits)
                         reask = verdict.reask
                         log.debug("item %s: invalid answer, re-ask %d", key, reask.number)
                         continue
                     value = verdict.value
                 bad = verdict.error if verdict is not None else None
-                status = Status.OK if bad is None else Status.FAILED
+                status = _OK if bad is None else Status.FAILED
                 info = None if bad is None else ErrorInfo.from_exception(bad)
                 r = self._result(index, key, item, status, info, attempts, wall0, t0, usage)
                 if bad is None:
@@ -302,23 +322,42 @@ class ItemRunner:
             value = await value
         return value
 
-    async def _attempt(self, item: Any, attempt: Attempt) -> Any:
+    async def _attempt(
+        self, item: Any, attempt: Attempt, task: asyncio.Task[Any] | None = None
+    ) -> Any:
         _current.set(attempt)
         timeout = self.opts.timeout
         if timeout is None:
             return await self._call(item)
         if self._cancels_cleanly:
             # Our own calls end when cancelled and return no awaitable to
-            # await again: the timeout is a timer on this task, not a task
-            # and a wait per attempt.
-            deadline = asyncio.timeout(timeout)
+            # await again: the timeout cancels this task, from a timer shared
+            # with the attempts that started about when this one did
+            # (`_deadlines`), not a task, a wait or a timer per attempt.
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = Deadlines(asyncio.get_running_loop(), timeout)
+            if task is None:  # the item's own task (`_ItemState.task`)
+                task = cast("asyncio.Task[Any]", asyncio.current_task())
+            cancelling = task.cancelling()
+            slice_ = deadlines.enter(task)
             try:
-                async with deadline:
-                    return await self._invoke(item, cast("Engine", self))
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the call's own TimeoutError, not our deadline
-            raise TimeoutError(f"attempt {attempt.number} exceeded the timeout of {timeout:g}s")
+                return await self._invoke(item, cast("Engine", self))
+            except asyncio.CancelledError:
+                expired = deadlines.expired
+                if task in expired:
+                    expired.discard(task)
+                    if task.uncancel() <= cancelling:  # ours alone, as asyncio.timeout
+                        raise TimeoutError(
+                            f"attempt {attempt.number} exceeded the timeout of {timeout:g}s"
+                        ) from None
+                raise
+            finally:
+                if slice_.pop(task, None) is None and task in deadlines.expired:
+                    # Cancelled for its deadline, yet it ended otherwise: the
+                    # cancellation is withdrawn, as asyncio.timeout does.
+                    deadlines.expired.discard(task)
+                    task.uncancel()
         # The call runs as its own task: a function that swallows
         # CancelledError is abandoned at the timeout instead of hanging us.
         task = asyncio.ensure_future(self._call(item))

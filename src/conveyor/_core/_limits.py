@@ -250,6 +250,13 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Members as module constants: on 3.11 `EnumClass.MEMBER` goes through EnumType.__getattr__
+# (~10x a global), and these are read several times per request (issue 18).
+_CLOSED = BreakerState.CLOSED
+_OPEN = BreakerState.OPEN
+_HALF_OPEN = BreakerState.HALF_OPEN
+
+
 class CircuitBreaker:
     """Pauses (never fails) admission while the endpoint looks down.
 
@@ -269,7 +276,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self.base_cooldown = float(cooldown)
         self.max_cooldown = max(float(max_cooldown), self.base_cooldown)
-        self.state = BreakerState.CLOSED
+        self.state = _CLOSED
         self._failures = 0
         self._cooldown = self.base_cooldown
         self._open_until = 0.0
@@ -280,18 +287,18 @@ class CircuitBreaker:
 
     def outage(self, now: float) -> float:
         """Seconds since the first of the failures that opened it; 0 while closed."""
-        if self.state is BreakerState.CLOSED or self._down_since is None:
+        if self.state is _CLOSED or self._down_since is None:
             return 0.0
         return now - self._down_since
 
     def wait_time(self, now: float) -> float:
         """0.0 if an attempt may start now (and claims the probe if half-open)."""
-        if self.state is BreakerState.CLOSED:
+        if self.state is _CLOSED:
             return 0.0
-        if self.state is BreakerState.OPEN:
+        if self.state is _OPEN:
             if now < self._open_until:
                 return self._open_until - now
-            self.state = BreakerState.HALF_OPEN
+            self.state = _HALF_OPEN
             self._probe_out = False
         if not self._probe_out:
             self._probe_out = True
@@ -302,10 +309,10 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._failures = 0
         self._down_since = None
-        if self.state is not BreakerState.CLOSED:
+        if self.state is not _CLOSED:
             log.warning("circuit breaker closed: the endpoint answered again; resuming")
             self.closes += 1
-            self.state = BreakerState.CLOSED
+            self.state = _CLOSED
             self._cooldown = self.base_cooldown
             self._probe_out = False
 
@@ -313,14 +320,14 @@ class CircuitBreaker:
         self._failures += 1
         if self._down_since is None:
             self._down_since = now
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is _HALF_OPEN:
             self._cooldown = min(self.max_cooldown, self._cooldown * 2)
             self._open(now)
-        elif self.state is BreakerState.CLOSED and self._failures >= self.threshold:
+        elif self.state is _CLOSED and self._failures >= self.threshold:
             self._open(now)
 
     def _open(self, now: float) -> None:
-        if self.state is BreakerState.CLOSED:
+        if self.state is _CLOSED:
             log.warning(
                 "circuit breaker open: %d consecutive failures; pausing, probing in %.0fs",
                 self._failures,
@@ -328,7 +335,7 @@ class CircuitBreaker:
             )
         else:
             log.info("circuit breaker probe failed; next probe in %.0fs", self._cooldown)
-        self.state = BreakerState.OPEN
+        self.state = _OPEN
         self._open_until = now + self._cooldown
         self._probe_out = False
         self.opened += 1

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator
 from typing import Any
 
-__all__ = ["LOOKAHEAD", "ThreadedSource", "needs_thread"]
+__all__ = ["LOOKAHEAD", "NOT_READY", "ThreadedSource", "needs_thread"]
 
 LOOKAHEAD = 256
 """Items a generator is pulled ahead of the engine at most: enough that the
@@ -29,6 +29,8 @@ that memory stays bounded by concurrency and this buffer (a few hundred KB
 of request lines)."""
 
 _END = object()
+NOT_READY = object()
+"""What `ThreadedSource.ready` returns when no item is ready (await the next one)."""
 
 
 def needs_thread(items: Iterable[Any]) -> bool:
@@ -57,6 +59,7 @@ class ThreadedSource(AsyncIterator[Any]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._waiting = False  # the thread waits for room (set and cleared under the lock)
 
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -71,7 +74,9 @@ class ThreadedSource(AsyncIterator[Any]):
                     # Full: wait until the loop has taken half (one wake-up
                     # per half-buffer, not one per item).
                     while len(self._ready) >= self._lookahead and not self._closed:
+                        self._waiting = True
                         self._cond.wait()
+                        self._waiting = False
                     if self._closed:
                         return
                 try:
@@ -101,6 +106,33 @@ class ThreadedSource(AsyncIterator[Any]):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def ready(self) -> Any:
+        """The next item if the thread has it ready, else `NOT_READY` (then await
+        `__anext__`, which also ends the iteration and raises the source's error)."""
+        if self._thread is None or not self._ready:
+            return NOT_READY
+        item = self._ready[0]
+        if item is _END or isinstance(item, _Failed):
+            return NOT_READY  # left for __anext__
+        self._ready.popleft()
+        self._room()
+        return item
+
+    def _room(self) -> None:
+        """Wake the thread waiting for room once half the buffer is free. Never
+        blocks the loop on the lock (the thread holds it while it pushes, and a
+        blocked loop thread waits for the GIL too): if it is taken, the next
+        item taken tries again (the thread, once it waits, holds it no more)."""
+        if (
+            self._waiting
+            and len(self._ready) <= self._lookahead // 2
+            and self._cond.acquire(blocking=False)
+        ):
+            try:
+                self._cond.notify()
+            finally:
+                self._cond.release()
+
     def __aiter__(self) -> ThreadedSource:
         return self
 
@@ -110,9 +142,7 @@ class ThreadedSource(AsyncIterator[Any]):
         while True:
             if self._ready:  # deque ends are thread-safe: no lock on the fast path
                 item = self._ready.popleft()
-                if len(self._ready) == self._lookahead // 2:
-                    with self._cond:
-                        self._cond.notify()
+                self._room()
                 break
             with self._cond:
                 if self._ready:

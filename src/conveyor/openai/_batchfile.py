@@ -23,6 +23,7 @@ got no HTTP answer (timeout, connection error, bad input line).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -76,6 +77,7 @@ _MAX_ID_SHOWN: Final = 80
 _MAX_BAD_KEPT: Final = 1000
 
 
+@functools.lru_cache(maxsize=256)  # a file has a handful of urls; two calls a line
 def endpoint_of(url: str) -> str:
     """The endpoint path without the ``/v1`` prefix: ``/v1/embeddings`` -> ``/embeddings``."""
     u = url.strip()
@@ -510,6 +512,31 @@ def format_response(
             "error": None,
         },
         option=_DUMP_OPTS,
+    )
+
+
+def format_response_raw(
+    custom_id: str | None, status_code: int, raw: bytes, request_id: str | None
+) -> bytes | None:
+    """`format_response` with the body as the server sent it, spliced in instead of
+    parsed and encoded again; None when `raw` is not a JSON object on one line
+    (then `format_response`). `raw` must be a body that parsed as JSON."""
+    if raw[:1] != b"{" or raw[-1:] != b"}" or b"\n" in raw or b"\r" in raw:
+        return None
+    return b"".join(
+        (
+            b'{"id":"',
+            _request_id(custom_id, None).encode(),
+            b'","custom_id":',
+            orjson.dumps(custom_id),
+            b',"response":{"status_code":',
+            str(int(status_code)).encode(),
+            b',"request_id":',
+            orjson.dumps(request_id),
+            b',"body":',
+            raw,
+            b'},"error":null}\n',
+        )
     )
 
 

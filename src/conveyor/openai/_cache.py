@@ -55,17 +55,28 @@ class CachedResponse:
     tokens: int = 0
 
 
-def request_key(url: str, body: Any) -> str:
-    """A stable hash of (url, body as canonical JSON): equal requests, equal keys."""
+def _canonical(body: Any) -> bytes:
     try:
-        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
         # e.g. integers past 64 bits: the stdlib encoder is slower but complete.
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        canonical = text.encode()
+        return text.encode()
+
+
+def _digest(url: str, canonical: bytes) -> str:
     digest = hashlib.sha256(url.encode() + b"\n")
     digest.update(canonical)  # not concatenated: a 50 MB body is not copied again
     return digest.hexdigest()
+
+
+def request_key(url: str, body: Any) -> str:
+    """A stable hash of (url, body as canonical JSON): equal requests, equal keys."""
+    return _digest(url, _canonical(body))
+
+
+# In memory, a request up to this size is its own key (no hash); a larger one is hashed.
+_PLAIN_KEY_MAX = 2048
 
 
 def usage_tokens(body: bytes) -> int:
@@ -126,7 +137,7 @@ class ResponseCache:
         self.misses = 0
         self.tokens_saved = 0
         self._lock = threading.Lock()
-        self._memory: OrderedDict[str, CachedResponse] = OrderedDict()
+        self._memory: OrderedDict[str | bytes, CachedResponse] = OrderedDict()
         self._max_entries = max_entries
         self._conn: sqlite3.Connection | None = None
         self._path = None if path is None else os.path.abspath(os.fspath(path))
@@ -136,6 +147,15 @@ class ResponseCache:
     @staticmethod
     def key(url: str, body: Any) -> str:
         return request_key(url, body)
+
+    def key_for(self, url: str, body: Any) -> str | bytes:
+        """The key of a request here: `request_key` in a file (a hash, the same in
+        every run); in memory, where keys never leave this process, a small
+        request's canonical form itself (equal requests, equal keys; no hash)."""
+        canonical = _canonical(body)
+        if self._conn is not None or len(canonical) > _PLAIN_KEY_MAX:
+            return _digest(url, canonical)
+        return url.encode() + b"\n" + canonical
 
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
@@ -174,7 +194,7 @@ class ResponseCache:
             raise
         return conn
 
-    def get(self, key: str) -> CachedResponse | None:
+    def get(self, key: str | bytes) -> CachedResponse | None:
         """The stored response for `key` (counted as a hit), or None (a miss)."""
         with self._lock:
             if self._conn is None:
@@ -195,7 +215,9 @@ class ResponseCache:
                 self.tokens_saved += found.tokens
             return found
 
-    def put(self, key: str, status_code: int, body: bytes, *, tokens: int | None = None) -> None:
+    def put(
+        self, key: str | bytes, status_code: int, body: bytes, *, tokens: int | None = None
+    ) -> None:
         """Store a response (replacing any previous one for `key`); `tokens`, when the
         caller knows them, saves parsing `body` again for its `usage`."""
         tokens = usage_tokens(body) if tokens is None else tokens
@@ -250,7 +272,9 @@ class InflightDedupe(Generic[K, V]):
     """
 
     def __init__(self) -> None:
-        self._inflight: dict[K, asyncio.Future[V]] = {}
+        # key -> the future its waiters await; None while nobody waits (most calls
+        # have no twin in flight: no future is made for them).
+        self._inflight: dict[K, asyncio.Future[V] | None] = {}
         self.calls = 0
         self.joined = 0
 
@@ -258,7 +282,10 @@ class InflightDedupe(Generic[K, V]):
         return len(self._inflight)
 
     async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
-        while (fut := self._inflight.get(key)) is not None:
+        while key in self._inflight:
+            fut = self._inflight[key]
+            if fut is None:
+                fut = self._inflight[key] = asyncio.get_running_loop().create_future()
             try:
                 # shield: a cancelled waiter must not cancel the shared call.
                 value = await asyncio.shield(fut)
@@ -269,20 +296,44 @@ class InflightDedupe(Generic[K, V]):
                 raise
             self.joined += 1
             return value
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        self.calls += 1
+        led = self.lead(key)
+        assert led  # nobody leads it: no await since the check
         try:
             value = await call()
         except Exception as exc:
+            self.fail(key, exc)
+            raise
+        except BaseException:
+            self.drop(key)  # cancelled (or BaseException): waiters retry as leaders
+            raise
+        self.done(key, value)
+        return value
+
+    # The leader's side, for a caller that runs the call itself (one coroutine
+    # less than `run`): `lead`, then exactly one of `done`, `fail`, `drop`.
+    # Only the leader of a key removes it, so these pop it without a check.
+
+    def lead(self, key: K) -> bool:
+        """True if the caller leads `key` now; False when another call with `key`
+        is in flight (join it with `run`)."""
+        if key in self._inflight:
+            return False
+        self._inflight[key] = None
+        self.calls += 1
+        return True
+
+    def done(self, key: K, value: V) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None:
+            fut.set_result(value)
+
+    def fail(self, key: K, exc: Exception) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None:
             fut.set_exception(exc)
             fut.exception()  # retrieved here, so an unawaited future logs nothing
-            raise
-        else:
-            fut.set_result(value)
-            return value
-        finally:
-            if not fut.done():
-                fut.cancel()  # cancelled (or BaseException): waiters retry as leaders
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
+
+    def drop(self, key: K) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.cancel()

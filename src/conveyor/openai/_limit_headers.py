@@ -87,7 +87,7 @@ _ALL_NAMES = frozenset(
 
 def read_limit_headers(headers: Any, *, wall: float | None = None) -> RateLimitHint | None:
     """The hint in a response's headers, or None if it carries none."""
-    if not any(k.lower() in _ALL_NAMES for k in headers):
+    if _ALL_NAMES.isdisjoint(map(str.lower, headers)):
         return None  # a server that sends none (the common case): one pass, no parsing
     hint = RateLimitHint()
     found = False

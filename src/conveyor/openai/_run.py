@@ -338,9 +338,12 @@ async def arun_file(
                 stream.attach_control(_control)
             report: BatchReport | None = None
             try:
-                async for result in stream:
-                    if sink is not None and result.status in _TERMINAL:
-                        await sink.add(result)
+                # Batch by batch (every result ready now), not one `__anext__` a result.
+                while batch := await stream.next_batch():
+                    if sink is not None:
+                        for result in batch:
+                            if result.status in _TERMINAL:
+                                await sink.add(result)
                 report = stream.report
             except BaseException as exc:
                 report = getattr(exc, "report", None) or stream.report

@@ -24,9 +24,10 @@ from ._batchfile import (
     format_bad_line,
     format_error,
     format_response,
+    format_response_raw,
     read_requests,
 )
-from ._cache import InflightDedupe, ResponseCache, body_tokens, request_key
+from ._cache import InflightDedupe, ResponseCache, body_tokens
 from ._http import Answer, AuthError, Endpoint, HTTPClientError, HTTPRetryable, OpenAIClient
 from ._structured import Validator, format_invalid, parsed_of, prepare, reask_request
 from ._template import PromptTemplate, build_requests, read_records
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 Item = RequestLine | BadLine
+_OK = Status.OK  # read per output line: a constant, not EnumType.__getattr__ (3.11)
 
 
 def default_journal_path(output: str | os.PathLike[str]) -> Path:
@@ -130,8 +132,13 @@ def format_line(result: Result[Any]) -> bytes:
         bad = item if item.duplicate_of is None else _anonymous(item)
         return format_bad_line(bad)
     custom_id = item.custom_id if isinstance(item, RequestLine) else result.key
-    if result.status is Status.OK and isinstance(result.value, Answer):
+    if result.status is _OK and isinstance(result.value, Answer):
         a = result.value
+        if a.raw is not None and not a.checked:
+            # The body as received, not parsed and encoded again (the same JSON).
+            line = format_response_raw(custom_id, a.status, a.raw, a.request_id)
+            if line is not None:
+                return line
         return parsed_of(format_response(custom_id, a.status, a.body, a.request_id), a)
     invalid = format_invalid(custom_id, result)
     if invalid is not None:
@@ -216,55 +223,97 @@ class _Caller:
     def __init__(self, client: OpenAIClient, cache: ResponseCache | None) -> None:
         self._client = client
         self._cache = cache
-        self._inflight: InflightDedupe[str, Answer] = InflightDedupe()
+        self._inflight: InflightDedupe[str | bytes, Answer] = InflightDedupe()
         self._answered = False
         self._refused = 0
 
-    async def _post(self, req: RequestLine) -> Answer:
-        try:
-            answer = await self._client.post(req.endpoint, req.body)
-        except HTTPRetryable as exc:
+    def _failed(self, exc: Exception) -> Exception:
+        """Note what a failed request says of the endpoint; the error to raise."""
+        if isinstance(exc, HTTPRetryable):
             if exc.status_code is None and not self._answered:
                 # Not this item's fault: if it runs out of attempts before
                 # the stop, it is cancelled (a resume sends it), not failed.
                 exc.resumable = True  # type: ignore[attr-defined]
                 self._refused += 1
                 if self._refused >= self.UNREACHABLE_AFTER:
-                    raise FatalError(
+                    return FatalError(
                         f"cannot reach {self._client.endpoint.base_url} ({exc}); is the server "
                         "running? check `base_url=` / OPENAI_BASE_URL. Nothing was lost: run "
                         "the same command again to resume."
-                    ) from None
+                    )
             else:
                 self._answered = True
-            raise
-        except (HTTPClientError, AuthError):
+        elif isinstance(exc, HTTPClientError | AuthError):
             self._answered = True
-            raise
+        return exc
+
+    async def _post(self, req: RequestLine) -> Answer:
+        client = self._client
+        try:
+            answer = client.answer(*await client.exchange(req.endpoint, req.body))
+        except Exception as exc:
+            err = self._failed(exc)
+            if err is exc:
+                raise
+            raise err from None
         self._answered = True
         return answer
 
     async def __call__(self, req: Item) -> Answer:
         if isinstance(req, BadLine):  # rejected by cost() before any attempt
             raise bad_line_error(req)
-        req = reask_request(req, current_attempt())  # the same request, or its re-ask
-        if self._cache is None:
+        attempt = current_attempt()
+        if attempt is not None and attempt.reask is not None:
+            req = reask_request(req, attempt)  # the same request, asked again
+        cache = self._cache
+        if cache is None:
             return await self._post(req)
-        key = request_key(req.url, req.body)
-        hit = self._cache.get(key)
+        key = cache.key_for(req.url, req.body)
+        hit = cache.get(key)
         if hit is not None:
             report_cached()
             return Answer(hit.status_code, orjson.loads(hit.body), None)
+        inflight = self._inflight
+        if not inflight.lead(key):
+            return await self._join(req, key)
+        # The usual case: nobody sends the same request now; this call leads.
+        # (`_post` and `_keep` written out here: two coroutine layers less.)
+        client = self._client
+        try:
+            try:
+                answer = client.answer(*await client.exchange(req.endpoint, req.body))
+            except Exception as exc:
+                err = self._failed(exc)
+                if err is exc:
+                    raise
+                raise err from None
+            self._answered = True
+            self._keep(key, answer)
+        except Exception as exc:
+            inflight.fail(key, exc)
+            raise
+        except BaseException:
+            inflight.drop(key)
+            raise
+        inflight.done(key, answer)
+        return answer
+
+    def _keep(self, key: str | bytes, answer: Answer) -> None:
+        assert self._cache is not None
+        # The body as received: an exact-size copy, not an encoder's buffer.
+        raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
+        self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
+
+    async def _join(self, req: RequestLine, key: str | bytes) -> Answer:
+        """The same request is in flight: its answer is this one's too (or this
+        call sends it after all, if that one was cancelled)."""
         sent = False
 
         async def send() -> Answer:
             nonlocal sent
             sent = True
             answer = await self._post(req)
-            assert self._cache is not None
-            # The body as received: an exact-size copy, not an encoder's buffer.
-            raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
-            self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
+            self._keep(key, answer)
             return answer
 
         answer = await self._inflight.run(key, send)

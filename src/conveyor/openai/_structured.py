@@ -70,6 +70,16 @@ def _spec(req: RequestLine, forced: Rule | None, where: str) -> AnswerSpec | Non
     return spec_for(req.body, req.endpoint, forced, where)
 
 
+def _schema_error(req: RequestLine, forced: Rule | None, path: Path) -> str:
+    """The error of a line whose schema is bad, naming where it is (the check
+    again: the where-string is not built for every line that passes)."""
+    try:
+        _spec(req, forced, _where(path, req))
+    except SchemaInvalid as exc:
+        return str(exc)
+    return f"{_where(path, req)}: invalid schema"  # not reached: the same check fails again
+
+
 def prepare(
     items: Iterator[RequestLine | BadLine], path: Path, forced: Rule | None
 ) -> Iterator[RequestLine | BadLine]:
@@ -80,9 +90,9 @@ def prepare(
             yield item
             continue
         try:
-            spec = _spec(item, forced, _where(path, item))
-        except SchemaInvalid as exc:
-            yield BadLine(item.line, str(exc), item.custom_id)
+            spec = _spec(item, forced, "")  # where it is: named only in an error
+        except SchemaInvalid:
+            yield BadLine(item.line, _schema_error(item, forced, path), item.custom_id)
             continue
         if forced is not None and spec is not None and spec.kind == "text":
             body = inject(item.body, item.endpoint, forced)
@@ -110,6 +120,16 @@ class Validator:
 
     def __init__(self, forced: Rule | None) -> None:
         self._forced = forced
+
+    def applies(self, item: Any) -> bool:
+        """False for a line whose answers are never checked (no schema, no
+        tools): the engine then skips validation for it altogether."""
+        if not isinstance(item, RequestLine):
+            return False
+        try:
+            return _spec(item, self._forced, "") is not None
+        except SchemaInvalid:
+            return True  # validation reports it
 
     def __call__(self, item: Any, value: Any) -> Any:
         if not isinstance(item, RequestLine) or not isinstance(value, Answer):

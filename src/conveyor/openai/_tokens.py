@@ -273,7 +273,11 @@ class _Estimator:
         total = TOKENS_PER_MESSAGE
         if not isinstance(msg, dict):
             return total
-        total += self.content(msg.get("content"))
+        content = msg.get("content")
+        if isinstance(content, str):  # the usual message: its text (one call, not two)
+            total += self.count_text(content)
+        else:
+            total += self.content(content)
         name = msg.get("name")
         if isinstance(name, str):
             total += TOKENS_PER_NAME + self.text(name)
@@ -284,8 +288,10 @@ class _Estimator:
                 if isinstance(fn, dict):
                     total += self.text(fn.get("name")) + self.text(fn.get("arguments"))
         # Responses API items that are not messages carry their text here.
-        for key in ("output", "arguments"):
-            total += self.text(msg.get(key))
+        if "output" in msg:
+            total += self.text(msg["output"])
+        if "arguments" in msg:
+            total += self.text(msg["arguments"])
         return total
 
     def token_list(self, value: Any) -> int:
@@ -305,7 +311,11 @@ class _Estimator:
         return total
 
     def tools(self, body: dict[str, Any]) -> int:
-        total = self.json(body.get("tools")) + self.json(body.get("functions"))
+        total = 0
+        if "tools" in body:  # (most bodies have none of these: no call each)
+            total += self.json(body["tools"])
+        if "functions" in body:
+            total += self.json(body["functions"])
         fmt = body.get("response_format")
         if isinstance(fmt, dict):
             total += self.json(fmt.get("json_schema"))
@@ -319,7 +329,9 @@ class _Estimator:
             msgs = body.get("messages")
             total = TOKENS_PER_REQUEST + self.tools(body)
             if isinstance(msgs, list):
-                total += sum(self.message(m) for m in msgs)
+                message = self.message
+                for m in msgs:
+                    total += message(m)
             return total
         if kind == "completions":
             return self.token_list(body.get("prompt")) + self.text(body.get("suffix"))
