@@ -127,6 +127,29 @@ def test_run_3_fatal_stop(srv: MockServer, env: dict[str, str], tmp_path: Path) 
     assert r.returncode == 3, r.stderr
 
 
+def test_run_3_when_the_output_fails_mid_run(
+    srv: MockServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Another program writes to the output while the run goes: the run stops.
+    Things were sent, so it is 3 (resumable), not 2 ("nothing sent")."""
+    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=3)
+    inp = requests_file(tmp_path / "in.jsonl", 3000)
+    out = tmp_path / "o.jsonl"
+    proc = subprocess.Popen([*CONVEYOR, *run_args(inp, out, srv, "-c", "4")], env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert eventually(lambda: has_results(out)(None) or proc.poll() is not None, within=60)
+        with out.open("ab") as f:
+            f.write(b"another program's line\n")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 3, err
+    assert "conveyor: stopped: output" in err and "changed under this run" in err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_130_interrupted(srv: MockServer, env: dict[str, str], tmp_path: Path,
                              sig: int) -> None:  # fmt: skip

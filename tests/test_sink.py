@@ -103,6 +103,24 @@ async def test_background_flush_by_interval(journal: Journal, tmp_path: Path) ->
         assert output_keys(out) == ["k00000", "k00001", "k00002"]
 
 
+async def test_each_result_is_committed_as_it_arrives_even_while_the_loop_is_busy(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """The writer thread commits a result handed to it without waiting for the
+    event loop to run again (a loop busy with answers must not hold results
+    uncommitted: a kill -9 would send them again), nor for `flush_interval`."""
+    out = tmp_path / "out.jsonl"
+    async with OutputSink(journal, out, fmt, flush_every=1000, flush_interval=600) as sink:
+        for i in range(3):
+            await sink.add(res(i))
+            # Blocking poll on this thread: the loop does not run until it ends.
+            deadline = time.monotonic() + 30
+            while journal.status_counts().get("ok", 0) <= i and time.monotonic() < deadline:
+                time.sleep(0.001)  # noqa: ASYNC251 - blocking the loop is the point
+            assert journal.status_counts() == {"ok": i + 1}
+        assert output_keys(out) == ["k00000", "k00001", "k00002"]
+
+
 async def test_event_loop_runs_during_flushes(journal: Journal, tmp_path: Path) -> None:
     """The SQLite work runs on the writer thread: the loop keeps ticking while it flushes."""
     ticks = 0

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._base._exceptions import ConveyorError
 from ._base._types import Result, Status
 from ._core._bloom import BloomFilter
 from ._core._outcome import StopKind
@@ -221,12 +222,24 @@ class JournaledStream(BatchIterator):
             for r in batch:
                 if r.status in self._commit and not r.meta.get("resumed"):
                     await sink.add(r if store is None else store(r))
-        except BaseException:
-            await self.aclose()
+        except BaseException as exc:
+            try:
+                await self.aclose()
+            except BaseException as again:
+                self._with_report(again)
+                raise
+            self._with_report(exc)
             raise
         if not batch:
             await self.aclose()
         return batch
+
+    def _with_report(self, exc: BaseException) -> None:
+        """An error that ends a run which had started (the journal or the output
+        failing mid-run) carries what finished, as a fatal stop does: the
+        command line then says "stopped" (exit 3), not "nothing was sent"."""
+        if isinstance(exc, ConveyorError) and exc.report is None:
+            exc.report = self.report
 
     async def aclose(self) -> None:
         """Stop the run (if still going), flush the sink, close the journal."""

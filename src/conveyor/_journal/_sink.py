@@ -250,15 +250,17 @@ class OutputSink:
             return
         self._closing = True
         try:
+            if self._thread is not None and self._error is None:
+                await self._committed(self._added)
+        finally:
+            self._closed = True
             if self._thread is not None:
-                if self._error is None:
-                    await self._committed(self._added)
+                # Even when this close is cancelled: the writer commits what it
+                # holds and ends before the file is closed under it.
                 with self._cv:
                     self._stopping = True
                     self._cv.notify()
-                self._thread.join()  # idle or failed by now: it ends at once
-        finally:
-            self._closed = True
+                self._thread.join()
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)

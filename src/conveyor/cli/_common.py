@@ -123,11 +123,14 @@ def cli_errors(fn: F) -> F:
             click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_USAGE)
         except ConveyorError as exc:
-            click.echo(f"conveyor: {cli_message(exc)}", err=True)
+            if exc.report is None:
+                click.echo(f"conveyor: {cli_message(exc)}", err=True)
+                sys.exit(EXIT_USAGE)
             # An error that ended a run which had started (it carries the run's
-            # report, e.g. the journal failing mid-run) is a stop: things were
-            # sent. 2 says "nothing sent".
-            sys.exit(EXIT_USAGE if exc.report is None else EXIT_FATAL)
+            # report: the journal or the output failing mid-run) is a stop:
+            # things were sent, and 2 says "nothing sent".
+            click.echo(f"conveyor: stopped: {cli_message(exc)}", err=True)
+            sys.exit(EXIT_FATAL)
 
     return wrapper  # type: ignore[return-value]
 
