@@ -259,6 +259,16 @@ class OutputSink:
                 self._thread.join()  # idle or failed by now: it ends at once
         finally:
             self._closed = True
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                # Cancelled (an abort) while the writer works: what it has not
+                # taken is not committed (a resume runs it again), and the batch
+                # it holds ends before the output's fd is closed (and reused).
+                with self._cv:
+                    self._buffer = []
+                    self._stopping = True
+                    self._cv.notify()
+                thread.join()
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
