@@ -433,3 +433,25 @@ async def test_a_slow_answer_times_out_and_is_written_as_timeout(
         assert ln["error"]["code"] == "timeout"
         assert "exceeded the timeout of 0.2s" in ln["error"]["message"]
         assert "after 2 attempt(s)" in ln["error"]["message"]
+
+
+async def test_a_server_that_never_answers_times_out_every_attempt(
+    start_mock: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """`timeout` is enforced on the HTTP path (its attempts time out through the
+    shared `_deadlines` timer, not `asyncio.timeout`): a server that accepts and
+    never answers ends every request timed out, each custom_id once, also the
+    twins that waited on an identical request in flight (dedupe) and the probe."""
+    srv = start_mock(api_key=KEY, seed=1, rate_hang=1.0)
+    out = tmp_path / "out.jsonl"
+    bodies = write_requests(tmp_path / "in.jsonl", 6, dup_every=2)
+    report = await arun_file(
+        tmp_path / "in.jsonl", settings(srv, out, timeout=0.3, retries=1, concurrency=6)
+    )
+    lines = list(read_output(out))
+    assert sorted(ln["custom_id"] for ln in lines) == sorted(bodies)
+    for ln in lines:
+        assert ln["response"] is None, ln
+        assert ln["error"]["code"] == "timeout", ln
+        assert "exceeded the timeout of 0.3s" in ln["error"]["message"], ln
+    assert report.counts["timed_out"] == 6
