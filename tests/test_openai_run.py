@@ -433,3 +433,89 @@ async def test_a_slow_answer_times_out_and_is_written_as_timeout(
         assert ln["error"]["code"] == "timeout"
         assert "exceeded the timeout of 0.2s" in ln["error"]["message"]
         assert "after 2 attempt(s)" in ln["error"]["message"]
+
+
+async def test_a_server_that_never_answers_times_out_every_attempt(
+    start_mock: Callable[..., MockServer], tmp_path: Path
+) -> None:
+    """`timeout` is enforced on the HTTP path (its attempts time out through the
+    shared `_deadlines` timer, not `asyncio.timeout`): a server that accepts and
+    never answers ends every request timed out, each custom_id once, also the
+    twins that waited on an identical request in flight (dedupe) and the probe."""
+    srv = start_mock(api_key=KEY, seed=1, rate_hang=1.0)
+    out = tmp_path / "out.jsonl"
+    bodies = write_requests(tmp_path / "in.jsonl", 6, dup_every=2)
+    report = await arun_file(
+        tmp_path / "in.jsonl", settings(srv, out, timeout=0.3, retries=1, concurrency=6)
+    )
+    lines = list(read_output(out))
+    assert sorted(ln["custom_id"] for ln in lines) == sorted(bodies)
+    for ln in lines:
+        assert ln["response"] is None, ln
+        assert ln["error"]["code"] == "timeout", ln
+        assert "exceeded the timeout of 0.3s" in ln["error"]["message"], ln
+    assert report.counts["timed_out"] == 6
+
+
+async def test_output_lines_are_one_line_of_json_whatever_the_body_looks_like(
+    tmp_path: Path,
+) -> None:
+    """Answers' bodies are spliced into the output as received when they are one
+    line: a pretty-printed body (newlines, CRLF), one ending in a newline, one
+    with non-ASCII text and escapes, all give one valid JSON line holding the same
+    body; a 200 that is a JSON array or not UTF-8 is a failure line, also one line.
+    A real loopback server sends the bytes."""
+    import json
+
+    from aiohttp import web
+
+    answer = {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "héllo\n\"q\" \u2028 ☃"},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
+                                              "total_tokens": 2}}  # fmt: skip
+    bodies = {
+        "plain": orjson.dumps(answer),
+        "pretty": json.dumps(answer, indent=2).encode(),
+        "crlf": json.dumps(answer, indent=1).replace("\n", "\r\n").encode(),
+        "trailing": orjson.dumps(answer) + b"\n",
+        "spaced": b"  " + orjson.dumps(answer) + b"  ",
+        "array": b"[1, 2]",
+        "latin1": '{"a": "caf\xe9"}'.encode("latin-1"),
+    }
+
+    async def handle(request: web.Request) -> web.Response:
+        kind = (await request.json())["messages"][0]["content"]
+        return web.Response(body=bodies[kind], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    with inp.open("wb") as f:
+        for kind in bodies:
+            body = {"model": "m", "messages": [{"role": "user", "content": kind}]}
+            line = {"custom_id": kind, "method": "POST", "url": "/v1/chat/completions"}
+            f.write(orjson.dumps({**line, "body": body}) + b"\n")
+    try:
+        s = RunSettings(output=out, base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
+                        concurrency=4, retries=0, timeout=10.0)  # fmt: skip
+        await arun_file(inp, s)
+    finally:
+        await runner.cleanup()
+    raw_lines = out.read_bytes().split(b"\n")
+    assert raw_lines[-1] == b""
+    lines = {}
+    for raw in raw_lines[:-1]:
+        assert b"\r" not in raw
+        ln = orjson.loads(raw)
+        lines[ln["custom_id"]] = ln
+    assert sorted(lines) == sorted(bodies)
+    for kind in ("plain", "pretty", "crlf", "trailing", "spaced"):
+        assert lines[kind]["error"] is None, lines[kind]
+        assert lines[kind]["response"]["body"] == answer, kind
+    for kind in ("array", "latin1"):
+        assert lines[kind]["error"] is not None or lines[kind]["response"]["status_code"] != 200

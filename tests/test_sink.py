@@ -598,3 +598,51 @@ async def test_a_kill_between_the_first_write_and_its_commit_leaves_a_resumable_
         await again.close()
     finally:
         journal.close()
+
+
+async def test_a_cancelled_close_leaves_no_writer_behind_the_closed_output(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A close cancelled while the writer commits (a second Ctrl+C, an aborted
+    run) returns only once the writer thread has ended: after it the output
+    file descriptor is closed (and may be reused by anything), so a writer
+    still running would write or truncate through it. What it had not taken
+    is committed before it ends, or not at all: the journal and the output agree
+    either way (a resume re-runs what is missing)."""
+    import sqlite3
+    import threading
+
+    out = tmp_path / "out.jsonl"
+    sink = OutputSink(journal, out, fmt, flush_every=1000)
+    other = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the writer's commit waits for this lock
+    released = threading.Event()
+
+    def release() -> None:  # once close has given up waiting (its loop may be blocked)
+        deadline = time.monotonic() + 10
+        while not sink._closed and time.monotonic() < deadline:
+            time.sleep(0.005)
+        other.rollback()
+        released.set()
+
+    try:
+        await sink.add(res(0))
+        deadline = time.monotonic() + 10
+        while file_size(out) == 0 and time.monotonic() < deadline:  # written, now committing
+            await asyncio.sleep(0.005)
+        assert file_size(out) > 0
+        await sink.add(res(1))  # waits behind the commit
+        closing = asyncio.get_running_loop().create_task(sink.close())
+        await asyncio.sleep(0)
+        threading.Thread(target=release, daemon=True).start()
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        assert sink._thread is not None
+        assert not sink._thread.is_alive()
+    finally:
+        released.wait(10)
+        other.close()
+    assert sink._error is None
+    assert_matches_journal(journal, out)
+    assert output_keys(out) in (["k00000"], ["k00000", "k00001"])
