@@ -46,6 +46,7 @@ from conveyor.mock._meters import ideal_finish, make_meter
 HERE = Path(__file__).resolve().parent
 LATENCY = 0.05
 CONCURRENCY = 100
+DEFAULT_CONCURRENCY = False  # --default-concurrency: conveyor runs without -c
 RPM = 6000
 TPM = 300_000
 MAX_TOKENS = 500  # prompt (~16) + max_tokens: ~516 tokens charged per request
@@ -208,7 +209,9 @@ def run_conveyor(
     url: str, inp: Path, out: Path, told: dict[str, float], timeout: float
 ) -> tuple[float, str]:
     cmd = [sys.executable, "-m", "conveyor", "run", str(inp), "-o", str(out), "--base-url", url,
-           "-c", str(CONCURRENCY), "--quiet", "--no-preflight", "--timeout", "60"]  # fmt: skip
+           "--quiet", "--no-preflight", "--timeout", "60"]  # fmt: skip
+    if not DEFAULT_CONCURRENCY:
+        cmd += ["-c", str(CONCURRENCY)]
     for flag, value in told.items():
         cmd += [f"--{flag}", str(value)]
     env = {**os.environ, "OPENAI_API_KEY": "bench-key"}
@@ -283,8 +286,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="Skip the headers-off-told cells.")
     ap.add_argument("--only", nargs="*", help="Cells whose name contains one of these.")
     ap.add_argument("--cases", action="store_true", help="The issue's three cases instead.")
+    ap.add_argument(
+        "--default-concurrency",
+        action="store_true",
+        help="Run conveyor without -c: its default (concurrency auto until the server "
+        "shows rate-limit headers or a 429).",
+    )
     args = ap.parse_args(argv)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  latency {LATENCY}s  -c {CONCURRENCY}")
+    global DEFAULT_CONCURRENCY
+    DEFAULT_CONCURRENCY = args.default_concurrency
+    shown = "default (no -c)" if DEFAULT_CONCURRENCY else CONCURRENCY
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  latency {LATENCY}s  -c {shown}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.cases:

@@ -202,3 +202,122 @@ def test_shared_limiter_gets_no_refund_when_refunds_are_off() -> None:
 
     assert asyncio.run(go(True)) == [(100.0, 15.0)]
     assert asyncio.run(go(False)) == [(100.0, 100.0)]
+
+
+# ---- the probe: one attempt first, then the whole window ---------------------------
+
+
+def _probing(n: int) -> tuple[Any, list[Any]]:
+    """An Admission that probes first, and `n` admissions started on it."""
+    import asyncio
+
+    from conveyor._core._admission import Admission
+    from conveyor._core._options import build_options
+
+    adm = Admission(build_options(concurrency=n, probe_first=True), lambda: False)
+    return adm, [asyncio.ensure_future(adm.admit(1.0)) for _ in range(n)]
+
+
+def test_the_probe_goes_alone_and_its_answer_opens_the_window_in_a_few_turns() -> None:
+    """While the probe is out nothing else is admitted, however long it takes;
+    its answer admits the waiters `_WAKE_BATCH` a turn of the loop (those first
+    admitted go on the wire while the next start), not one per turn (issue 18:
+    at -c 1000 the window took ~1,000 turns to open)."""
+    import asyncio
+
+    from conveyor._core._admission import _WAKE_BATCH
+
+    async def go() -> None:
+        adm, tasks = _probing(300)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sum(t.done() for t in tasks) == 1  # the probe
+        await asyncio.sleep(0.05)  # the probe's answer is slow: still alone
+        assert sum(t.done() for t in tasks) == 1
+        adm.on_success()
+        admitted = []
+        while not all(t.done() for t in tasks) and len(admitted) < 50:
+            await asyncio.sleep(0)
+            admitted.append(sum(t.done() for t in tasks))
+        assert all(t.done() for t in tasks)
+        assert len(admitted) <= 299 // _WAKE_BATCH + 3
+        steps = [b - a for a, b in zip([1, *admitted], admitted, strict=False)]
+        assert max(steps) <= _WAKE_BATCH
+
+    asyncio.run(go())
+
+
+def test_a_refused_probe_still_opens_the_window() -> None:
+    """Any answer ends the probe, a failure too (the run decides what it means)."""
+    import asyncio
+
+    async def go() -> None:
+        adm, tasks = _probing(50)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        adm.on_failure(HTTPish(500, {}), tasks[0].result(), transient=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert all(t.done() for t in tasks)
+
+    asyncio.run(go())
+
+
+def test_a_probe_cancelled_before_it_is_sent_hands_the_probe_on() -> None:
+    """The probe's admission cancelled (its item stopped) while it waited on a
+    limit: the next waiter becomes the probe, alone, and nobody hangs."""
+    import asyncio
+
+    from conveyor._core._admission import Admission
+    from conveyor._core._options import build_options
+
+    async def go() -> None:
+        adm = Admission(build_options(concurrency=10, probe_first=True), lambda: False)
+        adm.paused_until = adm._clock.now() + 0.05  # the probe waits out a pause
+        tasks = [asyncio.ensure_future(adm.admit(1.0)) for _ in range(10)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not any(t.done() for t in tasks)
+        tasks[0].cancel()
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while sum(t.done() for t in tasks) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert [t.done() and not t.cancelled() for t in tasks].count(True) == 1
+        await asyncio.sleep(0.02)
+        assert [t.done() and not t.cancelled() for t in tasks].count(True) == 1  # alone
+        adm.on_success()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert all(t.done() for t in tasks)
+
+    asyncio.run(go())
+
+
+def test_a_waiter_woken_to_be_the_probe_then_cancelled_passes_it_on() -> None:
+    """The probe is abandoned and the waiter woken to take it over is cancelled
+    before it runs: the next one takes it, alone."""
+    import asyncio
+
+    from conveyor._core._admission import Admission
+    from conveyor._core._options import build_options
+
+    async def go() -> None:
+        adm = Admission(build_options(concurrency=10, probe_first=True), lambda: False)
+        adm.paused_until = adm._clock.now() + 0.05  # the probe waits out a pause
+        tasks = [asyncio.ensure_future(adm.admit(1.0)) for _ in range(10)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        tasks[0].cancel()  # the probe: abandoned, tasks[1] is woken to take it...
+        await asyncio.sleep(0)
+        tasks[1].cancel()  # ...and cancelled before it could
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while not any(t.done() for t in tasks[2:]) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+        assert [t.done() for t in tasks[2:]].count(True) == 1
+        adm.on_success()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert all(t.done() for t in tasks)
+
+    asyncio.run(go())

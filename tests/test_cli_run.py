@@ -142,7 +142,7 @@ def test_dry_run_sends_nothing_and_estimates(
                  "--base-url", url, "--dry-run", "--rpm", "60", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "valid 100" in r.stdout and "invalid 1" in r.stdout
-    assert "line 101:" in r.stdout
+    assert f"{tmp_path / 'in.jsonl'}:101: not valid JSON" in r.stdout  # file and line
     assert "tokens:" in r.stdout and "estimated duration" in r.stdout
     assert "rpm limit" in r.stdout  # 100 requests at 60/min: the limit bounds the time
     assert srv.stats.requests == 0

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import conveyor
-from conveyor._core._gc import RUN_GEN0, RunGC
+from conveyor._core._gc import RUN_GEN0, RUN_GEN0_MAX, RunGC, gen0_for
 
 
 @pytest.fixture
@@ -71,3 +71,49 @@ def test_thresholds_changed_during_a_run_or_set_higher_are_left_alone(
         assert gc.get_threshold() == mine
         hold.exit()
         assert gc.get_threshold() == mine
+
+
+def test_the_threshold_grows_with_the_concurrency(
+    default_thresholds: tuple[int, int, int],
+) -> None:
+    """At concurrency 1,000 the young live set is ~75,000 containers: the
+    threshold is above it (`gen0_for`), bounded both ways."""
+    assert gen0_for(1) == RUN_GEN0
+    assert gen0_for(100) == RUN_GEN0
+    assert gen0_for(1000) == 100_000
+    assert gen0_for(100_000) == RUN_GEN0_MAX
+    seen: list[int] = []
+
+    async def fn(i: int) -> int:
+        seen.append(gc.get_threshold()[0])
+        return i
+
+    report = conveyor.run(range(20), fn, concurrency=1000)
+    assert report.counts["ok"] == 20
+    assert set(seen) == {100_000}
+    assert gc.get_threshold() == default_thresholds
+
+
+def test_runs_of_different_concurrency_at_once_hold_the_largest(
+    default_thresholds: tuple[int, int, int],
+) -> None:
+    """A later, wider run raises the threshold further; the narrower one ending
+    does not lower it; the last exit gives back what the first found."""
+    small, wide = RunGC(10), RunGC(2000)
+    small.enter()
+    assert gc.get_threshold()[0] == RUN_GEN0
+    wide.enter()
+    assert gc.get_threshold()[0] == 200_000
+    small.exit()
+    assert gc.get_threshold()[0] == 200_000
+    wide.exit()
+    assert gc.get_threshold() == default_thresholds
+    # A user's threshold between the two: the wide run raises it, and gives it back.
+    gc.set_threshold(50_000, 10, 10)
+    small.enter()
+    assert gc.get_threshold()[0] == 50_000
+    wide.enter()
+    assert gc.get_threshold()[0] == 200_000
+    wide.exit()
+    small.exit()
+    assert gc.get_threshold() == (50_000, 10, 10)

@@ -114,7 +114,7 @@ async def test_unreachable_endpoint_is_one_clear_error(tmp_path: Path) -> None:
 
 
 async def test_bad_lines_become_error_lines_and_the_run_goes_on(
-    server: MockServer, tmp_path: Path
+    server: MockServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not JSON, no custom_id, a repeated custom_id, an unknown URL, no body:
     each an error line naming its input line; the valid lines are answered."""
@@ -132,10 +132,16 @@ async def test_bad_lines_become_error_lines_and_the_run_goes_on(
     lines = check_complete(out, bodies)
     errors = {ln["error"]["line"]: ln for ln in lines if ln["error"]}
     assert sorted(errors) == [11, 12, 13, 14, 15]
-    assert "input line 11" in errors[11]["error"]["message"]
+    # Each message names the file and line, and the custom_id when the line has one.
+    where = str(tmp_path / "in.jsonl")
+    assert errors[11]["error"]["message"].startswith(f"{where}:11: not valid JSON")
     assert errors[13]["custom_id"] is None  # the repeat does not repeat the id
-    assert "repeats line 1" in errors[13]["error"]["message"]
+    assert errors[13]["error"]["message"].startswith(f"{where}:13: custom_id 'req-0' repeats")
     assert errors[14]["custom_id"] == "odd-url"
+    assert errors[14]["error"]["message"].startswith(f"{where}:14 (custom_id 'odd-url'): url ")
+    # The warning logged for each says where too, and shows no NUL of the internal key.
+    warned = [r.getMessage() for r in caplog.records if "failed after" in r.getMessage()]
+    assert len(warned) == 5 and all(f"{where}:1" in m and "\x00" not in m for m in warned)
 
 
 async def test_strict_refuses_the_file_before_sending(server: MockServer, tmp_path: Path) -> None:
@@ -350,13 +356,11 @@ async def test_an_existing_output_is_never_truncated_by_a_new_journal(
 
 
 async def test_default_concurrency_is_auto_on_a_server_without_limits(
-    server: MockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MockServer, tmp_path: Path
 ) -> None:
-    """With auto as the default (`DEFAULT_AUTO`, built but off until it wins
-    the benchmark everywhere), told no concurrency, against a server that
-    queues and sends no rate-limit headers, the run finds the concurrency
-    from latency and keeps doing so to the end."""
-    monkeypatch.setattr("conveyor.openai._run.DEFAULT_AUTO", True)
+    """Auto is the default (`DEFAULT_AUTO`): told no concurrency, against a
+    server that queues and sends no rate-limit headers, the run finds the
+    concurrency from latency and keeps doing so to the end."""
     server.config = MockConfig(api_key=KEY, capacity=8, service_time=0.02, seed=2)
     write_requests(tmp_path / "in.jsonl", 200)
     report = await arun_file(
@@ -369,13 +373,12 @@ async def test_default_concurrency_is_auto_on_a_server_without_limits(
 
 
 async def test_default_gives_way_to_the_headers_of_a_provider(
-    server: MockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: MockServer, tmp_path: Path
 ) -> None:
     """With auto as the default, told no concurrency, against a server that
     sends x-ratelimit-* headers, the controller gives way at the first
     answer: a fixed 100 at most in flight, paced by the server's budget (the
     header-driven behaviour), and the report says why."""
-    monkeypatch.setattr("conveyor.openai._run.DEFAULT_AUTO", True)
     server.config = MockConfig(api_key=KEY, rpm=6000, limit_window=1.0, latency=0.05, seed=4)
     write_requests(tmp_path / "in.jsonl", 300)
     s = settings(server, None, concurrency=None, limit_window=1.0, journal=None)
@@ -389,21 +392,26 @@ async def test_default_gives_way_to_the_headers_of_a_provider(
 
 
 def test_concurrency_options_keep_what_the_user_gave(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A number or "auto" is taken as given; an absent one is a fixed 100
-    today, auto-until-limits once `DEFAULT_AUTO` is on, and on Ray always 100."""
+    """A number or "auto" is taken as given; an absent one is auto until the
+    server shows limits (then a fixed 100), a fixed 100 with `DEFAULT_AUTO`
+    off, and on Ray always 100."""
     from conveyor.openai._run import concurrency_options
 
-    assert concurrency_options(RunSettings(concurrency=7))["concurrency"] == 7
+    assert concurrency_options(RunSettings(concurrency=7)) == {
+        "concurrency": 7,
+        "concurrency_min": None,
+        "concurrency_max": None,
+    }
     assert "auto_until_limits" not in concurrency_options(RunSettings(concurrency="auto"))
+    default = concurrency_options(RunSettings())
+    assert default["concurrency"] == "auto" and default["auto_until_limits"] == 100
+    assert concurrency_options(RunSettings(ray="local"))["concurrency"] == 100
+    monkeypatch.setattr("conveyor.openai._run.DEFAULT_AUTO", False)
     assert concurrency_options(RunSettings()) == {
         "concurrency": 100,
         "concurrency_min": None,
         "concurrency_max": None,
     }
-    monkeypatch.setattr("conveyor.openai._run.DEFAULT_AUTO", True)
-    default = concurrency_options(RunSettings())
-    assert default["concurrency"] == "auto" and default["auto_until_limits"] == 100
-    assert concurrency_options(RunSettings(ray="local"))["concurrency"] == 100
 
 
 async def test_a_slow_answer_times_out_and_is_written_as_timeout(

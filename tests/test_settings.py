@@ -17,7 +17,7 @@ from conveyor._core._settings import (
 )
 from conveyor.ray import arun_ray, run_ray, stream_ray
 
-# Set by front ends, not by users: auto_until_limits is how `conveyor run` would make
+# Set by front ends, not by users: auto_until_limits is how `conveyor run` makes
 # "auto" its default (`openai._run.DEFAULT_AUTO`).
 _INTERNAL = {"previous", "shared_limiter", "validate_item", "auto_until_limits"}
 

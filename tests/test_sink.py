@@ -570,7 +570,7 @@ async def test_a_kill_between_the_first_write_and_its_commit_leaves_a_resumable_
     sink = OutputSink(journal, out, lambda r: b"line\n")
     with out.open("ab") as f:  # the write of a flush whose commit never happened
         f.write(b"line\nline\n")
-    sink._executor.shutdown()  # the process is gone: nothing else of it runs
+    # The process is gone: nothing else of it runs (its writer thread never started).
     sink._unlock()  # and the OS released its lock on the output with it
     journal.close()
     journal = Journal.open(tmp_path / "j.db", identity={"kind": "test"})

@@ -20,15 +20,33 @@ gradient limiters of Netflix's concurrency-limits:
   by that wait while its spread stays small; the wait over the window's mean
   service time gives ``ratio = mean / (mean - wait)``. Either way ``ratio``
   is how much longer requests take than they would unqueued;
-- **slow start**: from 8 in flight the limit doubles each time half a window
+- **slow start**: from 16 in flight the limit doubles each time a cohort
   of answers shows no queue (``ratio < 1 + ALPHA``). In a closed loop,
   throughput = in flight / latency (Little's law), so flat latency *is*
   throughput growing in proportion to the limit: one doubling per round trip,
-  about log2(K / 8) round trips to the knee. The first sign of queueing ends it;
+  about log2(K / 16) round trips to the knee. It starts at 16, not at the old
+  fixed default of 100: a small server that preempts past 2K would run at a
+  fifth of its speed until that first cohort drained. Not told the work, a
+  cohort is its fastest half; told it, the cohort is read whole (those sent
+  at the change; at most `OPENING_WAIT` times its fast tail's latency): its
+  answers more than `OPENING_SPREAD` times slower per unit of work than the
+  unqueued tail waited in a queue, and the others (with those in flight
+  ahead of the cohort) count what the server serves at once. The fast half
+  of a cohort never shows that queue (the slots take it first), so without
+  the count slow start doubles past the knee, to 4K on a server that answers
+  in waves. The first cohort so shows a server smaller than the start, a
+  later one the knee; either way the limit falls to that count plus `MID`.
+  The first sign of queueing ends slow start (after the first cohort it goes
+  on: a false alarm there costs one round trip);
 - **avoidance** (Vegas/gradient), on windows of a whole cohort (as many
   answers as the limit: the first answers of a window are the fastest):
   above ``1 + BETA`` requests queue and the limit falls to the point that
-  leaves a small queue, ``limit / ratio * (1 + MID)``; below ``1 + ALPHA`` it
+  leaves a small queue, ``knee * (1 + MID)``: the knee measured, when told
+  the work, by Little's law (the work answered per second by the wall clock
+  over at least `SPAN_ROUNDS` round trips, times the unloaded latency per
+  unit of work), else ``limit / ratio``; a measured knee within a small
+  queue of the limit says the ratio read the waves of cohorts, and the limit
+  holds; below ``1 + ALPHA`` it
   grows 10% a window, and after `_REOPEN` such windows in a row (the server
   got more capacity) slow start resumes; in between it holds, unless the
   last step up still raised throughput by more than half its size. Clear
@@ -70,6 +88,10 @@ START = 16  # in flight at the start
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
+OPENING_SPREAD = 1.8  # a cohort: unqueued within this of its fast tail
+OPENING_WAIT = 2.5  # and waited for at most this many times its fast tail
+_COHORT_MIN = 8  # after the first, smaller cohorts are too few to count a queue in
+SPAN_ROUNDS = 4  # the knee is measured over at least this many round trips
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
@@ -114,6 +136,13 @@ class CongestionController:
         self._grew = False  # the last move was up
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
+        self._opening = True  # the first decision is still to come
+        self._in_flight = 0  # as last told
+        self._ahead = 0  # in flight at the last change, sent before it
+        self._by_tail = math.inf  # the last window's queue read from its fast tail
+        self._cohort_from = math.inf  # when the first counted attempt started
+        self._span_from: float | None = None  # the first answer since the last change
+        self._span_work = 0.0  # the work answered since then (after the first)
 
     @property
     def limit(self) -> int:
@@ -131,6 +160,10 @@ class CongestionController:
         return self._base_mean is not None
 
     def _need(self) -> int:
+        if self.slow_start and self._unsized == 0:
+            # The whole cohort: those sent at the change, not the ones after
+            # them (sent as those ahead are answered: a round trip later).
+            return max(SLOW_START_WINDOW, self.limit - self._ahead)
         if self.slow_start:
             return max(SLOW_START_WINDOW, self.limit // 2)
         return max(MIN_WINDOW, self.limit)
@@ -147,11 +180,21 @@ class CongestionController:
     ) -> None:
         """One finished attempt: its latency, whether it succeeded (a failure
         that was a timeout says so), its size when known."""
+        if ok:
+            # The server's rate by the wall clock counts every answer, of
+            # whichever limit: the knee is that rate times the unloaded latency.
+            if self._span_from is None:
+                self._span_from = now
+            else:
+                self._span_work += work if work is not None and work > 0 else 1.0
+        if in_flight is not None:
+            self._in_flight = in_flight
         if now - latency < self._changed_at:
             return  # started under an older limit: it measures that one
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
+        self._cohort_from = min(self._cohort_from, now - latency)
         if ok:
             unit = work if work is not None and work > 0 else None
             if unit is None:
@@ -166,10 +209,40 @@ class CongestionController:
             self._timeouts += timeout
         self._peak = max(self._peak, in_flight if in_flight is not None else self.limit)
         seen = len(self._x) + self._errors
-        if seen >= self._need():
+        if seen >= self._need() or self._cohort_done(now, seen):
             self._decide(now)
         elif self._early(seen):
             self._decide(now, early=True)
+
+    def _cohort_done(self, now: float, seen: int) -> bool:
+        """In slow start, told the work, a cohort is waited for whole (its
+        late answers are the queue, if any), but not past 2.5 times its fast
+        tail's latency once half of it is in: the rest are long outputs, or
+        queued well past the knee. Unless its queued answers have begun to
+        come (they come in a burst, from the slots freed at once): then it
+        waits for enough of them to count."""
+        if not self.slow_start or self._unsized or len(self._x) < SLOW_START_WINDOW // 2:
+            return False
+        if seen < max(SLOW_START_WINDOW, (self.limit - self._ahead) // 2):
+            return False
+        lat = sorted(self._sizes_lat)
+        if now - self._cohort_from < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
+            return False
+        queued = self._queued_share()[1]
+        return queued == 0 or queued >= max(2, len(self._x) // 10)
+
+    def _queued_share(self) -> tuple[float, int, int]:
+        """(the fast tail per unit of work, the answers queued past it, those
+        served at once) of this window: queued is slower than
+        `OPENING_SPREAD` times the tail."""
+        x = sorted(self._x)
+        tail = x[int(TAIL * (len(x) - 1))]
+        if self._base_unit_tail is not None:
+            # Against the unqueued tail learnt before: when those ahead took
+            # most slots, most of the cohort queued, its own tail too.
+            tail = min(tail, self._base_unit_tail)
+        served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
+        return tail, len(x) - served, served
 
     def _early(self, seen: int) -> bool:
         # Clear queueing need not wait for the whole cohort.
@@ -197,10 +270,16 @@ class CongestionController:
         # standard errors: the lowest of many noisy windows is a lucky one,
         # and would read a queue into every later window.
         per = self._lat / self._work
-        square = sum(
-            (lat - per * u) ** 2 for lat, u in zip(self._sizes_lat, self._sizes, strict=True)
-        )
-        bound = per + 2 * math.sqrt(square) / self._work
+        # Learnt from the answers that did not queue (a limit that leaves a
+        # small queue, or cohorts answered in waves, would hold it in a mean).
+        ref = OPENING_SPREAD * min(tail, self._base_unit_tail or tail)
+        pairs = [(t, u) for t, u in zip(self._sizes_lat, self._sizes, strict=True) if t <= ref * u]
+        if len(pairs) < SLOW_START_WINDOW // 2:
+            pairs = list(zip(self._sizes_lat, self._sizes, strict=True))
+        work = sum(u for _, u in pairs)
+        clean = sum(t for t, _ in pairs) / work
+        square = sum((t - clean * u) ** 2 for t, u in pairs)
+        bound = clean + 2 * math.sqrt(square) / work
         if self._base_mean is None or bound < self._base_mean:
             if not learn:
                 return 1.0, per, per
@@ -213,6 +292,7 @@ class CongestionController:
         base_tail = self._base_unit_tail if self._base_unit_tail is not None else tail
         wait = max(0.0, tail - base_tail)
         by_tail = per / max(per - wait, base_tail, 1e-12)
+        self._by_tail = by_tail
         return max(per / self._base_mean, by_tail), per, per
 
     def _relearn(self, figure: float) -> None:
@@ -234,6 +314,13 @@ class CongestionController:
             if not early:
                 self._restart()
             return
+        counted = self._opening or self._limit >= _COHORT_MIN
+        cohort = self.slow_start and not self._unsized and counted
+        if cohort and self._cohort_queued(now, early=early):
+            return
+        if not early:
+            self._opening = False
+        self._by_tail = math.inf
         ratio, figure, mean = self._ratio(learn=not early)
         if early and ratio <= 1 + 3 * BETA:
             return  # only clear queueing is decided before the cohort is in
@@ -248,7 +335,19 @@ class CongestionController:
                 self._restart()
                 return
             self._ceiling = old  # queueing was seen here
-            target = old * max(FLOOR, 1 / ratio) * (1 + MID)
+            # Back to the knee plus a small queue. The knee is measured, by
+            # the wall-clock rate, when told the work: the ratio reads a window
+            # short (its first answers are its fastest) or long (cohorts sent
+            # at once wait a whole service time for the last slots).
+            # A measured knee that the limit is within a small queue of says
+            # the reading was the waves of cohorts, not a queue: hold.
+            measured = self._knee(now)
+            waves = self._by_tail <= 1 + BETA  # the fast tail did not wait
+            if measured is not None and waves and measured * (1 + MID) >= old:
+                self._restart()
+                return
+            knee = measured if measured is not None else old / ratio
+            target = max(old * FLOOR, knee) * (1 + MID)
             self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
         self._stuck = 0
@@ -289,6 +388,37 @@ class CongestionController:
         self._grew, self._clean = False, 0
         self._restart()
 
+    def _cohort_queued(self, now: float, *, early: bool = False) -> bool:
+        """A slow-start cohort, sent at once, against itself: a server serving
+        fewer at once answers the rest a service time or more later (a FIFO
+        queue: twice the fast tail for a like answer, where the unqueued spread,
+        per unit of work, stays within 1.8 of it). The fast half of a cohort
+        never shows it, and before the first window nothing is learnt to
+        compare with. True when it backed off (to the count served at once,
+        at least half the limit, plus a small queue). After the first cohort
+        slow start goes on and the unloaded figures are left to the next
+        window (a false alarm costs a round trip); after a later one, the
+        knee is found."""
+        tail, queued, served = self._queued_share()
+        served += self._ahead  # those ahead were served before the cohort
+        # Before the cohort is in (its first answers), only a clear queue.
+        enough = max(4, len(self._x) // 4) if early else max(2, len(self._x) // 10)
+        if queued < enough or served * (1 + BETA) > self._limit:
+            return False
+        # With outputs of mixed lengths the answers do not come in waves (a
+        # short one frees its slot early): `served` is then no count of the
+        # slots, so one fall keeps half.
+        if self._opening:
+            # Its fast tail was unqueued: the next windows' queue is read against it.
+            self._base_unit_tail = tail
+        else:
+            self.slow_start, self._ceiling, self._grew = False, self._limit, False
+        self._opening = False
+        target = max(served, self._limit * FLOOR) * (1 + MID)
+        first = len(self._x)
+        self._set(now, target, f"backed off: latency rose, {queued} of the first {first} queued")
+        return True
+
     def _set(self, now: float, value: float, reason: str) -> None:
         value = max(float(self.minimum), min(float(self.maximum), value))
         if value < self._limit:
@@ -298,6 +428,9 @@ class CongestionController:
             self.reason = reason
             self.history.append((now, int(value), reason))
             self._changed_at = now
+            self._span_from, self._span_work = None, 0.0
+            # Still in flight, sent before the change: ahead of the new cohort.
+            self._ahead = max(0, self._in_flight - 1)
         self._limit = value
         self._restart()
 
@@ -311,6 +444,37 @@ class CongestionController:
         self._errors = 0
         self._timeouts = 0
         self._peak = 0
+        self._cohort_from = math.inf
+
+    def _knee(self, now: float) -> float | None:
+        """How many the server serves at once, by Little's law: the work it
+        answers per second (by the wall clock: every answer since the last
+        change, of whichever limit) times the unloaded latency per unit of
+        work. Only when told the work: without it, a window's mean is that of
+        its first answers, the short ones. None while the span is too short."""
+        span = now - self._span_from if self._span_from is not None else 0.0
+        if self._unsized or self._base_mean is None or self._span_work < 8 or not self._x:
+            return None
+        # Answers come in bursts (a cohort's, slot by slot): a span of a few
+        # round trips, or one burst too many is counted as the rate.
+        fastest = sorted(self._sizes_lat)
+        if span < SPAN_ROUNDS * fastest[int(TAIL * (len(fastest) - 1))]:
+            return None
+        unloaded = self._base_mean
+        if self._base_unit_tail is not None:
+            # A mean first learnt queued (a server smaller than the start) is
+            # too long; an unqueued mean stays within 1 + BETA of its fast tail.
+            unloaded = min(unloaded, (1 + BETA) * self._base_unit_tail)
+        # Better, this window's own unqueued answers (as a cohort's are told
+        # apart): a base learnt at a limit that left a small queue holds it.
+        ref = OPENING_SPREAD * self._queued_share()[0]
+        lat = work = 0.0
+        for t, u in zip(self._sizes_lat, self._sizes, strict=True):
+            if t <= ref * u:
+                lat, work = lat + t, work + u
+        if work > 0 and len(self._x) >= SLOW_START_WINDOW:
+            unloaded = min(unloaded, lat / work)
+        return self._span_work / span * unloaded
 
     def figures(self) -> dict[str, object]:
         """For the progress snapshot and the report."""

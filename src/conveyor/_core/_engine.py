@@ -133,7 +133,7 @@ class Engine(ItemRunner, EngineWatch):
         self._wave_started = 0  # items started in the current wave
         self._wave_number = 0
         self.max_in_flight = 0
-        self._gc = RunGC()
+        self._gc = RunGC(options.concurrency)
 
     # ---- public surface used by the API layer -------------------------------------
 

@@ -24,7 +24,7 @@ def log_failure(r: Result[Any], batch_id: str) -> None:
     err = r.error
     log.warning(
         "item %s %s after %d attempt(s): %s: %s",
-        r.key,
+        r.key.lstrip("\x00"),  # an internal key (a bad line's) is not shown with its NUL
         r.status.value,
         r.attempts,
         err.type if err else "?",

@@ -196,8 +196,33 @@ class BatchReport:
             top = sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
             lines.append("  errors " + ", ".join(f"{k} x{n}" for k, n in top))
         lines += memo_lines(self.extra.get("memo")) + resource_lines(self.extra.get("resources"))
+        lines += auto_lines(self.extra.get("concurrency_auto"))
         lines.extend(validation_lines(self.validation))
         return "\n".join(lines)
+
+
+_AUTO_MOVES = 8  # the latest moves of the auto concurrency listed in the summary
+
+
+def auto_lines(auto: Any) -> list[str]:
+    """``concurrency="auto"``: where the limit ended, and its latest moves with
+    why (the whole history is in the JSON report's ``concurrency_auto``)."""
+    if not isinstance(auto, dict) or not auto.get("history"):
+        return []
+    history = auto["history"]
+    unloaded = auto.get("unloaded_latency")
+    compared = auto.get("compared", "")
+    base = f", unloaded {unloaded:.3g}s {compared}" if isinstance(unloaded, float) else ""
+    lines = [
+        f"  concurrency auto: final {auto.get('final')} after {auto.get('changes', 0)} moves{base}"
+    ]
+    if auto.get("gave_way"):
+        lines.append(f"    gave way: {auto['gave_way']}")
+    shown = history[-_AUTO_MOVES:]
+    if len(history) > len(shown):
+        lines.append(f"    ... {len(history) - len(shown)} earlier moves in the JSON report")
+    lines += [f"    {t:8.2f}s {n:>5}  {why}" for t, n, why in shown]
+    return lines
 
 
 def memo_lines(memo: Any) -> list[str]:

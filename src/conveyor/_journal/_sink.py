@@ -1,10 +1,12 @@
 """Exactly-once output: results go to the output file and the journal together.
 
-Group commit: a flush starts as soon as a result is buffered and no flush
-is running; results that arrive during a flush wait for the next one, so at
-a low rate each result is committed as it arrives and at a high rate in
-groups as large as one flush's duration of answers (a `kill -9` loses at
-most those, plus what was in flight). A flush appends the lines to the
+Group commit, on one writer thread: it takes every result handed to it so
+far, commits them, and takes what arrived meanwhile, with no hop through the
+event loop between commits; so at a low rate each result is committed as it
+arrives and at a high rate in groups of what arrived during one commit (a
+group is at most one commit old). A `kill -9` loses what was in flight plus
+those few milliseconds of answers.
+A flush appends the lines to the
 output file (one `write`, handed to the OS) and then, in one SQLite
 transaction, upserts their rows and the new committed output offset. A crash
 between the two leaves bytes past the committed offset; they belong to items
@@ -25,12 +27,12 @@ Meta keys used here: `output_path`, `output_offset`, `output_tail`, `output_seq`
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import fcntl
 import logging
 import os
 import stat
+import threading
 from typing import TYPE_CHECKING, Any
 
 from .._base._exceptions import ConfigError, OutputMismatch
@@ -55,10 +57,11 @@ class OutputSink:
     `format_line(result)` returns the output line (a trailing newline is
     added if missing; it is stored in the journal even without an output
     file, so `export` can write it later). The SQLite and file work runs on
-    one dedicated thread, in order, so the event loop keeps running; a flush
-    starts as soon as a result is buffered and the writer is free (groups
-    grow with the rate); at most `max_buffered` results wait in memory
-    (default `2 * flush_every`) before `add` waits for the writer. Results
+    one dedicated thread, in order, so the event loop keeps running; the
+    writer commits as soon as a result arrives and it is free (groups grow
+    with the rate); at most `max_buffered` results wait in memory (default
+    `2 * flush_every`) before `add` waits for the writer; `flush_interval` is
+    how often an idle writer looks again unwoken (a safety net). Results
     for keys that already have a terminal result are dropped with a warning
     and counted in `duplicates`: the planner must deduplicate keys, or
     `reset` them to run them again. `store_values=False` keeps results'
@@ -92,13 +95,21 @@ class OutputSink:
         self._store_values = store_values
         self._every = flush_every
         self._interval = flush_interval
+        # Shared with the writer thread, under `_cv`: results not yet taken,
+        # how many were added and handled (committed or dropped as
+        # duplicates), the first failure, and the flushes waiting.
+        self._cv = threading.Condition(threading.Lock())
         self._buffer: list[Result[Any]] = []
+        self._added = 0
+        self._done = 0
+        self._idle = False
+        self._stopping = False
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._error: BaseException | None = None
         self._closing = False
         self._closed = False
-        self._flusher: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._flush_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.written = 0
         self.duplicates = 0
         self._seq = int(journal.get_meta("output_seq") or 0)
@@ -109,9 +120,6 @@ class OutputSink:
         self._new_path = False
         if output_path is not None:
             self._open_output(os.path.abspath(os.fspath(output_path)), overwrite)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="conveyor-journal"
-        )
 
     @property
     def offset(self) -> int:
@@ -195,60 +203,62 @@ class OutputSink:
         await self.close()
 
     def _start(self) -> None:
-        if self._flusher is None:
-            self._wake = asyncio.Event()
-            self._flush_lock = asyncio.Lock()
-            self._flusher = asyncio.get_running_loop().create_task(
-                self._run_flusher(), name="conveyor-journal-flusher"
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(
+                target=self._writer, name="conveyor-journal", daemon=True
             )
+            self._thread.start()
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
         if self._closing:
             raise JournalError("the output sink is closed", path=self._journal.path)
-        if self._flusher is not None and self._flusher.done():
+        if self._thread is not None and not self._thread.is_alive():
             raise JournalError(
-                "the journal flusher stopped unexpectedly; rerun to resume",
+                "the journal writer stopped unexpectedly; rerun to resume",
                 path=self._journal.path,
             )
 
     async def add(self, result: Result[Any]) -> None:
-        """Buffer one result; waits only when `max_buffered` results are pending."""
+        """Hand one result to the writer; waits only when `max_buffered` results
+        are not committed yet."""
         self._check()
         self._start()
-        self._buffer.append(result)
-        if len(self._buffer) >= self._max:
-            await self._flush_buffer()
-        else:
-            # Commit as soon as the writer is free: a kill -9 then re-sends
-            # only what was in flight and the answers of one flush.
-            assert self._wake is not None
-            self._wake.set()
+        with self._cv:
+            self._buffer.append(result)
+            self._added += 1
+            if self._idle:
+                self._cv.notify()
+            behind = self._added - self._done
+        if behind >= self._max:
+            await self._committed(self._added)
 
     async def flush(self) -> None:
-        """Write and commit everything buffered so far."""
+        """Write and commit everything added so far."""
         self._check()
         self._start()
-        await self._flush_buffer()
+        await self._committed(self._added)
 
     async def close(self) -> None:
-        """Flush, stop the writer thread and close the output file; raise a stored failure."""
+        """Commit what is left, stop the writer thread and close the output file;
+        raise a stored failure."""
         if self._closed:
             if self._error is not None:
                 raise self._error
             return
         self._closing = True
         try:
-            if self._flusher is not None:
-                assert self._wake is not None
-                self._wake.set()
-                await self._flusher
-            if self._error is None and self._buffer:
-                await self._flush_buffer()
+            if self._thread is not None:
+                if self._error is None:
+                    await self._committed(self._added)
+                with self._cv:
+                    self._stopping = True
+                    self._cv.notify()
+                self._thread.join()  # idle or failed by now: it ends at once
         finally:
             self._closed = True
-            self._executor.shutdown(wait=True)
             if self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
@@ -257,35 +267,69 @@ class OutputSink:
         if self._error is not None:
             raise self._error
 
-    async def _run_flusher(self) -> None:
-        assert self._wake is not None
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            if self._buffer and self._error is None:
-                try:
-                    await self._flush_buffer()
-                except Exception:
-                    return  # stored in self._error; surfaces on the next add/close
+    async def _committed(self, n: int) -> None:
+        """Until the writer has handled the first `n` results added (or failed)."""
+        assert self._loop is not None
+        with self._cv:
+            if self._done >= n or self._error is not None:
+                waiter = None
+            else:
+                waiter = self._loop.create_future()
+                self._waiters.append((n, waiter))
+        if waiter is not None:
+            await waiter
+        if self._error is not None:
+            raise self._error
 
-    async def _flush_buffer(self) -> None:
-        assert self._flush_lock is not None
-        async with self._flush_lock:
-            if self._error is not None:
-                raise self._error
-            batch, self._buffer = self._buffer, []
-            if not batch:
-                return
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(self._executor, self._write_batch, batch)
-            except Exception as exc:
-                self._error = exc
-                raise
+    def _release_waiters(self) -> None:
+        # On the loop's thread: wake each wait the writer has caught up with.
+        ready: list[asyncio.Future[None]] = []
+        with self._cv:
+            keep = []
+            for n, f in self._waiters:
+                if self._done >= n or self._error is not None:
+                    ready.append(f)
+                elif not f.done():  # (a cancelled wait is dropped)
+                    keep.append((n, f))
+            self._waiters = keep
+        for f in ready:
+            if not f.done():
+                f.set_result(None)
 
     # -- writer thread -----------------------------------------------------
+
+    def _writer(self) -> None:
+        """Commit what has arrived, again and again: each result as it comes at a
+        low rate; at a high rate, in groups of what arrived during the previous
+        commit (a group is at most one commit old), so a `kill -9` re-sends what
+        was in flight plus about one commit's worth of answers."""
+        loop = self._loop
+        assert loop is not None
+        while True:
+            with self._cv:
+                while not self._buffer and not self._stopping:
+                    self._idle = True
+                    self._cv.wait(self._interval)
+                self._idle = False
+                if not self._buffer:
+                    return  # stopping, and nothing left
+                batch, self._buffer = self._buffer, []
+            try:
+                self._write_batch(batch)
+            except Exception as exc:
+                with self._cv:
+                    self._error = exc
+                self._notify(loop)
+                return  # surfaces on the next add, flush or close
+            with self._cv:
+                self._done += len(batch)
+                waiting = bool(self._waiters)
+            if waiting:
+                self._notify(loop)
+
+    def _notify(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(self._release_waiters)
 
     def _write_batch(self, batch: list[Result[Any]]) -> None:
         done = self._journal.terminal_among([r.key for r in batch])

@@ -109,6 +109,11 @@ def cli_errors(fn: F) -> F:
         except Interrupted as exc:
             click.echo(f"conveyor: {cli_message(exc)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            # Ctrl+C outside a run's own handling (preflight, reading a journal):
+            # 130 like a run, not click's "Aborted!" and 1 ("some items failed").
+            click.echo("conveyor: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except (FatalError, JournalFull) as exc:
             # Disk full mid-run is a stop, not a usage error: things were
             # sent, what was committed is kept, the same command resumes.
@@ -119,7 +124,10 @@ def cli_errors(fn: F) -> F:
             sys.exit(EXIT_USAGE)
         except ConveyorError as exc:
             click.echo(f"conveyor: {cli_message(exc)}", err=True)
-            sys.exit(EXIT_USAGE)
+            # An error that ended a run which had started (it carries the run's
+            # report, e.g. the journal failing mid-run) is a stop: things were
+            # sent. 2 says "nothing sent".
+            sys.exit(EXIT_USAGE if exc.report is None else EXIT_FATAL)
 
     return wrapper  # type: ignore[return-value]
 

@@ -75,9 +75,11 @@ def demo_cmd(count: int, workdir: Path | None, concurrency: int, rpm: float, qui
     with MockServer(cfg).running_in_thread() as base_url:
         settings = RunSettings(output=output, base_url=base_url, api_key="demo-key",
                                concurrency=concurrency, rpm=rpm, retries=6, timeout=10)  # fmt: skip
-        code = execute(requests, settings, quiet=quiet)
+        code = execute(requests, settings, quiet=quiet, resume_hint=False)
     click.echo(f"files: {requests}  {output}", err=True)
     click.echo(f"try:   conveyor status {output}.conveyor.db", err=True)
     html = workdir / "report.html"
     click.echo(f"       conveyor report {output}.conveyor.db --html {html}", err=True)
+    # The broken line is there on purpose (and ~1% faults): a demo that ran
+    # to the end succeeded, whatever its items did.
     sys.exit(0 if code in (EXIT_OK, EXIT_FAILED_ITEMS) else code)

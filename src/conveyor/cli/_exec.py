@@ -96,6 +96,14 @@ def _pipe_fd(f: IO[bytes]) -> int | None:
     return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd) else None
 
 
+def _name_of(source: str | os.PathLike[str] | IO[bytes], f: IO[bytes]) -> str:
+    """How messages name an exec input: its path, or `stdin`."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    name = getattr(f, "name", None)
+    return name if isinstance(name, str) and name not in ("<stdin>", "-") else "stdin"
+
+
 async def aread_lines(source: str | os.PathLike[str] | IO[bytes]) -> AsyncIterator[str]:
     """`read_lines` that never blocks the event loop on a pipe or terminal.
 
@@ -128,8 +136,10 @@ async def aread_lines(source: str | os.PathLike[str] | IO[bytes]) -> AsyncIterat
                     raw = exc.partial
                 except asyncio.LimitOverrunError as exc:
                     raise InputError(
-                        f"input line {n} is longer than {_LINE_LIMIT >> 20} MiB; "
-                        "pass large inputs as file names instead"
+                        f"the line is longer than {_LINE_LIMIT >> 20} MiB; "
+                        "pass large inputs as file names instead",
+                        path=_name_of(source, f),
+                        line=n,
                     ) from exc
                 if not raw:
                     return

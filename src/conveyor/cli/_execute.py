@@ -32,8 +32,11 @@ def execute(
     quiet: bool = False,
     report_json: Path | None = None,
     log_json: bool = False,
+    resume_hint: bool = True,
 ) -> int:
-    """Run with a progress display; print the summary; return the exit code."""
+    """Run with a progress display; print the summary; return the exit code.
+    `resume_hint`: after Ctrl+C, say to run the same command again (not for
+    `demo`, which starts afresh every time)."""
     from .._base._exceptions import ConveyorError
     from ..openai._run import run_file_settings
     from ._display import make_display
@@ -53,11 +56,13 @@ def execute(
             raise
         display.close()
         click.echo(exc.report.summary(), err=True)
-        click.echo(
-            "conveyor: interrupted; everything finished so far is saved. Resume with the "
-            "same command:\n  " + " ".join(_quote(a) for a in _hide_header_values(sys.argv)),
-            err=True,
-        )
+        if resume_hint:
+            argv = ["conveyor", *sys.argv[1:]]  # argv[0] may be .../conveyor/__main__.py
+            click.echo(
+                "conveyor: interrupted; everything finished so far is saved. Resume with the "
+                "same command:\n  " + " ".join(_quote(a) for a in _hide_header_values(argv)),
+                err=True,
+            )
         raise
     display.close()
     from .._render._extras import RunFacts, add_extras, render_text

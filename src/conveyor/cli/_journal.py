@@ -115,13 +115,18 @@ def _render(st: dict[str, Any]) -> str:
 @cli_errors
 def status_cmd(journal: Path, as_json: bool, watch: float | None) -> None:
     """Counts per status, error distribution, rate and ETA of a run (running or
-    stopped). Safe to use while the run writes."""
-    while True:
-        st = journal_status(journal)
-        click.echo(orjson.dumps(st).decode() if as_json else _render(st))
+    stopped). Safe to use while the run writes. With --watch, Ctrl+C ends the
+    watching (exit 0: nothing was interrupted)."""
+    try:
+        while True:
+            st = journal_status(journal)
+            click.echo(orjson.dumps(st).decode() if as_json else _render(st))
+            if watch is None:
+                return
+            time.sleep(watch)
+    except KeyboardInterrupt:
         if watch is None:
-            return
-        time.sleep(watch)
+            raise
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,7 +208,8 @@ def _retry_file(
         # Items an interrupted or killed retry reset but did not finish.
         left = j.pending_count()
         if not keys and not left:
-            click.echo(f"nothing to retry: no items with status {', '.join(wanted)}", err=True)
+            click.echo(f"nothing to retry: no items with status {', '.join(wanted)}"
+                       + _unfinished_hint(j), err=True)  # fmt: skip
             return 0
         j.reset(keys, mark_stale=True)
         finish_reset(j)  # the old lines of those keys leave the output now
@@ -239,6 +245,18 @@ def _retry_file(
             with Journal.open(journal, identity=_identity_of(journal), force=True) as j:
                 n = export(j, settings.output)
             click.echo(f"rewrote {settings.output}: {n} lines, each key once", err=True)
+
+
+def _unfinished_hint(j: Journal) -> str:
+    """When the run stopped before reaching every item: how to finish it
+    (`retry` re-runs items that have a result; the rest were never started)."""
+    total = j.get_meta("total_items")
+    done = sum(n for status, n in j.status_counts().items() if status != "pending")
+    if total is None or done >= int(total):
+        return ""
+    return (f"; {int(total) - done} of {total} input lines have no result yet (the run "
+            "stopped early, or used --limit): the same `conveyor run` command sends them, "
+            "retry only re-runs items that have a result")  # fmt: skip
 
 
 def _identity_of(journal: Path) -> dict[str, str]:

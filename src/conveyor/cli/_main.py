@@ -65,9 +65,11 @@ def main() -> None:
     Every command has --help.
 
     \b
-    Exit codes: 0 every item succeeded; 1 some items failed; 2 bad usage or
-    input refused; 3 the run was stopped by a fatal error (e.g. a rejected key);
-    130 interrupted (resume by running the same command again).
+    Exit codes: 0 every item succeeded (or nothing to do; mock, serve and
+    status --watch stopped by Ctrl+C); 1 some items failed; 2 bad usage or
+    input refused, nothing sent; 3 the run was stopped by a fatal error (e.g.
+    a rejected key, a full disk); 130 interrupted (resume by running the same
+    command again).
     """
 
 

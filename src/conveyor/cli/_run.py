@@ -120,8 +120,8 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     "--concurrency",
     type=_ConcurrencyType(),
     default=None,
-    help="Max requests in flight (default 100), or 'auto': found from latency for servers "
-    "that queue.",
+    help="Max requests in flight, fixed, or 'auto': found from latency, for servers that "
+    "queue. Default: auto until the server sends rate-limit headers or a 429, then 100.",
 )
 @click.option(
     "--concurrency-min",

@@ -26,8 +26,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import orjson
@@ -119,6 +120,36 @@ class BadLine:
     reason: str
     custom_id: str | None = None
     duplicate_of: int | None = None
+    # The file it was read from (set by the readers; not part of equality).
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def where(self) -> str:
+        """`file:line`, or `input line N` when the file is not known."""
+        return f"{self.source}:{self.line}" if self.source else f"input line {self.line}"
+
+    @property
+    def place(self) -> str:
+        """`file:line (custom_id 'x')`: the line and, when it has one, its item's key."""
+        if self.custom_id is not None and self.duplicate_of is None:
+            return f"{self.where} (custom_id {_show_id(self.custom_id)})"
+        return self.where
+
+    def describe(self) -> str:
+        """`file:line (custom_id 'x'): reason`: what and where, for a person."""
+        return f"{self.place}: {self.reason}"
+
+    def from_file(self, path: str | os.PathLike[str]) -> BadLine:
+        """This bad line, naming the file it was read from (kept if already set)."""
+        if self.source is not None:
+            return self
+        return replace(self, source=source_name(path))
+
+
+def source_name(path: str | os.PathLike[str]) -> str:
+    """How messages name an input: its path, or `stdin` for `-`."""
+    name = os.fspath(path)
+    return "stdin" if name == "-" else name
 
 
 def _show_id(custom_id: str) -> str:
@@ -233,7 +264,10 @@ def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     hint = ""
     if raw[:1] == b"[":
         hint = " (each line must be one JSON object, not an array)"
-    return f"not valid JSON: {exc}{hint}"
+    # orjson counts lines within the text it was given (always line 1 here):
+    # "line 1 column 7 (char 6)" would contradict the input line named before it.
+    detail = re.sub(r": line 1 column (\d+) \(char \d+\)$", r" at column \1", str(exc))
+    return f"not valid JSON: {detail}{hint}"
 
 
 class _Parser:
@@ -305,9 +339,10 @@ def too_long(path: str | os.PathLike[str], lineno: int, max_line_bytes: int) -> 
     )
     return BadLine(
         lineno,
-        f"{os.fspath(path)}:{lineno} is longer than {limit} (the limit of one input line; "
+        f"the line is longer than {limit} (the limit of one input line; "
         "OpenAI takes at most 50 MB of images per request): send large images by URL "
         "or split the request",
+        source=source_name(path),
     )
 
 
@@ -348,7 +383,7 @@ def _read_requests(
             elif raw:
                 item = parser.parse(lineno, raw)
                 del raw  # not held while the request is sent
-                yield item
+                yield item if isinstance(item, RequestLine) else item.from_file(path)
     finally:
         parser.close()
 
@@ -406,7 +441,7 @@ class FileCheck:
 
     def problems(self) -> list[str]:
         """One ``path:line: reason`` text per kept bad line, then a count of the rest."""
-        out = [f"{self.path}:{b.line}: {b.reason}" for b in self.bad_lines]
+        out = [b.from_file(self.path).describe() for b in self.bad_lines]
         if self.bad_omitted:
             out.append(f"... and {self.bad_omitted} more bad lines in {self.path}")
         return out
@@ -438,6 +473,8 @@ def validate_file(
             else:
                 item = parser.parse(lineno, raw)
                 del raw
+                if isinstance(item, BadLine):
+                    item = item.from_file(path)
             check.add(item, estimate=estimate, max_bad=max_bad)
     finally:
         parser.close()
@@ -504,17 +541,23 @@ def format_response_raw(
 
 
 def format_error(
-    custom_id: str | None, code: str, message: str, *, line: int | None = None
+    custom_id: str | None,
+    code: str,
+    message: str,
+    *,
+    line: int | None = None,
+    where: str | None = None,
 ) -> bytes:
     """One output line for a request that got no HTTP answer.
 
     ``code`` is a short machine word (``timeout``, ``connection_error``,
     ``invalid_request_line``); with ``line`` the message names the input line
-    and the error carries ``"line"`` too.
+    (``where``, e.g. ``in.jsonl:12``, else ``input line 12``) and the error
+    carries ``"line"`` too.
     """
     error: dict[str, Any] = {"code": code, "message": message}
     if line is not None:
-        error["message"] = f"input line {line}: {message}"
+        error["message"] = f"{where or f'input line {line}'}: {message}"
         error["line"] = line
     return orjson.dumps(
         {
@@ -529,7 +572,11 @@ def format_error(
 
 def format_bad_line(bad: BadLine) -> bytes:
     """The output line for an input line that could not be sent."""
-    return format_error(bad.custom_id, "invalid_request_line", bad.reason, line=bad.line)
+    # The message names the file and the custom_id when known: `in.jsonl:12 ...: why`.
+    where = bad.place if bad.source is not None else None
+    return format_error(
+        bad.custom_id, "invalid_request_line", bad.reason, line=bad.line, where=where
+    )
 
 
 def read_output(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

@@ -15,16 +15,16 @@ the API key into a message.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import aiohttp.payload
 import orjson
 from yarl import URL
 
+from .._base import _tls
 from .._base._exceptions import (
     AuthError,
     ConfigError,
@@ -34,6 +34,10 @@ from .._base._exceptions import (
 from .._core._attempt import report_limits, report_usage
 from .._core._refusals import classify, parse_wait
 from ._limit_headers import read_limit_headers
+
+with _tls.deferred_ca_store():  # read at the first https request, not by a plain-HTTP run
+    import aiohttp
+    import aiohttp.payload
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping
@@ -231,6 +235,9 @@ class OpenAIClient:
         self._urls: dict[str, URL] = {}
 
     async def __aenter__(self) -> OpenAIClient:
+        if _tls.pending() and self.endpoint.url_for("").startswith("https:"):
+            # aiohttp's TLS contexts get the CA store now, off the loop.
+            await asyncio.to_thread(_tls.load_deferred)
         connector = aiohttp.TCPConnector(
             limit=self._concurrency, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
         )

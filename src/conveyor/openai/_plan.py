@@ -67,7 +67,7 @@ class Plan:
         ]
         if self.duplicates:
             lines.append(f"  identical requests sent once (dedupe): {self.duplicates}")
-        lines.extend(f"  line {b.line}: {b.reason}" for b in self.bad[:20])
+        lines.extend(f"  {b.describe()}" for b in self.bad[:20])
         if self.bad_count > 20:
             lines.append(f"  ... {self.bad_count - 20} more invalid lines")
         pt, ot = sum(self.prompt_tokens.values()), sum(self.output_tokens.values())

@@ -66,7 +66,10 @@ AUTH_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-author
 async def _get_models(
     base_url: str, api_key: str | None, wait_s: float, a: ProbeAdvice, extra: Mapping[str, str]
 ) -> tuple[int, bytes] | Check:
-    import aiohttp  # here, not at the top: `conveyor run --help` reaches this module
+    from .._base._tls import deferred_ca_store
+
+    with deferred_ca_store():  # here, not at the top: `conveyor run --help` reaches this module
+        import aiohttp
 
     url = models_url(base_url)
     shown = redact_url(url)

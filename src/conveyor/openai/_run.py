@@ -79,11 +79,12 @@ log = logging.getLogger("conveyor")
 _TERMINAL = (Status.OK, Status.FAILED, Status.TIMED_OUT)
 
 
-DEFAULT_FIXED = 100  # the concurrency when none is given and "auto" is not used
-# "auto" as the default is built but off: on servers of capacity 64 a fixed
-# 100 is already near the ideal, and auto's ramp cost 1-10% of a 20 s run's
-# throughput there (benchmarks/RESULTS.md, concurrency_auto.py; issue 13).
-DEFAULT_AUTO = False
+DEFAULT_FIXED = 100  # the concurrency when none is given and "auto" gives way (or on Ray)
+# Told no concurrency, a run uses "auto" until the server shows it meters a
+# rate (rate-limit headers or a 429), then a fixed DEFAULT_FIXED paced by the
+# server's budget: in benchmarks/concurrency_auto.py auto beats or matches a
+# fixed 100 on every server (benchmarks/RESULTS.md; issue 13).
+DEFAULT_AUTO = True
 
 
 @dataclass
@@ -165,7 +166,7 @@ def _rule(s: RunSettings) -> Any:
 def _strict_check(input_path: Path, s: RunSettings, rule: Any = None) -> None:
     if s.template is not None:
         bad = [x for x in _items(input_path, s, rule) if isinstance(x, BadLine)]
-        problems = [f"{input_path}:{b.line}: {b.reason}" for b in bad]
+        problems = [b.from_file(input_path).describe() for b in bad]
     else:
         check = validate_file(input_path)
         problems = check.problems() + schema_problems(read_requests(input_path), input_path, rule)

@@ -166,7 +166,7 @@ def format_line(result: Result[Any]) -> bytes:
 def _anonymous(bad: BadLine) -> BadLine:
     # A repeated custom_id's error line must not repeat the id: the output
     # holds each custom_id exactly once, and this line names its line number.
-    return BadLine(bad.line, bad.reason, None, bad.duplicate_of)
+    return BadLine(bad.line, bad.reason, None, bad.duplicate_of, source=bad.source)
 
 
 def _items(input_path: Path, s: RunSettings, rule: Any = None) -> Iterator[Item]:
@@ -180,7 +180,21 @@ def _items(input_path: Path, s: RunSettings, rule: Any = None) -> Iterator[Item]
         raise ConfigError("model", s.model, "only with a template (records input)")
     else:
         items = read_requests(input_path)
-    return prepare(items, input_path, rule)
+    return _from_file(prepare(items, input_path, rule), input_path)
+
+
+def bad_line_error(bad: BadLine) -> InputError:
+    """The item error of a bad line: `in.jsonl:3 (custom_id 'x'): why`."""
+    exc = InputError(bad.describe())
+    exc.path, exc.line = bad.source, bad.line
+    return exc
+
+
+def _from_file(items: Iterator[Item], path: Path) -> Iterator[Item]:
+    """Every bad line naming the input file, also those made after reading
+    (a template that fails for a record, a bad schema in a line)."""
+    for item in items:
+        yield item if isinstance(item, RequestLine) else item.from_file(path)
 
 
 def _identity(input_path: Path, s: RunSettings, endpoint: Endpoint) -> dict[str, str]:
@@ -247,7 +261,7 @@ class _Caller:
 
     async def __call__(self, req: Item) -> Answer:
         if isinstance(req, BadLine):  # rejected by cost() before any attempt
-            raise InputError(req.reason, line=req.line)
+            raise bad_line_error(req)
         attempt = current_attempt()
         if attempt is not None and attempt.reask is not None:
             req = reask_request(req, attempt)  # the same request, asked again
@@ -312,7 +326,7 @@ def _cost(item: Item) -> tuple[float, float]:
     """(input, output) tokens a request reserves: budgets that meter them apart
     (Anthropic's input and output tokens) take each, a total budget the sum."""
     if isinstance(item, BadLine):
-        raise InputError(item.reason, line=item.line)
+        raise bad_line_error(item)
     prompt, output = request_estimate(item.body, item.endpoint)
     return float(prompt), float(output)
 

@@ -106,8 +106,16 @@ def read_records(
     if not os.path.exists(path):
         raise InputError("file not found; check the path", path=os.fspath(path))
     if ext in _CSV_EXTS:
-        return _read_csv(path, _CSV_EXTS[ext], max_line_bytes)
-    return _read_jsonl(path, max_line_bytes)
+        return _from_file(_read_csv(path, _CSV_EXTS[ext], max_line_bytes), path)
+    return _from_file(_read_jsonl(path, max_line_bytes), path)
+
+
+def _from_file(
+    records: Iterator[Record | BadLine], path: str | os.PathLike[str]
+) -> Iterator[Record | BadLine]:
+    """Each bad line naming the file it is in."""
+    for rec in records:
+        yield rec if isinstance(rec, Record) else rec.from_file(path)
 
 
 def _read_jsonl(path: str | os.PathLike[str], max_line_bytes: int) -> Iterator[Record | BadLine]:
