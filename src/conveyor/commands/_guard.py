@@ -51,6 +51,8 @@ __all__ = [
 
 _SNAPSHOT_EVERY = 0.5  # seconds between snapshots of the jobs' trees
 _GRACE = 1.0  # seconds between SIGTERM and SIGKILL when the runner died
+_RESCAN_EVERY = 0.05  # seconds between scans for marked jobs after the runner died
+_RESCAN_MAX = 2.0  # at most this long scanning for them
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -174,18 +176,40 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
     if token:  # jobs not registered yet (killed right after the fork) are marked too
         for pid, started in marked(token):
             trees.setdefault(pid, set()).add((pid, started))
-    if not trees:
+    if not trees and not token:
         return
     for leader, tree in trees.items():
         kill_tree(leader, tree, signal.SIGTERM)
+    # A job forked just before the runner died execs (and shows the mark) a
+    # moment later: scan again until two scans in a row find nobody new, so
+    # the journal lock is not let go while such a job still starts.
+    quiet, rescan_until = 0, time.monotonic() + _RESCAN_MAX
+    while token and quiet < 2 and time.monotonic() < rescan_until:
+        time.sleep(_RESCAN_EVERY)
+        late = {(p, s) for p, s in marked(token) if p not in trees}
+        quiet = 0 if late else quiet + 1
+        for pid, started in late:
+            trees[pid] = {(pid, started)} | descendants(pid)
+            kill_tree(pid, trees[pid], signal.SIGTERM)
+    if not trees:
+        return
     deadline = time.monotonic() + _GRACE
-    while time.monotonic() < deadline and any(
-        _alive_group(leader) or any(same_process(p, s) for p, s in tree)
-        for leader, tree in trees.items()
-    ):
+    while time.monotonic() < deadline and _any_left(trees):
         time.sleep(0.02)
     for leader, tree in trees.items():
         kill_tree(leader, tree, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: the lock ends with the guard only once
+    # the jobs are gone (and their own locks and files are closed).
+    deadline = time.monotonic() + _GRACE
+    while time.monotonic() < deadline and _any_left(trees):
+        time.sleep(0.02)
+
+
+def _any_left(trees: dict[int, set[tuple[int, int]]]) -> bool:
+    return any(
+        _alive_group(leader) or any(same_process(p, s) for p, s in tree)
+        for leader, tree in trees.items()
+    )
 
 
 def any_alive(tree: set[tuple[int, int]]) -> bool:
