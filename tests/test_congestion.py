@@ -385,3 +385,27 @@ async def test_engine_tells_the_controller_each_attempts_output_tokens() -> None
     report = await conveyor.arun(range(100), plain, concurrency="auto", concurrency_max=64)
     assert report.extra["concurrency_auto"]["compared"] == "per request"
     assert report.extra["concurrency_auto"]["unloaded_latency"] >= 0.01
+
+
+@pytest.mark.parametrize(("status", "backs_off"), [(500, False), (502, False), (503, True)])
+async def test_only_overload_answers_back_the_limit_off(status: int, backs_off: bool) -> None:
+    """A quick 500/502 is a fault of that request, not a queue: a flaky
+    endpoint keeps its auto limit. 503 (and 504, 529, timeouts) say the
+    server is overloaded: the limit backs off and says why."""
+    import asyncio
+
+    import conveyor
+    from conveyor._base._exceptions import HTTPRetryable
+
+    rnd = random.Random(5)
+
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0.005)
+        if rnd.random() < 0.7:
+            raise HTTPRetryable(f"HTTP {status}", status_code=status)
+        return x
+
+    report = await conveyor.arun(range(300), fn, concurrency="auto", retries=0)
+    assert report.counts["ok"] + report.counts["failed"] == 300
+    reasons = [why for _, _, why in report.extra["concurrency_auto"]["history"]]
+    assert any(why.startswith("backed off: errors") for why in reasons) is backs_off, reasons

@@ -23,6 +23,7 @@ from ._validation import Checker, Reask
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Callable
 
     from .._base._clock import Clock
     from ._admission import Admission, Ticket
@@ -193,8 +194,8 @@ class ItemRunner:
                         exc, attempts - refusals - reasked, ticket, refusals
                     )
                     self._note_recovery()  # an answer that is a refusal closes it too
-                    if refused != "rate" and self.opts.retry.is_retryable(exc):
-                        # Timeouts, 5xx, capacity refusals: signs of overload.
+                    if refused != "rate" and _overload(exc, self.opts.retry.is_retryable):
+                        # Timeouts, 503/504/529, capacity refusals: signs of overload.
                         self._admission.observe(
                             clock.now() - sent,
                             ok=False,
@@ -460,3 +461,16 @@ class ItemRunner:
             duration=(end - t0) if t0 is not None else 0.0,
             usage=usage,
         )
+
+
+# Answers that say the server is overloaded (RFC 9110 503 Service Unavailable,
+# 504 from a gateway, Anthropic's 529 overloaded_error). A quick 500 or 502 is a
+# fault of that request, not a queue: the auto limit does not back off for it.
+_OVERLOAD_STATUS = frozenset({503, 504, 529})
+
+
+def _overload(exc: BaseException, retryable: Callable[[BaseException], bool]) -> bool:
+    if not retryable(exc):
+        return False
+    status = getattr(exc, "status_code", None)
+    return status is None or status in _OVERLOAD_STATUS
