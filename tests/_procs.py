@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
@@ -79,3 +80,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
     if proc.stderr is not None:
         proc.stderr.close()
+
+
+def cli_env(key: str) -> dict[str, str]:
+    """The environment of a `conveyor` subprocess: this one's, with the mock's
+    key and no base URL the machine may have set."""
+    e = dict(os.environ)
+    e["OPENAI_API_KEY"] = key
+    e.pop("OPENAI_BASE_URL", None)
+    return e

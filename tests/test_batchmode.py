@@ -6,7 +6,6 @@ finish, and kill -9 at random moments with a resume that re-attaches."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import signal
 import sqlite3
@@ -20,7 +19,7 @@ import httpx2
 import orjson
 import pytest
 
-from _procs import eventually
+from _procs import cli_env, eventually
 from conveyor.mock import MockConfig, MockServer, count_prompt_tokens, expected_content
 from conveyor.openai import run_file
 
@@ -87,10 +86,7 @@ def server() -> Iterator[tuple[MockServer, str]]:
 
 @pytest.fixture
 def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["OPENAI_API_KEY"] = KEY
-    e.pop("OPENAI_BASE_URL", None)
-    return e
+    return cli_env(KEY)
 
 
 def _tokens(bodies: dict[str, dict[str, Any]]) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from _procs import cli_env
 from conveyor.mock import MockConfig, MockServer, expected_content
 
 CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
@@ -36,10 +37,7 @@ def mock_server(start_mock: Callable[..., MockServer]) -> tuple[MockServer, str]
 
 @pytest.fixture
 def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["OPENAI_API_KEY"] = KEY
-    e.pop("OPENAI_BASE_URL", None)
-    return e
+    return cli_env(KEY)
 
 
 def make_input(path: Path, n: int) -> dict[str, dict[str, object]]:

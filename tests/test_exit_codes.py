@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from _procs import eventually, ready_line
+from _procs import cli_env, eventually, ready_line
 from conveyor._journal._journal import Journal
 from conveyor.mock import MockConfig, MockServer
 
@@ -59,10 +59,7 @@ def srv(start_mock: Callable[..., MockServer]) -> MockServer:
 
 @pytest.fixture
 def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["OPENAI_API_KEY"] = KEY
-    e.pop("OPENAI_BASE_URL", None)
-    return e
+    return cli_env(KEY)
 
 
 def requests_file(path: Path, n: int, *, model: str = "mock-gpt", bad: bool = False) -> Path:

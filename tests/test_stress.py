@@ -8,7 +8,6 @@ The default run kills each a few times; `pytest -m slow` kills each 30 times (#1
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from _procs import alive, eventually
+from _procs import alive, cli_env, eventually
 from conveyor.mock import MockConfig, MockServer
 
 CONVEYOR = [sys.executable, "-m", "conveyor.cli"]
@@ -37,10 +36,7 @@ def server() -> Iterator[tuple[MockServer, str]]:
 
 @pytest.fixture
 def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["OPENAI_API_KEY"] = KEY
-    e.pop("OPENAI_BASE_URL", None)
-    return e
+    return cli_env(KEY)
 
 
 def make_input(path: Path, n: int) -> None:
