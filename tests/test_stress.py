@@ -147,10 +147,12 @@ def _retry_kills(server: tuple[MockServer, str], env: dict[str, str], tmp_path: 
     srv, url = server
     make_input(tmp_path / "in.jsonl", n)
     out = tmp_path / "out.jsonl"
+    # The setup run only leaves failures behind; at a fixed 100 in flight the
+    # breaker's pauses on this 70%-failing server cost about 3 s, not 35.
     srv.config = MockConfig(api_key=KEY, rate_500=0.7, seed=32)
     first = subprocess.run([*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out),
                             "--base-url", url, "--retries", "0", "--no-preflight", "-q",
-                            "--give-up", "600"],
+                            "--give-up", "600", "-c", "100"],
                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert first.returncode == 1, first.stderr
     journal = f"{out}.conveyor.db"
