@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from conveyor._base._exceptions import ConfigError
-from conveyor._core._congestion import BETA, START, CongestionController
+from conveyor._core._congestion import BETA, MIN_WAIT, START, CongestionController
 
 
 @dataclass
@@ -49,14 +49,18 @@ def simulate(
     degrade_after: int | None = None,
     seed: int = 0,
     jitter: float = 0.25,
+    client_cost: float = 0.0,
 ) -> Run:
-    """Keep `ctl.limit` requests in a K-slot FIFO server until `until`."""
+    """Keep `ctl.limit` requests in a K-slot FIFO server until `until`.
+    With `client_cost`, the client reads answers one at a time, each taking
+    that long (one event loop): an answer is seen when the client gets to it."""
     rng = random.Random(seed)
     run = Run()
     events: list[tuple[float, int, float, float]] = []  # (finish, seq, start, work)
     queue: deque[tuple[float, float]] = deque()
     busy = in_flight = seq = 0
     now = 0.0
+    client_free = 0.0
 
     def serve(start: float, work: float) -> None:
         nonlocal busy, seq
@@ -82,7 +86,9 @@ def simulate(
 
     fill()
     while events and now < until:
-        now, _, start, work = heapq.heappop(events)
+        done, _, start, work = heapq.heappop(events)
+        now = max(done, client_free) + client_cost if client_cost else done
+        client_free = now
         busy -= 1
         in_flight -= 1
         run.done.append((now, now - start))
@@ -409,3 +415,19 @@ async def test_only_overload_answers_back_the_limit_off(status: int, backs_off: 
     assert report.counts["ok"] + report.counts["failed"] == 300
     reasons = [why for _, _, why in report.extra["concurrency_auto"]["history"]]
     assert any(why.startswith("backed off: errors") for why in reasons) is backs_off, reasons
+
+
+def test_a_queue_of_milliseconds_on_a_fast_endpoint_is_no_reason_to_back_off() -> None:
+    """A 2 ms endpoint with room for thousands, and a client that spends
+    0.3 ms reading each answer: past about 7 in flight the answers wait for
+    the client, not the server. That wait (a few ms) is no queue to fall for:
+    the limit stays at the start or above, full speed holds, and the median
+    latency stays within a few MIN_WAIT of unloaded (the old rule fell to 9)."""
+    ctl = CongestionController(1, 1000)
+    cost = 0.0003
+    run = simulate(ctl, capacity=lambda _: 10_000, service=0.002, until=3.0,
+                   client_cost=cost, jitter=0.1)  # fmt: skip
+    late = run.limits_between(1.0, 3.0)
+    assert min(late) >= START, ctl.history
+    assert run.throughput(1.0, 3.0) >= 0.95 / cost
+    assert run.median_latency(1.0, 3.0) <= 0.002 + 3 * MIN_WAIT

@@ -53,6 +53,9 @@ gradient limiters of Netflix's concurrency-limits:
   queueing (``ratio > 1 + 3 BETA``) is acted on after a quarter of a window;
 - a share of errors or timeouts above `ERROR_SHARE` in a window multiplies
   the limit by `ERROR_FACTOR`, whatever the latency;
+- a queue shorter than `MIN_WAIT` (10 ms) is no queue: on a fast endpoint
+  that is the client reading answers one after another, and a fall would
+  idle the endpoint. A fall keeps at least the knee plus that much queue;
 - a window whose in-flight peak stayed well below the limit (the input, not
   the server, was the bottleneck) never raises it.
 
@@ -96,6 +99,12 @@ _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
 _BINDING = 0.8  # a window whose in-flight peak stayed below this share never grows
 _STUCK = 5  # windows at the minimum, still queueing, before unloaded is relearnt
 _HISTORY = 512
+# A queue shorter than this (seconds) is not worth a fall: on a fast endpoint
+# (an internal API answering in 2 ms, a mock) it is the client's own turn-
+# taking, answers read one after another by one event loop, and a fall to the
+# "knee" there only leaves the endpoint idle. A GPU server's queue is a whole
+# service time (tenths of a second to seconds), far above it.
+MIN_WAIT = 0.01
 
 
 class CongestionController:
@@ -241,7 +250,12 @@ class CongestionController:
             # Against the unqueued tail learnt before: when those ahead took
             # most slots, most of the cohort queued, its own tail too.
             tail = min(tail, self._base_unit_tail)
-        served = sum(1 for v in x if v <= OPENING_SPREAD * tail)
+        ref = OPENING_SPREAD * tail
+        served = sum(
+            1
+            for v, u in zip(self._x, self._sizes, strict=True)
+            if v <= ref or (v - tail) * u < MIN_WAIT
+        )
         return tail, len(x) - served, served
 
     def _early(self, seen: int) -> bool:
@@ -322,6 +336,9 @@ class CongestionController:
             self._opening = False
         self._by_tail = math.inf
         ratio, figure, mean = self._ratio(learn=not early)
+        latency = self._lat / len(self._x)  # the window's mean, in seconds
+        if ratio > 1 and latency * (1 - 1 / ratio) < MIN_WAIT:
+            ratio = 1.0  # a queue of a few milliseconds: no queue to act on
         if early and ratio <= 1 + 3 * BETA:
             return  # only clear queueing is decided before the cohort is in
         binding = peak >= _BINDING * old and old < self.maximum
@@ -348,6 +365,10 @@ class CongestionController:
                 return
             knee = measured if measured is not None else old / ratio
             target = max(old * FLOOR, knee) * (1 + MID)
+            # At least the knee plus a queue of MIN_WAIT (answers per second
+            # by Little's law, times it): a fast endpoint keeps enough in
+            # flight to stay busy between the client's turns.
+            target = max(target, knee + old / latency * MIN_WAIT)
             self._set(now, min(target, old - 1), f"backed off: latency rose x{ratio:.2f}")
             return
         self._stuck = 0
