@@ -135,6 +135,36 @@ def test_slow_start_reaches_the_knee_in_round_trips(k: int, spread: bool) -> Non
     assert max(n for _, n in run.limits) <= 2 * max(k, START)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_ramp_is_not_held_to_the_longest_output(seed: int) -> None:
+    """K = 512, outputs of 16x different lengths (0.5 to 8 s, mean 3.1 s),
+    told the work: each doubling waits for the cohort's short answers (twice
+    its fast tail, the least in which a queued short one is back), not for
+    its long ones, so five doublings from 16 take about a second each: the
+    limit is past 460 within 7.2 s. (Waiting for half the cohort and 2.5
+    fast tails took 7.5 to 9 s on these seeds.)"""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 512, service=2.0, spread=True, per_work=True,
+                   until=60.0, seed=seed, jitter=0.0)  # fmt: skip
+    assert next(t for t, n in run.limits if n >= 460) <= 7.2
+    # The cadence is not bought with an overshoot: at most twice K.
+    assert max(n for _, n in run.limits) <= 2 * 512
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("k", "after"), [(8, 16), (64, 128)])
+def test_a_faster_ramp_does_not_push_a_degrading_server(seed: int, k: int, after: int) -> None:
+    """The same spread of outputs on servers that slow everything past 2K
+    (the "-deg" servers): the shorter wait never lets the limit past 2K
+    (plus the 10% probing step) and keeps the server at its maximum."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, service=0.25, spread=True, per_work=True,
+                   until=60.0, seed=seed, degrade_after=after)  # fmt: skip
+    assert max(n for _, n in run.limits) <= max(2 * k + 2, after)
+    mean_service = 0.25 * 1.55
+    assert run.throughput(20, 60) >= 0.95 * k / mean_service
+
+
 @pytest.mark.parametrize("k", [8, 64, 512])
 def test_a_server_that_answers_in_waves(k: int) -> None:
     """No jitter (the mock server's fixed service time): each cohort is sent
