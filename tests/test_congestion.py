@@ -49,10 +49,13 @@ def simulate(
     degrade_after: int | None = None,
     seed: int = 0,
     jitter: float = 0.25,
+    probe: bool = False,
 ) -> Run:
     """Keep `ctl.limit` requests in a K-slot FIFO server until `until`."""
     rng = random.Random(seed)
     run = Run()
+    if probe:
+        ctl = _Probed(ctl)  # type: ignore[assignment]
     events: list[tuple[float, int, float, float]] = []  # (finish, seq, start, work)
     queue: deque[tuple[float, float]] = deque()
     busy = in_flight = seq = 0
@@ -163,6 +166,35 @@ def test_a_faster_ramp_does_not_push_a_degrading_server(seed: int, k: int, after
     assert max(n for _, n in run.limits) <= max(2 * k + 2, after)
     mean_service = 0.25 * 1.55
     assert run.throughput(20, 60) >= 0.95 * k / mean_service
+
+
+class _Probed:
+    """The openai driver's probe: one request first (its answer carries the
+    server's headers), the controller's limit after that answer."""
+
+    def __init__(self, ctl: CongestionController) -> None:
+        self.ctl, self.answered = ctl, False
+
+    @property
+    def limit(self) -> int:
+        return self.ctl.limit if self.answered else 1
+
+    def on_sample(self, now: float, latency: float, **kw: object) -> None:
+        self.answered = True
+        self.ctl.on_sample(now, latency, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
+def test_the_probe_does_not_pass_the_first_cohort_for_unqueued(jitter: float) -> None:
+    """K8-deg behind the driver's probe: the first cohort (15 sent a round
+    trip after the probe) is timed from when it was sent, not from the
+    probe, so its queued half is waited for: the limit falls below 16 and
+    never doubles into the server's slow-down past 16."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 8, service=0.5, until=30.0, per_work=True,  # type: ignore[arg-type]
+                   degrade_after=16, jitter=jitter, probe=True)  # fmt: skip
+    assert max(n for _, n in run.limits) <= 18
+    assert run.throughput(5, 30) >= 0.95 * 8 / 0.5
 
 
 @pytest.mark.parametrize("k", [8, 64, 512])

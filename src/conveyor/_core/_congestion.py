@@ -144,6 +144,7 @@ class CongestionController:
         self._ahead = 0  # in flight at the last change, sent before it
         self._by_tail = math.inf  # the last window's queue read from its fast tail
         self._cohort_from = math.inf  # when the first counted attempt started
+        self._starts: list[float] = []  # when this window's answered attempts started
         self._span_from: float | None = None  # the first answer since the last change
         self._span_work = 0.0  # the work answered since then (after the first)
 
@@ -205,6 +206,7 @@ class CongestionController:
             self._x.append(latency / (unit or 1.0))
             self._sizes.append(unit or 1.0)
             self._sizes_lat.append(latency)
+            self._starts.append(now - latency)
             self._lat += latency
             self._work += unit or 1.0
         else:
@@ -233,7 +235,11 @@ class CongestionController:
         if seen < max(SLOW_START_WINDOW, int(COHORT_SHARE * (self.limit - self._ahead))):
             return False
         lat = sorted(self._sizes_lat)
-        if now - self._cohort_from < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
+        # From when the bulk of it was sent (its median start), not its first:
+        # the driver's probe goes a round trip ahead of the first cohort, and
+        # timed from the probe the cohort's unqueued half would pass for all.
+        sent = sorted(self._starts)[len(self._starts) // 2]
+        if now - sent < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
             return False
         queued = self._queued_share()[1]
         return queued == 0 or queued >= max(2, len(self._x) // 10)
@@ -445,6 +451,7 @@ class CongestionController:
         self._x = []
         self._sizes = []
         self._sizes_lat = []
+        self._starts = []
         self._lat = 0.0
         self._work = 0.0
         self._unsized = 0
