@@ -50,12 +50,15 @@ def simulate(
     seed: int = 0,
     jitter: float = 0.25,
     client_cost: float = 0.0,
+    probe: bool = False,
 ) -> Run:
     """Keep `ctl.limit` requests in a K-slot FIFO server until `until`.
     With `client_cost`, the client reads answers one at a time, each taking
     that long (one event loop): an answer is seen when the client gets to it."""
     rng = random.Random(seed)
     run = Run()
+    if probe:
+        ctl = _Probed(ctl)  # type: ignore[assignment]
     events: list[tuple[float, int, float, float]] = []  # (finish, seq, start, work)
     queue: deque[tuple[float, float]] = deque()
     busy = in_flight = seq = 0
@@ -139,6 +142,65 @@ def test_slow_start_reaches_the_knee_in_round_trips(k: int, spread: bool) -> Non
     share, span = (0.75, 10) if spread else (0.9, 4)
     assert run.throughput(rounds, rounds + span) >= share * k / mean_service
     assert max(n for _, n in run.limits) <= 2 * max(k, START)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_ramp_is_not_held_to_the_longest_output(seed: int) -> None:
+    """K = 512, outputs of 16x different lengths (0.5 to 8 s, mean 3.1 s),
+    told the work: each doubling waits for the cohort's short answers (twice
+    its fast tail, the least in which a queued short one is back), not for
+    its long ones, so five doublings from 16 take about a second each: the
+    limit is past 460 within 7.2 s. (Waiting for half the cohort and 2.5
+    fast tails took 7.5 to 9 s on these seeds.)"""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 512, service=2.0, spread=True, per_work=True,
+                   until=60.0, seed=seed, jitter=0.0)  # fmt: skip
+    assert next(t for t, n in run.limits if n >= 460) <= 7.2
+    # The cadence is not bought with an overshoot: at most twice K.
+    assert max(n for _, n in run.limits) <= 2 * 512
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("k", "after"), [(8, 16), (64, 128)])
+def test_a_faster_ramp_does_not_push_a_degrading_server(seed: int, k: int, after: int) -> None:
+    """The same spread of outputs on servers that slow everything past 2K
+    (the "-deg" servers): the shorter wait never lets the limit past 2K
+    (plus the 10% probing step) and keeps the server at its maximum."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, service=0.25, spread=True, per_work=True,
+                   until=60.0, seed=seed, degrade_after=after)  # fmt: skip
+    assert max(n for _, n in run.limits) <= max(2 * k + 2, after)
+    mean_service = 0.25 * 1.55
+    assert run.throughput(20, 60) >= 0.95 * k / mean_service
+
+
+class _Probed:
+    """The openai driver's probe: one request first (its answer carries the
+    server's headers), the controller's limit after that answer."""
+
+    def __init__(self, ctl: CongestionController) -> None:
+        self.ctl, self.answered = ctl, False
+
+    @property
+    def limit(self) -> int:
+        return self.ctl.limit if self.answered else 1
+
+    def on_sample(self, now: float, latency: float, **kw: object) -> None:
+        self.answered = True
+        self.ctl.on_sample(now, latency, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
+def test_the_probe_does_not_pass_the_first_cohort_for_unqueued(jitter: float) -> None:
+    """K8-deg behind the driver's probe: the first cohort (15 sent a round
+    trip after the probe) is timed from when it was sent, not from the
+    probe, so its queued half is waited for: the limit falls below 16 and
+    never doubles into the server's slow-down past 16."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 8, service=0.5, until=30.0, per_work=True,  # type: ignore[arg-type]
+                   degrade_after=16, jitter=jitter, probe=True)  # fmt: skip
+    assert max(n for _, n in run.limits) <= 18
+    assert run.throughput(5, 30) >= 0.95 * 8 / 0.5
 
 
 @pytest.mark.parametrize("k", [8, 64, 512])

@@ -28,7 +28,9 @@ gradient limiters of Netflix's concurrency-limits:
   fixed default of 100: a small server that preempts past 2K would run at a
   fifth of its speed until that first cohort drained. Not told the work, a
   cohort is its fastest half; told it, the cohort is read whole (those sent
-  at the change; at most `OPENING_WAIT` times its fast tail's latency): its
+  at the change), or, once a quarter of it is in, for `OPENING_WAIT` (2)
+  times its fast tail's latency, the least in which a queued short answer
+  is back (the ramp is not held to the longest output's pace): its
   answers more than `OPENING_SPREAD` times slower per unit of work than the
   unqueued tail waited in a queue, and the others (with those in flight
   ahead of the cohort) count what the server serves at once. The fast half
@@ -92,7 +94,8 @@ MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
 OPENING_SPREAD = 1.8  # a cohort: unqueued within this of its fast tail
-OPENING_WAIT = 2.5  # and waited for at most this many times its fast tail
+OPENING_WAIT = 2.0  # and waited for at most this many times its fast tail
+COHORT_SHARE = 0.25  # once this share of it is in (a queued short one is back by then)
 _COHORT_MIN = 8  # after the first, smaller cohorts are too few to count a queue in
 SPAN_ROUNDS = 4  # the knee is measured over at least this many round trips
 _REOPEN = 3  # clean windows in a row, in avoidance, before slow start resumes
@@ -150,6 +153,7 @@ class CongestionController:
         self._ahead = 0  # in flight at the last change, sent before it
         self._by_tail = math.inf  # the last window's queue read from its fast tail
         self._cohort_from = math.inf  # when the first counted attempt started
+        self._starts: list[float] = []  # when this window's answered attempts started
         self._span_from: float | None = None  # the first answer since the last change
         self._span_work = 0.0  # the work answered since then (after the first)
 
@@ -211,6 +215,7 @@ class CongestionController:
             self._x.append(latency / (unit or 1.0))
             self._sizes.append(unit or 1.0)
             self._sizes_lat.append(latency)
+            self._starts.append(now - latency)
             self._lat += latency
             self._work += unit or 1.0
         else:
@@ -225,17 +230,25 @@ class CongestionController:
 
     def _cohort_done(self, now: float, seen: int) -> bool:
         """In slow start, told the work, a cohort is waited for whole (its
-        late answers are the queue, if any), but not past 2.5 times its fast
-        tail's latency once half of it is in: the rest are long outputs, or
-        queued well past the knee. Unless its queued answers have begun to
-        come (they come in a burst, from the slots freed at once): then it
+        late answers are the queue, if any), but not past twice its fast
+        tail's latency once a quarter of it is in: a request that queued
+        waited at least until the first slot freed (a fast tail), so a short
+        one among the queued is back by then, twice as slow per unit of work;
+        the rest are long outputs, whose wait for the slowest would tie the
+        ramp's cadence to the longest output (8 s a doubling on a server
+        whose outputs take 0.5 to 8 s). Unless its queued answers have begun
+        to come (they come in a burst, from the slots freed at once): then it
         waits for enough of them to count."""
         if not self.slow_start or self._unsized or len(self._x) < SLOW_START_WINDOW // 2:
             return False
-        if seen < max(SLOW_START_WINDOW, (self.limit - self._ahead) // 2):
+        if seen < max(SLOW_START_WINDOW, int(COHORT_SHARE * (self.limit - self._ahead))):
             return False
         lat = sorted(self._sizes_lat)
-        if now - self._cohort_from < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
+        # From when the bulk of it was sent (its median start), not its first:
+        # the driver's probe goes a round trip ahead of the first cohort, and
+        # timed from the probe the cohort's unqueued half would pass for all.
+        sent = sorted(self._starts)[len(self._starts) // 2]
+        if now - sent < OPENING_WAIT * lat[int(TAIL * (len(lat) - 1))]:
             return False
         queued = self._queued_share()[1]
         return queued == 0 or queued >= max(2, len(self._x) // 10)
@@ -459,6 +472,7 @@ class CongestionController:
         self._x = []
         self._sizes = []
         self._sizes_lat = []
+        self._starts = []
         self._lat = 0.0
         self._work = 0.0
         self._unsized = 0
