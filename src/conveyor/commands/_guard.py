@@ -11,6 +11,11 @@ signals pass it by) that:
 - marks every job with an environment variable (`CONVEYOR_RUN_GUARD`, a
   token of this run) that its descendants inherit, wherever they go (their
   own session, a double fork): a cgroup-like mark without privileges;
+- marks every job before it execs too: the runner names the thread that
+  spawns it (`/proc/<tid>/comm`, a name of this run) for the length of the
+  spawn, and a forked child keeps that name until its `exec`. So a child the
+  runner forked just before its death, that has not exec'd yet (and carries
+  no environment mark yet), is found by name and killed before it runs;
 - is told each job's pid when it starts (`+pid`) and ends (`-pid`) over a
   pipe, and keeps a snapshot of each job's descendants (for those that
   clear their environment);
@@ -37,6 +42,10 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "MARK",
@@ -53,6 +62,7 @@ _SNAPSHOT_EVERY = 0.5  # seconds between snapshots of the jobs' trees
 _GRACE = 1.0  # seconds between SIGTERM and SIGKILL when the runner died
 _RESCAN_EVERY = 0.05  # seconds between scans for marked jobs after the runner died
 _RESCAN_MAX = 2.0  # at most this long scanning for them
+_COMM = "/proc/self/task/{}/comm"  # a thread's name: 15 bytes, inherited by fork, reset by exec
 
 
 def _stat(pid: int) -> tuple[int, str, int] | None:
@@ -122,31 +132,54 @@ def kill_tree(leader: int, tree: set[tuple[int, int]], sig: int) -> None:
 MARK = "CONVEYOR_RUN_GUARD"
 
 
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def marked(token: str) -> set[tuple[int, int]]:
     """Live processes whose environment carries this run's mark."""
+    return _scan(token, "", 0)[1]
+
+
+def _scan(token: str, name: str, skip: int) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """(the runner's forked children that have not exec'd yet, found by `name`;
+    live processes whose environment carries this run's mark), but never `skip`."""
     needle = f"{MARK}={token}".encode()
+    comm = name.encode() + b"\n"
+    unexeced: set[tuple[int, int]] = set()
     found: set[tuple[int, int]] = set()
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return found
-    for name in entries:
-        if not name.isdigit():
+        return unexeced, found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == skip:
             continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            st = _stat(int(name))
+        # The name first: exec gives the new name before the new environment,
+        # so a child seen renamed here shows its mark just below (or, in the few
+        # instructions between the two, at the next scan).
+        into = None
+        if name and _read(f"/proc/{entry}/comm") == comm:
+            into = unexeced
+        else:
+            env = _read(f"/proc/{entry}/environ")
+            if env is not None and needle in env.split(b"\0"):
+                into = found
+        if into is not None:
+            st = _stat(int(entry))
             if st is not None and st[1] not in ("Z", "X"):
-                found.add((int(name), st[2]))
-    return found
+                into.add((int(entry), st[2]))
+    return unexeced, found
 
 
 def _main() -> None:  # pragma: no cover - runs in the guard process (tested end to end)
     token = sys.argv[1] if len(sys.argv) > 1 else ""
+    name = sys.argv[2] if len(sys.argv) > 2 else ""
+    runner = os.getppid()  # named like its children while it spawns one: not a job
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     jobs: dict[int, set[tuple[int, int]]] = {}
@@ -173,11 +206,10 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
             for leader, seen in jobs.items():
                 seen |= descendants(leader)
     trees = {leader: seen | descendants(leader) for leader, seen in jobs.items()}
-    if token:  # jobs not registered yet (killed right after the fork) are marked too
-        for pid, started in marked(token):
-            trees.setdefault(pid, set()).add((pid, started))
     if not trees and not token:
         return
+    if token:  # jobs not registered yet (killed right after the fork) are marked too
+        _add_marked(trees, token, name, runner)
     for leader, tree in trees.items():
         kill_tree(leader, tree, signal.SIGTERM)
     # A job forked just before the runner died execs (and shows the mark) a
@@ -186,10 +218,9 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
     quiet, rescan_until = 0, time.monotonic() + _RESCAN_MAX
     while token and quiet < 2 and time.monotonic() < rescan_until:
         time.sleep(_RESCAN_EVERY)
-        late = {(p, s) for p, s in marked(token) if p not in trees}
+        late = _add_marked(trees, token, name, runner)
         quiet = 0 if late else quiet + 1
-        for pid, started in late:
-            trees[pid] = {(pid, started)} | descendants(pid)
+        for pid in late:
             kill_tree(pid, trees[pid], signal.SIGTERM)
     if not trees:
         return
@@ -203,6 +234,25 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
     deadline = time.monotonic() + _GRACE
     while time.monotonic() < deadline and _any_left(trees):
         time.sleep(0.02)
+
+
+def _add_marked(
+    trees: dict[int, set[tuple[int, int]]], token: str, name: str, runner: int
+) -> list[int]:
+    """Add the marked processes not in `trees` yet; return their pids. A child
+    not exec'd yet has run nothing of its job: SIGKILL at once (a SIGTERM
+    would only reach the runner's handler, copied into it by the fork)."""
+    unexeced, found = _scan(token, name, runner)
+    new: list[int] = []
+    for pid, started in unexeced | found:
+        if pid in trees:
+            continue
+        if (pid, started) in unexeced:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        trees[pid] = {(pid, started)} | descendants(pid)
+        new.append(pid)
+    return new
 
 
 def _any_left(trees: dict[int, set[tuple[int, int]]]) -> bool:
@@ -229,6 +279,8 @@ def _alive_group(pgid: int) -> bool:
 _current: contextvars.ContextVar[Guard | None] = contextvars.ContextVar(
     "conveyor_guard", default=None
 )
+# Threads named by `Guard.spawning`: /proc path -> (spawns under way, the name to give back).
+_naming: dict[str, tuple[int, bytes]] = {}
 
 
 def current_guard() -> Guard | None:
@@ -240,7 +292,8 @@ class Guard:
     """The runner's handle on its guard process (see the module docstring).
 
     `with Guard(hold_fd=lock_fd):` starts the guard and makes it the current
-    one for the tasks started inside; `add(pid)`/`remove(pid)` report jobs.
+    one for the tasks started inside; a job is spawned inside
+    `with guard.spawning():` and then reported with `add(pid)`/`remove(pid)`.
     Leaving the block says `bye` and waits for the guard to exit. Where the
     guard cannot start (no /proc, no fork), jobs run unguarded, as before.
     """
@@ -248,6 +301,7 @@ class Guard:
     def __init__(self, *, hold_fd: int | None = None) -> None:
         self._hold = hold_fd
         self.token = f"{os.getpid()}-{secrets.token_hex(8)}"
+        self.name = f"cvy{secrets.token_hex(6)}"  # 15 bytes: a whole thread name
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._token: contextvars.Token[Guard | None] | None = None
@@ -256,7 +310,7 @@ class Guard:
         if os.path.isdir("/proc"):
             with contextlib.suppress(OSError):
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-I", os.path.abspath(__file__), self.token],
+                    [sys.executable, "-I", os.path.abspath(__file__), self.token, self.name],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -274,6 +328,37 @@ class Guard:
         with self._lock, contextlib.suppress(OSError, ValueError):
             proc.stdin.write(line.encode() + b"\n")
             proc.stdin.flush()
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Name the calling thread after this run while a job is forked in it.
+
+        The child keeps the name until it execs: a child forked just before a
+        `kill -9` of this process, not exec'd yet, is found by it (see the
+        module docstring). Spawns awaited at once on one thread nest; the name
+        is given back when the last one is done."""
+        if self._proc is None:
+            yield
+            return
+        path = _COMM.format(threading.get_native_id())
+        nested = _naming.get(path)
+        original = nested[1] if nested else _read(path)
+        if original is None:
+            yield  # no /proc/<tid>/comm: guarded by the environment mark alone
+            return
+        _naming[path] = ((nested[0] if nested else 0) + 1, original)
+        try:
+            with contextlib.suppress(OSError), open(path, "wb") as f:
+                f.write(self.name.encode())
+            yield
+        finally:
+            depth, _ = _naming[path]
+            if depth > 1:
+                _naming[path] = (depth - 1, original)
+            else:
+                del _naming[path]
+                with contextlib.suppress(OSError), open(path, "wb") as f:
+                    f.write(original.rstrip(b"\n"))
 
     def add(self, pid: int) -> None:
         self._send(f"+{pid}")
