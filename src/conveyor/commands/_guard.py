@@ -267,11 +267,25 @@ def any_alive(tree: set[tuple[int, int]]) -> bool:
 
 
 def _alive_group(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs. Zombies are past: they hold
+    the group id but no files or locks, and an orphan's wait for its reaper
+    (pid 1) would hold the journal for the whole grace."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        raw = _read(f"/proc/{entry}/stat") if entry.isdigit() else None
+        if raw is None:
+            continue
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 # --- the runner's side ---------------------------------------------------------------------
