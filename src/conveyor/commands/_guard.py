@@ -206,10 +206,14 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
             for leader, seen in jobs.items():
                 seen |= descendants(leader)
     trees = {leader: seen | descendants(leader) for leader, seen in jobs.items()}
+    # Children not exec'd yet: SIGKILLed by pid alone. One killed before its
+    # setsid is still in the runner's group, which holds the runner's caller
+    # too (a shell pipeline, a test runner): never signal that group.
+    doomed: set[tuple[int, int]] = set()
     if not trees and not token:
         return
     if token:  # jobs not registered yet (killed right after the fork) are marked too
-        _add_marked(trees, token, name, runner)
+        _add_marked(trees, doomed, token, name, runner)
     for leader, tree in trees.items():
         kill_tree(leader, tree, signal.SIGTERM)
     # A job forked just before the runner died execs (and shows the mark) a
@@ -218,45 +222,52 @@ def _main() -> None:  # pragma: no cover - runs in the guard process (tested end
     quiet, rescan_until = 0, time.monotonic() + _RESCAN_MAX
     while token and quiet < 2 and time.monotonic() < rescan_until:
         time.sleep(_RESCAN_EVERY)
-        late = _add_marked(trees, token, name, runner)
-        quiet = 0 if late else quiet + 1
+        caught = len(doomed)
+        late = _add_marked(trees, doomed, token, name, runner)
+        quiet = 0 if late or len(doomed) > caught else quiet + 1
         for pid in late:
             kill_tree(pid, trees[pid], signal.SIGTERM)
-    if not trees:
+    if not trees and not doomed:
         return
     deadline = time.monotonic() + _GRACE
-    while time.monotonic() < deadline and _any_left(trees):
+    while time.monotonic() < deadline and _any_left(trees, doomed):
         time.sleep(0.02)
     for leader, tree in trees.items():
         kill_tree(leader, tree, signal.SIGKILL)
     # SIGKILL is delivered asynchronously: the lock ends with the guard only once
     # the jobs are gone (and their own locks and files are closed).
     deadline = time.monotonic() + _GRACE
-    while time.monotonic() < deadline and _any_left(trees):
+    while time.monotonic() < deadline and _any_left(trees, doomed):
         time.sleep(0.02)
 
 
 def _add_marked(
-    trees: dict[int, set[tuple[int, int]]], token: str, name: str, runner: int
+    trees: dict[int, set[tuple[int, int]]],
+    doomed: set[tuple[int, int]],
+    token: str,
+    name: str,
+    runner: int,
 ) -> list[int]:
     """Add the marked processes not in `trees` yet; return their pids. A child
-    not exec'd yet has run nothing of its job: SIGKILL at once (a SIGTERM
-    would only reach the runner's handler, copied into it by the fork)."""
+    not exec'd yet has run nothing of its job: SIGKILL at once, by pid alone,
+    and into `doomed` (a SIGTERM would only reach the runner's handler, copied
+    into it by the fork)."""
     unexeced, found = _scan(token, name, runner)
+    for pid, _ in unexeced - doomed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    doomed |= unexeced
     new: list[int] = []
-    for pid, started in unexeced | found:
+    for pid, started in found:
         if pid in trees:
             continue
-        if (pid, started) in unexeced:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
         trees[pid] = {(pid, started)} | descendants(pid)
         new.append(pid)
     return new
 
 
-def _any_left(trees: dict[int, set[tuple[int, int]]]) -> bool:
-    return any(
+def _any_left(trees: dict[int, set[tuple[int, int]]], doomed: set[tuple[int, int]]) -> bool:
+    return any(same_process(p, s) for p, s in doomed) or any(
         _alive_group(leader) or any(same_process(p, s) for p, s in tree)
         for leader, tree in trees.items()
     )
