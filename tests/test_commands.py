@@ -7,8 +7,11 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _procs import alive as _alive
+from _procs import eventually as _eventually_sync
 from conveyor._base._exceptions import ConfigError, ConveyorError, InputError
 from conveyor.commands import (
     JOBLOG_HEADER,
@@ -34,6 +38,7 @@ from conveyor.commands import (
     read_joblog,
 )
 from conveyor.commands._expand import branch_name, safe_name
+from conveyor.commands._guard import Guard
 from conveyor.commands._isolation import _is_transient
 
 GIT = shutil.which("git")
@@ -263,6 +268,56 @@ async def test_cancellation_kills_the_group_and_reraises(tmp_path: Path) -> None
         await asyncio.wait_for(running, 10)
     assert not _alive(leader)
     assert await _eventually(lambda: not any(_alive(p) for p in _pids(pidfile)))
+
+
+# --- the guard: jobs die with their runner, even by kill -9 (#12.12) --------------------
+
+# A runner that forks a job and is killed before the job execs; the child is
+# slow to exec (a loaded machine) and has already closed its descriptors, as
+# subprocess does just before exec, so the guard sees its runner die at once.
+_KILLED_BEFORE_EXEC = """
+import os, signal, sys, time
+from conveyor.commands._guard import MARK, Guard
+with Guard() as guard:
+    with guard.spawning():
+        pid = os.fork()
+        if pid == 0:
+            os.closerange(3, 4096)
+            time.sleep(1.0)
+            os.execve("/bin/sh", ["sh", "-c", "echo ran > " + sys.argv[1]],
+                      {**os.environ, MARK: guard.token})
+    print(pid, guard._proc.pid if guard._proc else 0, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_job_forked_but_not_execd_when_its_runner_is_killed_never_runs(tmp_path: Path) -> None:
+    """kill -9 of the runner between a job's fork and its exec: the guard finds
+    the child by the name it inherited from the spawning thread and kills it
+    before it runs, so a rerun (once the guard lets go) cannot overlap it."""
+    ran = tmp_path / "ran"
+    runner = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_EXEC, str(ran)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert runner.returncode == -signal.SIGKILL, runner.stderr
+    child, guard = (int(x) for x in runner.stdout.split())
+    assert guard, "the guard did not start"
+    assert _eventually_sync(lambda: not _alive(child) and not _alive(guard), within=20)
+    assert not ran.exists(), "the job ran after its runner was killed"
+
+
+def test_spawning_names_the_thread_and_gives_the_name_back(tmp_path: Path) -> None:
+    """`Guard.spawning` names the calling thread after the run for the length of a
+    spawn, nested spawns included, and gives its name back afterwards."""
+    comm = Path(f"/proc/self/task/{threading.get_native_id()}/comm")
+    before = comm.read_text()
+    with Guard() as guard:
+        with guard.spawning():
+            assert comm.read_text() == guard.name + "\n"
+            with guard.spawning():
+                assert comm.read_text() == guard.name + "\n"
+            assert comm.read_text() == guard.name + "\n"
+        assert comm.read_text() == before
+    assert comm.read_text() == before
 
 
 # --- isolation ------------------------------------------------------------------------

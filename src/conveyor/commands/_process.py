@@ -165,6 +165,8 @@ async def run_process(
         stdout_path.open("wb") as out,
         stderr_path.open("wb") as err,
         _stdin_file(stdin) as inp,
+        # Found by the guard even if this process dies before the child execs.
+        guard.spawning() if guard is not None else contextlib.nullcontext(),
     ):
         started_at = time.time()
         t0 = time.monotonic()
