@@ -189,6 +189,31 @@ async def test_other_output_path_is_refused(journal: Journal, tmp_path: Path) ->
         OutputSink(journal, tmp_path / "b.jsonl", fmt)
 
 
+async def test_a_group_of_results_is_added_in_order_and_held_within_max_buffered(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """`add_many` writes a group as `add` would each: in order, each key once, and
+    it never holds more than `max_buffered` uncommitted results (a group larger
+    than that waits for the writer part-way)."""
+    out = tmp_path / "out.jsonl"
+    held: list[int] = []
+    async with OutputSink(journal, out, fmt, flush_every=4, max_buffered=8) as sink:
+        real_committed = sink._committed
+
+        async def committed(n: int) -> None:
+            held.append(sink._added - sink._done)
+            await real_committed(n)
+
+        sink._committed = committed  # type: ignore[method-assign]
+        await sink.add_many([res(i) for i in range(30)])
+        await sink.add_many([])
+        await sink.add_many([res(3, value="again"), res(30), res(30, value="twin")])
+    assert output_keys(out) == [f"k{i:05d}" for i in range(31)]
+    assert sink.duplicates == 2
+    assert held and max(held) <= 8
+    assert_matches_journal(journal, out)
+
+
 async def test_duplicate_keys_are_written_once(journal: Journal, tmp_path: Path) -> None:
     """A key already terminal (in the journal or the same batch) is not written again."""
     out = tmp_path / "out.jsonl"

@@ -219,9 +219,16 @@ class JournaledStream(BatchIterator):
         try:
             batch = await stream.next_batch()
             store = self._store
-            for r in batch:
-                if r.status in self._commit and not r.meta.get("resumed"):
-                    await sink.add(r if store is None else store(r))
+            commit = self._commit
+            # The new results of the batch go to the writer as one group: one
+            # lock and one wake-up of its thread, not one per result.
+            new = [
+                r if store is None else store(r)
+                for r in batch
+                if r.status in commit and not r.meta.get("resumed")
+            ]
+            if new:
+                await sink.add_many(new)
         except BaseException as exc:
             try:
                 await self.aclose()

@@ -221,6 +221,7 @@ def tokenizer_name(model: Any = None) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # a run has one or two endpoints; three calls a request
 def _kind(endpoint: str) -> str:
     e = endpoint.rstrip("/")
     for kind in ("chat/completions", "completions", "embeddings", "responses"):
