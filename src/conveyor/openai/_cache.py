@@ -137,12 +137,18 @@ class ResponseCache:
         self.misses = 0
         self.tokens_saved = 0
         self._lock = threading.Lock()
-        self._memory: OrderedDict[str | bytes, CachedResponse] = OrderedDict()
+        # (status, body, usage tokens or None until the first hit): no object per put.
+        self._memory: OrderedDict[str | bytes, tuple[int, bytes, int | None]] = OrderedDict()
         self._max_entries = max_entries
         self._conn: sqlite3.Connection | None = None
         self._path = None if path is None else os.path.abspath(os.fspath(path))
         if self._path is not None:
             self._conn = self._open(self._path)
+
+    @property
+    def in_memory(self) -> bool:
+        """True for a cache of this process only (no file)."""
+        return self._conn is None
 
     @staticmethod
     def key(url: str, body: Any) -> str:
@@ -198,42 +204,58 @@ class ResponseCache:
         """The stored response for `key` (counted as a hit), or None (a miss)."""
         with self._lock:
             if self._conn is None:
-                found = self._memory.get(key)
-                if found is not None:
-                    self._memory.move_to_end(key)
+                entry = self._memory.get(key)
+                if entry is None:
+                    self.misses += 1
+                    return None
+                self._memory.move_to_end(key)
+                status_code, body, tokens = entry
+                if tokens is None:  # counted at the first hit, not at every put
+                    tokens = usage_tokens(body)
+                    self._memory[key] = (status_code, body, tokens)
+                found = CachedResponse(status_code, body, tokens)
             else:
                 assert self._path is not None
                 with _guard(self._path):
                     row = self._conn.execute(
                         "SELECT status_code, body, tokens FROM responses WHERE key = ?", (key,)
                     ).fetchone()
-                found = None if row is None else CachedResponse(row[0], bytes(row[1]), row[2])
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self.tokens_saved += found.tokens
+                if row is None:
+                    self.misses += 1
+                    return None
+                found = CachedResponse(row[0], bytes(row[1]), row[2])
+            self.hits += 1
+            self.tokens_saved += found.tokens
             return found
 
     def put(
         self, key: str | bytes, status_code: int, body: bytes, *, tokens: int | None = None
     ) -> None:
         """Store a response (replacing any previous one for `key`); `tokens`, when the
-        caller knows them, saves parsing `body` again for its `usage`."""
+        caller knows them, saves parsing `body` again for its `usage`. In memory
+        they are counted at the first hit when not given (most responses are
+        never hit)."""
+        body = bytes(body)
+        if self._conn is None:
+            memory = self._memory
+            with self._lock:
+                if key in memory:
+                    memory.move_to_end(key)
+                memory[key] = (status_code, body, tokens)
+                if len(memory) > self._max_entries:
+                    while len(memory) > self._max_entries:
+                        memory.popitem(last=False)
+                return
         tokens = usage_tokens(body) if tokens is None else tokens
-        entry = CachedResponse(status_code, bytes(body), tokens)
         with self._lock:
-            if self._conn is None:
-                self._memory[key] = entry
-                self._memory.move_to_end(key)
-                while len(self._memory) > self._max_entries:
-                    self._memory.popitem(last=False)
+            if self._conn is None:  # closed meanwhile: as an in-memory cache
+                self._memory[key] = (status_code, body, tokens)
                 return
             assert self._path is not None
             with _guard(self._path):
                 self._conn.execute(
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                    (key, entry.status_code, entry.body, entry.tokens, time.time()),
+                    (key, status_code, body, tokens, time.time()),
                 )
 
     def __len__(self) -> int:

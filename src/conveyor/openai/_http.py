@@ -225,7 +225,14 @@ class OpenAIClient:
         self.endpoint = endpoint
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
-        headers = {"Content-Type": "application/json", "User-Agent": "conveyor"}
+        # `Accept-Encoding: identity` (uncompressed answers, RFC 9110 12.5.3) set
+        # here rather than aiohttp's default header skipped: a session that skips
+        # auto headers builds two header multidicts more for every request.
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "conveyor",
+            "Accept-Encoding": "identity",
+        }
         headers.update(dict(endpoint.headers))
         if endpoint.api_key:
             headers["Authorization"] = f"Bearer {endpoint.api_key}"
@@ -245,7 +252,6 @@ class OpenAIClient:
             connector=connector,
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            skip_auto_headers=("Accept-Encoding",),
         )
         return self
 

@@ -299,10 +299,13 @@ class _Caller:
         return answer
 
     def _keep(self, key: str | bytes, answer: Answer) -> None:
-        assert self._cache is not None
+        cache = self._cache
+        assert cache is not None
         # The body as received: an exact-size copy, not an encoder's buffer.
         raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
-        self._cache.put(key, answer.status, raw, tokens=body_tokens(answer.body))
+        # In memory the usage is counted at a hit (most answers never have one).
+        tokens = None if cache.in_memory else body_tokens(answer.body)
+        cache.put(key, answer.status, raw, tokens=tokens)
 
     async def _join(self, req: RequestLine, key: str | bytes) -> Answer:
         """The same request is in flight: its answer is this one's too (or this
