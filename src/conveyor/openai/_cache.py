@@ -248,12 +248,12 @@ class ResponseCache:
                 return
         tokens = usage_tokens(body) if tokens is None else tokens
         with self._lock:
-            if self._conn is None:  # closed meanwhile: as an in-memory cache
+            conn, path = self._conn, self._path
+            if conn is None or path is None:  # closed meanwhile: as an in-memory cache
                 self._memory[key] = (status_code, body, tokens)
                 return
-            assert self._path is not None
-            with _guard(self._path):
-                self._conn.execute(
+            with _guard(path):
+                conn.execute(
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                     (key, status_code, body, tokens, time.time()),
                 )
