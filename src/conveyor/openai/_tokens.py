@@ -220,7 +220,6 @@ def tokenizer_name(model: Any = None) -> str:
     return _DEFAULT_COUNTER.tokenizer_name(model)
 
 
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=64)  # a run has one or two endpoints; three calls a request
 def _kind(endpoint: str) -> str:
     e = endpoint.rstrip("/")
@@ -366,12 +365,15 @@ def _positive_int(value: Any) -> int | None:
     return None
 
 
+_OUTPUT_LIMITS: Final = ("max_completion_tokens", "max_output_tokens", "max_tokens")
+
+
 def max_output_tokens(body: Any, endpoint: str) -> int:
     """Output tokens one completion may use: the body's limit, else the default."""
     if _kind(endpoint) == "embeddings":
         return 0
     if isinstance(body, dict):
-        for key in ("max_completion_tokens", "max_output_tokens", "max_tokens"):
+        for key in _OUTPUT_LIMITS:
             limit = _positive_int(body.get(key))
             if limit is not None:
                 return limit
@@ -400,8 +402,23 @@ def request_estimate(
     """(prompt, output) tokens one request reserves: the estimated prompt, and the
     max output times the completions it asks for (`n`, `best_of`, prompts). The one
     estimate behind the rate limiter's cost, `validate_file` and `--dry-run`."""
-    prompt = estimate_prompt_tokens(body, endpoint, counter=counter)
-    return prompt, max_output_tokens(body, endpoint) * request_multiplier(body, endpoint)
+    kind = _kind(endpoint)
+    if kind != "chat/completions" or not isinstance(body, dict):
+        prompt = estimate_prompt_tokens(body, endpoint, counter=counter)
+        return prompt, max_output_tokens(body, endpoint) * request_multiplier(body, endpoint)
+    # The usual request (it runs for every one): the same three figures in one
+    # pass over the body, the endpoint's kind looked up once.
+    prompt = _Estimator(counter or _DEFAULT_COUNTER, body.get("model")).estimate(body, kind)
+    output = DEFAULT_MAX_OUTPUT_TOKENS
+    for key in _OUTPUT_LIMITS:
+        value = body.get(key)
+        if value is not None and (limit := _positive_int(value)) is not None:
+            output = limit
+            break
+    n = body.get("n")
+    if n is not None:
+        output *= max(_positive_int(n) or 1, 1)
+    return prompt, output
 
 
 def estimate_request_tokens(
