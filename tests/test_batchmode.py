@@ -466,6 +466,7 @@ def _notes(journal: Path) -> str:
         return ""
 
 
+@pytest.mark.slow  # 7 s; test_kill_9_during_a_batch_run_* stays in the default run
 def test_kill_9_after_the_deadline_sent_lines_online_then_resume(
     server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -63,11 +63,11 @@ def read_ids(out: Path) -> list[str]:
 def test_kill_9_at_random_moments_then_resume_exactly_once(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Ten kill -9s at random moments, then a resume: every custom_id is in
+    """Six kill -9s at random moments (thirty in test_stress, marked slow), then a resume: every custom_id is in
     the output exactly once, with the right answer."""
     srv, url = mock_server
-    # ~5 s of work in all (2000 x 50 ms / 20 in flight): every kill lands mid-run.
-    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=11)
+    # ~3 s of work in all (2000 x 30 ms / 20 in flight): every kill lands mid-run.
+    srv.config = MockConfig(api_key=KEY, latency=0.03, seed=11)
     bodies = make_input(tmp_path / "in.jsonl", 2000)
     out = tmp_path / "out.jsonl"
     args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,
@@ -75,7 +75,7 @@ def test_kill_9_at_random_moments_then_resume_exactly_once(
     rnd = random.Random(5)
     deadline = time.monotonic() + 60
     kills = 0
-    while kills < 10 and time.monotonic() < deadline:
+    while kills < 6 and time.monotonic() < deadline:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rnd.uniform(0.3, 0.8))  # a random moment, not a wait for a condition
         if proc.poll() is None:
@@ -84,7 +84,7 @@ def test_kill_9_at_random_moments_then_resume_exactly_once(
         proc.wait(timeout=30)
         assert proc.stderr is not None
         proc.stderr.close()
-    assert kills >= 10
+    assert kills >= 6
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     assert final.returncode == 0, final.stderr
     ids = read_ids(out)
@@ -103,7 +103,7 @@ def test_ctrl_c_flushes_and_says_how_to_resume(
     """SIGINT or SIGTERM: exit 130, the resume command printed, the output
     consistent with the journal; running the same command again finishes."""
     srv, url = mock_server
-    srv.config = MockConfig(api_key=KEY, latency=0.05, seed=12)
+    srv.config = MockConfig(api_key=KEY, latency=0.02, seed=12)
     make_input(tmp_path / "in.jsonl", 1500)
     out = tmp_path / "out.jsonl"
     args = [*CONVEYOR, "run", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url,

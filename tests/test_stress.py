@@ -123,6 +123,7 @@ def _run_kills(server: tuple[MockServer, str], env: dict[str, str], tmp_path: Pa
     assert resent <= landed * (c + CRASH_SLACK), (resent, landed, in_flight)
 
 
+@pytest.mark.slow  # the default run keeps test_cli_run's kill -9 tests
 def test_run_killed_a_few_times_loses_and_doubles_nothing(
     server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -172,6 +173,7 @@ def _retry_kills(server: tuple[MockServer, str], env: dict[str, str], tmp_path: 
     assert all(line["error"] is None for line in lines)
 
 
+@pytest.mark.slow  # the default run keeps test_cli_run's kill -9 tests
 def test_retry_killed_a_few_times_loses_and_doubles_nothing(
     server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
