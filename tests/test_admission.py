@@ -225,7 +225,7 @@ def test_the_probe_goes_alone_and_its_answer_opens_the_window_in_a_few_turns() -
     at -c 1000 the window took ~1,000 turns to open)."""
     import asyncio
 
-    from conveyor._core._admission import _WAKE_BATCH
+    from conveyor._core._admission import _FIRST_WINDOW, _WAKE_BATCH
 
     async def go() -> None:
         adm, tasks = _probing(300)
@@ -234,14 +234,18 @@ def test_the_probe_goes_alone_and_its_answer_opens_the_window_in_a_few_turns() -
         assert sum(t.done() for t in tasks) == 1  # the probe
         await asyncio.sleep(0.05)  # the probe's answer is slow: still alone
         assert sum(t.done() for t in tasks) == 1
-        adm.on_success()
+        adm.on_success()  # told nothing of limits: the first window goes...
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sum(t.done() for t in tasks) == 1 + _FIRST_WINDOW
+        adm.on_success()  # ...and its first answer lets the rest go
         admitted = []
         while not all(t.done() for t in tasks) and len(admitted) < 50:
             await asyncio.sleep(0)
             admitted.append(sum(t.done() for t in tasks))
         assert all(t.done() for t in tasks)
-        assert len(admitted) <= 299 // _WAKE_BATCH + 3
-        steps = [b - a for a, b in zip([1, *admitted], admitted, strict=False)]
+        assert len(admitted) <= 289 // _WAKE_BATCH + 3
+        steps = [b - a for a, b in zip([1 + _FIRST_WINDOW, *admitted], admitted, strict=False)]
         assert max(steps) <= _WAKE_BATCH
 
     asyncio.run(go())
@@ -258,7 +262,101 @@ def test_a_refused_probe_still_opens_the_window() -> None:
         adm.on_failure(HTTPish(500, {}), tasks[0].result(), transient=True)
         for _ in range(5):
             await asyncio.sleep(0)
+        first = [t for t in tasks[1:] if t.done()]
+        assert len(first) == 10  # the first window
+        adm.on_failure(HTTPish(500, {}), first[0].result(), transient=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
         assert all(t.done() for t in tasks)
+
+    asyncio.run(go())
+
+
+def test_a_probe_that_meets_a_silent_bucket_costs_the_first_window_not_the_concurrency() -> None:
+    """A server that meters without saying so (no rate-limit headers, no limit
+    told): after the probe, only the first window (10) goes until one of them
+    is answered, so a per-second bucket of a few requests refuses at most those
+    instead of all 100 in flight; a 429 among them opens the rest, paced by the
+    budget the refusal taught."""
+    import asyncio
+
+    async def go() -> None:
+        adm, tasks = _probing(100)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        adm.on_success()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        window = [t for t in tasks[1:] if t.done()]
+        assert len(window) == 10
+        await asyncio.sleep(0.02)  # no answer yet: still those 10
+        assert sum(t.done() for t in tasks) == 11
+        adm.on_failure(HTTPish(429, RATE), window[-1].result(), transient=True)
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while not all(t.done() for t in tasks) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert all(t.done() for t in tasks)
+        assert adm.rate_limited == 1
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("why", ["told", "auto", "small"])
+def test_no_first_window_when_the_limits_are_known_or_the_window_is_small(why: str) -> None:
+    """A told limit (or, the same, headers), ``concurrency="auto"`` (it starts at
+    16 and grows by what the answers show) or a concurrency within the first
+    window: the probe's answer opens everything at once."""
+    import asyncio
+
+    from conveyor._core._admission import Admission
+    from conveyor._core._options import build_options
+
+    n = 8 if why == "small" else 60
+    kw: dict[str, Any] = {"concurrency": n, "probe_first": True}
+    if why == "told":
+        kw["rpm"] = 1_000_000
+    if why == "auto":
+        kw["concurrency"] = "auto"
+
+    async def go() -> None:
+        adm = Admission(build_options(**kw), lambda: False)
+        tasks = [asyncio.ensure_future(adm.admit(1.0)) for _ in range(n)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sum(t.done() for t in tasks) == 1
+        adm.on_success()
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while not all(t.done() for t in tasks) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.001)
+        assert all(t.done() for t in tasks)
+
+    asyncio.run(go())
+
+
+def test_a_pass_of_the_first_window_cancelled_hands_it_on() -> None:
+    """One of the first window is cancelled while it waits on a pause: its pass
+    goes to the next waiter, so the window still sends 10 and nobody hangs."""
+    import asyncio
+
+    async def go() -> None:
+        adm, tasks = _probing(40)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        adm.paused_until = adm._clock.now() + 0.05  # the window waits out a pause
+        adm.on_success()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        tasks[1].cancel()  # woken with a pass, waiting on the pause: abandoned
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while sum(t.done() and not t.cancelled() for t in tasks) < 11:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
+        assert sum(t.done() and not t.cancelled() for t in tasks) == 11  # probe + 10
+        adm.on_success()
+        while not all(t.done() for t in tasks):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
 
     asyncio.run(go())
 

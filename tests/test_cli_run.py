@@ -63,8 +63,8 @@ def read_ids(out: Path) -> list[str]:
 def test_kill_9_at_random_moments_then_resume_exactly_once(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Six kill -9s at random moments (thirty in test_stress, marked slow), then a resume: every custom_id is in
-    the output exactly once, with the right answer."""
+    """Six kill -9s at random moments (thirty in test_stress, marked slow), then
+    a resume: every custom_id is in the output exactly once, with the right answer."""
     srv, url = mock_server
     # ~3 s of work in all (2000 x 30 ms / 20 in flight): every kill lands mid-run.
     srv.config = MockConfig(api_key=KEY, latency=0.03, seed=11)

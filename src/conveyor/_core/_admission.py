@@ -59,11 +59,26 @@ _ANSWER_WINDOW = 256
 # Attempts the probe's answer lets go per turn of the loop: each then runs to
 # its connect (~0.1-0.3 ms), and the turn ends so those sent go on the wire.
 _WAKE_BATCH = 64
+# When the probe's answer told nothing of the server's limits (no rate-limit
+# headers, no limit told), this many attempts go next, and the rest once one
+# of them is answered. A server that meters without saying so (Gemini sends no
+# rate-limit headers and answers 429 RESOURCE_EXHAUSTED on per-minute quotas;
+# OpenAI's limits "may be quantized" to a bucket of a second, RATE-LIMITS.md)
+# then refuses at most these instead of the whole concurrency at once: at
+# -c 100 under 300,000 tokens/min metered per second (~9 requests of 516
+# tokens), 91 of the first 100 were refused. The price is one round trip more
+# before the whole window is out, on servers that say nothing. The size of
+# TCP's initial window (RFC 6928) for the same reason: about 10.
+_FIRST_WINDOW = 10
 
 # Enum members read per request, as module constants (on 3.11 `Enum.MEMBER` goes
 # through EnumType.__getattr__: ~10x a global; issue 18).
 _CLOSED = BreakerState.CLOSED
 _OPEN = Model.OPEN
+
+
+# What `_through_probe` let an attempt through as.
+_THROUGH, _PROBE, _PASS = 0, 1, 2
 
 
 class Refused(Exception):
@@ -148,9 +163,12 @@ class Admission:
         # it, not in the lock (one admission per turn of the loop: 1,000 turns
         # to open a window of 1,000), and its answer wakes them `_WAKE_BATCH`
         # a turn, so the first go on the wire while the next are still starting.
+        # `_probe` stays True through the first window (`_FIRST_WINDOW`): then
+        # `_window_left` counts the attempts it still lets pass (None before).
         self._probe = options.probe_first
         self._probe_out = False
-        self._probe_waiters: deque[asyncio.Future[None]] = deque()
+        self._window_left: int | None = None
+        self._probe_waiters: deque[asyncio.Future[bool]] = deque()
 
     # ---- compatibility views (progress panel, tests) -------------------------------
 
@@ -268,43 +286,55 @@ class Admission:
     async def _admit_local(self, weight: float, split: tuple[float, float] | None) -> Ticket:
         if self._refusing():
             raise Refused
-        # The probe, or (once it is answered) any attempt: the limits as for any.
-        probe = self._probe and await self._through_probe()
+        # The probe, a pass of the first window, or (once they are answered)
+        # any attempt: the limits as for any.
+        gate = await self._through_probe() if self._probe else _THROUGH
         try:
             return await self._admit_limits(weight, split)
         except BaseException:
-            if probe:
+            if gate is _PROBE:
                 self._probe_abandoned()
+            elif gate is _PASS:
+                self._pass_abandoned()
             raise
 
-    async def _through_probe(self) -> bool:
-        """While the first attempt (the probe) is out, wait for its answer.
+    async def _through_probe(self) -> int:
+        """While the probe (the first attempt), then the first window, is out,
+        wait for an answer.
 
-        True: this attempt is the probe. False: the probe has been answered
-        (or given up), so this attempt is admitted as any other."""
+        `_PROBE`: this attempt is the probe. `_PASS`: one of the first window.
+        `_THROUGH`: they have been answered (or given up), so this attempt is
+        admitted as any other."""
         while self._probe:
             if not self._probe_out:
                 self._probe_out = True
-                return True
-            waiter = asyncio.get_running_loop().create_future()
+                return _PROBE
+            if self._window_left:
+                self._window_left -= 1
+                return _PASS
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._probe_waiters.append(waiter)
             try:
-                await waiter
+                passed = await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
-                    self._wake_waiters(1)  # woken (maybe to be the probe), then cancelled
+                    # Woken (to be the probe, or with a pass), then cancelled: hand it on.
+                    self._wake_waiters(1, waiter.result())
                 raise
             if self._refusing():
                 raise Refused
-        return False
+            if passed:
+                return _PASS if self._probe else _THROUGH
+        return _THROUGH
 
-    def _wake_waiters(self, n: int) -> int:
-        """Wake up to `n` attempts waiting behind the probe; how many woke."""
+    def _wake_waiters(self, n: int, passed: bool = True) -> int:
+        """Wake up to `n` attempts waiting behind the probe, each let through
+        (`passed`) or to look again (to take over the probe); how many woke."""
         woken, waiters = 0, self._probe_waiters
         while waiters and woken < n:
             w = waiters.popleft()
             if not w.done():
-                w.set_result(None)
+                w.set_result(passed)
                 woken += 1
         return woken
 
@@ -319,12 +349,38 @@ class Admission:
         the next waiter becomes the probe."""
         self._probe_out = False
         if self._probe:
-            self._wake_waiters(1)
+            self._wake_waiters(1, False)
+
+    def _pass_abandoned(self) -> None:
+        """A pass of the first window was never used: the next waiter takes it."""
+        if self._probe and self._window_left is not None and not self._wake_waiters(1):
+            self._window_left += 1
+
+    def _blind(self) -> bool:
+        """Nothing is known of how the server meters: no limit told, none in
+        headers, and a fixed concurrency above the first window (``auto``
+        starts at 16 and grows by what the answers show)."""
+        if self.congestion is not None and self._fixed is None:
+            return False
+        if self.concurrency_limit(self._opts.concurrency) <= _FIRST_WINDOW:
+            return False
+        for b in self.budgets.values():  # noqa: SIM110 - as `_open`
+            if b.model is not _OPEN:
+                return False
+        return True
 
     def _probe_answered(self) -> None:
-        if self._probe:
-            self._probe = False
-            self._open_window()
+        if not self._probe:
+            return
+        if self._window_left is None and self._blind():
+            # The probe's answer told nothing: the first window goes, the rest
+            # at the first answer to it (any answer: a refusal teaches the budget).
+            self._window_left = _FIRST_WINDOW
+            self._window_left -= self._wake_waiters(_FIRST_WINDOW)
+            return
+        self._probe = False
+        self._window_left = None
+        self._open_window()
 
     async def _admit_limits(self, weight: float, split: tuple[float, float] | None) -> Ticket:
         amounts = self._amounts(weight, split)
