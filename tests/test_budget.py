@@ -146,6 +146,8 @@ def play(
                 )
             if ok:
                 done += 1
+                if budget.trying:  # as `Admission.on_success` tells it
+                    budget.accepted(now, mark)
             else:
                 refused += 1
                 todo += 1
@@ -374,3 +376,35 @@ def test_property_bucket_mirror_is_never_refused(
     )
     first_round = min(concurrency, n)
     assert out.refused <= max(first_round - Bucket(limit, burst).cap, 0) + 1
+
+
+@pytest.mark.parametrize("shown", ["sliding", "fixed"])
+def test_a_window_without_headers_tries_its_reset_with_a_few(shown: str) -> None:
+    """A window learned from a refusal alone may be fixed (all free at the
+    reset) or sliding (units come back a window after they were spent): at the
+    reset at most `_RESET_TRIAL` go beyond what a sliding window frees; a
+    refusal of one shows a sliding window (paced as units age out), an answer
+    a fixed one (everything free)."""
+    from conveyor._core._budget import _RESET_TRIAL
+
+    b = _budget()
+    for _ in range(101):  # the last one refused: 100 spent
+        b.commit(0.0, 1.0)
+    b.on_refused(0.5, 0.0, 1.0, retry_after=59.5, limit=100)
+    assert b.model.value == "window"
+    assert b.wait_time(59.9, 1.0) > 0
+    marks = []
+    while b.wait_time(60.0, 1.0) == 0 and len(marks) < 50:
+        marks.append(b.commit(60.0, 1.0))
+    assert len(marks) == _RESET_TRIAL  # a sliding window would free none before 60.6
+    assert 0 < b.wait_time(60.0, 1.0) <= 0.06  # looking again soon: an answer may free all
+    if shown == "sliding":
+        b.on_refused(60.01, 60.0, 1.0, retry_after=0.5, limit=100)
+        assert not b.trying
+        assert b.wait_time(60.05, 1.0) > 0.5  # until the first units age out (+ margin)
+        assert b.wait_time(60.8, 1.0) == 0
+    else:
+        b.accepted(60.05, marks[0])
+        assert not b.trying
+        assert b.wait_time(60.05, 1.0) == 0
+        assert b.level(60.05) == pytest.approx(100 - _RESET_TRIAL)

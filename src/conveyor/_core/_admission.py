@@ -157,6 +157,7 @@ class Admission:
         self._answer_times: deque[float] = deque(maxlen=_ANSWER_WINDOW)  # admission to answer, s
         self._quickest = 0.0
         self._learned = 0
+        self._windows = False  # a budget became a window (answers then go to `accepted`)
         # One request first, the rest after its answer: the server's headers
         # (or a rejected key) are known before a whole window of requests is
         # spent on a budget or a key we know nothing of. The rest wait behind
@@ -404,8 +405,15 @@ class Admission:
 
     # ---- after an attempt ------------------------------------------------------------
 
-    def on_success(self) -> None:
+    def on_success(self, ticket: Ticket | None = None) -> None:
         self._probe_answered()
+        if ticket is not None and self._windows:
+            # A window no header describes may be trying its reset (`Budget.accepted`).
+            now = self._clock.now()
+            for name, mark in ticket.marks.items():
+                b = self.budgets.get(name)
+                if b is not None and b.trying:
+                    b.accepted(now, mark)
         self._recent.append(False)
         if self.breaker is not None:
             self.breaker.record_success()
@@ -483,6 +491,7 @@ class Admission:
         if budget is not None and ticket is not None and forward is None:
             budget.on_refused(now, ticket.at, need, retry_after=refusal.wait, limit=refusal.limit)
             self._announce(budget)
+            self._windows = self._windows or budget.model is Model.WINDOW
         if not (spent or self._frequent()):
             return False
         wait = refusal.wait

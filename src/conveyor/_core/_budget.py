@@ -50,6 +50,17 @@ _SHORT_RETRY_FIXED = 0.1
 _SHORT_RETRY_WHOLE_SECONDS = 2.0
 _EPS = 1e-9
 _HUGE = 1e18
+# A window learned without headers is fixed (full again at its reset) or
+# sliding (a unit comes back a window after it was spent): the refusals do not
+# say which. At the reset, at most this many admissions go beyond what a
+# sliding window would have freed by then; the first answer to one of them
+# tells: accepted, fixed (the rest go); refused, sliding (paced as units age
+# out). Without it a sliding window answered 429 to the whole concurrency sent
+# at its supposed reset (25 of 100 at -c 100, tokens/sliding/nohdr/untold).
+_RESET_TRIAL = 10
+# While that answer is awaited, a wait is at most this long: the answer may
+# show a fixed window with everything free.
+_RESET_TRIAL_POLL = 0.05
 
 
 def _pad(now: float) -> float:
@@ -140,6 +151,13 @@ class Budget:
         self._level = 0.0
         self._full_at: float | None = None
         self._capacity = 0.0
+        # Fixed or sliding, for a window no header describes: None until shown;
+        # meanwhile, from the supposed reset `_trial_at`, the marks of the
+        # admissions sent beyond what a sliding window would hold (`_RESET_TRIAL`).
+        self._sliding: bool | None = None
+        self._trial_at: float | None = None
+        self._beyond: set[float] = set()
+        self._headers = False  # a header described this budget
         self._basis = -math.inf  # send time of the newest answer applied
         self._estimated = False  # server_limit guessed from what was accepted
         self._implied_min = math.inf  # tightest capacity bound the headers gave
@@ -214,7 +232,11 @@ class Budget:
         """Spend `weight` now; returns the mark to hand back with its answer."""
         if weight <= 0:
             return self.charged
+        trial = self.model is _WINDOW and self._trial_at is not None
+        beyond = trial and self._sliding_level(now) < weight
         self.charged += weight
+        if beyond:
+            self._beyond.add(self.charged)
         self._log.commit(now, weight)
         if self.model is _TOLD and self._told is not None:
             self._told.commit(now, weight)
@@ -285,6 +307,8 @@ class Budget:
             self.server_limit = float(limit)
         if remaining is None or self.server_limit is None:
             return
+        self._headers = True
+        self._trial_at = None
         remaining = max(0.0, float(remaining))
         server_rate = self.server_limit / self.window
         implied = remaining + (reset * server_rate if reset is not None else self.server_limit)
@@ -374,6 +398,10 @@ class Budget:
             self._bucket.refill(now)
             self._bucket.level = min(self._bucket.level, 0.0)
         elif m is _WINDOW:
+            if self._trial_at is not None and sent_at >= self._trial_at:
+                # Refused after the supposed reset: the window slides.
+                self._sliding, self._trial_at = True, None
+                self._beyond.clear()
             self._window_level(now)
             self._level = min(self._level, 0.0)
             if retry_after is not None and self._full_at is not None:
@@ -422,12 +450,41 @@ class Budget:
         # mid-run has not had time to refill it.
         return self._log.in_since(now - 1.0, now)
 
+    def accepted(self, now: float, mark: float) -> None:
+        """An admission (its `commit` mark) was answered, not refused: one sent
+        beyond what a sliding window held shows a fixed window, full again."""
+        if self._trial_at is not None and mark in self._beyond:
+            self._sliding, self._beyond = False, set()
+            self._level = self._capacity - self._log.in_since(self._trial_at, now)
+            self._trial_at = None
+
+    @property
+    def trying(self) -> bool:
+        """A reset is being tried (see `_RESET_TRIAL`): answers are wanted."""
+        return self._trial_at is not None
+
+    def _sliding_level(self, now: float) -> float:
+        return self._capacity - self._log.in_window(now)
+
     def _window_level(self, now: float) -> float:
         if self._full_at is not None and now >= self._full_at:
-            # Full again by the reset: what we sent since is still spent.
-            self._level = self._capacity - self._log.in_since(self._full_at, now)
+            if self._sliding is None and not self._headers:
+                # Which kind of window is not known: try the reset (`_RESET_TRIAL`).
+                self._trial_at = self._full_at
+                self._beyond = set()
+            elif self._sliding:
+                self._level = 0.0  # a sliding window frees only what aged out
+            else:
+                # Full again by the reset: what we sent since is still spent.
+                self._level = self._capacity - self._log.in_since(self._full_at, now)
             self._full_at = None
-        return max(self._level, self._capacity - self._log.in_window(now))
+        sliding = self._sliding_level(now)
+        if self._trial_at is not None:
+            if len(self._beyond) < _RESET_TRIAL:
+                fixed = self._capacity - self._log.in_since(self._trial_at, now)
+                return max(fixed, sliding)
+            return sliding
+        return max(self._level, sliding)
 
     def _window_wait(self, now: float, weight: float) -> float:
         need = min(weight, self._capacity) if self._capacity > 0 else weight
@@ -436,4 +493,6 @@ class Budget:
         waits = [self._log.time_until_room(now, self._capacity, need)]
         if self._full_at is not None:
             waits.append(self._full_at - now)
+        if self._trial_at is not None:
+            waits.append(_RESET_TRIAL_POLL)
         return max(0.0, min(waits)) + _pad(now)

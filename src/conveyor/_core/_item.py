@@ -255,7 +255,7 @@ class ItemRunner:
                 st.attempt_running = False
                 usage = _add_usage(usage, attempt.usage)
                 self._admission.settle(attempt, ticket)
-                self._admission.on_success()
+                self._admission.on_success(ticket)
                 self._note_recovery()
                 if not attempt.cached and admission.congestion is not None:
                     admission.observe(
