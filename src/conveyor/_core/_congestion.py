@@ -38,6 +38,12 @@ gradient limiters of Netflix's concurrency-limits:
   the count slow start doubles past the knee, to 4K on a server that answers
   in waves. The first cohort so shows a server smaller than the start, a
   later one the knee; either way the limit falls to that count plus `MID`.
+  A later cohort's clear queue never doubles: when the count reads within a
+  small queue of the limit (those in flight at the change are counted ahead
+  of it, and amid a wave of answers the engine still counts the wave in
+  flight), slow start ends and the limit holds for avoidance to read; and a
+  cohort whose queued answers have begun to come waits for enough of them,
+  even when its count is complete.
   The first sign of queueing ends slow start (after the first cohort it goes
   on: a false alarm there costs one round trip);
 - **avoidance** (Vegas/gradient), on windows of a whole cohort (as many
