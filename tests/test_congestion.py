@@ -51,10 +51,15 @@ def simulate(
     jitter: float = 0.25,
     client_cost: float = 0.0,
     probe: bool = False,
+    batched: float = 0.0,
 ) -> Run:
     """Keep `ctl.limit` requests in a K-slot FIFO server until `until`.
     With `client_cost`, the client reads answers one at a time, each taking
-    that long (one event loop): an answer is seen when the client gets to it."""
+    that long (one event loop): an answer is seen when the client gets to it.
+    With `batched`, answers that come within that many seconds of each other
+    are read as one batch, like the engine's: the server frees each slot when
+    it answers, but the client counts the whole batch in flight (its tasks
+    are not done yet) while it reads it, and sends the next ones after it."""
     rng = random.Random(seed)
     run = Run()
     if probe:
@@ -88,6 +93,22 @@ def simulate(
                 queue.append((now, work))
 
     fill()
+    while batched and events and now < until:
+        batch = [heapq.heappop(events)]
+        while events and events[0][0] <= batch[0][0] + batched:
+            batch.append(heapq.heappop(events))
+        for done, *_ in batch:  # the server: a slot frees at its answer
+            now = done
+            busy -= 1
+            while queue and busy < capacity(now):
+                serve(*queue.popleft())
+        for done, _, start, work in batch:  # the client: the batch still in flight
+            run.done.append((done, done - start))
+            ctl.on_sample(done, done - start, work=work if per_work else None,
+                          in_flight=in_flight)  # fmt: skip
+            run.limits.append((done, ctl.limit))
+        in_flight -= len(batch)
+        fill()
     while events and now < until:
         done, _, start, work = heapq.heappop(events)
         now = max(done, client_free) + client_cost if client_cost else done
@@ -172,6 +193,25 @@ def test_a_faster_ramp_does_not_push_a_degrading_server(seed: int, k: int, after
     assert max(n for _, n in run.limits) <= max(2 * k + 2, after)
     mean_service = 0.25 * 1.55
     assert run.throughput(20, 60) >= 0.95 * k / mean_service
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("batched", [0.001, 0.03])
+@pytest.mark.parametrize("k", [16, 64, 128])
+def test_a_doubling_amid_a_wave_of_answers_reads_its_queue(
+    seed: int, batched: float, k: int
+) -> None:
+    """The engine reads a wave of answers as a batch, counting it in flight
+    until it is read: a doubling amid it counts most of the wave ahead of the
+    new cohort, so the cohort's count was complete at its first queued
+    answer and the queue read small: K64-deg doubled to 4K (256), at half
+    its speed. Its queued answers are waited for, and a clear queue never
+    doubles: the limit stays within 2K and the server at its maximum."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: k, service=0.5, until=20.0, per_work=True,
+                   degrade_after=2 * k, jitter=0.01, batched=batched, seed=seed)  # fmt: skip
+    assert max(n for _, n in run.limits) <= 2 * k
+    assert run.throughput(8, 20) >= 0.95 * k / 0.5
 
 
 class _Probed:

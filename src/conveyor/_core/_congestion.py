@@ -38,6 +38,12 @@ gradient limiters of Netflix's concurrency-limits:
   the count slow start doubles past the knee, to 4K on a server that answers
   in waves. The first cohort so shows a server smaller than the start, a
   later one the knee; either way the limit falls to that count plus `MID`.
+  A later cohort's clear queue never doubles: when the count reads within a
+  small queue of the limit (those in flight at the change are counted ahead
+  of it, and amid a wave of answers the engine still counts the wave in
+  flight), slow start ends and the limit holds for avoidance to read; and a
+  cohort whose queued answers have begun to come waits for enough of them,
+  even when its count is complete.
   The first sign of queueing ends slow start (after the first cohort it goes
   on: a false alarm there costs one round trip);
 - **avoidance** (Vegas/gradient), on windows of a whole cohort (as many
@@ -223,7 +229,8 @@ class CongestionController:
             self._timeouts += timeout
         self._peak = max(self._peak, in_flight if in_flight is not None else self.limit)
         seen = len(self._x) + self._errors
-        if seen >= self._need() or self._cohort_done(now, seen):
+        full = seen >= self._need() and not self._burst_begun(seen)
+        if full or self._cohort_done(now, seen):
             self._decide(now)
         elif self._early(seen):
             self._decide(now, early=True)
@@ -252,6 +259,23 @@ class CongestionController:
             return False
         queued = self._queued_share()[1]
         return queued == 0 or queued >= max(2, len(self._x) // 10)
+
+    def _burst_begun(self, seen: int) -> bool:
+        """In slow start, told the work, the cohort's queued answers have begun
+        to come but are still too few to count: they come in a burst (the slots
+        freed at once), so the whole cohort waits for enough of them, as
+        `_cohort_done` does (up to twice the cohort). The count of the cohort
+        (the limit less those in flight at the change) is short when the change
+        came amid a wave of answers: the wave's other attempts were still in
+        flight to the client, answered by the server, so the first queued
+        answer completed the count and a cohort with most of its second half
+        queued read as a small queue (K64-deg doubled to 4K)."""
+        if not self.slow_start or self._unsized or len(self._x) < SLOW_START_WINDOW // 2:
+            return False
+        if seen >= 2 * self._need():
+            return False
+        queued = self._queued_share()[1]
+        return 0 < queued < max(2, len(self._x) // 10)
 
     def _queued_share(self) -> tuple[float, int, int]:
         """(the fast tail per unit of work, the answers queued past it, those
@@ -437,8 +461,19 @@ class CongestionController:
         served += self._ahead  # those ahead were served before the cohort
         # Before the cohort is in (its first answers), only a clear queue.
         enough = max(4, len(self._x) // 4) if early else max(2, len(self._x) // 10)
-        if queued < enough or served * (1 + BETA) > self._limit:
+        if queued < enough:
             return False
+        if served * (1 + BETA) > self._limit:
+            if self._opening or early:
+                return False
+            # A clear queue, yet as many served as within a small queue of the
+            # limit (those in flight at the change are counted ahead of the
+            # cohort, some of them answered already): no doubling past a queue.
+            # Slow start ends and the limit holds; avoidance reads the next
+            # window (a fall to the knee if it queues).
+            self.slow_start, self._ceiling, self._grew = False, self._limit, False
+            self._restart()
+            return True
         # With outputs of mixed lengths the answers do not come in waves (a
         # short one frees its slot early): `served` is then no count of the
         # slots, so one fall keeps half.
