@@ -121,7 +121,9 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     type=_ConcurrencyType(),
     default=None,
     help="Max requests in flight, fixed, or 'auto': found from latency, for servers that "
-    "queue. Default: auto until the server sends rate-limit headers or a 429, then 100.",
+    "queue. Default: auto until the server sends rate-limit headers or a 429, then 100. "
+    "A fixed N opens in steps: one request first, then (if its answer shows no "
+    "rate-limit headers) 10, then N.",
 )
 @click.option(
     "--concurrency-min",
