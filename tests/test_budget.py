@@ -123,12 +123,20 @@ def play(
     concurrency: int = 1000,
     headers: bool = True,
     limit_in_message: bool = True,
+    retry_style: str = "exact",
     probe: bool = True,
+    first_window: int | None = None,
 ) -> Outcome:
     """Send `n` requests of `weight` as the budget allows; return when done.
 
     With `probe`, one request goes first and the rest wait for its answer,
-    as the HTTP front ends do (`Admission`'s probe).
+    as the HTTP front ends do (`Admission`'s probe). A refusal's `wait` is
+    "exact" (OpenAI's "try again in 20ms"), "whole" (whole seconds, at least
+    one: Gemini's retryDelay, a gateway's Retry-After) or "none" (a bare 429);
+    a whole-second wait of up to 2 s on a bucket pauses only until the mirror
+    has room, as `Admission` does. With `first_window`, after a probe whose
+    answer told nothing that many go, and the rest at the first answer to one
+    of them (`Admission`'s `_FIRST_WINDOW`).
     """
     now = 0.0
     todo, done, refused, sent, in_flight = n, 0, 0, 0, 0
@@ -151,21 +159,35 @@ def play(
             else:
                 refused += 1
                 todo += 1
+                told: float | None = retry
+                if retry_style == "whole":
+                    told = float(max(1, math.ceil(retry - 1e-9)))
+                elif retry_style == "none":
+                    told = None
                 budget.on_refused(
                     now,
                     sent_at,
                     weight,
-                    retry_after=retry,
+                    retry_after=told,
                     limit=server.limit if limit_in_message else None,
+                    mark=mark,
                 )
-                paused_until = max(paused_until, now + retry)
+                pause = told or 0.0
+                if retry_style == "whole" and budget.model is Model.BUCKET and pause <= 2.0:
+                    pause = min(pause, budget.wait_time(now, min(weight, budget.capacity)))
+                paused_until = max(paused_until, now + pause)
             if not models or models[-1] != budget.model.value:
                 models.append(budget.model.value)
         if done >= n:
             break
         wait = math.inf
-        answered = done + refused > 0
-        while todo and in_flight < (concurrency if answered or not probe else 1):
+        answered = done + refused
+        window = concurrency
+        if probe and not answered:
+            window = 1
+        elif probe and first_window is not None and answered == 1 and not headers:
+            window = min(concurrency, first_window)
+        while todo and in_flight < window:
             w = max(paused_until - now, budget.wait_time(now, weight))
             if w > 0:
                 wait = w

@@ -486,10 +486,20 @@ class Admission:
             and budget.model is not Model.OPEN
             and budget.level(now) < min(need, budget.capacity)
         )
-        if not (spent or self._frequent() or refusal.limit is not None):
+        # A limit guessed from refusals that named none learns from each one
+        # (`Budget.on_refused`): a sporadic refusal may be the guess too high.
+        guessing = budget is not None and budget.guessing
+        if not (spent or self._frequent() or refusal.limit is not None or guessing):
             return False
         if budget is not None and ticket is not None and forward is None:
-            budget.on_refused(now, ticket.at, need, retry_after=refusal.wait, limit=refusal.limit)
+            budget.on_refused(
+                now,
+                ticket.at,
+                need,
+                retry_after=refusal.wait,
+                limit=refusal.limit,
+                mark=ticket.marks.get(scope),
+            )
             self._announce(budget)
             self._windows = self._windows or budget.model is Model.WINDOW
         if not (spent or self._frequent()):
