@@ -70,7 +70,7 @@ _RESET_TRIAL_POLL = 0.05
 # then twice as long after each refusal of a try, up to `_PROBE_MAX`.
 _SPENT_UNITS = 3.0
 _SPENT_REFUSALS = 3
-_PROBE_FIRST = 0.5
+_PROBE_FIRST = 1.0
 _PROBE_MAX = 4.0
 
 
