@@ -27,7 +27,13 @@ How servers meter, and so the models this mirror can take
 Headers, when present, are the truth: a response to the request admitted at
 `sent_at` says what the server held when it took that request; what we sent
 after it is subtracted, and refill since then is added (bucket) or expected
-at the reset (window).
+at the reset (window). Without headers, a refusal that names the limit
+(OpenAI's "Limit 6000, Used 6000") gives it; one that names none (Gemini's
+RESOURCE_EXHAUSTED, a gateway's bare 429) leaves it to be learned from what
+the server accepted (`on_refused`): a long wait shows a window that held what
+it accepted within it; a short one (or none) a bucket, whose rate is what it
+accepted between refusals, when it was empty at each; refusals with no wait
+and nothing accepted between them, a spent window whose restart is tried.
 """
 
 from __future__ import annotations
@@ -399,7 +405,11 @@ class Budget:
         if limit is not None and limit > 0:
             self.server_limit = float(limit)
             self._estimated = False
-        elif self.told is None and (self.server_limit is None or self._estimated):
+        elif (
+            self.told is None
+            and not self._headers
+            and (self.server_limit is None or self._estimated)
+        ):
             self._learn(now, sent_at, weight, self.charged if mark is None else mark, retry_after)
         rate = self.rate
         # Anthropic's retry-after is whole seconds: a wait of a second or two
