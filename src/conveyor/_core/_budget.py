@@ -506,6 +506,8 @@ class Budget:
         if self._bucket is not None:
             self._bucket.rate = rate
             self._bucket.capacity = max(1.0, self.burst * rate)
+            if self.model is _BUCKET:
+                self.why = f"the server's bucket: {self._bucket.capacity:.3g} at once, {rate:.3g}/s"
 
     @property
     def guessing(self) -> bool:
