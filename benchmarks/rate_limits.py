@@ -1,6 +1,7 @@
 """conveyor under every way real servers meter, as a ratio to what the server allows.
 
     .venv/bin/python benchmarks/rate_limits.py [--quick] [--only CELL ...] [--cases]
+        [--refusal openai gemini bare bare-no-wait]
 
 The server is `conveyor.mock.MockServer` (in a thread of this process) metering
 as providers document it (see `conveyor/mock/_meters.py`): a bucket holding a
@@ -21,8 +22,15 @@ in flight although the server would have accepted a request.
 Targets (issue 10): headers on: ratio <= 1.03 (plus one latency) and <= 1% 429s;
 headers off, limit told: <= 1% 429s at >= 0.97 of what the told limit with a
 1 s burst allows; headers off, nothing told: >= 0.9 of the allowed rate, <= 5%
-429s; no idle stretch over 1 s. `--cases` runs the issue's three cases with the
-best hand-written baselines beside conveyor.
+429s; no idle stretch over 1 s. `--refusal` says how the server words a
+429 (`MockConfig.refusal`): OpenAI's message naming the limit (the default),
+Gemini's RESOURCE_EXHAUSTED (a quota id and a whole-second retryDelay, no
+figure), a gateway's bare 429 with a whole-second Retry-After, or with no wait
+at all (`bare-no-wait`); the styles other than OpenAI's name no limit, so the
+client must learn it from the refusals alone: their cells are the headers-off,
+nothing-told ones (`.../nohdr/untold/STYLE`), with the same targets.
+`--cases` runs the issue's three cases with the best hand-written baselines
+beside conveyor.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ DEFAULT_CONCURRENCY = False  # --default-concurrency: conveyor runs without -c
 RPM = 6000
 TPM = 300_000
 MAX_TOKENS = 500  # prompt (~16) + max_tokens: ~516 tokens charged per request
+REFUSALS = ("openai", "gemini", "bare", "bare-no-wait")
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,14 @@ class Cell:
     headers: bool
     told: bool
     n: int
+    refusal: str = "openai"  # openai | gemini | bare | bare-no-wait
 
     @property
     def name(self) -> str:
         h = "hdr" if self.headers else "nohdr"
         t = "told" if self.told else "untold"
-        return f"{self.kind}/{self.model}/{h}/{t}"
+        r = "" if self.refusal == "openai" else f"/{self.refusal}"
+        return f"{self.kind}/{self.model}/{h}/{t}{r}"
 
     def config(self) -> MockConfig:
         model, burst, offset = {
@@ -80,6 +91,8 @@ class Cell:
             burst=burst,
             window_offset=offset,
             headers="openai" if self.headers else "none",
+            refusal=self.refusal.removesuffix("-no-wait"),
+            retry_after_header=self.refusal != "bare-no-wait",
             completion_tokens=16,
             **limits,  # type: ignore[arg-type]
         )
@@ -89,15 +102,18 @@ N_REQUESTS = {"bucket_1s": 1500, "bucket_60s": 7500, "fixed": 7500, "sliding": 7
 N_TOKENS = {"bucket_1s": 300, "bucket_60s": 1000, "fixed": 700, "sliding": 700}
 
 
-def cells(quick: bool) -> list[Cell]:
+def cells(quick: bool, refusals: tuple[str, ...] = ("openai",)) -> list[Cell]:
     out = []
-    for kind, sizes in (("requests", N_REQUESTS), ("tokens", N_TOKENS)):
-        for model, n in sizes.items():
-            for headers in (True, False):
-                for told in (True, False):
-                    if quick and not headers and told:
-                        continue
-                    out.append(Cell(model, kind, headers, told, n))
+    for refusal in refusals:
+        for kind, sizes in (("requests", N_REQUESTS), ("tokens", N_TOKENS)):
+            for model, n in sizes.items():
+                for headers in (True, False):
+                    for told in (True, False):
+                        if quick and not headers and told:
+                            continue
+                        if refusal != "openai" and (headers or told):
+                            continue  # a limit shown or told: how a 429 is worded matters little
+                        out.append(Cell(model, kind, headers, told, n, refusal))
     return out
 
 
@@ -287,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="Cells whose name contains one of these.")
     ap.add_argument("--cases", action="store_true", help="The issue's three cases instead.")
     ap.add_argument(
+        "--refusal",
+        nargs="+",
+        choices=REFUSALS,
+        default=["openai"],
+        help="How the server words a 429 (cells other than openai's: headers off, nothing told).",
+    )
+    ap.add_argument(
         "--default-concurrency",
         action="store_true",
         help="Run conveyor without -c: its default (concurrency auto until the server "
@@ -301,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         if args.cases:
             return cases(tmp)
-        print(f"{'cell':<34} {'N':>5} {'ideal s':>8} {'conv s':>8} {'ratio':>6} "
+        print(f"{'cell':<47} {'N':>5} {'ideal s':>8} {'conv s':>8} {'ratio':>6} "
               f"{'429s':>6} {'idle s':>6}  verdict")  # fmt: skip
         misses = 0
-        for cell in cells(args.quick):
+        for cell in cells(args.quick, tuple(args.refusal)):
             if args.only and not any(o in cell.name for o in args.only):
                 continue
             told = {}
@@ -313,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(cell.name, cell.config(), cell.n, told, "conveyor", tmp)
             v = verdict(cell, row)
             misses += v.startswith("MISS")
-            print(f"{cell.name:<34} {row.n:>5} {row.ideal:>8.2f} {row.span:>8.2f} "
+            print(f"{cell.name:<47} {row.n:>5} {row.ideal:>8.2f} {row.span:>8.2f} "
                   f"{row.ratio:>6.3f} {row.refused / row.n:>6.1%} {row.idle:>6.2f}  {v}",
                   flush=True)  # fmt: skip
         print(f"# {misses} cell(s) missed")

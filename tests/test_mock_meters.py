@@ -218,3 +218,73 @@ def test_bad_meter_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="burst"):
         MockConfig(burst=0)
     assert math.isfinite(MockConfig().burst)
+
+
+@pytest.mark.parametrize("retry_after_header", [True, False])
+async def test_gemini_refusal_names_a_quota_id_and_a_delay_but_no_figure(
+    retry_after_header: bool,
+) -> None:
+    """`refusal="gemini"`: Gemini's OpenAI-compatible 429, a JSON array around
+    RESOURCE_EXHAUSTED with a per-minute QuotaFailure quota id and a whole-second
+    RetryInfo delay; no limit figure and no retry-after header (whatever
+    `retry_after_header` says). The client reads it as a rate limit with that wait."""
+    from conveyor._core._refusals import RefusalKind, classify
+
+    cfg = MockConfig(
+        rpm=60, burst=1.0, headers="none", refusal="gemini", retry_after_header=retry_after_header
+    )
+    async with MockServer(cfg) as server, aiohttp.ClientSession() as s:
+        url = server.base_url + "/chat/completions"
+        await _post(s, url, chat("a"))
+        async with s.post(url, json=chat("b")) as refused:
+            body = await refused.json(content_type=None)
+            assert refused.status == 429
+            assert "retry-after" not in refused.headers
+        assert isinstance(body, list) and len(body) == 1
+        err = body[0]["error"]
+        assert err["code"] == 429 and err["status"] == "RESOURCE_EXHAUSTED"
+        types = {d["@type"].rsplit(".", 1)[-1]: d for d in err["details"]}
+        quota_id = types["QuotaFailure"]["violations"][0]["quotaId"]
+        assert quota_id == "GenerateRequestsPerMinutePerProjectPerModel"
+        assert types["RetryInfo"]["retryDelay"] == "1s"  # 1 s until the next unit, whole seconds
+        assert not any(ch.isdigit() for ch in err["message"])  # no figure of the limit
+        refusal = classify(429, body)
+        assert refusal is not None and refusal.kind is RefusalKind.RATE
+        assert refusal.wait == 1.0 and refusal.limit is None
+
+
+@pytest.mark.parametrize("retry_after_header", [True, False])
+async def test_bare_refusal_names_nothing(retry_after_header: bool) -> None:
+    """`refusal="bare"`: a gateway's 429 (Kong's `{"message": "API rate limit
+    exceeded"}`) naming neither the limit nor the budget, with a whole-second
+    retry-after or (`retry_after_header=False`) no wait at all."""
+    from conveyor._core._refusals import RefusalKind, classify, parse_wait
+
+    cfg = MockConfig(
+        tpm=6000, burst=1.0, headers="none", refusal="bare", retry_after_header=retry_after_header
+    )
+    async with MockServer(cfg) as server, aiohttp.ClientSession() as s:
+        url = server.base_url + "/chat/completions"
+        await _post(s, url, chat("a", max_tokens=60))
+        async with s.post(url, json=chat("b", max_tokens=60)) as refused:
+            body = await refused.json(content_type=None)
+            assert refused.status == 429
+            header = refused.headers.get("retry-after")
+        assert body == {"message": "API rate limit exceeded"}
+        if retry_after_header:
+            assert header is not None and header.isdigit() and int(header) >= 1
+        else:
+            assert header is None
+        refusal = classify(429, body, retry_after=parse_wait(header))
+        assert refusal is not None and refusal.kind is RefusalKind.RATE
+        assert refusal.limit is None and refusal.scope is None
+        assert (refusal.wait is not None) == retry_after_header
+        assert server.stats.refused["rate"] == 1
+
+
+def test_refusal_style_is_checked() -> None:
+    """An unknown refusal style is a configuration error naming the choices."""
+    from conveyor._base._exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="gemini"):
+        MockConfig(refusal="nginx")

@@ -27,7 +27,13 @@ How servers meter, and so the models this mirror can take
 Headers, when present, are the truth: a response to the request admitted at
 `sent_at` says what the server held when it took that request; what we sent
 after it is subtracted, and refill since then is added (bucket) or expected
-at the reset (window).
+at the reset (window). Without headers, a refusal that names the limit
+(OpenAI's "Limit 6000, Used 6000") gives it; one that names none (Gemini's
+RESOURCE_EXHAUSTED, a gateway's bare 429) leaves it to be learned from what
+the server accepted (`on_refused`): a long wait shows a window that held what
+it accepted within it; a short one (or none) a bucket, whose rate is what it
+accepted between refusals, when it was empty at each; refusals with no wait
+and nothing accepted between them, a spent window whose restart is tried.
 """
 
 from __future__ import annotations
@@ -61,6 +67,17 @@ _RESET_TRIAL = 10
 # While that answer is awaited, a wait is at most this long: the answer may
 # show a fixed window with everything free.
 _RESET_TRIAL_POLL = 0.05
+# Refusals that name neither a limit nor a wait (a gateway's bare 429): when
+# nothing at all was accepted since the first one, over a time in which a
+# bucket refilling at the least rate it could have would have taken at least
+# this many more, the server is a window that is spent, not a bucket briefly
+# empty (which would be paced at its rate into the window until it restarts).
+# When it restarts is unknown: one admission tries it, first this long after,
+# then twice as long after each refusal of a try, up to `_PROBE_MAX`.
+_SPENT_UNITS = 3.0
+_SPENT_REFUSALS = 3
+_PROBE_FIRST = 1.0
+_PROBE_MAX = 4.0
 
 
 def _pad(now: float) -> float:
@@ -160,6 +177,21 @@ class Budget:
         self._headers = False  # a header described this budget
         self._basis = -math.inf  # send time of the newest answer applied
         self._estimated = False  # server_limit guessed from what was accepted
+        # Learning a limit no refusal names (`on_refused`): when we first sent,
+        # the refused weight so far, and (send time, mark, refused weight) at
+        # the first refusal, when the server was known to be empty.
+        self._first_at: float | None = None
+        self._refused = 0.0
+        self._refusals = 0
+        self._empty: tuple[float, float, float] | None = None
+        # What the server held then, the least rate a bucket could refill
+        # at, and the refusals counted until then.
+        self._empty_held = 0.0
+        self._floor = 0.0
+        self._empty_refusals = 0
+        # A spent window whose restart is unknown: tried every `_probe_every` s.
+        self._probing = False
+        self._probe_every = _PROBE_FIRST
         self._implied_min = math.inf  # tightest capacity bound the headers gave
         self._implied_for: float | None = None
         if self.told is not None:
@@ -234,6 +266,8 @@ class Budget:
             return self.charged
         trial = self.model is _WINDOW and self._trial_at is not None
         beyond = trial and self._sliding_level(now) < weight
+        if self._first_at is None:
+            self._first_at = now
         self.charged += weight
         if beyond:
             self._beyond.add(self.charged)
@@ -352,28 +386,31 @@ class Budget:
         *,
         retry_after: float | None,
         limit: float | None = None,
+        mark: float | None = None,
     ) -> None:
         """A rate-limit refusal for this budget: the server did not charge it.
 
-        `limit` is one the refusal named ("Limit 3, Used 3"); with none known
-        yet, what we sent within the last window is taken as the limit.
+        `limit` is one the refusal named ("Limit 3, Used 3"). With none named
+        (Gemini's RESOURCE_EXHAUSTED, a gateway's bare 429) and none known, it
+        is learned from what the server accepted (`mark` is the refused
+        admission's `commit` mark): a window's limit is what it accepted
+        within the window before refusing; a bucket's rate is at least that
+        over the window plus the time we had been sending (a bucket holds at
+        most the window's worth, so it refilled the rest), and from the first
+        refusal on (the server empty then, and empty again at each later
+        one) it is what it accepted in between, per second.
         """
         if self.model is not _TOLD:
             self._log.settle(sent_at, weight, 0.0)
         if limit is not None and limit > 0:
             self.server_limit = float(limit)
             self._estimated = False
-        elif self.told is None and (self.server_limit is None or self._estimated):
-            # No figure anywhere: the rate it just accepted is the best guess
-            # (what was accepted within the last second, per second).
-            accepted = max(1.0, self._log.in_since(now - 1.0, now))
-            guess = accepted * self.window
-            if self.server_limit is None or guess < self.server_limit:
-                self.server_limit = guess
-                if self._bucket is not None:
-                    self._bucket.rate = self.server_rate()
-                    self._bucket.capacity = max(1.0, self.burst * self.server_rate())
-            self._estimated = True
+        elif (
+            self.told is None
+            and not self._headers
+            and (self.server_limit is None or self._estimated)
+        ):
+            self._learn(now, sent_at, weight, self.charged if mark is None else mark, retry_after)
         rate = self.rate
         # Anthropic's retry-after is whole seconds: a wait of a second or two
         # is still a bucket briefly empty, not a window that is spent.
@@ -398,7 +435,13 @@ class Budget:
             self._bucket.refill(now)
             self._bucket.level = min(self._bucket.level, 0.0)
         elif m is _WINDOW:
-            if self._trial_at is not None and sent_at >= self._trial_at:
+            if self._trial_at is not None and sent_at >= self._trial_at and self._probing:
+                # Its restart is unknown: not yet; try again later.
+                self._trial_at = None
+                self._beyond.clear()
+                self._probe_every = min(2.0 * self._probe_every, _PROBE_MAX)
+                self._full_at = now + self._probe_every
+            elif self._trial_at is not None and sent_at >= self._trial_at:
                 # Refused after the supposed reset: the window slides.
                 self._sliding, self._trial_at = True, None
                 self._beyond.clear()
@@ -410,7 +453,76 @@ class Budget:
             # The server's limit is below the one told.
             self._told.set_limit(self.limit)
 
+    def _learn(
+        self, now: float, sent_at: float, weight: float, mark: float, retry_after: float | None
+    ) -> None:
+        """Guess the limit from what was accepted (see `on_refused`)."""
+        self._refused += weight
+        self._refusals += 1
+        # Accepted within the window before this request (what was sent after
+        # it is still in flight: answers come in order).
+        held = max(weight, self._log.in_window(now) - max(0.0, self.charged - mark))
+        if self._empty is None:
+            self._empty = (sent_at, mark, self._refused)
+            self._empty_held, self._empty_refusals = held, self._refusals
+            # A bucket holds at most the window's worth: it refilled the rest.
+            # And it may be one of a second ("quantized"): then the rate is
+            # what it accepted within the last second. Too high a guess costs
+            # one round of refusals and is then measured; too low, time.
+            first = self._first_at if self._first_at is not None else sent_at
+            floor = held / (self.window + min(max(0.0, sent_at - first), self.window))
+            self._floor = floor
+            rate = max(floor, self._log.in_since(now - 1.0, now))
+        else:
+            since, mark0, refused0 = self._empty
+            span = sent_at - since
+            if span <= 0:
+                return
+            # The server was empty at both refusals: what it accepted in
+            # between is what it refilled, give or take one weight; the more
+            # is taken, so that a guess too high is refused (and measured
+            # again) rather than one too low kept.
+            accepted = max(0.0, (mark - mark0) - (self._refused - refused0))
+            rate = (accepted + weight) / span
+            if (
+                self.model is _BUCKET
+                and retry_after is None
+                and accepted < weight
+                and self._refusals - self._empty_refusals >= _SPENT_REFUSALS
+                and span * self._floor >= _SPENT_UNITS * weight
+            ):
+                self._enter_spent_window(now)
+        self._estimated = True
+        if self.model is _WINDOW:
+            return  # its limit was what it held at the first refusal
+        short = retry_after is None or retry_after <= max(
+            _SHORT_RETRY_UNITS * max(weight, 1.0) / rate + _SHORT_RETRY_FIXED,
+            _SHORT_RETRY_WHOLE_SECONDS,
+        )
+        if self.model is _OPEN and not short:
+            self.server_limit = held  # entering a window: what it held
+            return
+        self.server_limit = rate * self.window
+        if self._bucket is not None:
+            self._bucket.rate = rate
+            self._bucket.capacity = max(1.0, self.burst * rate)
+            if self.model is _BUCKET:
+                self.why = f"the server's bucket: {self._bucket.capacity:.3g} at once, {rate:.3g}/s"
+
+    @property
+    def guessing(self) -> bool:
+        """The server's limit is a guess from refusals that named none."""
+        return self._estimated and not self._headers
+
     # ---- model changes ----------------------------------------------------------
+
+    def _enter_spent_window(self, now: float) -> None:
+        # A window that is spent, its restart unknown (`_SPENT_UNITS`).
+        self.server_limit = self._empty_held
+        self._enter_window(now, "refused with no wait, nothing accepted since")
+        self._level = 0.0
+        self._probing, self._probe_every = True, _PROBE_FIRST
+        self._full_at = now + self._probe_every
 
     def _enter_bucket(self, now: float, capacity: float, *, level: float | None = None) -> None:
         if level is None:
@@ -457,6 +569,7 @@ class Budget:
             self._sliding, self._beyond = False, set()
             self._level = self._capacity - self._log.in_since(self._trial_at, now)
             self._trial_at = None
+            self._probing = False
 
     @property
     def trying(self) -> bool:
@@ -480,7 +593,7 @@ class Budget:
             self._full_at = None
         sliding = self._sliding_level(now)
         if self._trial_at is not None:
-            if len(self._beyond) < _RESET_TRIAL:
+            if len(self._beyond) < (1 if self._probing else _RESET_TRIAL):
                 fixed = self._capacity - self._log.in_since(self._trial_at, now)
                 return max(fixed, sliding)
             return sliding

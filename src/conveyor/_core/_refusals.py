@@ -105,7 +105,12 @@ def parse_wait(text: str | None) -> float | None:
 
 
 def _error_fields(body: Any) -> tuple[str, str, str, Any]:
-    """(type, code, message, details) from an OpenAI, Anthropic or Gemini error body."""
+    """(type, code, message, details) from an OpenAI, Anthropic or Gemini error body.
+
+    Gemini's OpenAI-compatible endpoint wraps its error in a JSON array,
+    `[{"error": {...}}]` (n4ze3m/page-assist#406): the first element is read."""
+    if isinstance(body, list) and body:
+        body = body[0]
     if not isinstance(body, dict):
         return "", "", "", None
     err = body.get("error", body)

@@ -92,6 +92,17 @@ from ._common import cli_errors
     help="Leave a 429's wait only in its message (OpenAI does not always send retry-after).",
 )
 @click.option(
+    "--refusal",
+    "refusal_style",
+    type=click.Choice(["openai", "gemini", "bare"]),
+    default="openai",
+    show_default=True,
+    help="How a rate-limit 429 is worded: OpenAI's message naming the limit and the "
+    "wait, Gemini's RESOURCE_EXHAUSTED (a quota id and a retryDelay, no figure), or a "
+    "bare gateway 429 naming nothing (a whole-second retry-after unless "
+    "--no-retry-after-header).",
+)
+@click.option(
     "--quota-after",
     type=click.IntRange(min=1),
     help="After N admitted requests, answer every request 429 insufficient_quota.",
@@ -237,6 +248,7 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
     kwargs["limit_window"] = o["window"]
     kwargs["headers"] = o["header_style"]
     kwargs["retry_after_header"] = not o["no_retry_after_header"]
+    kwargs["refusal"] = o["refusal_style"]
     if models:
         kwargs["models"] = models
     serve(MockConfig(**kwargs), host=host, port=port, allow_remote=allow_remote)

@@ -13,9 +13,10 @@ from ._meters import MODELS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["ADMISSION_LOG_LIMIT", "HEADER_STYLES", "MockConfig", "MockStats"]
+__all__ = ["ADMISSION_LOG_LIMIT", "HEADER_STYLES", "REFUSAL_STYLES", "MockConfig", "MockStats"]
 
 HEADER_STYLES = ("openai", "anthropic", "none")
+REFUSAL_STYLES = ("openai", "gemini", "bare")
 
 ADMISSION_LOG_LIMIT = 1_000_000
 """Newest admissions kept in `MockStats.admissions`, bounding memory on long runs."""
@@ -54,7 +55,15 @@ class MockConfig:
     the state is reported: "openai" (`x-ratelimit-*`, Go durations),
     "anthropic" (`anthropic-ratelimit-*`, RFC 3339 resets, token counts
     rounded to thousands) or "none". `retry_after_header=False` leaves the
-    wait only in a 429's message, as OpenAI sometimes does. After
+    wait only in a 429's message, as OpenAI sometimes does. `refusal` says
+    how a rate-limit 429 is worded: "openai" (the message names the limit:
+    "Limit 6000, Used 6000, Requested 1. Please try again in 20s"; Anthropic's
+    body with `headers="anthropic"`), "gemini" (Gemini's OpenAI-compatible
+    endpoint: a JSON array around a google.rpc error, RESOURCE_EXHAUSTED, a
+    QuotaFailure quota id and a RetryInfo delay, no figure and no
+    `retry-after`) or "bare" (a gateway's 429 that names nothing, Kong's
+    `{"message": "API rate limit exceeded"}`, with a whole-second
+    `retry-after` unless `retry_after_header=False`). After
     `quota_after` admitted requests every request is refused as
     `insufficient_quota` (waiting does not help). The `batch_*` fields shape the Batch
     API (`mock._batches`): lines per second (None: no pacing), the rate of lines that
@@ -110,6 +119,7 @@ class MockConfig:
     window_offset: float = 0.0
     headers: str = "openai"
     retry_after_header: bool = True
+    refusal: str = "openai"
     quota_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     echo_key: bool = False
@@ -197,6 +207,8 @@ class MockConfig:
         _check_number("window_offset", self.window_offset)
         if self.headers not in HEADER_STYLES:
             raise ConfigError("headers", self.headers, f"use one of {', '.join(HEADER_STYLES)}")
+        if self.refusal not in REFUSAL_STYLES:
+            raise ConfigError("refusal", self.refusal, f"use one of {', '.join(REFUSAL_STYLES)}")
         _check_count("completion_tokens", self.completion_tokens)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             # The value itself is a secret: never echo it.

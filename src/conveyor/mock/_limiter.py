@@ -23,6 +23,19 @@ Pure: the time is passed in. Sources (see shared/RATE-LIMITS.md):
   in RFC 3339 ("when the rate limit will be fully replenished"), token
   remaining rounded to the nearest thousand, `retry-after` seconds on a 429
   whose body is `{"type": "error", "error": {"type": "rate_limit_error", ...}}`.
+- Gemini's OpenAI-compatible endpoint (`/v1beta/openai/chat/completions`)
+  answers a 429 with a JSON *array* around a google.rpc error: `[{"error":
+  {"code": 429, "message": "...", "status": "RESOURCE_EXHAUSTED"}}]`
+  (n4ze3m/page-assist#406, a curl against that endpoint); no rate-limit
+  headers, no `retry-after`. Per-minute quotas carry "You exceeded your
+  current quota, ..." and `details` with a `google.rpc.QuotaFailure` whose
+  `quotaId` names the quota (`GenerateRequestsPerMinutePerProjectPerModel`,
+  `GenerateContentInputTokensPerModelPerMinute`) and a `google.rpc.RetryInfo`
+  `retryDelay` in whole seconds ("44s"), but no figure of the limit
+  (Aider-AI/aider#3694, RooCodeInc/Roo-Code#3883).
+- A gateway's bare 429 names nothing: Kong's rate-limiting plugin answers
+  `{"message": "API rate limit exceeded"}` (Kong/kong discussion #7211) with
+  `Retry-After` in whole seconds (Kong/kong#5329).
 """
 
 from __future__ import annotations
@@ -173,6 +186,13 @@ class ServerLimits:
         """(status, body, extra headers) for a refusal, in the configured style."""
         headers: dict[str, str] = {}
         anthropic = self.cfg.headers == "anthropic"
+        style = self.cfg.refusal
+        if style == "gemini" and not r.too_large:
+            return 429, _gemini_error(r), headers
+        if style == "bare" and not r.too_large:
+            if self.cfg.retry_after_header and r.kind != "quota":
+                headers["retry-after"] = str(max(1, math.ceil(r.retry_after)))
+            return 429, orjson.dumps({"message": "API rate limit exceeded"}), headers
         if r.kind == "quota":
             message = (
                 "You exceeded your current quota, please check your plan and billing details. "
@@ -211,6 +231,57 @@ class ServerLimits:
             )
         kind = "requests" if r.budget == "requests" else "tokens"
         return 429, _openai_error(message, kind, "rate_limit_exceeded"), headers
+
+
+# Gemini's quota ids (QuotaFailure.violations[].quotaId) for each budget.
+_GEMINI_QUOTA_IDS = {
+    "requests": "GenerateRequestsPerMinutePerProjectPerModel",
+    "tokens": "GenerateContentInputTokensPerModelPerMinute",
+    "input_tokens": "GenerateContentInputTokensPerModelPerMinute",
+    "output_tokens": "GenerateContentOutputTokensPerModelPerMinute",
+}
+
+
+def _gemini_error(r: Refusal) -> bytes:
+    """Gemini's OpenAI-compatible 429: an array around a google.rpc error."""
+    quota_id = _GEMINI_QUOTA_IDS.get(r.budget, "GenerateRequestsPerMinutePerProjectPerModel")
+    if r.kind == "quota":
+        quota_id = "GenerateRequestsPerDayPerProjectPerModel"
+    details: list[dict[str, object]] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_requests_per_model",
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": "mock-gpt"},
+                }
+            ],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
+    ]
+    if r.kind != "quota":
+        delay = max(1, math.ceil(r.retry_after))
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"}
+        )
+    error = {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing "
+        "details. For more information on this error, head to: "
+        "https://ai.google.dev/gemini-api/docs/rate-limits.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": details,
+    }
+    return orjson.dumps([{"error": error}])
 
 
 def _openai_error(message: str, type_: str, code: str | None) -> bytes:

@@ -180,6 +180,8 @@ def _cut_off(exc: BaseException, headers: Any) -> str:
 
 
 def _error_message(body: Any) -> str:
+    if isinstance(body, list) and body:
+        body = body[0]  # Gemini's OpenAI-compatible endpoint: `[{"error": {...}}]`
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
