@@ -468,3 +468,13 @@ def test_a_window_without_headers_tries_its_reset_with_a_few(shown: str) -> None
         assert not b.trying
         assert b.wait_time(60.05, 1.0) == 0
         assert b.level(60.05) == pytest.approx(100 - _RESET_TRIAL)
+
+
+def test_a_first_request_refused_naming_no_limit_does_not_pace_at_one_a_window() -> None:
+    """A key already at its limit: the very first request gets a bare 429 (no
+    limit, a short wait) with nothing accepted yet. The guess is at least one
+    request a second, not one a minute (a stall the Ray lease test showed)."""
+    b = _budget()
+    mark = b.commit(0.0, 1.0)
+    b.on_refused(0.05, 0.0, 1.0, retry_after=0.05, limit=None, mark=mark)
+    assert b.wait_time(0.1, 1.0) <= 1.0

@@ -472,7 +472,10 @@ class Budget:
             first = self._first_at if self._first_at is not None else sent_at
             floor = held / (self.window + min(max(0.0, sent_at - first), self.window))
             self._floor = floor
-            rate = max(floor, self._log.in_since(now - 1.0, now))
+            # At least one request's worth a second: a first request refused
+            # with nothing accepted yet (a key already at its limit) would
+            # otherwise pace the run at one request a window.
+            rate = max(floor, self._log.in_since(now - 1.0, now), weight)
         else:
             since, mark0, refused0 = self._empty
             span = sent_at - since
