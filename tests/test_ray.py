@@ -556,6 +556,7 @@ async def _pid_after_a_while(item: int) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow  # 1-3 s of actors; the default run keeps the other Ray tests
 def test_more_actors_than_cpus_all_take_part(ray_cluster: Any) -> None:
     """Asking for 3 actors on a 2-CPU Ray does not leave one waiting for a CPU forever
     (holding its items): each takes a share of a CPU and all 3 answer."""
@@ -705,6 +706,7 @@ def test_run_with_a_journal_on_ray_resumes_by_the_one_rule(
         assert ro.status_counts().get("ok") == 9
 
 
+@pytest.mark.slow  # 1-3 s of actors; the default run keeps the other Ray tests
 async def test_astream_with_a_journal_on_ray(ray_cluster: Any, tmp_path: Path) -> None:
     """astream(journal=, backend="ray"): results are committed as they are handed
     out; a second stream yields them back as resumed and runs nothing."""
@@ -729,6 +731,7 @@ def _non_negative(v: int) -> int:
     return v
 
 
+@pytest.mark.slow  # 1-3 s of actors; the default run keeps the other Ray tests
 def test_validate_and_reask_on_ray(ray_cluster: Any) -> None:
     """validate= works on the Ray backend: invalid values are re-asked on the
     actors, and the driver's report counts it."""
@@ -739,6 +742,7 @@ def test_validate_and_reask_on_ray(ray_cluster: Any) -> None:
     assert (report.validation["valid_first_try"], report.validation["reasks"]) == (10, 10)
 
 
+@pytest.mark.slow  # 1-3 s of actors; the default run keeps the other Ray tests
 def test_run_file_with_a_schema_on_ray(
     ray_cluster: Any, server: tuple[MockServer, str], tmp_path: Path
 ) -> None:
