@@ -235,6 +235,15 @@ SERVERS = {
     "sliding_60s": lambda: Sliding(6000),
 }
 
+# The same five at 300k tokens a minute (requests of 516 tokens).
+_TOKEN_SERVERS = {
+    "bucket_1s": lambda: Bucket(300_000, burst=1.0),
+    "bucket_60s": lambda: Bucket(300_000, burst=60.0),
+    "fixed_60s": lambda: Fixed(300_000),
+    "fixed_mid_window": lambda: Fixed(300_000, offset=31.0),
+    "sliding_60s": lambda: Sliding(300_000),
+}
+
 
 @pytest.mark.parametrize("kind", sorted(SERVERS))
 def test_headers_on_full_rate_and_no_refusals(kind: str) -> None:
@@ -251,13 +260,7 @@ def test_headers_on_full_rate_and_no_refusals(kind: str) -> None:
 def test_tokens_with_headers_full_rate(kind: str) -> None:
     """The same for a token budget with requests of 516 tokens (prompt +
     max_tokens), the issue's case 2 among them (a 60 s bucket of 300k)."""
-    factory = {
-        "bucket_1s": lambda: Bucket(300_000, burst=1.0),
-        "bucket_60s": lambda: Bucket(300_000, burst=60.0),
-        "fixed_60s": lambda: Fixed(300_000),
-        "fixed_mid_window": lambda: Fixed(300_000, offset=31.0),
-        "sliding_60s": lambda: Sliding(300_000),
-    }[kind]
+    factory = _TOKEN_SERVERS[kind]
     n = 1000
     best = ideal(factory(), n, 516.0, 0.05)
     out = play(factory(), _budget("tokens"), n=n, weight=516.0)
@@ -323,15 +326,6 @@ def test_nothing_told_no_headers_learns_from_refusals(kind: str, limit_in_messag
     # (the limit then learned from what the server accepted): the same targets.
     assert out.refused <= 0.05 * n, (kind, out.refused, out.models)
     assert out.finish <= best / 0.9 + 1.0, (kind, out.finish, best, out.models)
-
-
-_TOKEN_SERVERS = {
-    "bucket_1s": lambda: Bucket(300_000, burst=1.0),
-    "bucket_60s": lambda: Bucket(300_000, burst=60.0),
-    "fixed_60s": lambda: Fixed(300_000),
-    "fixed_mid_window": lambda: Fixed(300_000, offset=31.0),
-    "sliding_60s": lambda: Sliding(300_000),
-}
 
 
 @pytest.mark.parametrize("kind", sorted(SERVERS))

@@ -135,6 +135,31 @@ async def test_no_headers_no_limit_told_learns_from_429s(tmp_path: Path) -> None
     assert report.extra.get("budgets", {}).get("requests")
 
 
+@pytest.mark.parametrize(
+    ("refusal", "retry_after_header"), [("gemini", True), ("bare", True), ("bare", False)]
+)
+async def test_no_headers_a_429_naming_no_limit_is_learned(
+    tmp_path: Path, refusal: str, retry_after_header: bool
+) -> None:
+    """Headers off, nothing told, and a 429 that names no limit (Gemini's
+    RESOURCE_EXHAUSTED array, a gateway's bare 429 with or without a wait):
+    the limit is learned from what the server accepted (between two refusals:
+    up to two rounds of the concurrency refused, against one when the 429
+    names the limit) and every request is answered."""
+    cfg = MockConfig(rpm=60, limit_window=1.0, burst=0.2, headers="none", latency=0.01,
+                     refusal=refusal, retry_after_header=retry_after_header)  # fmt: skip
+    write_requests(tmp_path / "in.jsonl", 150)
+    async with MockServer(cfg) as server:
+        s = RunSettings(
+            output=tmp_path / "out.jsonl", base_url=server.base_url, api_key="k",
+            concurrency=10, limit_window=1.0,
+        )  # fmt: skip
+        report = await arun_file(tmp_path / "in.jsonl", s)
+    assert report.counts["ok"] == 150
+    assert server.stats.refused["rate"] <= 0.05 * 150 + 2 * 10, server.stats.refused
+    assert report.extra.get("budgets", {}).get("requests")
+
+
 async def test_capacity_errors_keep_the_limits(tmp_path: Path) -> None:
     """529 overloaded is retried with backoff; no limit is learned from it."""
     cfg = MockConfig(rate_529=0.2, latency=0.01, seed=7)

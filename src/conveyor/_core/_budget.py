@@ -264,8 +264,8 @@ class Budget:
         """Spend `weight` now; returns the mark to hand back with its answer."""
         if weight <= 0:
             return self.charged
-        trial = self.model is _WINDOW and self._trial_at is not None
-        beyond = trial and self._sliding_level(now) < weight
+        # (`_trial_at` is set only while the model is a window.)
+        beyond = self._trial_at is not None and self._sliding_level(now) < weight
         if self._first_at is None:
             self._first_at = now
         self.charged += weight
@@ -532,6 +532,7 @@ class Budget:
             level = capacity - min(capacity, self._recent(now))
         self._bucket = _Bucket(self.server_rate(), capacity, level, now)
         self.model = _BUCKET
+        self._trial_at = None  # a reset is tried only by a window
         self.why = f"the server's bucket: {capacity:g} at once, {self.server_rate():g}/s"
 
     def _enter_window(self, now: float, why: str) -> None:
