@@ -472,3 +472,120 @@ def test_a_first_request_refused_naming_no_limit_does_not_pace_at_one_a_window()
     mark = b.commit(0.0, 1.0)
     b.on_refused(0.05, 0.0, 1.0, retry_after=0.05, limit=None, mark=mark)
     assert b.wait_time(0.1, 1.0) <= 1.0
+
+
+def _spent(server: Bucket | Fixed | Sliding) -> Bucket | Fixed | Sliding:
+    """The server as another client left it: its whole budget spent just now."""
+    if isinstance(server, Bucket):
+        server.level = 0.0
+    elif isinstance(server, Fixed):
+        server.used = server.limit
+    else:
+        server.log.append((0.0, server.limit))
+        server.sum = server.limit
+    return server
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.parametrize("retry_style", ["whole", "none"])
+@pytest.mark.parametrize("budget", ["requests", "tokens"])
+def test_a_key_spent_by_someone_else_is_waited_for_not_learned_from(
+    kind: str, retry_style: str, budget: str
+) -> None:
+    """A rerun right after a run (or a key shared by jobs): the server's
+    budget is spent when the run starts, and its 429s name no limit. The
+    first refusals came before anything of ours was accepted, so they say
+    nothing of the limit: the run waits for the budget and learns from what
+    it then accepts. Before, the limit was learned as what had been accepted,
+    nothing, and the run went at one request a second (or one a window) to
+    its end: 7,500 requests took 7,500 s on a 6,000/min bucket, 450,000 s on
+    a fixed window; the ideal is 75 s and 120 s."""
+    factory, n, weight = (
+        (SERVERS[kind], 7500, 1.0) if budget == "requests" else (_TOKEN_SERVERS[kind], 2000, 516.0)
+    )
+    best = ideal(_spent(factory()), n, weight, 0.05)
+    b = _budget(budget)
+    out = play(
+        _spent(factory()),
+        b,
+        n=n,
+        weight=weight,
+        concurrency=100,
+        headers=False,
+        limit_in_message=False,
+        retry_style=retry_style,
+        first_window=10,
+    )
+    assert out.refused <= 0.05 * n, (kind, out.refused, out.models)
+    assert out.finish <= best / 0.9 + 1.0, (kind, out.finish, best, out.models)
+    assert not b.shut
+
+
+def test_a_shut_budget_tries_one_then_a_few_then_opens() -> None:
+    """The steps of a shut budget, on plain numbers."""
+    b = _budget()
+    first = b.commit(0.0, 1.0)
+    b.on_refused(0.05, 0.0, 1.0, retry_after=None, limit=None, mark=first)
+    assert b.shut and b.trying
+    assert b.wait_time(0.5, 1.0) == pytest.approx(0.55, abs=1e-6)  # _PROBE_FIRST after
+    one = b.commit(1.05, 1.0)
+    assert b.wait_time(1.05, 1.0) > 0  # its answer is awaited
+    b.on_refused(1.1, 1.05, 1.0, retry_after=None, limit=None, mark=one)
+    assert b.wait_time(1.1, 1.0) == pytest.approx(2.0, abs=1e-6)  # twice as long
+    one = b.commit(3.1, 1.0)
+    b.accepted(3.15, one)
+    few = [b.commit(3.15, 1.0) for _ in range(10)]
+    assert b.wait_time(3.15, 1.0) > 0  # ten go, the rest at an answer
+    b.accepted(3.2, few[3])
+    assert not b.shut and b.wait_time(3.2, 1.0) == 0.0
+    assert b.model is Model.OPEN and b.server_limit is None  # nothing was learned
+
+
+@pytest.mark.parametrize("retry_style", ["whole", "none"])
+def test_a_per_second_window_read_as_a_bucket_is_raised_back(retry_style: str) -> None:
+    """A gateway's fixed window of 40 a second, bare 429s: after the first
+    second's 40, refusals with nothing accepted between them read as a bucket
+    whose refills stopped, and the guess fell to ~1.4/s. Nothing refused it
+    after the window restarted, so it stayed there: 400 requests took 256 s
+    against the 9 s the server's rule allows. A guess used in full and not
+    refused is doubled (`_GROW`): about 20 s now (a doubling that overshoots
+    and the fall after it, each window restart)."""
+    out = play(
+        Fixed(40, window=1.0),
+        _budget(),
+        n=400,
+        concurrency=10,
+        latency=0.01,
+        headers=False,
+        limit_in_message=False,
+        retry_style=retry_style,
+        first_window=10,
+    )
+    best = ideal(Fixed(40, window=1.0), 400, 1.0, 0.01)
+    assert out.finish <= 3 * best, (out.finish, best)
+    assert out.refused <= 0.1 * 400, out.refused
+
+
+def test_a_guess_is_doubled_while_unrefused_and_restored_when_it_overshoots() -> None:
+    """The steps of `_GROW` on plain numbers: a bucket's guess (10/s) used in
+    full for half a second without a refusal doubles; a refusal of the
+    doubled rate brings back the rate before it, and the next doubling then
+    needs twice the quiet time."""
+    b = _budget()
+    for i in range(5):
+        b.commit(0.01 * i, 1.0)
+    mark = b.commit(0.05, 1.0)
+    b.on_refused(0.1, 0.05, 1.0, retry_after=None, limit=None, mark=mark)
+    assert b.model is Model.BUCKET and b.guessing
+    rate = b.rate
+    t = 0.1
+    while t < 0.7:  # used in full: a commit each time the mirror allows one
+        w = b.wait_time(t, 1.0)
+        if w == 0:
+            b.commit(t, 1.0)
+        t += 0.5 / rate / 10
+    assert b.rate == pytest.approx(2 * rate)
+    mark = b.commit(t, 1.0)
+    b.on_refused(t + 0.05, t, 1.0, retry_after=None, limit=None, mark=mark)
+    assert b.rate == pytest.approx(rate)
+    assert b._grow_after == pytest.approx(2 * 0.5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -158,6 +159,40 @@ async def test_no_headers_a_429_naming_no_limit_is_learned(
     assert report.counts["ok"] == 150
     assert server.stats.refused["rate"] <= 0.05 * 150 + 2 * 10, server.stats.refused
     assert report.extra.get("budgets", {}).get("requests")
+
+
+@pytest.mark.parametrize("retry_after_header", [True, False])
+async def test_a_key_spent_by_someone_else_is_waited_for(
+    tmp_path: Path, retry_after_header: bool
+) -> None:
+    """The server's window is spent when the run starts (a rerun right after
+    a run: the limit is the project's, shared by every key), and its bare
+    429s name nothing. The run waits for the window and then uses it: it is
+    not paced at what the server had accepted of it before, nothing (that
+    was one request a window: 120 windows for these 120 requests). With a
+    `Retry-After: 1` the 40/s window reads as a bucket whose refills stopped
+    and the guess falls; it is doubled back while it is not refused
+    (`_budget._GROW`), which takes a few windows more."""
+    cfg = MockConfig(rpm=40, limit_window=1.0, limit_model="fixed", headers="none",
+                     latency=0.01, refusal="bare", retry_after_header=retry_after_header,
+                     spent=True)  # fmt: skip
+    write_requests(tmp_path / "in.jsonl", 120)
+    async with MockServer(cfg) as server:
+        s = RunSettings(
+            output=tmp_path / "out.jsonl", base_url=server.base_url, api_key="k",
+            concurrency=10, limit_window=1.0,
+        )  # fmt: skip
+        report = await arun_file(tmp_path / "in.jsonl", s)
+    assert report.counts["ok"] == 120
+    times = [t for t, _ in server.stats.admissions]
+    # The server's rule needs 3 windows after the spent one; the windows used are counted
+    # from the server's own admission times (a ratio to its rule, not a wall-clock bound).
+    windows = math.ceil(max(times) - min(times)) + 1
+    assert windows <= 4 * 3, windows
+    # Before: 289 refusals with no wait given (each one, freeing its own unit in the
+    # mirror, let the next go); now the try, a round of the window's end, and the
+    # doublings that overshoot.
+    assert server.stats.refused["rate"] <= 0.05 * 120 + 3 * 10, server.stats.refused
 
 
 async def test_capacity_errors_keep_the_limits(tmp_path: Path) -> None:

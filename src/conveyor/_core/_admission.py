@@ -157,7 +157,7 @@ class Admission:
         self._answer_times: deque[float] = deque(maxlen=_ANSWER_WINDOW)  # admission to answer, s
         self._quickest = 0.0
         self._learned = 0
-        self._windows = False  # a budget became a window (answers then go to `accepted`)
+        self._windows = False  # a budget became a window or shut (answers then go to `accepted`)
         # One request first, the rest after its answer: the server's headers
         # (or a rejected key) are known before a whole window of requests is
         # spent on a budget or a key we know nothing of. The rest wait behind
@@ -507,7 +507,7 @@ class Admission:
                 mark=ticket.marks.get(scope),
             )
             self._announce(budget)
-            self._windows = self._windows or budget.model is Model.WINDOW
+            self._windows = self._windows or budget.model is Model.WINDOW or budget.shut
         if not (spent or self._frequent()):
             return False
         wait = refusal.wait

@@ -78,6 +78,30 @@ _SPENT_UNITS = 3.0
 _SPENT_REFUSALS = 3
 _PROBE_FIRST = 1.0
 _PROBE_MAX = 4.0
+# A guess learned from refusals that named no limit is a lower bound when it
+# is not refused: a server that accepted less than it allows while we learned
+# (a key still partly spent by someone else, a per-second window read as a
+# bucket whose refills stopped, a limit raised mid-run) would be paced at the
+# guess for the rest of the run (a 40/s fixed window of a second, bare 429s
+# with `Retry-After: 1`: 2 requests a second). So a bucket's guess that was
+# used in full for `_GROW_AFTER` s without a refusal is doubled; a refusal
+# measures it again, and each doubling that ends in a refusal doubles the
+# quiet time needed for the next (up to `_GROW_AFTER_MAX`), so that a guess
+# that is right costs a few refusals a minute at most.
+_GROW = 2.0
+_GROW_AFTER = 0.5
+_GROW_AFTER_MAX = 60.0
+_GROW_USED = 0.8  # share of the guess spent over the quiet time: it was binding
+# A refusal before the server accepted anything of ours within its window (a
+# key another run or client had already spent: a rerun right after a run, a
+# key shared by jobs) says when the budget is spent, not how big it is: a
+# limit learned from it was what we had got accepted, nothing, so the first
+# guess was one request a second (or one a window) for the rest of the run.
+# Such a budget is shut instead: nothing goes until the refusal's wait is
+# over (or, naming none, `_PROBE_FIRST`, doubling to `_PROBE_MAX` at each
+# refusal of a try); then one request tries it, `_RESET_TRIAL` at its
+# answer, and everything at the first answer to one of those. What the
+# server then accepts is ours, and its next refusal is learned from.
 
 
 def _pad(now: float) -> float:
@@ -90,6 +114,7 @@ class Model(enum.StrEnum):
     """How the mirror believes the server meters this budget."""
 
     OPEN = "open"
+    SPENT = "spent"  # refused before it accepted any of ours: its size unknown
     TOLD = "told"
     BUCKET = "bucket"
     WINDOW = "window"
@@ -98,6 +123,7 @@ class Model(enum.StrEnum):
 # Members as module constants: on 3.11 `EnumClass.MEMBER` goes through EnumType.__getattr__
 # (~10x a global), and these are read several times per request (issue 18).
 _OPEN = Model.OPEN
+_SPENT = Model.SPENT
 _TOLD = Model.TOLD
 _BUCKET = Model.BUCKET
 _WINDOW = Model.WINDOW
@@ -192,6 +218,18 @@ class Budget:
         # A spent window whose restart is unknown: tried every `_probe_every` s.
         self._probing = False
         self._probe_every = _PROBE_FIRST
+        # Spent by someone else (`_PROBE_FIRST` note): shut until `_shut_until`,
+        # then at most `_shut_allowed` admissions (their marks) until one is answered.
+        self._shut_until: float | None = None
+        self._shut_allowed = 1
+        self._shut_marks: set[float] = set()
+        self._shut_every = _PROBE_FIRST
+        # A guess's growth (`_GROW`): since when, and from what was charged, it has
+        # not been refused; the quiet time a doubling needs; whether one is on trial.
+        self._quiet_from = 0.0
+        self._quiet_charged = 0.0
+        self._grow_after = _GROW_AFTER
+        self._grown: float | None = None  # the rate before a doubling on trial
         self._implied_min = math.inf  # tightest capacity bound the headers gave
         self._implied_for: float | None = None
         if self.told is not None:
@@ -254,11 +292,23 @@ class Budget:
             wait = self._told.wait_time(now, weight)
         elif m is _BUCKET and self._bucket is not None:
             wait = self._bucket.wait(now, weight)
+            if wait > 0 and self._estimated and not self._headers and self._grow(now):
+                wait = self._bucket.wait(now, weight)
         elif m is _WINDOW:
             wait = self._window_wait(now, weight)
+        elif m is _SPENT:
+            wait = self._shut_wait(now)
         if self._ceiling is not None:
             wait = max(wait, self._ceiling.wait(now, weight))
         return wait
+
+    def _shut_wait(self, now: float) -> float:
+        assert self._shut_until is not None
+        if now < self._shut_until:
+            return self._shut_until - now + _pad(now)
+        if len(self._shut_marks) < self._shut_allowed:
+            return 0.0
+        return _RESET_TRIAL_POLL  # the answer to a try is awaited
 
     def commit(self, now: float, weight: float) -> float:
         """Spend `weight` now; returns the mark to hand back with its answer."""
@@ -271,6 +321,8 @@ class Budget:
         self.charged += weight
         if beyond:
             self._beyond.add(self.charged)
+        if self._shut_until is not None:
+            self._shut_marks.add(self.charged)
         self._log.commit(now, weight)
         if self.model is _TOLD and self._told is not None:
             self._told.commit(now, weight)
@@ -402,6 +454,9 @@ class Budget:
         """
         if self.model is not _TOLD:
             self._log.settle(sent_at, weight, 0.0)
+        if self._shut_until is not None or self._spent_by_others(now, weight, limit, mark):
+            self._shut(now, sent_at, retry_after)
+            return
         if limit is not None and limit > 0:
             self.server_limit = float(limit)
             self._estimated = False
@@ -435,6 +490,15 @@ class Budget:
             self._bucket.refill(now)
             self._bucket.level = min(self._bucket.level, 0.0)
         elif m is _WINDOW:
+            if self._estimated and not self._headers and mark is not None:
+                # It held at most what it had accepted of ours within the window
+                # (else each refusal, freeing its own unit in our log, let the
+                # next one go at once: 270 refusals for 120 requests, bare 429s
+                # of a 40/s window).
+                held = self._log.in_window(now) - max(0.0, self.charged - mark)
+                if weight <= held < self._capacity:
+                    self._capacity = held
+                    self.server_limit = held
             if self._trial_at is not None and sent_at >= self._trial_at and self._probing:
                 # Its restart is unknown: not yet; try again later.
                 self._trial_at = None
@@ -453,12 +517,48 @@ class Budget:
             # The server's limit is below the one told.
             self._told.set_limit(self.limit)
 
+    def _spent_by_others(
+        self, now: float, weight: float, limit: float | None, mark: float | None
+    ) -> bool:
+        """Refused before anything of ours was accepted within the window,
+        with nothing known of the limit (see `_PROBE_FIRST`)."""
+        if limit is not None or self.told is not None or self._headers or self.model is not _OPEN:
+            return False
+        after = max(0.0, self.charged - mark) if mark is not None else 0.0
+        return self._log.in_window(now) - after < weight
+
+    def _shut(self, now: float, sent_at: float, retry_after: float | None) -> None:
+        if self._shut_until is None:
+            self._shut_every = _PROBE_FIRST
+        elif sent_at < self._shut_until:
+            # Sent before the shut (in flight then): only its wait counts.
+            if retry_after is not None:
+                self._shut_until = max(self._shut_until, now + retry_after)
+            return
+        else:
+            # A try refused: the budget is still spent.
+            self._shut_every = min(2.0 * self._shut_every, _PROBE_MAX)
+        wait = retry_after if retry_after is not None else self._shut_every
+        self._shut_until = now + wait
+        self._shut_allowed, self._shut_marks = 1, set()
+        self.model = _SPENT
+        # What is learned later is from what the server accepts of ours from now on.
+        self._first_at, self._refused, self._refusals, self._empty = None, 0.0, 0, None
+        self.why = "spent before it accepted any of ours: its size is not known yet"
+
+    @property
+    def shut(self) -> bool:
+        """Spent by someone else, its size unknown (see `_PROBE_FIRST`)."""
+        return self.model is _SPENT
+
     def _learn(
         self, now: float, sent_at: float, weight: float, mark: float, retry_after: float | None
     ) -> None:
         """Guess the limit from what was accepted (see `on_refused`)."""
         self._refused += weight
         self._refusals += 1
+        if self._overshot(now, sent_at, mark):
+            return
         # Accepted within the window before this request (what was sent after
         # it is still in flight: answers come in order).
         held = max(weight, self._log.in_window(now) - max(0.0, self.charged - mark))
@@ -511,6 +611,45 @@ class Budget:
             self._bucket.capacity = max(1.0, self.burst * rate)
             if self.model is _BUCKET:
                 self.why = f"the server's bucket: {self._bucket.capacity:.3g} at once, {rate:.3g}/s"
+
+    def _grow(self, now: float) -> bool:
+        """Double a bucket's guess that was used in full, unrefused (`_GROW`)."""
+        quiet = now - self._quiet_from
+        b = self._bucket
+        if b is None or quiet < self._grow_after:
+            return False
+        if self.charged - self._quiet_charged + 1.0 < _GROW_USED * b.rate * quiet:
+            return False  # not binding: nothing shows the server would take more
+        if self._grown is not None:
+            self._grow_after = _GROW_AFTER  # the last doubling was taken: the limit is higher
+        self._grown = b.rate
+        rate = b.rate * _GROW
+        b.refill(now)
+        b.rate, b.capacity = rate, max(1.0, self.burst * rate)  # refilled faster, no burst
+        self.server_limit = rate * self.window
+        self._quiet_from, self._quiet_charged = now, self.charged
+        # The next refusal measures afresh: what it accepted before this is a lower bound.
+        self._empty = None
+        self.why = f"the server's bucket: {b.capacity:.3g} at once, {rate:.3g}/s (not refused)"
+        return True
+
+    def _overshot(self, now: float, sent_at: float, mark: float) -> bool:
+        """A refusal while a doubling is on trial: back to the rate before it,
+        measured afresh from this refusal on; the next doubling waits longer."""
+        self._quiet_from, self._quiet_charged = now, self.charged
+        before, b = self._grown, self._bucket
+        if before is None or b is None or self.model is not _BUCKET:
+            return False
+        self._grown = None
+        self._grow_after = min(2.0 * self._grow_after, _GROW_AFTER_MAX)
+        b.refill(now)
+        b.rate, b.capacity = before, max(1.0, self.burst * before)
+        b.level = min(b.level, 0.0)
+        self.server_limit = before * self.window
+        self._empty = (sent_at, mark, self._refused)
+        self._empty_refusals = self._refusals
+        self.why = f"the server's bucket: {b.capacity:.3g} at once, {before:.3g}/s"
+        return True
 
     @property
     def guessing(self) -> bool:
@@ -568,7 +707,15 @@ class Budget:
 
     def accepted(self, now: float, mark: float) -> None:
         """An admission (its `commit` mark) was answered, not refused: one sent
-        beyond what a sliding window held shows a fixed window, full again."""
+        beyond what a sliding window held shows a fixed window, full again;
+        a try of a shut budget opens it (see `_PROBE_FIRST`)."""
+        if self._shut_until is not None and mark in self._shut_marks:
+            if self._shut_allowed == 1:
+                self._shut_allowed, self._shut_marks = _RESET_TRIAL, set()
+            else:
+                self._shut_until, self._shut_marks = None, set()
+                self.model, self.why = _OPEN, "no limit known"
+            return
         if self._trial_at is not None and mark in self._beyond:
             self._sliding, self._beyond = False, set()
             self._level = self._capacity - self._log.in_since(self._trial_at, now)
@@ -577,8 +724,9 @@ class Budget:
 
     @property
     def trying(self) -> bool:
-        """A reset is being tried (see `_RESET_TRIAL`): answers are wanted."""
-        return self._trial_at is not None
+        """A reset is being tried (see `_RESET_TRIAL`), or a shut budget
+        (`_PROBE_FIRST`): answers are wanted."""
+        return self._trial_at is not None or self._shut_until is not None
 
     def _sliding_level(self, now: float) -> float:
         return self._capacity - self._log.in_window(now)

@@ -103,6 +103,12 @@ from ._common import cli_errors
     "--no-retry-after-header).",
 )
 @click.option(
+    "--spent",
+    is_flag=True,
+    help="Start with every limit spent, as another client of the same key (or an "
+    "earlier run) left it: limits are per organization and project, shared by every key.",
+)
+@click.option(
     "--quota-after",
     type=click.IntRange(min=1),
     help="After N admitted requests, answer every request 429 insufficient_quota.",
@@ -237,7 +243,7 @@ def mock_cmd(host: str, port: int, allow_remote: bool, models: tuple[str, ...], 
              "rate_truncate", "rate_hang", "retry_after", "rpm", "tpm", "api_key", "seed",
              "rate_529",
              "rate_498", "rate_429_capacity", "input_tpm", "output_tpm", "limit_model",
-             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity",
+             "rpm_model", "tpm_model", "burst", "window_offset", "quota_after", "capacity", "spent",
              "service_time", "scale_by_tokens", "degrade_after", "queue_timeout",
              "invalid_json_rate", "schema_violation_rate", "reask_invalid_rate",
              "batch_error_rate", "batch_expire_after", "batch_stuck", "batch_max_lines",

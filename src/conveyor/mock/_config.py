@@ -63,7 +63,13 @@ class MockConfig:
     QuotaFailure quota id and a RetryInfo delay, no figure and no
     `retry-after`) or "bare" (a gateway's 429 that names nothing, Kong's
     `{"message": "API rate limit exceeded"}`, with a whole-second
-    `retry-after` unless `retry_after_header=False`). After
+    `retry-after` unless `retry_after_header=False`). `spent=True` starts
+    every limit spent, as another client of the same key left it: limits
+    belong to the organization and project, shared by every key and client
+    in them (OpenAI, guides/rate-limits: "Rate limits are defined at the
+    organization level and at the project level, not user level"; Gemini's
+    quotas are per Google Cloud project), so a rerun right after a run, or
+    jobs sharing a key, find the budget spent. After
     `quota_after` admitted requests every request is refused as
     `insufficient_quota` (waiting does not help). The `batch_*` fields shape the Batch
     API (`mock._batches`): lines per second (None: no pacing), the rate of lines that
@@ -120,6 +126,7 @@ class MockConfig:
     headers: str = "openai"
     retry_after_header: bool = True
     refusal: str = "openai"
+    spent: bool = False
     quota_after: int | None = None
     api_key: str | None = field(default=None, repr=False)
     echo_key: bool = False

@@ -121,6 +121,18 @@ class ServerLimits:
                 offset=cfg.window_offset,
             )
         self.admitted = 0
+        self._spend_first = cfg.spent  # spent at the first request (`MockConfig.spent`)
+
+    def spend_next(self) -> None:
+        """Spend every limit at the next request (before it is metered)."""
+        self._spend_first = True
+
+    def spend_all(self, now: float) -> None:
+        """Spend what every limit holds now, as another client would have."""
+        for meter in self.meters.values():
+            remaining, _ = meter.state(now)
+            if remaining > 0:
+                meter.take(now, remaining)
 
     def same_shape(self, cfg: MockConfig) -> bool:
         """Whether `cfg` meters the same way (else the meters start afresh)."""
@@ -130,6 +142,9 @@ class ServerLimits:
 
     def admit(self, now: float, charge: Mapping[str, float]) -> Refusal | None:
         """Charge the request to every budget, or say which refused it and why."""
+        if self._spend_first:
+            self._spend_first = False
+            self.spend_all(now)
         quota = self.cfg.quota_after
         if quota is not None and self.admitted >= quota:
             return Refusal("quota", "requests", math.inf, quota, self.admitted, 1)

@@ -138,6 +138,8 @@ class MockServer:
             self._limits = ServerLimits(value)  # a new way of metering starts afresh
             self._limits.admitted = admitted  # the quota counts on
         else:
+            if value.spent and not self._limits.cfg.spent:
+                self._limits.spend_next()  # spent now, by "another client"
             self._limits.cfg = value
         self._config = value
         self.batches.limits = batch_limits(value)
