@@ -6,7 +6,10 @@
 The server is `conveyor.mock.MockServer` (in a thread of this process) metering
 as providers document it (see `conveyor/mock/_meters.py`): a bucket holding a
 second ("quantized"), a bucket holding the minute (OpenAI), a fixed window
-(started half-way through), a sliding log. Each cell runs `conveyor run` as a
+(started half-way through), a gateway's fixed window of a second (`fixed_1s`,
+headers off and nothing told only), a sliding log. With `--spent` every
+server's limits start spent, as another client of the same key (or an
+earlier run) left them. Each cell runs `conveyor run` as a
 user would (its own process, `-c 100`), with the server's headers on or off
 and the limit told (`--rpm/--tpm`) or not, for requests and for tokens.
 
@@ -69,22 +72,31 @@ class Cell:
     told: bool
     n: int
     refusal: str = "openai"  # openai | gemini | bare | bare-no-wait
+    spent: bool = False  # the server's limits start spent (`MockConfig.spent`)
 
     @property
     def name(self) -> str:
         h = "hdr" if self.headers else "nohdr"
         t = "told" if self.told else "untold"
         r = "" if self.refusal == "openai" else f"/{self.refusal}"
-        return f"{self.kind}/{self.model}/{h}/{t}{r}"
+        return f"{self.kind}/{self.model}/{h}/{t}{r}" + ("/spent" if self.spent else "")
 
     def config(self) -> MockConfig:
         model, burst, offset = {
             "bucket_1s": ("bucket", 1.0, 0.0),
             "bucket_60s": ("bucket", 60.0, 0.0),
             "fixed": ("fixed", 60.0, 30.0),
+            "fixed_1s": ("fixed", 60.0, 0.0),
             "sliding": ("sliding", 60.0, 0.0),
         }[self.model]
-        limits = {"rpm": RPM} if self.kind == "requests" else {"tpm": TPM}
+        # A gateway's fixed window of a second (Kong's rate-limiting plugin counts
+        # per second, minute, hour...): the same rate, a 60th of it each second.
+        window = 1.0 if self.model == "fixed_1s" else 60.0
+        scale = window / 60.0
+        if self.kind == "requests":
+            limits = {"rpm": round(RPM * scale)}
+        else:
+            limits = {"tpm": round(TPM * scale)}
         return MockConfig(
             latency=LATENCY,
             limit_model=model,
@@ -93,16 +105,21 @@ class Cell:
             headers="openai" if self.headers else "none",
             refusal=self.refusal.removesuffix("-no-wait"),
             retry_after_header=self.refusal != "bare-no-wait",
+            limit_window=window,
+            spent=self.spent,
             completion_tokens=16,
             **limits,  # type: ignore[arg-type]
         )
 
 
-N_REQUESTS = {"bucket_1s": 1500, "bucket_60s": 7500, "fixed": 7500, "sliding": 7500}
-N_TOKENS = {"bucket_1s": 300, "bucket_60s": 1000, "fixed": 700, "sliding": 700}
+N_REQUESTS = {"bucket_1s": 1500, "bucket_60s": 7500, "fixed": 7500, "fixed_1s": 1500,
+              "sliding": 7500}  # fmt: skip
+N_TOKENS = {"bucket_1s": 300, "bucket_60s": 1000, "fixed": 700, "fixed_1s": 300, "sliding": 700}
 
 
-def cells(quick: bool, refusals: tuple[str, ...] = ("openai",)) -> list[Cell]:
+def cells(
+    quick: bool, refusals: tuple[str, ...] = ("openai",), *, spent: bool = False
+) -> list[Cell]:
     out = []
     for refusal in refusals:
         for kind, sizes in (("requests", N_REQUESTS), ("tokens", N_TOKENS)):
@@ -113,8 +130,24 @@ def cells(quick: bool, refusals: tuple[str, ...] = ("openai",)) -> list[Cell]:
                             continue
                         if refusal != "openai" and (headers or told):
                             continue  # a limit shown or told: how a 429 is worded matters little
-                        out.append(Cell(model, kind, headers, told, n, refusal))
+                        if model == "fixed_1s" and (headers or told):
+                            continue  # its figures are per second: only learned from refusals
+                        out.append(Cell(model, kind, headers, told, n, refusal, spent))
     return out
+
+
+def meters_of(cfg: MockConfig) -> dict[str, Any]:
+    """Fresh copies of the meters the server enforces, spent at 0 as it starts if `spent`."""
+    meters = {}
+    for name, limit in (("requests", cfg.rpm), ("tokens", cfg.tpm)):
+        if limit:
+            meters[name] = make_meter(cfg.model_of(name), limit, window=cfg.limit_window,
+                                      burst=cfg.burst, offset=cfg.window_offset)  # fmt: skip
+    if cfg.spent:
+        for m in meters.values():
+            remaining, _ = m.state(0.0)
+            m.take(0.0, remaining)
+    return meters
 
 
 def body_for(i: int) -> dict[str, Any]:
@@ -137,15 +170,7 @@ def write_input(path: Path, n: int) -> list[dict[str, float]]:
 
 
 def ideal(cfg: MockConfig, charges: list[dict[str, float]]) -> float:
-    meters = {}
-    if cfg.rpm:
-        meters["requests"] = make_meter(
-            cfg.model_of("requests"), cfg.rpm, burst=cfg.burst, offset=cfg.window_offset
-        )
-    if cfg.tpm:
-        meters["tokens"] = make_meter(
-            cfg.model_of("tokens"), cfg.tpm, burst=cfg.burst, offset=cfg.window_offset
-        )
+    meters = meters_of(cfg)
     use = [{k: c[k] for k in meters} for c in charges]
     return ideal_finish(meters, use, latency=cfg.latency)
 
@@ -175,19 +200,16 @@ def allowed(cfg: MockConfig, charges: list[dict[str, float]], told: dict[str, fl
     return max(best, ideal_finish(meters, use, latency=cfg.latency))
 
 
-def idle_longest(cfg: MockConfig, admissions: list[tuple[float, int]]) -> float:
-    """Longest stretch with nothing in flight while the server would have taken one."""
-    meters = {}
-    if cfg.rpm:
-        meters["requests"] = make_meter(
-            cfg.model_of("requests"), cfg.rpm, burst=cfg.burst, offset=cfg.window_offset
-        )
-    if cfg.tpm:
-        meters["tokens"] = make_meter(
-            cfg.model_of("tokens"), cfg.tpm, burst=cfg.burst, offset=cfg.window_offset
-        )
+def idle_longest(
+    cfg: MockConfig, admissions: list[tuple[float, int]], start: float | None = None
+) -> float:
+    """Longest stretch with nothing in flight while the server would have taken one
+    (from `start`, the first request, when the server's limits started spent)."""
+    meters = meters_of(cfg)
     longest, busy_until = 0.0, None
     t0 = admissions[0][0] if admissions else 0.0
+    if start is not None:
+        t0, busy_until = start, 0.0
     for i, (at, tokens) in enumerate(admissions):
         t = at - t0
         charge = {"requests": 1.0, "tokens": float(tokens)}
@@ -281,11 +303,15 @@ def measure(
             note = run_baseline(client, url, inp, told, timeout)
             wall = time.perf_counter() - t0
     adm = list(server.stats.admissions)
-    span = (adm[-1][0] - adm[0][0] + cfg.latency) if adm else float("nan")
+    # Spent at the start: from the first request (refused), as the ideal counts.
+    first = [t for t, _ in server.stats.refusals[:1]] + [t for t, _ in adm[:1]]
+    start = min(first) if cfg.spent and first else None
+    begin = start if start is not None else adm[0][0] if adm else 0.0
+    span = (adm[-1][0] - begin + cfg.latency) if adm else float("nan")
     refused = server.stats.refused["rate"] + server.stats.faults["429"]
     if len(adm) < n:
         note = (note + f" answered {len(adm)}/{n}").strip()
-    return Row(name, best, span, refused, n, idle_longest(cfg, adm), wall, note)
+    return Row(name, best, span, refused, n, idle_longest(cfg, adm, start), wall, note)
 
 
 def verdict(cell: Cell, row: Row) -> str:
@@ -310,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         help="How the server words a 429 (cells other than openai's: headers off, nothing told).",
     )
     ap.add_argument(
+        "--spent",
+        action="store_true",
+        help="Every server's limits start spent, as another client of the key left them "
+        "(`conveyor mock --spent`); times count from the first request.",
+    )
+    ap.add_argument(
         "--default-concurrency",
         action="store_true",
         help="Run conveyor without -c: its default (concurrency auto until the server "
@@ -327,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'cell':<47} {'N':>5} {'ideal s':>8} {'conv s':>8} {'ratio':>6} "
               f"{'429s':>6} {'idle s':>6}  verdict")  # fmt: skip
         misses = 0
-        for cell in cells(args.quick, tuple(args.refusal)):
+        for cell in cells(args.quick, tuple(args.refusal), spent=args.spent):
             if args.only and not any(o in cell.name for o in args.only):
                 continue
             told = {}
