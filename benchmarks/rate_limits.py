@@ -304,7 +304,8 @@ def measure(
             wall = time.perf_counter() - t0
     adm = list(server.stats.admissions)
     # Spent at the start: from the first request (refused), as the ideal counts.
-    first = [t for t, _ in server.stats.refusals[:1]] + [t for t, _ in adm[:1]]
+    refusals = server.stats.refusals
+    first = [t for t, _ in adm[:1]] + ([refusals[0][0]] if refusals else [])
     start = min(first) if cfg.spent and first else None
     begin = start if start is not None else adm[0][0] if adm else 0.0
     span = (adm[-1][0] - begin + cfg.latency) if adm else float("nan")
