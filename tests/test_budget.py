@@ -589,3 +589,21 @@ def test_a_guess_is_doubled_while_unrefused_and_restored_when_it_overshoots() ->
     b.on_refused(t + 0.05, t, 1.0, retry_after=None, limit=None, mark=mark)
     assert b.rate == pytest.approx(rate)
     assert b._grow_after == pytest.approx(2 * 0.5)
+
+
+def test_a_try_of_a_shut_budget_that_failed_otherwise_lets_another_go() -> None:
+    """A try that fails with a 5xx or a timeout shows nothing: another goes
+    (`Budget.tried`); one whose answer never comes back is let go after
+    `_SHUT_TRY_LOST`, so that a shut budget never waits forever."""
+    from conveyor._core._budget import _SHUT_TRY_LOST
+
+    b = _budget()
+    first = b.commit(0.0, 1.0)
+    b.on_refused(0.05, 0.0, 1.0, retry_after=0.5, limit=None, mark=first)
+    one = b.commit(0.6, 1.0)
+    assert b.wait_time(0.6, 1.0) > 0
+    b.tried(one)
+    assert b.wait_time(0.6, 1.0) == 0.0
+    b.commit(0.6, 1.0)
+    assert b.wait_time(0.6 + _SHUT_TRY_LOST / 2, 1.0) > 0
+    assert b.wait_time(0.7 + _SHUT_TRY_LOST, 1.0) == 0.0

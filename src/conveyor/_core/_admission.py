@@ -443,13 +443,21 @@ class Admission:
         if refusal is not None:
             self.refusals[refusal.kind.value] = self.refusals.get(refusal.kind.value, 0) + 1
         shared = False
+        rated = False
         if refusal is not None and refusal.kind is RefusalKind.RATE:
+            rated = True
             self._limits_shown("refused a request for its rate (429)")
             self.rate_limited += 1
             self._recent.append(True)
             shared = self._on_rate_limited(now, refusal, ticket, spent=overload or early)
         elif getattr(exc, "status_code", None) is not None:
             self._recent.append(False)
+        if ticket is not None and self._windows and not rated:
+            # A try of a shut budget that failed otherwise showed nothing (`Budget.tried`).
+            for name, mark in ticket.marks.items():
+                b = self.budgets.get(name)
+                if b is not None and b.shut:
+                    b.tried(mark)
         capacity = refusal is not None and refusal.kind is RefusalKind.CAPACITY
         if capacity and self.adaptive is not None:
             # Busy, not our rate: fewer in flight for a while, limits untouched.

@@ -88,6 +88,7 @@ _PROBE_MAX = 4.0
 # measures it again, and each doubling that ends in a refusal doubles the
 # quiet time needed for the next (up to `_GROW_AFTER_MAX`), so that a guess
 # that is right costs a few refusals a minute at most.
+_SHUT_TRY_LOST = 60.0  # s after which a try of a shut budget no answer came for is let go
 _GROW = 2.0
 _GROW_AFTER = 0.5
 _GROW_AFTER_MAX = 60.0
@@ -222,7 +223,7 @@ class Budget:
         # then at most `_shut_allowed` admissions (their marks) until one is answered.
         self._shut_until: float | None = None
         self._shut_allowed = 1
-        self._shut_marks: set[float] = set()
+        self._shut_marks: dict[float, float] = {}  # mark -> when it was sent
         self._shut_every = _PROBE_FIRST
         # A guess's growth (`_GROW`): since when, and from what was charged, it has
         # not been refused; the quiet time a doubling needs; whether one is on trial.
@@ -306,9 +307,21 @@ class Budget:
         assert self._shut_until is not None
         if now < self._shut_until:
             return self._shut_until - now + _pad(now)
-        if len(self._shut_marks) < self._shut_allowed:
+        marks = self._shut_marks
+        if len(marks) >= self._shut_allowed:
+            # A try whose answer never came back here (failed otherwise, cancelled):
+            # after `_SHUT_TRY_LOST` another may go.
+            for mark, at in list(marks.items()):
+                if now - at > _SHUT_TRY_LOST:
+                    del marks[mark]
+        if len(marks) < self._shut_allowed:
             return 0.0
         return _RESET_TRIAL_POLL  # the answer to a try is awaited
+
+    def tried(self, mark: float) -> None:
+        """A try of a shut budget failed otherwise than by a rate refusal (a 5xx,
+        a timeout): it showed nothing, and another may go."""
+        self._shut_marks.pop(mark, None)
 
     def commit(self, now: float, weight: float) -> float:
         """Spend `weight` now; returns the mark to hand back with its answer."""
@@ -322,7 +335,7 @@ class Budget:
         if beyond:
             self._beyond.add(self.charged)
         if self._shut_until is not None:
-            self._shut_marks.add(self.charged)
+            self._shut_marks[self.charged] = now
         self._log.commit(now, weight)
         if self.model is _TOLD and self._told is not None:
             self._told.commit(now, weight)
@@ -540,7 +553,7 @@ class Budget:
             self._shut_every = min(2.0 * self._shut_every, _PROBE_MAX)
         wait = retry_after if retry_after is not None else self._shut_every
         self._shut_until = now + wait
-        self._shut_allowed, self._shut_marks = 1, set()
+        self._shut_allowed, self._shut_marks = 1, {}
         self.model = _SPENT
         # What is learned later is from what the server accepts of ours from now on.
         self._first_at, self._refused, self._refusals, self._empty = None, 0.0, 0, None
@@ -711,9 +724,9 @@ class Budget:
         a try of a shut budget opens it (see `_PROBE_FIRST`)."""
         if self._shut_until is not None and mark in self._shut_marks:
             if self._shut_allowed == 1:
-                self._shut_allowed, self._shut_marks = _RESET_TRIAL, set()
+                self._shut_allowed, self._shut_marks = _RESET_TRIAL, {}
             else:
-                self._shut_until, self._shut_marks = None, set()
+                self._shut_until, self._shut_marks = None, {}
                 self.model, self.why = _OPEN, "no limit known"
             return
         if self._trial_at is not None and mark in self._beyond:
