@@ -73,12 +73,15 @@ class Cell:
     n: int
     refusal: str = "openai"  # openai | gemini | bare | bare-no-wait
     spent: bool = False  # the server's limits start spent (`MockConfig.spent`)
+    style: str = "openai"  # the headers' style when on: openai | anthropic
 
     @property
     def name(self) -> str:
         h = "hdr" if self.headers else "nohdr"
         t = "told" if self.told else "untold"
         r = "" if self.refusal == "openai" else f"/{self.refusal}"
+        if self.headers and self.style != "openai":
+            h += f"-{self.style}"
         return f"{self.kind}/{self.model}/{h}/{t}{r}" + ("/spent" if self.spent else "")
 
     def config(self) -> MockConfig:
@@ -102,7 +105,7 @@ class Cell:
             limit_model=model,
             burst=burst,
             window_offset=offset,
-            headers="openai" if self.headers else "none",
+            headers=self.style if self.headers else "none",
             refusal=self.refusal.removesuffix("-no-wait"),
             retry_after_header=self.refusal != "bare-no-wait",
             limit_window=window,
@@ -118,7 +121,11 @@ N_TOKENS = {"bucket_1s": 300, "bucket_60s": 1000, "fixed": 700, "fixed_1s": 300,
 
 
 def cells(
-    quick: bool, refusals: tuple[str, ...] = ("openai",), *, spent: bool = False
+    quick: bool,
+    refusals: tuple[str, ...] = ("openai",),
+    *,
+    spent: bool = False,
+    styles: tuple[str, ...] = ("openai",),
 ) -> list[Cell]:
     out = []
     for refusal in refusals:
@@ -132,7 +139,8 @@ def cells(
                             continue  # a limit shown or told: how a 429 is worded matters little
                         if model == "fixed_1s" and (headers or told):
                             continue  # its figures are per second: only learned from refusals
-                        out.append(Cell(model, kind, headers, told, n, refusal, spent))
+                        for style in styles if headers else styles[:1]:
+                            out.append(Cell(model, kind, headers, told, n, refusal, spent, style))
     return out
 
 
@@ -337,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         help="How the server words a 429 (cells other than openai's: headers off, nothing told).",
     )
     ap.add_argument(
+        "--headers",
+        nargs="+",
+        choices=("openai", "anthropic"),
+        default=["openai"],
+        help="The headers' style in the headers-on cells: OpenAI's x-ratelimit-* (Go "
+        "durations) or Anthropic's anthropic-ratelimit-* (RFC 3339 resets, token figures "
+        "rounded to thousands).",
+    )
+    ap.add_argument(
         "--spent",
         action="store_true",
         help="Every server's limits start spent, as another client of the key left them "
@@ -360,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'cell':<47} {'N':>5} {'ideal s':>8} {'conv s':>8} {'ratio':>6} "
               f"{'429s':>6} {'idle s':>6}  verdict")  # fmt: skip
         misses = 0
-        for cell in cells(args.quick, tuple(args.refusal), spent=args.spent):
+        for cell in cells(
+            args.quick, tuple(args.refusal), spent=args.spent, styles=tuple(args.headers)
+        ):
             if args.only and not any(o in cell.name for o in args.only):
                 continue
             told = {}
