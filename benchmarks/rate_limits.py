@@ -137,8 +137,10 @@ def cells(
                             continue
                         if refusal != "openai" and (headers or told):
                             continue  # a limit shown or told: how a 429 is worded matters little
-                        if model == "fixed_1s" and (headers or told):
-                            continue  # its figures are per second: only learned from refusals
+                        if model == "fixed_1s" and (headers or told or refusal == "openai"):
+                            # Its figures are per second: learned from refusals that name
+                            # none (OpenAI's message says "per min").
+                            continue
                         for style in styles if headers else styles[:1]:
                             out.append(Cell(model, kind, headers, told, n, refusal, spent, style))
     return out
