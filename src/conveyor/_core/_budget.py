@@ -88,7 +88,6 @@ _PROBE_MAX = 4.0
 # measures it again, and each doubling that ends in a refusal doubles the
 # quiet time needed for the next (up to `_GROW_AFTER_MAX`), so that a guess
 # that is right costs a few refusals a minute at most.
-_SHUT_TRY_LOST = 60.0  # s after which a try of a shut budget no answer came for is let go
 _GROW = 2.0
 _GROW_AFTER = 0.5
 _GROW_AFTER_MAX = 60.0
@@ -103,6 +102,7 @@ _GROW_USED = 0.8  # share of the guess spent over the quiet time: it was binding
 # refusal of a try); then one request tries it, `_RESET_TRIAL` at its
 # answer, and everything at the first answer to one of those. What the
 # server then accepts is ours, and its next refusal is learned from.
+_SHUT_TRY_LOST = 60.0  # s after which a try no answer came back for is let go
 
 
 def _pad(now: float) -> float:
