@@ -548,7 +548,7 @@ def test_a_per_second_window_read_as_a_bucket_is_raised_back(retry_style: str) -
     whose refills stopped, and the guess fell to ~1.4/s. Nothing refused it
     after the window restarted, so it stayed there: 400 requests took 256 s
     against the 9 s the server's rule allows. A guess used in full and not
-    refused is doubled (`_GROW`): about 20 s now (a doubling that overshoots
+    refused is raised (`_GROW`): about 23 s now (a raise that overshoots
     and the fall after it, each window restart)."""
     out = play(
         Fixed(40, window=1.0),
@@ -566,10 +566,10 @@ def test_a_per_second_window_read_as_a_bucket_is_raised_back(retry_style: str) -
     assert out.refused <= 0.1 * 400, out.refused
 
 
-def test_a_guess_is_doubled_while_unrefused_and_restored_when_it_overshoots() -> None:
+def test_a_guess_is_raised_while_unrefused_and_restored_when_it_overshoots() -> None:
     """The steps of `_GROW` on plain numbers: a bucket's guess (10/s) used in
-    full for half a second without a refusal doubles; a refusal of the
-    doubled rate brings back the rate before it, and the next doubling then
+    full for half a second without a refusal is raised by half; a refusal of
+    the raised rate brings back the rate before it, and the next raise then
     needs twice the quiet time."""
     b = _budget()
     for i in range(5):
@@ -584,7 +584,7 @@ def test_a_guess_is_doubled_while_unrefused_and_restored_when_it_overshoots() ->
         if w == 0:
             b.commit(t, 1.0)
         t += 0.5 / rate / 10
-    assert b.rate == pytest.approx(2 * rate)
+    assert b.rate == pytest.approx(1.5 * rate)
     mark = b.commit(t, 1.0)
     b.on_refused(t + 0.05, t, 1.0, retry_after=None, limit=None, mark=mark)
     assert b.rate == pytest.approx(rate)

@@ -171,7 +171,7 @@ async def test_a_key_spent_by_someone_else_is_waited_for(
     not paced at what the server had accepted of it before, nothing (that
     was one request a window: 120 windows for these 120 requests). With a
     `Retry-After: 1` the 40/s window reads as a bucket whose refills stopped
-    and the guess falls; it is doubled back while it is not refused
+    and the guess falls; it is raised back while it is not refused
     (`_budget._GROW`), which takes a few windows more."""
     cfg = MockConfig(rpm=40, limit_window=1.0, limit_model="fixed", headers="none",
                      latency=0.01, refusal="bare", retry_after_header=retry_after_header,
@@ -191,7 +191,7 @@ async def test_a_key_spent_by_someone_else_is_waited_for(
     assert windows <= 4 * 3, windows
     # Before: 289 refusals with no wait given (each one, freeing its own unit in the
     # mirror, let the next go); now the try, a round of the window's end, and the
-    # doublings that overshoot.
+    # raises that overshoot.
     assert server.stats.refused["rate"] <= 0.05 * 120 + 3 * 10, server.stats.refused
 
 
