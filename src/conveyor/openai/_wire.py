@@ -37,7 +37,7 @@ import ssl
 import threading
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -57,6 +57,8 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
 SLICE_BYTES = 256 * 1024  # a body above this is written in slices of this size
+DNS_TTL = 300.0  # seconds a name lookup is kept (aiohttp's ttl_dns_cache was 300)
+HAPPY_EYEBALLS_DELAY = 0.25  # seconds before the next address is tried (aiohttp's default)
 _MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions)
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
@@ -190,6 +192,7 @@ def _decode(body: bytes, coding: str) -> bytes:
 
 # (status, headers, body) of one answer.
 Result = tuple[int, Headers, bytes]
+_AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
 
 
 class _Conn(asyncio.Protocol):
@@ -504,6 +507,8 @@ class Pool:
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._all_lost: asyncio.Future[None] | None = None
+        self._addrs: list[_AddrInfo] = []
+        self._addrs_until = 0.0
         self.opened = 0  # connections ever made (for tests and curiosity)
         self.peak = 0  # most slots taken at once
 
@@ -574,17 +579,66 @@ class Pool:
             self._wake()
             raise
 
+    async def _addresses(self) -> list[_AddrInfo]:
+        """The host's addresses, looked up at most every `DNS_TTL` seconds."""
+        now = self.loop.time()
+        if self._addrs and now < self._addrs_until:
+            return self._addrs
+        infos = await self.loop.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        if not infos:
+            raise OSError(f"no address for {self.host}")
+        self._addrs, self._addrs_until = list(infos), now + DNS_TTL
+        return self._addrs
+
+    async def _socket(self) -> socket.socket:
+        """A connected socket: the addresses tried the Happy Eyeballs way
+        (RFC 8305: the next one 0.25 s after the last, address families
+        interleaved) where `aiohappyeyeballs` (aiohttp's own dependency from
+        3.10) is there, one after another otherwise."""
+        infos = await self._addresses()
+        try:
+            from aiohappyeyeballs import start_connection
+        except ImportError:  # aiohttp < 3.10
+            return await self._one_by_one(infos)
+        return await start_connection(
+            infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, loop=self.loop
+        )
+
+    async def _one_by_one(self, infos: list[_AddrInfo]) -> socket.socket:
+        last: OSError | None = None
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await self.loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        assert last is not None
+        raise last
+
     async def _connect(self) -> _Conn:
         host, port = self.host, self.port
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: _Conn(self),
-                    host,
-                    port,
-                    ssl=self._tls,
-                    server_hostname=host if self._tls is not None else None,
-                )
+                sock = await self._socket()
+                try:
+                    _, conn = await self.loop.create_connection(
+                        lambda: _Conn(self),
+                        sock=sock,
+                        ssl=self._tls,
+                        server_hostname=host if self._tls is not None else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError:
             raise ConnectError(f"Connection timeout to host {host}:{port}") from None
         except OSError as exc:
