@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
+import socket
 import ssl
 import subprocess
 import zlib
@@ -573,3 +574,83 @@ def pool_headers() -> _wire.Headers:
     h._add("content-type", "application/json")
     h._add("content-length", str(len(OK)))
     return h
+
+
+# -- addresses and shutdown -------------------------------------------------------------
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+async def test_a_name_is_resolved_and_its_addresses_tried_in_turn() -> None:
+    """`localhost` may resolve to ::1 first while the server listens on
+    127.0.0.1 only: the next address is tried (Happy Eyeballs), and the
+    one-after-another fallback (no aiohappyeyeballs) reaches it too."""
+    async with raw_server(keep_answering()) as srv:
+        _, port = host_port(srv.url)
+        head = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        pool = _wire.Pool("localhost", port, tls=None, limit=1)
+        try:
+            assert (await pool.request(head, None))[0] == 200
+            closed = socket.socket()
+            closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+            refused = closed.getsockname()
+            infos = [
+                (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", refused),
+                (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port)),
+            ]
+            sock = await pool._one_by_one(infos)
+            assert sock.getpeername() == ("127.0.0.1", port)
+            sock.close()
+            with pytest.raises(ConnectionRefusedError):
+                await pool._one_by_one(infos[:1])
+            closed.close()
+        finally:
+            await pool.close()
+
+
+async def test_closing_the_client_fails_the_waiting_requests() -> None:
+    """`__aexit__` closes every connection: a request in flight and one
+    waiting for a connection both end with a connection error, none hangs."""
+
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        await peer.reader.read()
+
+    async with raw_server(handle) as srv:
+        async with client(srv.url, concurrency=1) as c:
+            tasks = [asyncio.create_task(c.post("/chat/completions", CHAT)) for _ in range(2)]
+            await srv.until(lambda: srv.connections == 1)
+            pool = pool_of(c)
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, HTTPRetryable) for r in results), results
+        assert pool.size == 0
+
+
+async def test_length_and_chunked_together_close_after_the_body() -> None:
+    """Content-Length and chunked at once (a smuggling shape): chunked wins,
+    and the connection is not reused (RFC 9112 6.3)."""
+    both = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(OK):x}".encode() + b"\r\n" + OK + b"\r\n0\r\n\r\n"
+    )  # fmt: skip
+    async with raw_server(keep_answering(both)) as srv, client(srv.url) as c:
+        assert (await c.post("/chat/completions", CHAT)).raw == OK
+        assert (await c.post("/chat/completions", CHAT)).raw == OK
+        assert srv.connections == 2
+
+
+async def test_a_close_delimited_body_that_does_not_decode() -> None:
+    """A gzip body until close that is not gzip: a bad response, not a hang."""
+
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nnot gzip")
+        peer.writer.close()
+
+    async with raw_server(handle) as srv, client(srv.url) as c:
+        with pytest.raises(HTTPRetryable, match="cannot decode the gzip body"):
+            await c.post("/chat/completions", CHAT)

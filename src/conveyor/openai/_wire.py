@@ -255,7 +255,12 @@ class _Conn(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             if self._state == _UNTIL_CLOSE and exc is None:
-                self._finish(bytes(self._buf))
+                body = bytes(self._buf)
+                self._buf.clear()
+                try:
+                    self._finish(body)
+                except WireError as err:  # a body that does not decode
+                    waiter.set_exception(err)
             elif self._state in (_HEAD, _DONE):
                 reason = f": {exc}" if exc else ""
                 waiter.set_exception(
@@ -423,6 +428,8 @@ class _Conn(asyncio.Protocol):
         if self._no_body or status in (204, 304):
             self._finish(b"")
         elif te is not None:
+            if "content-length" in headers:
+                self.reusable = False  # both: TE wins, then close (RFC 9112 6.3)
             if _tokens(te)[-1:] == ["chunked"]:
                 self._state = _CHUNK_SIZE
             else:
@@ -555,15 +562,15 @@ class Pool:
             try:
                 given = await waiter
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    late = waiter.result()  # handed over as we were cancelled: pass it on
+                # Cancelled: a waiter still queued is skipped when its turn
+                # comes; one that was handed a connection (or a slot) as it
+                # was cancelled passes it on.
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    late = waiter.result()
                     if late is not None:
-                        self._release(late, reuse=True)
+                        self._release(late, reuse=not late.closed)
                     else:
                         self._wake()
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
                 raise
             if given is not None:
                 if not given.closed and not fresh:
