@@ -17,6 +17,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conveyor._base._exceptions import ConfigError, HTTPRetryable
 from conveyor.mock import MockServer
@@ -654,3 +656,65 @@ async def test_a_close_delimited_body_that_does_not_decode() -> None:
     async with raw_server(handle) as srv, client(srv.url) as c:
         with pytest.raises(HTTPRetryable, match="cannot decode the gzip body"):
             await c.post("/chat/completions", CHAT)
+
+
+# -- the parser, property-tested ---------------------------------------------------------
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
+    """A response (framed by length, chunks or close; maybe after a 100), the
+    body it carries, and where the server splits its bytes."""
+    body = draw(st.binary(max_size=300))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    head = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"
+    if draw(st.booleans()):
+        head = b"HTTP/1.1 100 Continue\r\n\r\n" + head
+    if framing == "length":
+        wire = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    elif framing == "chunked":
+        sizes = draw(st.lists(st.integers(1, 50), max_size=10))
+        parts, at = [], 0
+        for size in sizes:
+            if at < len(body):
+                parts.append(b"%x\r\n%b\r\n" % (len(body[at : at + size]), body[at : at + size]))
+                at += size
+        if at < len(body):
+            parts.append(b"%x\r\n%b\r\n" % (len(body) - at, body[at:]))
+        trailer = b"T: x\r\n" if draw(st.booleans()) else b""
+        wire = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(parts) + b"0\r\n" + trailer
+        wire += b"\r\n"
+    else:
+        wire = head + b"Connection: close\r\n\r\n" + body
+    cuts = sorted(draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    return wire, body, cuts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses())
+def test_any_split_of_a_response_reads_the_same(case: tuple[bytes, bytes, list[int]]) -> None:
+    """However the server's bytes are split into reads, the body is the one sent."""
+    wire, body, cuts = case
+
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        start = 0
+        for cut in [*cuts, len(wire)]:
+            await peer.send(wire[start:cut])
+            start = cut
+        if b"Connection: close" in wire:
+            peer.writer.close()
+
+    async def main() -> tuple[int, bytes]:
+        async with raw_server(handle) as srv:
+            host, port = host_port(srv.url)
+            pool = _wire.Pool(host, port, tls=None, limit=1)
+            try:
+                async with asyncio.timeout(10):
+                    status, headers, got = await pool.request(b"GET / HTTP/1.1\r\n\r\n", None)
+                assert headers.get("x-a") == "1"
+                return status, got
+            finally:
+                await pool.close()
+
+    assert asyncio.run(main()) == (200, body)
