@@ -1,5 +1,5 @@
-"""The HTTP side of an OpenAI-compatible call: one pooled session, errors
-translated into what the engine understands.
+"""The HTTP side of an OpenAI-compatible call: one keep-alive pool (`_wire`,
+our own HTTP/1.1 client), errors translated into what the engine understands.
 
 - 2xx: an `Answer` (status, parsed body, request id); usage and rate-limit
   headers are reported to the engine for the TPM settlement and learning.
@@ -9,7 +9,7 @@ translated into what the engine understands.
   clear line instead of failing every item.
 - other 4xx: `HTTPClientError`: the item fails at once, its response kept.
 
-aiohttp errors never leave this module untranslated, and nothing here puts
+Transport errors never leave this module untranslated, and nothing here puts
 the API key into a message.
 """
 
