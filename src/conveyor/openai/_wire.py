@@ -37,10 +37,7 @@ import ssl
 import threading
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from typing import Any, cast
 
 __all__ = [
     "MAX_HEAD",
@@ -732,7 +729,3 @@ class Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectError("the client is closed"))
-
-    def connections(self) -> Iterable[object]:
-        """The open connections (for tests)."""
-        return tuple(self._conns)
