@@ -2,7 +2,7 @@
 
     python benchmarks/hot_path.py [--scenario a|b|c|d|e ...] [--quick] [--repeat N]
                                   [--client bare|cli|api ...] [--cap SECONDS] [--uvloop]
-                                  [--from-source]
+                                  [--from-source] [--baseline SRC]
 
 Every client runs in its own fresh process against the simulated server
 (`conveyor.mock.MockServer`, what `conveyor mock` serves) in another process
@@ -17,6 +17,8 @@ on loopback, started afresh for each run. Clients:
   stderr since it is not a terminal).
 - `api`: `conveyor.openai.run_file(..., journal=None)`: the same run without
   a journal (the CLI always journals).
+- `base`: `cli` with conveyor imported from `--baseline SRC` (another
+  checkout's `src`, e.g. a worktree of main): before and after in one run.
 
 Clients run interleaved (bare, cli, api, then the reverse order), `--repeat`
 times; medians and paired ratios to the bare run next to each are printed.
@@ -73,11 +75,13 @@ MODEL = "mock-gpt"
 # bytecode as an installed package does (pip compiles it at install time), not from
 # source on every start as under PYTHONDONTWRITEBYTECODE=1. None: the environment's way.
 PYCACHE: Path | None = None
+# The `src` folder the `base` client imports conveyor from (`--baseline`).
+BASELINE: Path | None = None
 
 
-def _env(uvloop: bool = False) -> dict[str, str]:
+def _env(uvloop: bool = False, src: Path = SRC) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
     if PYCACHE is not None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
@@ -326,9 +330,13 @@ def run_client(
     else:
         cmd = [sys.executable, "-m", "conveyor.cli", "run", str(input_path), "-o", str(output),
                "--base-url", server.url, "-c", str(concurrency), *extra_args]  # fmt: skip
+    src = SRC
+    if client == "base":
+        assert BASELINE is not None, "--client base needs --baseline SRC"
+        src = BASELINE
     log = (work / f"{client}.log").open("wb")
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(uvloop))
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(uvloop, src))
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, float, float, int]] = []
     lines = 0
@@ -602,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     ap.add_argument("--quick", action="store_true", help="a tenth to a half of the sizes")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of each client (default 2)")
-    ap.add_argument("--client", action="append", choices=["bare", "cli", "api"])
+    ap.add_argument("--client", action="append", choices=["bare", "cli", "api", "base"])
+    ap.add_argument("--baseline", type=Path, help="the `src` folder the `base` client runs")
     ap.add_argument("--cap", type=float, help="seconds before a run is stopped (Ctrl+C)")
     ap.add_argument("--uvloop", action="store_true", help="clients run on uvloop")
     ap.add_argument("--from-source", action="store_true",
@@ -623,8 +632,14 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             api_main(orjson.loads(args._api))
         return 0
-    global PYCACHE
+    global PYCACHE, BASELINE
     clients = args.client or ["bare", "cli", "api"]
+    if args.baseline is not None:
+        BASELINE = args.baseline.resolve()
+        if "base" not in clients:
+            clients = [*clients, "base"]
+    elif "base" in clients:
+        ap.error("--client base needs --baseline SRC")
     if "bare" in clients:
         clients = ["bare", *[c for c in clients if c != "bare"]]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -640,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Ctx(args.quick, args.repeat, clients, args.cap, args.uvloop, Path(tmp))
         if not args.from_source:
             PYCACHE = Path(tmp) / "pycache"
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(SRC / "conveyor")],
-                           env=_env(), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            for src in (SRC, *([BASELINE] if BASELINE else [])):
+                subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "conveyor")],
+                               env=_env(src=src), check=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
         for name in args.scenario or list(SCENARIOS):
             SCENARIOS[name](ctx)
     if ctx.verdicts:

@@ -1,5 +1,5 @@
-"""The HTTP side of an OpenAI-compatible call: one pooled session, errors
-translated into what the engine understands.
+"""The HTTP side of an OpenAI-compatible call: one keep-alive pool (`_wire`,
+our own HTTP/1.1 client), errors translated into what the engine understands.
 
 - 2xx: an `Answer` (status, parsed body, request id); usage and rate-limit
   headers are reported to the engine for the TPM settlement and learning.
@@ -9,7 +9,7 @@ translated into what the engine understands.
   clear line instead of failing every item.
 - other 4xx: `HTTPClientError`: the item fails at once, its response kept.
 
-aiohttp errors never leave this module untranslated, and nothing here puts
+Transport errors never leave this module untranslated, and nothing here puts
 the API key into a message.
 """
 
@@ -33,16 +33,16 @@ from .._base._exceptions import (
 )
 from .._core._attempt import report_limits, report_usage
 from .._core._refusals import classify, parse_wait
+from . import _wire
 from ._limit_headers import read_limit_headers
 
 with _tls.deferred_ca_store():  # read at the first https request, not by a plain-HTTP run
-    import aiohttp
-    import aiohttp.payload
+    # Not used here any more (requests go through `_wire`), but imported here,
+    # under the deferral, for the rest of the package (batch mode's Files API).
+    import aiohttp  # noqa: F401
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Mapping
-
-    from aiohttp.abc import AbstractStreamWriter
 
 __all__ = [
     "Answer",
@@ -55,10 +55,9 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_SLICE_BYTES = 256 * 1024
 # (status, parsed body, x-request-id, headers, raw body) of one request.
 _Exchange = tuple[int, Any, "str | None", Any, bytes]
-_URLS_KEPT = 64  # endpoints whose parsed URL is kept (a run has one or a few)
+_HEADS_KEPT = 64  # request heads kept, by (method, endpoint) (a run has one or a few)
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 498, 500, 502, 503, 504, 520, 522, 524, 529})
 
 
@@ -193,74 +192,67 @@ def _error_message(body: Any) -> str:
     return ""
 
 
-class _SlicedBody(aiohttp.payload.Payload):
-    """A large request body sent as views of its bytes, `_SLICE_BYTES` a write.
-
-    Given bytes, aiohttp joins headers and body into one new buffer (a second
-    50 MB for a 50 MB line) and hands it to the transport at once; a BytesIO
-    is copied too (by `getbuffer`). Slices copy nothing and let the transport's
-    flow control hold back at most a slice. Content-Length is the size."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data, content_type=None)
-        self._data = data
-        self._size = len(data)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._data.decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        view = memoryview(self._data)[:content_length]
-        for start in range(0, len(view), _SLICE_BYTES):
-            await writer.write(view[start : start + _SLICE_BYTES])
-
-
 class OpenAIClient:
-    """A pooled keep-alive session sized to the concurrency."""
+    """A pooled keep-alive client sized to the concurrency (`_wire.Pool`)."""
 
     def __init__(self, endpoint: Endpoint, *, concurrency: int) -> None:
         self.endpoint = endpoint
         self._concurrency = concurrency
-        self._session: aiohttp.ClientSession | None = None
-        # `Accept-Encoding: identity` (uncompressed answers, RFC 9110 12.5.3) set
-        # here rather than aiohttp's default header skipped: a session that skips
-        # auto headers builds two header multidicts more for every request.
+        self._pool: _wire.Pool | None = None
+        url = URL(endpoint.url_for(""))
+        if url.scheme not in ("http", "https") or not url.raw_host:
+            raise ConfigError("base_url", endpoint.base_url, "an http(s) URL")
+        self._url = url
+        # `Accept-Encoding: identity`: uncompressed answers (RFC 9110 12.5.3).
         headers = {
-            "Content-Type": "application/json",
+            "Host": url.host_port_subcomponent or url.raw_host,
             "User-Agent": "conveyor",
+            "Accept": "*/*",
             "Accept-Encoding": "identity",
+            "Content-Type": "application/json",
         }
-        headers.update(dict(endpoint.headers))
+        given = dict(endpoint.headers)
         if endpoint.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.api_key}"
-        self._headers = headers
+            given["Authorization"] = f"Bearer {endpoint.api_key}"
+        for name, value in given.items():
+            for ours in [k for k in headers if k.lower() == name.lower()]:
+                del headers[ours]  # the caller's spelling wins, sent once
+            headers[name] = value
+        for name, value in headers.items():
+            if any(c in name for c in "\r\n:") or "\r" in value or "\n" in value:
+                raise ConfigError("headers", name, "a header name and value without CR or LF")
+        self._header_lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
         self._secrets = _secrets_of(endpoint.api_key, dict(endpoint.headers))
-        # Each endpoint's URL, parsed once (`url_for` and yarl's parse, per request else).
-        self._urls: dict[str, URL] = {}
+        # The head of each request, up to its Content-Length value, built once.
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     async def __aenter__(self) -> OpenAIClient:
-        if _tls.pending() and self.endpoint.url_for("").startswith("https:"):
-            # aiohttp's TLS contexts get the CA store now, off the loop.
-            await asyncio.to_thread(_tls.load_deferred)
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        tls = None
+        if self._url.scheme == "https":
+            if _tls.pending():  # aiohttp's contexts (batch mode's Files API) too, off the loop
+                await asyncio.to_thread(_tls.load_deferred)
+            tls = await _wire.tls_context()
+        self._pool = _wire.Pool(
+            self._url.raw_host or "",
+            self._url.port or (443 if tls else 80),
+            tls=tls,
+            limit=self._concurrency,
+            connect_timeout=30.0,
+            idle_timeout=60.0,
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _head(self, method: str, endpoint: str) -> bytes:
+        """`POST /v1/chat/completions HTTP/1.1` and the headers, up to the
+        Content-Length value (a body follows) or the blank line (none)."""
+        url = URL(self.endpoint.url_for(endpoint))
+        head = f"{method} {url.raw_path_qs or '/'} HTTP/1.1\r\n".encode() + self._header_lines
+        return head + (b"Content-Length: " if method == "POST" else b"\r\n")
 
     async def get(self, endpoint: str) -> tuple[int, Any]:
         """A GET (for `/models`), errors translated."""
@@ -333,46 +325,38 @@ class OpenAIClient:
         )
 
     async def _request(self, method: str, endpoint: str, data: bytes | None) -> _Exchange:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("OpenAIClient used outside `async with`")
-        url = self._urls.get(endpoint)
-        if url is None:
-            url = URL(self.endpoint.url_for(endpoint))
-            if len(self._urls) < _URLS_KEPT:
-                self._urls[endpoint] = url
+        head = self._heads.get((method, endpoint))
+        if head is None:
+            head = self._head(method, endpoint)
+            if len(self._heads) < _HEADS_KEPT:
+                self._heads[method, endpoint] = head
         try:
-            payload = _SlicedBody(data) if data and len(data) > _SLICE_BYTES else data
-            # Awaited, not `async with`: two coroutine layers less per request. The
-            # body is read in full, then the connection released as `__aexit__` does
-            # (its writer has finished by then, or is cancelled by `release`).
-            resp = await session.request(method, url, data=payload)
-            try:
-                headers = resp.headers
-                status = resp.status
-                try:
-                    raw = await resp.read()
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                    # The server answered, then the body was cut off: a bad
-                    # answer (retried), not a server that cannot be reached.
-                    raise HTTPRetryable(
-                        f"HTTP {status} from {self.endpoint.base_url}, but the response body "
-                        f"was cut off ({_cut_off(exc, headers)})",
-                        status_code=status,
-                        request_id=headers.get("x-request-id"),
-                    ) from None
-            finally:
-                resp.release()
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            if data is None:
+                status, headers, raw = await pool.request(head, None)
+            elif len(data) <= _wire.SLICE_BYTES:  # one write: head and body
+                status, headers, raw = await pool.request(
+                    b"%b%d\r\n\r\n%b" % (head, len(data), data), None
+                )
+            else:  # the body in slices, not copied
+                status, headers, raw = await pool.request(b"%b%d\r\n\r\n" % (head, len(data)), data)
+        except _wire.CutOff as exc:
+            # The server answered, then the body was cut off: a bad answer
+            # (retried), not a server that cannot be reached.
+            raise HTTPRetryable(
+                f"HTTP {exc.status} from {self.endpoint.base_url}, but the response body "
+                f"was cut off ({_cut_off(exc, exc.headers)})",
+                status_code=exc.status,
+                request_id=exc.headers.get("x-request-id"),
+            ) from None
+        except (_wire.ConnectError, _wire.Disconnected) as exc:
             raise HTTPRetryable(
                 f"connection error talking to {self.endpoint.base_url}: {type(exc).__name__}: {exc}"
             ) from None
-        except aiohttp.ClientResponseError as exc:
+        except _wire.BadResponse as exc:
             raise HTTPRetryable(f"bad response from {self.endpoint.base_url}: {exc}") from None
-        except aiohttp.ClientError as exc:
-            raise HTTPRetryable(f"HTTP client error: {type(exc).__name__}: {exc}") from None
-        except TimeoutError:
-            raise
         for secret in self._secrets:
             if secret in raw:  # a server that echoes the key: never store or show it
                 raw = raw.replace(secret, b"***")
