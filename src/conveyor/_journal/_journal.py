@@ -47,12 +47,13 @@ from ._schema import (
     META_UPSERT,
     PENDING,
     SCHEMA_VERSION,
-    UPSERT,
     check_schema,
     decode_row,
     encode_row,
     json_default,
     prepare_schema,
+    upsert_meta,
+    upsert_rows,
 )
 
 if TYPE_CHECKING:
@@ -348,9 +349,9 @@ class Journal:
             for r, line, seq in entries
         ]
         with self._transaction() as conn:
-            conn.executemany(UPSERT, rows)
+            upsert_rows(conn, rows)
             if meta:
-                conn.executemany(META_UPSERT, meta.items())
+                upsert_meta(conn, meta)
 
     def _dumps_value(self, value: Any, key: str) -> bytes:
         """The value as JSON; a part JSON cannot express is kept as its text,

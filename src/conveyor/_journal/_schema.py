@@ -7,6 +7,7 @@ module knows what a row holds and how a file is recognised and created.
 from __future__ import annotations
 
 import contextlib
+import operator
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from .._base._types import ErrorInfo, Result, Status, Usage
 from ._errors import _CORRUPT_HINT, JournalCorrupt, JournalError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "APPLICATION_ID",
@@ -31,6 +32,8 @@ __all__ = [
     "dumps",
     "encode_row",
     "prepare_schema",
+    "upsert_meta",
+    "upsert_rows",
 ]
 
 # The sqlite3 module "adapts" every bound None and bytes (CPython 3.11-3.13,
@@ -130,6 +133,81 @@ META_UPSERT = (
     "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
 )
 
+# A group of results is upserted with a few multi-row statements (64, 32, ... 1
+# rows: its size in binary) instead of `executemany` of a one-row statement, for
+# two costs of the sqlite3 module (CPython 3.11-3.13, Modules/_sqlite/cursor.c)
+# that were most of the writer thread's own work (issue 18, callgrind):
+# - it releases and takes back the GIL around every `sqlite3_step`, once per row
+#   under `executemany`; while the event loop holds the GIL each take-back waits
+#   for it (a switch of threads), so a group took as many switches as rows;
+# - every bound None and bytes goes through `pysqlite_microprotocols_adapt` (a
+#   tuple built, a dict lookup, an adapter called: ~1,250 instructions), and an
+#   ok result's row holds eight NULLs and a BLOB. The NULLs are written into the
+#   statement as literals (one statement per pattern of NULL columns: a run has
+#   a handful), and the output line is bound as a `bytearray`, which binds as the
+#   same BLOB without an adapter.
+# 64 rows bind at most 1,216 parameters (SQLite's limit: 32,766 since 3.32, 999 before).
+_CHUNK = 64
+_WIDTH = 19
+_NONES = (None,) * _WIDTH
+_ITEMS_SQL: dict[tuple[tuple[bool, ...], int], str] = {}
+_META_SQL: dict[int, str] = {}
+_ON_CONFLICT = UPSERT.split(" ON CONFLICT", 1)[1]
+_META_ON_CONFLICT = META_UPSERT.split(" ON CONFLICT", 1)[1]
+
+
+def _items_sql(nulls: tuple[bool, ...], n: int) -> str:
+    sql = _ITEMS_SQL.get((nulls, n))
+    if sql is None:
+        one = "(" + ", ".join("NULL" if null else "?" for null in nulls) + ")"
+        values = ", ".join([one] * n)
+        sql = f"INSERT INTO items ({COLUMNS}) VALUES {values} ON CONFLICT{_ON_CONFLICT}"
+        _ITEMS_SQL[(nulls, n)] = sql
+    return sql
+
+
+def _meta_sql(n: int) -> str:
+    sql = _META_SQL.get(n)
+    if sql is None:
+        values = ", ".join(["(?, ?)"] * n)
+        sql = f"INSERT INTO meta (key, value) VALUES {values} ON CONFLICT{_META_ON_CONFLICT}"
+        _META_SQL[n] = sql
+    return sql
+
+
+def _chunks(n: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the power-of-two chunks of at most `_CHUNK` covering range(n)."""
+    i = 0
+    while i < n:
+        k = _CHUNK
+        while k > n - i:
+            k >>= 1
+        yield i, k
+        i += k
+
+
+def upsert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Upsert `encode_row` rows: the same rows, values and conflict rule as
+    `executemany(UPSERT, rows)`, in a few statements (see `_CHUNK`)."""
+    i, n = 0, len(rows)
+    while i < n:
+        # A run of rows with the same NULL columns shares its statements.
+        nulls = tuple(map(operator.is_, rows[i], _NONES))
+        j = i + 1
+        while j < n and tuple(map(operator.is_, rows[j], _NONES)) == nulls:
+            j += 1
+        for start, k in _chunks(j - i):
+            part = rows[i + start : i + start + k]
+            conn.execute(_items_sql(nulls, k), [v for row in part for v in row if v is not None])
+        i = j
+
+
+def upsert_meta(conn: sqlite3.Connection, values: Mapping[str, str]) -> None:
+    """Upsert meta (key, text value) pairs in one statement or a few."""
+    pairs = list(values.items())
+    for start, k in _chunks(len(pairs)):
+        conn.execute(_meta_sql(k), [v for pair in pairs[start : start + k] for v in pair])
+
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=json_default, option=orjson.OPT_NON_STR_KEYS)
@@ -160,7 +238,7 @@ def encode_row(
     dump_value: Callable[[Any, str], bytes] | None = None,
 ) -> tuple[Any, ...]:
     """One result as the values of `UPSERT` (item kept only with `store_items`, value
-    unless `store_value` is False)."""
+    unless `store_value` is False); the output line as a `bytearray` (see `_CHUNK`)."""
     err, usage = r.error, r.usage
     return (
         r.key,
@@ -182,7 +260,7 @@ def encode_row(
         r.ended_at,
         r.duration,
         dumps(r.meta) if r.meta else None,
-        line,
+        None if line is None else bytearray(line),  # a BLOB bound without an adapter
         seq,
     )
 
