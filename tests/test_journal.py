@@ -158,6 +158,65 @@ def test_none_and_bytes_are_stored_as_null_and_blob(tmp_path: Path) -> None:
     assert rows == [("k0", "null", None, "null", "null"), ("k1", "blob", line, "null", "null")]
 
 
+def test_a_group_of_mixed_rows_is_written_as_executemany_writes_it(tmp_path: Path) -> None:
+    """`record` writes a group with multi-row statements and NULL literals for the
+    absent parts of a row (issue 18): a group of every shape of row, interleaved
+    and longer than one statement, upserting pending rows too, leaves the table
+    exactly as one-row `executemany` upserts of the same rows do."""
+    from conveyor._journal._schema import SCHEMA_SQL, UPSERT, encode_row
+
+    err = ErrorInfo("HTTPError", "boom", "", None, False)  # a NULL inside a present part
+    shapes: list[Callable[[int], Result[Any]]] = [
+        lambda i: Result(i, f"k{i}", Status.OK, value={"i": i}, attempts=1,
+                         started_at=1.5, ended_at=2.5, duration=1.0, usage=Usage(3, 4)),
+        lambda i: Result(i, f"k{i}", Status.SKIPPED),
+        lambda i: Result(i, f"k{i}", Status.FAILED, item={"p": i}, error=err, attempts=2,
+                         meta={"status_code": 500}, started_at=None, ended_at=3.0),
+        lambda i: Result(i, f"k{i}", Status.TIMED_OUT, usage=Usage(0, 0), meta={"m": [i]}),
+    ]  # fmt: skip
+    results = [shapes[(i * 7) % 4 if i % 9 else 1](i) for i in range(150)]
+    entries = [(r, None if i % 5 == 0 else f"line {i}\n".encode(), None if i % 5 == 0 else i)
+               for i, r in enumerate(results)]  # fmt: skip
+    reset = [(Result(i, f"k{i}", Status.CANCELLED), None, None) for i in range(0, 150, 3)]
+    with Journal.open(tmp_path / "new", identity=IDENTITY, store_items=True) as j:
+        j.record(reset)
+        j.reset([f"k{i}" for i in range(0, 150, 3)])
+        j.record(entries)
+        for r in results:
+            assert j.get(r.key) == r
+    conn = sqlite3.connect(tmp_path / "old")
+    try:
+        conn.executescript(SCHEMA_SQL)
+        conn.executemany(UPSERT, [encode_row(r, ln, sq, store_items=True) for r, ln, sq in reset])
+        conn.execute("UPDATE items SET status = 'pending'")
+        conn.executemany(UPSERT, [encode_row(r, ln, sq, store_items=True) for r, ln, sq in entries])
+        conn.execute(f"ATTACH '{tmp_path / 'new'}' AS new")
+        cols = (
+            "key, idx, status, attempts, item, value, error_type, error_message, "
+            "error_traceback, error_status_code, error_retryable, input_tokens, "
+            "output_tokens, started_at, ended_at, duration, meta, output_line, output_seq"
+        )
+        typed = ", ".join(f"{c}, typeof({c})" for c in cols.split(", "))
+        want = conn.execute(f"SELECT {typed} FROM main.items ORDER BY key").fetchall()
+        got = conn.execute(f"SELECT {typed} FROM new.items ORDER BY key").fetchall()
+    finally:
+        conn.close()
+    assert len(got) == 150
+    assert got == want
+
+
+def test_terminal_among_groups_of_any_size(journal: Journal) -> None:
+    """`terminal_among` answers for any number of keys (its IN lists are padded
+    to a power of two by repeating a key): pending and unknown keys are not in it."""
+    journal.record([(ok(i), None, None) for i in range(0, 700, 2)])
+    journal.reset(["k10", "k12"])
+    for n in (1, 7, 8, 9, 63, 255, 256, 257, 700):
+        keys = [f"k{i}" for i in range(n)] + ["nope"]
+        want = {f"k{i}" for i in range(0, n, 2)} - {"k10", "k12"}
+        assert journal.terminal_among(keys) == want
+    assert journal.terminal_among([]) == set()
+
+
 def test_items_are_not_stored_unless_asked(journal: Journal) -> None:
     """By default the (possibly large) input item is not kept in the journal."""
     journal.record([(ok(1, item={"big": "x" * 100}), None, None)])

@@ -47,12 +47,13 @@ from ._schema import (
     META_UPSERT,
     PENDING,
     SCHEMA_VERSION,
-    UPSERT,
     check_schema,
     decode_row,
     encode_row,
     json_default,
     prepare_schema,
+    upsert_meta,
+    upsert_rows,
 )
 
 if TYPE_CHECKING:
@@ -74,6 +75,12 @@ __all__ = [
 log = logging.getLogger("conveyor.journal")
 
 _PAGE = 1000
+_IN_MIN, _IN_MAX = 8, 256
+_TERMINAL_AMONG = {
+    1 << p: f"SELECT key FROM items WHERE status != '{PENDING}' AND key IN "
+    f"({','.join('?' * (1 << p))})"
+    for p in range(3, 9)
+}
 
 
 def _acquire_lock(path: str) -> int:
@@ -348,9 +355,9 @@ class Journal:
             for r, line, seq in entries
         ]
         with self._transaction() as conn:
-            conn.executemany(UPSERT, rows)
+            upsert_rows(conn, rows)
             if meta:
-                conn.executemany(META_UPSERT, meta.items())
+                upsert_meta(conn, meta)
 
     def _dumps_value(self, value: Any, key: str) -> bytes:
         """The value as JSON; a part JSON cannot express is kept as its text,
@@ -431,13 +438,16 @@ class Journal:
         """The subset of `keys` that already has a terminal result."""
         found: set[str] = set()
         with self._lock, _guard(self._path, writing=not self._readonly):
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                sql = (
-                    f"SELECT key FROM items WHERE status != '{PENDING}' AND key IN "
-                    f"({','.join('?' * len(chunk))})"
-                )
-                found.update(k for (k,) in self._conn.execute(sql, chunk))
+            for i in range(0, len(keys), _IN_MAX):
+                chunk = list(keys[i : i + _IN_MAX])
+                # A power of two of keys (8 to 256), the last one repeated to fill it:
+                # a statement per group size would be prepared again and again, and
+                # push the upserts out of the connection's statement cache.
+                size = _IN_MIN
+                while size < len(chunk):
+                    size <<= 1
+                chunk += chunk[-1:] * (size - len(chunk))
+                found.update(k for (k,) in self._conn.execute(_TERMINAL_AMONG[size], chunk))
         return found
 
     def get(self, key: str) -> Result[Any] | None:

@@ -7,8 +7,10 @@ module knows what a row holds and how a file is recognised and created.
 from __future__ import annotations
 
 import contextlib
+import operator
 import sqlite3
 import time
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,7 +19,7 @@ from .._base._types import ErrorInfo, Result, Status, Usage
 from ._errors import _CORRUPT_HINT, JournalCorrupt, JournalError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "APPLICATION_ID",
@@ -31,6 +33,8 @@ __all__ = [
     "dumps",
     "encode_row",
     "prepare_schema",
+    "upsert_meta",
+    "upsert_rows",
 ]
 
 # The sqlite3 module "adapts" every bound None and bytes (CPython 3.11-3.13,
@@ -130,6 +134,115 @@ META_UPSERT = (
     "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
 )
 
+# A group of results is upserted with a few multi-row statements (64, 32, ... 1
+# rows: its size in binary) instead of `executemany` of a one-row statement, for
+# two costs of the sqlite3 module (CPython 3.11-3.13, Modules/_sqlite/cursor.c)
+# that were a large part of the writer thread's own work (issue 18, callgrind):
+# - it releases and takes back the GIL around every `sqlite3_step`, once per row
+#   under `executemany`; while the event loop holds the GIL each take-back waits
+#   for it (a switch of threads);
+# - every bound None and bytes goes through `pysqlite_microprotocols_adapt` (a
+#   tuple built, a dict lookup, an adapter called: ~1,250 instructions), and an
+#   ok result's row holds eight NULLs and a BLOB. The NULLs of a row's absent
+#   parts (item, value, error, usage, meta, line) are written into the statement
+#   as literals, one statement per pattern of absent parts (a run has a handful),
+#   and the output line is bound as a `bytearray`, which binds as the same BLOB
+#   without an adapter (`encode_row`).
+# 64 rows bind at most 1,216 parameters (SQLite's limit: 32,766 since 3.32, 999 before).
+_CHUNK = 64
+# The parts of a row that are NULL together: (first column, columns), in `COLUMNS`
+# order (item; value; error_type..error_retryable, all None without an error;
+# input_tokens, output_tokens; meta; output_line).
+_PARTS = ((4, 1), (5, 1), (6, 5), (11, 2), (16, 1), (17, 1))
+_WIDTH = 19
+_ITEMS_SQL: dict[tuple[tuple[bool, ...], int], str] = {}
+_BOUND: dict[tuple[bool, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+_META_SQL: dict[int, str] = {}
+_ON_CONFLICT = UPSERT.split(" ON CONFLICT", 1)[1]
+_META_ON_CONFLICT = META_UPSERT.split(" ON CONFLICT", 1)[1]
+
+
+def _absent(row: tuple[Any, ...]) -> tuple[bool, ...]:
+    """Which of `_PARTS` are NULL in `row` (each part's first column tells)."""
+    return (
+        row[4] is None,
+        row[5] is None,
+        row[6] is None,
+        row[11] is None,
+        row[16] is None,
+        row[17] is None,
+    )
+
+
+def _null_columns(absent: tuple[bool, ...]) -> set[int]:
+    return {c for (first, n), gone in zip(_PARTS, absent, strict=True) if gone
+            for c in range(first, first + n)}  # fmt: skip
+
+
+def _items_sql(absent: tuple[bool, ...], n: int) -> str:
+    sql = _ITEMS_SQL.get((absent, n))
+    if sql is None:
+        nulls = _null_columns(absent)
+        one = "(" + ", ".join("NULL" if c in nulls else "?" for c in range(_WIDTH)) + ")"
+        values = ", ".join([one] * n)
+        sql = f"INSERT INTO items ({COLUMNS}) VALUES {values} ON CONFLICT{_ON_CONFLICT}"
+        _ITEMS_SQL[(absent, n)] = sql
+    return sql
+
+
+def _bound(absent: tuple[bool, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The values of a row that its statement binds (all but the NULL parts)."""
+    get = _BOUND.get(absent)
+    if get is None:
+        nulls = _null_columns(absent)
+        get = operator.itemgetter(*(c for c in range(_WIDTH) if c not in nulls))
+        _BOUND[absent] = get
+    return get
+
+
+def _meta_sql(n: int) -> str:
+    sql = _META_SQL.get(n)
+    if sql is None:
+        values = ", ".join(["(?, ?)"] * n)
+        sql = f"INSERT INTO meta (key, value) VALUES {values} ON CONFLICT{_META_ON_CONFLICT}"
+        _META_SQL[n] = sql
+    return sql
+
+
+def _chunks(n: int) -> Iterator[tuple[int, int]]:
+    """(start, size) of the power-of-two chunks of at most `_CHUNK` covering range(n)."""
+    i = 0
+    while i < n:
+        k = _CHUNK
+        while k > n - i:
+            k >>= 1
+        yield i, k
+        i += k
+
+
+def upsert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Upsert `encode_row` rows: the same rows, values and conflict rule as
+    `executemany(UPSERT, rows)`, in a few statements (see `_CHUNK`)."""
+    i, n = 0, len(rows)
+    while i < n:
+        # A run of rows with the same absent parts shares its statements.
+        absent = _absent(rows[i])
+        j = i + 1
+        while j < n and _absent(rows[j]) == absent:
+            j += 1
+        bound = _bound(absent)
+        for start, k in _chunks(j - i):
+            part = rows[i + start : i + start + k]
+            conn.execute(_items_sql(absent, k), list(chain.from_iterable(map(bound, part))))
+        i = j
+
+
+def upsert_meta(conn: sqlite3.Connection, values: Mapping[str, str]) -> None:
+    """Upsert meta (key, text value) pairs in one statement or a few."""
+    pairs = list(values.items())
+    for start, k in _chunks(len(pairs)):
+        conn.execute(_meta_sql(k), list(chain.from_iterable(pairs[start : start + k])))
+
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=json_default, option=orjson.OPT_NON_STR_KEYS)
@@ -160,7 +273,7 @@ def encode_row(
     dump_value: Callable[[Any, str], bytes] | None = None,
 ) -> tuple[Any, ...]:
     """One result as the values of `UPSERT` (item kept only with `store_items`, value
-    unless `store_value` is False)."""
+    unless `store_value` is False); the output line as a `bytearray` (see `_CHUNK`)."""
     err, usage = r.error, r.usage
     return (
         r.key,
@@ -182,7 +295,7 @@ def encode_row(
         r.ended_at,
         r.duration,
         dumps(r.meta) if r.meta else None,
-        line,
+        None if line is None else bytearray(line),  # a BLOB bound without an adapter
         seq,
     )
 

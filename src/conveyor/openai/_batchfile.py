@@ -521,7 +521,9 @@ def format_response_raw(
     """`format_response` with the body as the server sent it, spliced in instead of
     parsed and encoded again; None when `raw` is not a JSON object on one line
     (then `format_response`). `raw` must be a body that parsed as JSON."""
-    if raw[:1] != b"{" or raw[-1:] != b"}" or b"\n" in raw or b"\r" in raw:
+    # `find`, not `in`: `b"\n" in raw` first tries the operand as an integer and
+    # formats and clears a TypeError (~2,300 instructions each, issue 18).
+    if raw[:1] != b"{" or raw[-1:] != b"}" or raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:
         return None
     return b"".join(
         (
