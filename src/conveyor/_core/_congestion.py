@@ -154,6 +154,9 @@ class CongestionController:
         self._grew = False  # the last move was up
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
+        # The last limit slow start read a whole cohort of without a queue: the
+        # knee is at least that, for the falls that end slow start.
+        self._served_at = 0.0
         self._opening = True  # the first decision is still to come
         self._in_flight = 0  # as last told
         self._ahead = 0  # in flight at the last change, sent before it
@@ -401,6 +404,12 @@ class CongestionController:
                 self._restart()
                 return
             knee = measured if measured is not None else old / ratio
+            # Just after slow start the knee is at least the limit whose cohort
+            # was served at once (a window read amid the waves of a doubling
+            # past the knee holds the doubling's queue: K512 fell from 788 to
+            # 471, and grew back 10% a round trip of 3 s). Used once: a server
+            # that lost capacity since is followed by the next fall.
+            knee, self._served_at = max(knee, self._served_at), 0.0
             target = max(old * FLOOR, knee) * (1 + MID)
             # At least the knee plus a queue of MIN_WAIT (answers per second
             # by Little's law, times it): a fast endpoint keeps enough in
@@ -419,6 +428,7 @@ class CongestionController:
                 why = f"grew: slow start, latency x{ratio:.2f}"
                 if gain is not None:
                     why += f", throughput x{gain:.2f}"
+                self._served_at = old if ratio < 1 + ALPHA else 0.0
                 self._set(now, old * 2, why)
                 self._grew = True
             else:
@@ -426,6 +436,7 @@ class CongestionController:
                 self.slow_start = not binding
                 self._restart()
             return
+        self._served_at = 0.0  # a window without a fall: the next is read alone
         step: str | None = None
         if self._grew and gain is not None and gain > 1 + GROW / 2:
             # The last step up still raised throughput by more than half its
