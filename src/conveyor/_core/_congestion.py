@@ -96,6 +96,9 @@ ERROR_SHARE = 0.1
 ERROR_FACTOR = 0.7
 TAIL = 0.1  # the quantile whose shift shows the queue when the work is unknown
 START = 16  # in flight at the start
+# Answers told within this of each other (seconds) are one burst, read one
+# after another by the client: the server answered them all at once.
+BURST_GAP = 0.005
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
@@ -160,6 +163,8 @@ class CongestionController:
         self._opening = True  # the first decision is still to come
         self._in_flight = 0  # as last told
         self._ahead = 0  # in flight at the last change, sent before it
+        self._burst = False  # the answers read at the change still come
+        self._last_at = -math.inf  # when the last answer was told
         self._by_tail = math.inf  # the last window's queue read from its fast tail
         self._cohort_from = math.inf  # when the first counted attempt started
         self._starts: list[float] = []  # when this window's answered attempts started
@@ -211,8 +216,18 @@ class CongestionController:
                 self._span_work += work if work is not None and work > 0 else 1.0
         if in_flight is not None:
             self._in_flight = in_flight
+        last, self._last_at = self._last_at, now
         if now - latency < self._changed_at:
-            return  # started under an older limit: it measures that one
+            # Started under an older limit: it measures that one. But one of
+            # a burst the change came amid (the engine counts a wave of
+            # answers in flight until it has read them all) had left the
+            # server already: it is not ahead of the new cohort.
+            if self._burst and now - last < BURST_GAP:
+                self._ahead = max(0, self._ahead - 1)
+            else:
+                self._burst = False
+            return
+        self._burst = False
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
@@ -511,6 +526,7 @@ class CongestionController:
             self._span_from, self._span_work = None, 0.0
             # Still in flight, sent before the change: ahead of the new cohort.
             self._ahead = max(0, self._in_flight - 1)
+            self._burst = True
         self._limit = value
         self._restart()
 
