@@ -340,6 +340,77 @@ def test_no_first_window_when_the_limits_are_known_or_the_window_is_small(why: s
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("auto", [True, False])
+def test_an_auto_probe_goes_alone_only_as_long_as_a_refusal_takes(auto: bool) -> None:
+    """Under ``concurrency="auto"`` the probe goes alone for `_PROBE_PATIENCE`:
+    a rejected key or a 429 is back by then (no generation), an answer of a
+    server that queues only after a service time (3 s on a big GPU server: a
+    whole round trip of the ramp). Then the first cohort goes without its
+    answer. A fixed concurrency keeps waiting for the answer (its first
+    window is sized by what the answer says)."""
+    import asyncio
+
+    from conveyor._core._admission import _PROBE_PATIENCE, Admission
+    from conveyor._core._options import build_options
+
+    n = 16
+    opts = build_options(concurrency="auto" if auto else n, probe_first=True)
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        adm = Admission(opts, lambda: False)
+        t0 = loop.time()
+        tasks = [asyncio.ensure_future(adm.admit(1.0)) for _ in range(n)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sum(t.done() for t in tasks) == 1  # the probe, alone
+        deadline = t0 + _PROBE_PATIENCE + 5.0
+        while not all(t.done() for t in tasks) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            if not auto and loop.time() > t0 + 2 * _PROBE_PATIENCE:
+                break
+        if auto:
+            assert all(t.done() for t in tasks)
+            assert loop.time() - t0 >= _PROBE_PATIENCE * 0.9  # not before it
+        else:
+            assert sum(t.done() for t in tasks) == 1  # still waiting for the answer
+            adm.on_success()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert sum(t.done() for t in tasks) == 1 + 10  # its first window
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_an_auto_probe_answered_quickly_still_tells_before_the_rest_go() -> None:
+    """A refusal within the patience (a rejected key's 401 comes in a round
+    trip) is known before the first cohort goes: the timer then does nothing."""
+    import asyncio
+
+    from conveyor._core._admission import _PROBE_PATIENCE, Admission
+    from conveyor._core._options import build_options
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        adm = Admission(build_options(concurrency="auto", probe_first=True), lambda: stopping)
+        tasks = [asyncio.ensure_future(adm.admit(1.0)) for _ in range(16)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stopping = True  # the probe's 401: the run stops
+        adm.on_failure(HTTPish(401, {}), tasks[0].result(), transient=False)
+        t0 = loop.time()
+        while loop.time() < t0 + 2 * _PROBE_PATIENCE:
+            await asyncio.sleep(0.01)
+        results = await asyncio.gather(*tasks[1:], return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results)  # none was admitted
+
+    asyncio.run(go())
+
+
 def test_a_pass_of_the_first_window_cancelled_hands_it_on() -> None:
     """One of the first window is cancelled while it waits on a pause: its pass
     goes to the next waiter, so the window still sends 10 and nobody hangs."""

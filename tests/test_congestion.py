@@ -214,6 +214,40 @@ def test_a_doubling_amid_a_wave_of_answers_reads_its_queue(
     assert run.throughput(8, 20) >= 0.95 * k / 0.5
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.01])
+@pytest.mark.parametrize("batched", [0.001, 0.01, 0.03])
+def test_a_cohort_counts_only_those_still_in_the_server(batched: float, jitter: float) -> None:
+    """K = 40, slowing past 2K, its answers read in batches: at a doubling
+    amid a wave the engine still counts the whole wave in flight, but the
+    wave's answers told just after the change (within a burst's gap) had
+    left the server: they are not ahead of the new cohort. Counted ahead,
+    the cohort of 64 was complete with its 40 served answers, read as no
+    queue, and the limit doubled to 128 (3.2 K, past the slow-down)."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 40, service=0.5, until=20.0, per_work=True,
+                   degrade_after=80, jitter=jitter, batched=batched, probe=True)  # fmt: skip
+    assert max(n for _, n in run.limits) <= 2 * 40
+    assert run.throughput(8, 20) >= 0.95 * 40 / 0.5
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_fall_that_ends_slow_start_keeps_the_limit_served_at_once(seed: int) -> None:
+    """K = 512, S = 3, answers in waves read in batches: slow start doubles
+    512 (served at once) to 1024; the windows after that hold the doubling's
+    queue, and read alone they put the knee near 400 (the limit fell
+    1024 -> 809 -> 488 and grew back 10% a round trip of 3 s). The falls
+    that end slow start keep at least the last limit whose cohort was
+    served at once, plus a small queue."""
+    ctl = CongestionController(1, 4096)
+    run = simulate(ctl, capacity=lambda _: 512, service=3.0, until=60.0, per_work=True,
+                   jitter=0.01, batched=0.03, seed=seed, probe=True)  # fmt: skip
+    history = list(ctl.history)
+    fell = next(i for i, (_, _, why) in enumerate(history) if why.startswith("backed"))
+    assert min(n for _, n, _ in history[fell:]) >= 512
+    assert max(n for _, n in run.limits) <= 2 * 512
+    assert run.throughput(30, 60) >= 0.97 * 512 / 3.0
+
+
 class _Probed:
     """The openai driver's probe: one request first (its answer carries the
     server's headers), the controller's limit after that answer."""

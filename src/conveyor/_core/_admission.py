@@ -70,6 +70,15 @@ _WAKE_BATCH = 64
 # before the whole window is out, on servers that say nothing. The size of
 # TCP's initial window (RFC 6928) for the same reason: about 10.
 _FIRST_WINDOW = 10
+# Under ``concurrency="auto"`` the probe goes alone for at most this long (loop
+# time, like an I/O timeout), then the controller's first cohort goes. What the
+# probe is for comes back without generating: a rejected key's 401 or a 429 is
+# answered in a network round trip, an answer only after the server has
+# generated it (a service time: 3 s at K = 512 on the benchmark's server, where
+# waiting for it cost a whole round trip of a ramp of five, 15% of a 20 s run).
+# A fixed concurrency keeps the whole wait: its first window (`_FIRST_WINDOW`)
+# is sized by what the probe's answer says, auto's by its own start (16).
+_PROBE_PATIENCE = 0.25
 
 # Enum members read per request, as module constants (on 3.11 `Enum.MEMBER` goes
 # through EnumType.__getattr__: ~10x a global; issue 18).
@@ -309,6 +318,9 @@ class Admission:
         while self._probe:
             if not self._probe_out:
                 self._probe_out = True
+                if self.congestion is not None and self._fixed is None:
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(_PROBE_PATIENCE, self._probe_patience_over)
                 return _PROBE
             if self._window_left:
                 self._window_left -= 1
@@ -344,6 +356,13 @@ class Admission:
         self._wake_waiters(_WAKE_BATCH)
         if self._probe_waiters:
             asyncio.get_running_loop().call_soon(self._open_window)
+
+    def _probe_patience_over(self) -> None:
+        """Auto's probe is still out after `_PROBE_PATIENCE`: no quick refusal,
+        so the server is generating; the first cohort goes without its answer."""
+        if self._probe and self._window_left is None and not self._blind():
+            self._probe = False
+            self._open_window()
 
     def _probe_abandoned(self) -> None:
         """The probe was never sent (its admission was refused or cancelled):

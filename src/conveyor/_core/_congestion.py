@@ -96,6 +96,9 @@ ERROR_SHARE = 0.1
 ERROR_FACTOR = 0.7
 TAIL = 0.1  # the quantile whose shift shows the queue when the work is unknown
 START = 16  # in flight at the start
+# Answers told within this of each other (seconds) are one burst, read one
+# after another by the client: the server answered them all at once.
+BURST_GAP = 0.005
 MIN_WINDOW = 32  # samples per decision in avoidance, at least
 SLOW_START_WINDOW = 8
 SLOW_START_GAIN = 1.5  # a doubling that raised throughput this much: keep doubling
@@ -154,9 +157,14 @@ class CongestionController:
         self._grew = False  # the last move was up
         self._rate: float | None = None  # throughput of the last binding window
         self._ceiling = 0.0  # the limit at which queueing was last seen
+        # The last limit slow start read a whole cohort of without a queue: the
+        # knee is at least that, for the falls that end slow start.
+        self._served_at = 0.0
         self._opening = True  # the first decision is still to come
         self._in_flight = 0  # as last told
         self._ahead = 0  # in flight at the last change, sent before it
+        self._burst = False  # the answers read at the change still come
+        self._last_at = -math.inf  # when the last answer was told
         self._by_tail = math.inf  # the last window's queue read from its fast tail
         self._cohort_from = math.inf  # when the first counted attempt started
         self._starts: list[float] = []  # when this window's answered attempts started
@@ -208,8 +216,18 @@ class CongestionController:
                 self._span_work += work if work is not None and work > 0 else 1.0
         if in_flight is not None:
             self._in_flight = in_flight
+        last, self._last_at = self._last_at, now
         if now - latency < self._changed_at:
-            return  # started under an older limit: it measures that one
+            # Started under an older limit: it measures that one. But one of
+            # a burst the change came amid (the engine counts a wave of
+            # answers in flight until it has read them all) had left the
+            # server already: it is not ahead of the new cohort.
+            if self._burst and now - last < BURST_GAP:
+                self._ahead = max(0, self._ahead - 1)
+            else:
+                self._burst = False
+            return
+        self._burst = False
         if self._first is None:
             self.history.append((now, self.limit, self.reason))
             self._first = now
@@ -401,6 +419,12 @@ class CongestionController:
                 self._restart()
                 return
             knee = measured if measured is not None else old / ratio
+            # Just after slow start the knee is at least the limit whose cohort
+            # was served at once (a window read amid the waves of a doubling
+            # past the knee holds the doubling's queue: K512 fell from 788 to
+            # 471, and grew back 10% a round trip of 3 s). Used once: a server
+            # that lost capacity since is followed by the next fall.
+            knee, self._served_at = max(knee, self._served_at), 0.0
             target = max(old * FLOOR, knee) * (1 + MID)
             # At least the knee plus a queue of MIN_WAIT (answers per second
             # by Little's law, times it): a fast endpoint keeps enough in
@@ -419,6 +443,7 @@ class CongestionController:
                 why = f"grew: slow start, latency x{ratio:.2f}"
                 if gain is not None:
                     why += f", throughput x{gain:.2f}"
+                self._served_at = old if ratio < 1 + ALPHA else 0.0
                 self._set(now, old * 2, why)
                 self._grew = True
             else:
@@ -426,6 +451,7 @@ class CongestionController:
                 self.slow_start = not binding
                 self._restart()
             return
+        self._served_at = 0.0  # a window without a fall: the next is read alone
         step: str | None = None
         if self._grew and gain is not None and gain > 1 + GROW / 2:
             # The last step up still raised throughput by more than half its
@@ -500,6 +526,7 @@ class CongestionController:
             self._span_from, self._span_work = None, 0.0
             # Still in flight, sent before the change: ahead of the new cohort.
             self._ahead = max(0, self._in_flight - 1)
+            self._burst = True
         self._limit = value
         self._restart()
 
