@@ -57,6 +57,7 @@ def peak_rss(args: list[str], env: dict[str, str], log: Path) -> tuple[int, int]
     return done.returncode, int(done.stdout.split()[-1]) * 1024  # Linux reports KiB
 
 
+@pytest.mark.slow  # a 50 MB line: a stress test
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss units: Linux")
 def test_a_50_mb_line_costs_about_3x_its_size(
     start_mock: Callable[..., MockServer], tmp_path: Path

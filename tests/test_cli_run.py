@@ -60,6 +60,7 @@ def read_ids(out: Path) -> list[str]:
     return ids
 
 
+@pytest.mark.slow  # stress; the default run keeps test_sink's and test_batchmode's kill -9 tests
 def test_kill_9_at_random_moments_then_resume_exactly_once(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -96,7 +97,10 @@ def test_kill_9_at_random_moments_then_resume_exactly_once(
     assert srv.stats.requests >= 2000
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# SIGTERM takes the same path as SIGINT: slow, the default run keeps SIGINT.
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_ctrl_c_flushes_and_says_how_to_resume(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path, sig: int
 ) -> None:
@@ -752,6 +756,8 @@ def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(
             assert wrong.encode() not in f.read_bytes(), f
 
 
+# 7 s of outage: slow; the default run keeps test_endpoint_failing_every_request_stops_then_resumes.
+@pytest.mark.slow
 def test_after_an_outage_the_run_resumes_soon_and_says_so(
     mock_server: tuple[MockServer, str], env: dict[str, str], tmp_path: Path
 ) -> None:

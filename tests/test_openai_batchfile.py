@@ -352,6 +352,7 @@ def test_fuzzed_input_never_raises_and_never_loses_a_valid_line(
             assert i.reason
 
 
+@pytest.mark.slow  # a memory stress test; the default run keeps test_api's stream memory test
 def test_streaming_memory_is_bounded(tmp_path: Path) -> None:
     """Reading a 200,000-line file keeps traced memory far below the file size
     (without the duplicate-id index, the only structure that grows with input)."""

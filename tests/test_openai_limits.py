@@ -137,7 +137,8 @@ async def test_no_headers_no_limit_told_learns_from_429s(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("refusal", "retry_after_header"), [("gemini", True), ("bare", True), ("bare", False)]
+    ("refusal", "retry_after_header"),
+    [("gemini", True), pytest.param("bare", True, marks=pytest.mark.slow), ("bare", False)],
 )
 async def test_no_headers_a_429_naming_no_limit_is_learned(
     tmp_path: Path, refusal: str, retry_after_header: bool

@@ -406,6 +406,8 @@ class HeaderReadingCaller(ChatCaller):
         return os.getpid(), data["choices"][0]["message"]["content"]
 
 
+# Slow: the default run keeps test_the_global_limits_hold_at_the_server and test_ray_lease.
+@pytest.mark.slow
 def test_actors_told_nothing_keep_together_to_the_servers_bucket(
     ray_cluster: Any, start_mock: Callable[..., MockServer]
 ) -> None:

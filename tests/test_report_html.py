@@ -586,6 +586,7 @@ def test_a_gap_in_a_series_is_left_out_of_the_line() -> None:
     assert svg.count('class="point"') == 2 and "nan" not in svg
 
 
+@pytest.mark.slow  # the default run keeps test_page_renders_its_charts_in_headless_chromium
 @needs_chromium
 @pytest.mark.timeout(180)
 def test_resource_charts_render_in_headless_chromium(tmp_path: Path) -> None:

@@ -233,6 +233,7 @@ def _runs_in(ps_line: str, cwd: Path) -> bool:
         return False
 
 
+@pytest.mark.slow  # a stress test
 def test_exec_killed_a_few_times_runs_each_job_once_at_a_time(tmp_path: Path) -> None:
     """Three kill -9s of `conveyor exec`: the jobs die with it, a rerun never
     runs a job while its old copy still runs, and every job ends ok once."""
