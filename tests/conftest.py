@@ -59,3 +59,10 @@ if os.environ.get("PYTHONPATH"):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p
     )
+
+# Every server a test talks to is on 127.0.0.1: a proxy set on the machine (a CI runner's
+# HTTPS_PROXY for pip) has no part in them, and the preflight's proxy check would warn in
+# every `conveyor run`. The proxy check's own tests set the variables they need.
+for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.lower(), None)

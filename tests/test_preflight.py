@@ -66,6 +66,7 @@ async def test_all_good_against_the_simulated_server(server: MockServer, tmp_pat
         "endpoint",
         "api key",
         "model",
+        "proxy",
         "journal",
         "disk",
         "memory",
@@ -75,6 +76,7 @@ async def test_all_good_against_the_simulated_server(server: MockServer, tmp_pat
     assert c["api key"].status == "ok" and "OPENAI_API_KEY" in c["api key"].detail
     assert c["model"].status == "ok" and "mock-gpt" in c["model"].detail
     assert c["journal"].status == "ok" and "will be created" in c["journal"].detail
+    assert c["proxy"].status == "ok" and "connects directly" in c["proxy"].detail
     assert c["gpu"].status == "skip" and "nvidia-smi not found" in c["gpu"].detail
     assert not has_failures(checks)
     assert format_checks(checks).endswith("ready: 0 failed, 0 warning(s)")
@@ -396,3 +398,23 @@ def test_cli_check_option_loads_a_function_and_blocks(tmp_path: Path) -> None:
         assert (bad.exit_code == 2 and "MODULE" in bad.output) or "cannot load" in bad.output
     finally:
         sys.path.remove(str(tmp_path))
+
+
+async def test_a_proxy_variable_is_named_as_unused(
+    server: MockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conveyor connects directly: an HTTP_PROXY that applies to the endpoint is a
+    warning that names the variable (the proxy's credentials left out) and what to
+    do; the endpoint itself is still reached directly. NO_PROXY covering the host
+    says so, and is not a warning."""
+    monkeypatch.setenv("HTTP_PROXY", "http://someone:s3cret@proxy.invalid:3128")
+    c = by_name(await check(server.base_url, model="mock-gpt"))
+    proxy = c["proxy"]
+    assert proxy.status == "warn", proxy
+    assert "HTTP_PROXY" in proxy.detail and "proxy.invalid:3128" in proxy.detail
+    assert "s3cret" not in proxy.detail and "someone" not in proxy.detail
+    assert "127.0.0.1" in proxy.detail and "NO_PROXY" in proxy.fix
+    assert c["endpoint"].status == "ok"  # reached directly, not through proxy.invalid
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    proxy = by_name(await check(server.base_url, model="mock-gpt"))["proxy"]
+    assert proxy.status == "ok" and "NO_PROXY covers 127.0.0.1" in proxy.detail

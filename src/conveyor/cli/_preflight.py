@@ -3,9 +3,10 @@
 Each check answers ok / warn / fail / skip with a detail and, when it did not
 pass, what to do. The checks: the endpoint answers `GET /models`, the key is
 accepted, the model is listed (the HTTP probe is `conveyor.openai._probe`),
-the journal's directory is writable, free disk and memory are above their
-floors, and GPU memory (through `nvidia-smi`, skipped cleanly when absent) is
-below its warning level.
+no HTTP(S)_PROXY applies to the endpoint (conveyor connects directly), the
+journal's directory is writable, free disk and memory are above their floors,
+and GPU memory (through `nvidia-smi`, skipped cleanly when absent) is below its
+warning level.
 
 The defaults are a go/no-go list: do not start with under 4 GB of memory
 available; warn when a GPU's memory is more than 95% used. Each one is a
@@ -93,6 +94,39 @@ def _journal_check(journal_path: str | os.PathLike[str] | None) -> Check:
         )
     state = "exists: the run will resume it" if path.exists() else "will be created"
     return Check("journal", "ok", f"{path} {state}")
+
+
+def _proxy_check(base_url: str) -> Check:
+    """Whether a proxy variable applies to the endpoint: conveyor never uses one
+    (its HTTP client connects directly, as its aiohttp sessions, with `trust_env`
+    off, always did), so a network that only reaches the endpoint through it
+    fails to connect, and the user should know why before the run."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:
+        return Check("proxy", "skip", "the base URL does not parse")
+    proxies = urllib.request.getproxies_environment()
+    scheme = parts.scheme or "http"
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy:
+        return Check("proxy", "ok", "no HTTP(S)_PROXY set: conveyor connects directly")
+    name = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY"
+    host = parts.hostname or ""
+    # proxy_bypass_environment: in the standard library, not in typeshed.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if host and bypass(host, proxies):
+        return Check("proxy", "ok", f"{name} is set, NO_PROXY covers {host}: a direct connection")
+    return Check(
+        "proxy",
+        "warn",
+        f"{name} is set ({redact_url(proxy)}), but conveyor connects to {host} directly: "
+        "it does not use proxies",
+        "if this network reaches the endpoint only through the proxy, requests will fail to "
+        f"connect: run where {host} is reachable directly; add it to NO_PROXY to silence this",
+    )
 
 
 def _disk_check(journal_path: str | os.PathLike[str] | None, min_free_mb: float) -> Check:
@@ -295,7 +329,7 @@ async def preflight(
     checks: Sequence[UserCheck] = (),
     headers: Mapping[str, str] | None = None,
 ) -> list[Check]:
-    """Every check, in a fixed order: endpoint, api key, model, journal, disk, memory, gpu,
+    """Every check, in a fixed order: endpoint, api key, model, proxy, journal, disk, memory, gpu,
     then the user's own `checks` (functions: see `run_user_check`).
 
     `max_gpu_memory` / `max_gpu_utilization` (percent) make a GPU above them
@@ -314,6 +348,7 @@ async def preflight(
         asyncio.gather(*(run_user_check(fn) for fn in checks)),
     )
     local = [
+        _proxy_check(base_url),
         _journal_check(journal_path),
         _disk_check(journal_path, min_free_disk_mb),
         _memory_check(min_free_memory_mb),
