@@ -340,13 +340,26 @@ def test_a_429_naming_no_limit_is_learned_on_every_server(
     first window, >= 0.9 of the allowed rate with <= 5% refused, on buckets
     of a second and of the minute, fixed and sliding windows, for requests
     and for tokens (516 a request)."""
+    _play_unnamed_429s(kind, retry_style, budget, _budget(budget))
+
+
+def _play_unnamed_429s(
+    kind: str, retry_style: str, budget: str, b: Budget, *, spent: bool = False
+) -> None:
+    """`budget` ("requests", or "tokens" at 516 a request) against `kind`, headers
+    off, 429s naming no limit, the server's limits spent first when `spent`: at
+    least 0.9 of what its rule allows with at most 5% refused."""
     factory, n, weight = (
         (SERVERS[kind], 7500, 1.0) if budget == "requests" else (_TOKEN_SERVERS[kind], 2000, 516.0)
     )
-    best = ideal(factory(), n, weight, 0.05)
+
+    def server() -> Bucket | Fixed | Sliding:
+        return _spent(factory()) if spent else factory()
+
+    best = ideal(server(), n, weight, 0.05)
     out = play(
-        factory(),
-        _budget(budget),
+        server(),
+        b,
         n=n,
         weight=weight,
         concurrency=100,
@@ -500,24 +513,8 @@ def test_a_key_spent_by_someone_else_is_waited_for_not_learned_from(
     nothing, and the run went at one request a second (or one a window) to
     its end: 7,500 requests took 7,500 s on a 6,000/min bucket, 450,000 s on
     a fixed window; the ideal is 75 s and 120 s."""
-    factory, n, weight = (
-        (SERVERS[kind], 7500, 1.0) if budget == "requests" else (_TOKEN_SERVERS[kind], 2000, 516.0)
-    )
-    best = ideal(_spent(factory()), n, weight, 0.05)
     b = _budget(budget)
-    out = play(
-        _spent(factory()),
-        b,
-        n=n,
-        weight=weight,
-        concurrency=100,
-        headers=False,
-        limit_in_message=False,
-        retry_style=retry_style,
-        first_window=10,
-    )
-    assert out.refused <= 0.05 * n, (kind, out.refused, out.models)
-    assert out.finish <= best / 0.9 + 1.0, (kind, out.finish, best, out.models)
+    _play_unnamed_429s(kind, retry_style, budget, b, spent=True)
     assert not b.shut
 
 
